@@ -1,0 +1,275 @@
+// shmq: a message queue for the processes of one Linux host.
+//
+// Contract, in one paragraph. A Channel is a named log of messages in a shared-memory segment
+// (/dev/shm/shmq.NAME). Producers append records to its lock-free ring; every group (a named
+// subscription with its own cursor) receives every record, and the consumers of one group share
+// its records, each held by exactly one consumer until it is acked. Ring space is reused only when
+// every group is past it: a slow group is back-pressure, never loss.
+//
+// Threads: a Channel may be shared by the threads of a process. A Producer or a Consumer is used
+// by one thread at a time (make one per thread; they are cheap). Setup calls (open, constructors,
+// stats) throw shmq::Error; the hot path (publish, claim, poll, ack) returns a Status, does not
+// allocate and makes no system call unless it has to wait.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace shmq {
+
+enum class Status {
+  Ok,
+  Duplicate,   // the inner id was already accepted (a retry); nothing was appended
+  WouldBlock,  // the ring stayed full for the whole timeout
+  Timeout,     // a wait (flush) did not finish in time
+  TooLarge,    // the payload or key is larger than the channel allows
+  Closed,      // the object was moved from, or the claim was already committed or abandoned
+  Corrupt,     // the shared memory holds something that breaks the layout's rules
+  NotHeld,     // ack/nack of a message this consumer does not hold (acked already, or given away)
+};
+const char* to_string(Status) noexcept;
+
+// Every setup failure. code() carries the errno (or a std::errc) of the cause; what() names the
+// channel, the path where there is one, and what was wrong.
+class Error : public std::system_error {
+ public:
+  Error(std::error_code code, const std::string& what) : std::system_error(code, what) {}
+};
+
+enum class Durability { Memory, Async, Sync };
+enum class Wait { Spin, Yield, Block };
+enum class Start { Earliest, Latest };  // where a new group begins
+
+struct ChannelOptions {
+  std::size_t ring_bytes = 64 << 20;        // power of two, at least 64 KiB
+  std::size_t max_message_bytes = 1 << 20;  // payload; at most ring_bytes / 4
+  Durability durability = Durability::Async;
+  std::filesystem::path journal_dir;        // empty: $SHMQ_DIR, else ./shmq-data
+  std::chrono::milliseconds flush_interval{5};
+  std::uint32_t dedup_window = 4096;        // per producer, in sequence numbers
+  std::uint32_t max_deliveries = 5;         // then NAME.dlq
+  unsigned mode = 0600;
+  // Table sizes of the segment (fixed when it is created).
+  std::uint32_t max_producers = 64;
+  std::uint32_t max_groups = 32;
+  std::uint32_t max_consumers = 64;
+  // Attaching to a segment that exists: false (default) adopts the segment's geometry
+  // (ring_bytes, max_message_bytes, table sizes) whatever these options say; true refuses with an
+  // Error naming the first field that differs.
+  bool strict_geometry = false;
+};
+
+struct GroupStats {
+  std::string name;
+  std::uint64_t next_position;      // next record to deliver
+  std::uint64_t low_water_mark;     // oldest record the group still needs (unacked or undelivered)
+  std::uint64_t lag_bytes;          // write position - next_position
+  std::uint64_t lag_messages;       // records between next_position and the write position
+  std::uint64_t delivered;          // deliveries made by this group since it was created
+  std::uint32_t consumers;          // live consumers attached
+  std::uint32_t in_flight;          // messages held by its consumers, not yet acked
+};
+struct ProducerStats {
+  std::string name;
+  std::uint64_t id;
+  std::uint64_t next_seq;
+  std::uint64_t published;          // records appended through this segment
+  int pid;                          // last owner
+  bool alive;
+};
+struct ChannelStats {
+  std::string name;
+  std::size_t ring_bytes;
+  std::size_t max_message_bytes;
+  Durability durability;
+  std::uint64_t write_position;     // ring tail: end of the last claimed record
+  std::uint64_t reclaimed_position; // ring space below this is free again
+  std::uint64_t durable_position;   // everything below is durable (Memory: == write_position)
+  std::uint64_t depth_bytes;        // write_position - lowest group low-water mark
+  std::vector<GroupStats> groups;
+  std::vector<ProducerStats> producers;
+  std::uint32_t live_producers;
+  std::uint32_t live_consumers;
+};
+
+namespace detail {
+struct ChannelState;
+struct ProducerState;
+struct ConsumerState;
+}  // namespace detail
+
+class Channel {  // movable, not copyable
+ public:
+  // Attach or create. Throws Error for a bad name or options, a segment of another layout, a file
+  // that is not a shmq segment, a header that breaks the layout's rules, missing permissions.
+  static Channel open(std::string_view name, const ChannelOptions& = {});
+  // Attach only: Error (errc::no_such_file_or_directory) if the channel does not exist.
+  static Channel attach(std::string_view name);
+  // Removes the segment (and, once journals exist, the journal directory). Processes that have it
+  // open keep their mapping until they close it.
+  static void remove(std::string_view name, const std::filesystem::path& journal_dir = {});
+  static bool exists(std::string_view name);
+  // Channels that have a segment on this host.
+  static std::vector<std::string> list();
+
+  std::string_view name() const noexcept;
+  const ChannelOptions& options() const noexcept;  // the effective options (the segment's geometry)
+  ChannelStats stats() const;
+  // Removes a group: it stops gating the ring. Its live consumers see Status::Closed.
+  // Returns false if there is no such group.
+  bool remove_group(std::string_view group);
+  // Creates GROUP if it does not exist, so that it retains every message published from now on
+  // (or, with Start::Earliest, from the oldest message still held) before any consumer joins.
+  void ensure_group(std::string_view group, Start start = Start::Earliest);
+
+  Channel(Channel&&) noexcept;
+  Channel& operator=(Channel&&) noexcept;
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  ~Channel();
+
+  detail::ChannelState& state() const noexcept { return *state_; }  // for Producer and Consumer
+
+ private:
+  explicit Channel(std::unique_ptr<detail::ChannelState>);
+  std::unique_ptr<detail::ChannelState> state_;
+};
+
+struct InnerId {
+  std::uint64_t producer = 0;
+  std::uint64_t seq = 0;
+  friend bool operator==(const InnerId&, const InnerId&) = default;
+};
+
+struct PublishOptions {
+  std::string_view key;                     // biz id, carried untouched (at most 65535 bytes, and
+                                            // at most max_message_bytes)
+  std::optional<Durability> durability;     // default: the channel's
+  std::optional<std::uint64_t> seq;         // set to retry, or to publish from an outbox; default: next
+  std::chrono::nanoseconds timeout{std::chrono::seconds(1)};  // how long a full ring is waited on
+  Wait wait = Wait::Spin;
+};
+
+struct Published {
+  Status status;
+  InnerId id;
+  std::uint64_t position;
+};
+
+class Producer;
+
+// Zero-copy publish: space reserved in the ring. Write data(), then commit(). A Claim destroyed
+// without commit() is abandoned: its space becomes padding that consumers skip.
+class Claim {
+ public:
+  Claim() = default;
+  Claim(Claim&&) noexcept;
+  Claim& operator=(Claim&&) noexcept;
+  Claim(const Claim&) = delete;
+  Claim& operator=(const Claim&) = delete;
+  ~Claim();
+
+  Status status() const noexcept { return status_; }  // Ok when space was reserved
+  explicit operator bool() const noexcept { return status_ == Status::Ok && data_ != nullptr; }
+  std::span<std::byte> data() const noexcept { return {data_, size_}; }
+  Published commit() noexcept;
+  void abandon() noexcept;
+
+ private:
+  friend class Producer;
+  detail::ProducerState* producer_ = nullptr;
+  std::uint32_t frame_len_ = 0;
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::uint64_t position_ = 0;
+  InnerId id_{};
+  Status status_ = Status::Closed;
+};
+
+class Producer {
+ public:
+  // Registers the producer NAME in the channel (id and sequence kept across restarts). Error if a
+  // live process already has a Producer of that name, or the producer table is full.
+  Producer(Channel&, std::string_view name);
+  Producer(Producer&&) noexcept;
+  Producer& operator=(Producer&&) noexcept;
+  Producer(const Producer&) = delete;
+  Producer& operator=(const Producer&) = delete;
+  ~Producer();
+
+  Published publish(std::span<const std::byte> payload, const PublishOptions& = {});
+  Published publish(std::string_view payload, const PublishOptions& = {});
+  Claim claim(std::size_t bytes, const PublishOptions& = {});  // zero-copy: Claim::data(), Claim::commit()
+  bool flush(std::chrono::nanoseconds timeout);                // everything published so far is durable
+  InnerId last_id() const noexcept;
+  std::string_view name() const noexcept;
+
+ private:
+  std::unique_ptr<detail::ProducerState> state_;
+};
+
+class Message {  // a view into the ring: valid until ack or nack
+ public:
+  InnerId id() const noexcept { return id_; }
+  std::string_view key() const noexcept { return key_; }
+  std::span<const std::byte> payload() const noexcept { return payload_; }
+  std::string_view text() const noexcept {
+    return {reinterpret_cast<const char*>(payload_.data()), payload_.size()};
+  }
+  std::uint32_t deliveries() const noexcept { return deliveries_; }
+  std::uint64_t position() const noexcept { return position_; }
+  std::uint64_t timestamp_ns() const noexcept { return timestamp_ns_; }
+
+ private:
+  friend class Consumer;
+  InnerId id_{};
+  std::string_view key_;
+  std::span<const std::byte> payload_;
+  std::uint64_t position_ = 0;
+  std::uint64_t timestamp_ns_ = 0;
+  std::uint32_t deliveries_ = 0;
+  std::uint32_t slot_ = 0;       // index in the consumer's in-flight table
+  std::uint64_t holder_ = 0;     // the consumer that holds it
+};
+
+struct ConsumerOptions {
+  Start start = Start::Earliest;
+  Wait wait = Wait::Block;
+  std::uint32_t max_in_flight = 64;  // at most 256
+};
+
+class Consumer {
+ public:
+  // Joins GROUP (creating it, starting per options.start, if it does not exist). Error for a bad
+  // group name, a full group or consumer table.
+  Consumer(Channel&, std::string_view group, const ConsumerOptions& = {});
+  Consumer(Consumer&&) noexcept;
+  Consumer& operator=(Consumer&&) noexcept;
+  Consumer(const Consumer&) = delete;
+  Consumer& operator=(const Consumer&) = delete;
+  ~Consumer();
+
+  // The next message of the group, waiting up to timeout (zero: do not wait) as options.wait says.
+  // Returns nullopt on timeout, when max_in_flight messages are held, or when the group was
+  // removed (status() says which). Throws Error if the ring holds a record that breaks the layout.
+  std::optional<Message> poll(std::chrono::nanoseconds timeout = {});
+  Status ack(const Message&);
+  Status nack(const Message&, std::chrono::nanoseconds delay = {});  // counts toward max_deliveries
+  Status status() const noexcept;   // why the last poll returned nullopt (Timeout, WouldBlock, Closed)
+  std::uint32_t in_flight() const noexcept;
+  std::string_view group() const noexcept;
+
+ private:
+  std::unique_ptr<detail::ConsumerState> state_;
+};
+
+}  // namespace shmq

@@ -1,0 +1,198 @@
+// The record ring's slow paths: layout, validation, dead-claim recovery and reclaiming space.
+#include "ringbuffer/record_ring.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <bit>
+
+namespace shmq::ring {
+namespace {
+
+std::uint64_t data_offset_for(std::uint32_t claimers) {
+  const std::uint64_t table_end = sizeof(RingHeader) + std::uint64_t(claimers) * sizeof(ClaimerSlot);
+  return (table_end + 4095) & ~std::uint64_t(4095);  // the data region starts on a page
+}
+
+inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
+
+}  // namespace
+
+std::size_t RecordRing::region_bytes(std::size_t capacity, std::uint32_t claimers) {
+  return data_offset_for(claimers) + capacity;
+}
+
+void RecordRing::initialize(void* region, std::size_t capacity, std::uint32_t claimers, std::size_t max_frame) {
+  auto* h = new (region) RingHeader{};
+  h->magic = kRingMagic;
+  h->version = kRingVersion;
+  h->claimers = claimers;
+  h->capacity = capacity;
+  h->data_offset = data_offset_for(claimers);
+  h->max_frame = max_frame;
+  auto* table = reinterpret_cast<ClaimerSlot*>(h + 1);
+  for (std::uint32_t i = 0; i < claimers; ++i) {
+    auto* c = new (&table[i]) ClaimerSlot{};
+    c->intent.store(kNoIntent, std::memory_order_relaxed);
+  }
+}
+
+const char* RecordRing::validate(const void* region, std::size_t bytes) {
+  if (bytes < sizeof(RingHeader)) return "ring region smaller than its header";
+  auto* h = static_cast<const RingHeader*>(region);
+  if (h->magic != kRingMagic) return "ring magic is wrong";
+  if (h->version != kRingVersion) return "ring layout version is not one this build reads";
+  if (h->claimers == 0 || h->claimers > kMaxClaimers) return "ring claimer count out of range";
+  if (!std::has_single_bit(h->capacity) || h->capacity < 4096 || h->capacity > (std::uint64_t(1) << 30))
+    return "ring capacity is not a power of two between 4 KiB and 1 GiB";
+  if (h->data_offset != data_offset_for(h->claimers)) return "ring data offset does not match its claimer table";
+  if (h->data_offset + h->capacity > bytes) return "ring data region runs past the end of the segment";
+  if (h->max_frame < kHeaderBytes || h->max_frame > h->capacity / 2 + kHeaderBytes) return "ring max frame out of range";
+  return nullptr;
+}
+
+RecordRing::RecordRing(void* region)
+    : hdr_(static_cast<RingHeader*>(region)),
+      claimers_(reinterpret_cast<ClaimerSlot*>(hdr_ + 1)),
+      data_(static_cast<std::byte*>(region) + hdr_->data_offset),
+      capacity_(hdr_->capacity),
+      mask_(hdr_->capacity - 1),
+      max_frame_(hdr_->max_frame) {}
+
+void RecordRing::adopt_claimer(std::uint32_t i, std::uint64_t owner) noexcept {
+  ClaimerSlot& c = claimers_[i];
+  c.intent.store(kNoIntent, std::memory_order_relaxed);
+  // The new epoch first: from here on, a frame stamped with the old epoch reads as a dead claim.
+  c.epoch.fetch_add(1, std::memory_order_seq_cst);
+  // release: pairs with the acquire load of `owner` in claimer_alive() / unblock().
+  c.owner.store(owner, std::memory_order_release);
+}
+
+void RecordRing::release_claimer(std::uint32_t i) noexcept {
+  ClaimerSlot& c = claimers_[i];
+  c.intent.store(kNoIntent, std::memory_order_relaxed);
+  c.owner.store(0, std::memory_order_release);  // pairs with the acquire loads in unblock()
+}
+
+bool RecordRing::unblock(std::uint64_t pos, AliveFn alive) noexcept {
+  auto& word = frame_at(pos);
+  std::uint64_t w = word.load(std::memory_order_acquire);  // pairs with the claim/commit stores
+  Frame f = Frame::unpack(w);
+  if (f.length > 0) return true;
+  // acquire: pairs with the CAS in try_claim(): a tail past POS makes that claimer's intent visible.
+  const std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
+  if (pos >= t) return false;
+
+  if (f.length < 0) {  // claimed, length known: dead if its claimer's slot changed owner or died
+    if (f.claimer < hdr_->claimers) {
+      ClaimerSlot& c = claimers_[f.claimer];
+      const std::uint64_t owner = c.owner.load(std::memory_order_acquire);
+      if (c.epoch.load(std::memory_order_acquire) == f.epoch && owner != 0 && alive(owner)) return false;
+    }
+    const std::uint64_t len = align_up(static_cast<std::uint32_t>(-static_cast<std::int64_t>(f.length)));
+    if (len < kAlign || pos + len > lap_end(pos)) return false;  // not ours to guess; read() reports it
+    // CAS: another reader may be turning the same claim into padding; either of us may win.
+    word.compare_exchange_strong(w, Frame::pack(static_cast<std::int32_t>(len), RecordType::Padding, 0, 0),
+                                 std::memory_order_release, std::memory_order_relaxed);
+    return true;
+  }
+
+  // Frame still 0: a claimer moved the tail past POS and has not written its frame. A live claimer
+  // whose intent is POS may be that one: wait. Live intents above POS are boundaries of live claims
+  // that the scan below must not enter.
+  std::uint64_t bound = t;
+  for (std::uint32_t i = 0; i < hdr_->claimers; ++i) {
+    ClaimerSlot& c = claimers_[i];
+    const std::uint64_t intent = c.intent.load(std::memory_order_acquire);
+    if (intent == kNoIntent || intent < pos || intent >= bound) continue;
+    const std::uint64_t owner = c.owner.load(std::memory_order_acquire);
+    if (owner == 0 || !alive(owner)) continue;
+    if (intent == pos) return false;
+    bound = intent;
+  }
+  // A claimer that finished meanwhile wrote its frame before giving up its intent: look again.
+  if (word.load(std::memory_order_acquire) != 0) return false;
+  std::uint64_t end = pos + kAlign;
+  for (; end < bound; end += kAlign) {
+    if (frame_at(end).load(std::memory_order_acquire) != 0) break;  // the next record's frame word
+  }
+  end = std::min(end, lap_end(pos));
+  std::uint64_t expected = 0;
+  word.compare_exchange_strong(expected,
+                               Frame::pack(static_cast<std::int32_t>(end - pos), RecordType::Padding, 0, 0),
+                               std::memory_order_release, std::memory_order_relaxed);
+  return true;
+}
+
+void lock_owner_word(std::atomic<std::uint64_t>& word, std::uint64_t owner, AliveFn alive) noexcept {
+  unsigned spins = 0;
+  for (;;) {
+    std::uint64_t holder = 0;
+    // acquire: pairs with the release in unlock_owner_word(): the previous holder's work is visible.
+    if (word.compare_exchange_weak(holder, owner, std::memory_order_acquire, std::memory_order_relaxed)) return;
+    if (++spins < 128) {
+      cpu_relax();
+      continue;
+    }
+    if (spins % 64 == 0 && holder != 0 && !alive(holder)) {
+      // The holder died (a dead process makes no more stores): take the lock from it. What it
+      // left half-done is redone by the next holder.
+      if (word.compare_exchange_strong(holder, owner, std::memory_order_acquire, std::memory_order_relaxed)) return;
+    }
+    sched_yield();
+  }
+}
+
+void RecordRing::zero(std::uint64_t from, std::uint64_t to) noexcept {
+  std::uint64_t n = std::min(to - from, capacity_);
+  std::uint64_t idx = from & mask_;
+  while (n) {
+    const std::uint64_t chunk = std::min(n, capacity_ - idx);
+#if defined(__SANITIZE_THREAD__)
+    // ThreadSanitizer: a stale reader may load a frame word here with an atomic load (and then
+    // drop what it read); word-wise atomic stores tell TSan what the hardware does anyway.
+    for (std::uint64_t w = 0; w < chunk; w += kAlign)
+      reinterpret_cast<std::atomic<std::uint64_t>*>(data_ + idx + w)->store(0, std::memory_order_relaxed);
+#else
+    std::memset(data_ + idx, 0, chunk);
+#endif
+    n -= chunk;
+    idx = 0;
+  }
+}
+
+bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept {
+  lock_cleaning(owner, alive);
+  const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
+  if (c + capacity_ > need_end) {
+    unlock_cleaning();
+    return true;
+  }
+  // The gate is the lowest position a reader still needs; never past what was claimed.
+  const std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
+  const std::uint64_t g = std::min(gate(ctx), t);
+  // Zero a batch at a time: enough for this claim, and up to an eighth of the ring (at most 1 MiB)
+  // beyond it, so that the gate is computed rarely and no single call stalls for long.
+  const std::uint64_t batch = std::min<std::uint64_t>(capacity_ / 8, 1 << 20);
+  const std::uint64_t wanted = std::max(need_end + kAlign - capacity_, c + batch);
+  const std::uint64_t limit = std::min(g, wanted);
+  // Stop on a record boundary: `cleaned` is where a reader that starts at the oldest message
+  // begins. Every record below the gate is committed, so its frame gives its length.
+  std::uint64_t target = c;
+  while (target < limit) {
+    const Frame f = Frame::unpack(frame_at(target).load(std::memory_order_acquire));
+    if (f.length < static_cast<std::int32_t>(kAlign)) break;  // not a committed frame: never past the gate
+    const std::uint64_t next = target + align_up(static_cast<std::uint32_t>(f.length));
+    if (next > g) break;
+    target = next;
+  }
+  if (target > c) {
+    zero(c, target);
+    // release: the zeroing above is visible to whoever acquires `cleaned` (try_claim()).
+    hdr_->cleaned.store(target, std::memory_order_release);
+  }
+  unlock_cleaning();
+  return target + capacity_ > need_end;
+}
+
+}  // namespace shmq::ring

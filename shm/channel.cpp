@@ -1,0 +1,291 @@
+// Channel: open, attach, remove, stats, group table.
+#include <dirent.h>
+
+#include <algorithm>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <cstring>
+
+#include "shm/channel_state.hpp"
+
+namespace shmq {
+
+const char* to_string(Status s) noexcept {
+  switch (s) {
+    case Status::Ok: return "Ok";
+    case Status::Duplicate: return "Duplicate";
+    case Status::WouldBlock: return "WouldBlock";
+    case Status::Timeout: return "Timeout";
+    case Status::TooLarge: return "TooLarge";
+    case Status::Closed: return "Closed";
+    case Status::Corrupt: return "Corrupt";
+    case Status::NotHeld: return "NotHeld";
+  }
+  return "unknown Status";
+}
+
+namespace detail {
+
+void set_slot_name(char (&field)[kMaxSlotName + 1], std::string_view name) noexcept {
+  std::memset(field, 0, sizeof field);
+  std::memcpy(field, name.data(), std::min(name.size(), kMaxSlotName));
+}
+
+void ChannelState::fail(std::errc code, const std::string& what) const {
+  throw Error(std::make_error_code(code), "shmq channel '" + name + "': " + what);
+}
+
+std::uint64_t ChannelState::gate() const noexcept {
+  std::uint64_t g = ring->tail();
+  for (std::uint32_t i = 0; i < header->max_groups; ++i) {
+    // acquire: pairs with the release store of kActive in ensure_group(); its cursor is set.
+    if (groups[i].state.load(std::memory_order_acquire) != kActive) continue;
+    // acquire: pairs with the consumers' release CAS of `next`, made after they recorded the
+    // position in their in-flight table, so the scan below sees what they hold.
+    g = std::min(g, groups[i].next.load(std::memory_order_acquire));
+  }
+  // What consumers hold stays in the ring until acked, whatever the state of their group.
+  for (std::uint32_t c = 0; c < header->max_consumers; ++c) {
+    ConsumerSlot& slot = consumers[c];
+    if (slot.state.load(std::memory_order_acquire) != kActive) continue;
+    const std::uint32_t n = std::min(slot.max_in_flight, kMaxInFlight);
+    for (std::uint32_t k = 0; k < n; ++k) {
+      // acquire: pairs with the release store of 0 in ack(): the consumer is done reading.
+      const std::uint64_t held = slot.in_flight[k].load(std::memory_order_acquire);
+      if (held) g = std::min(g, held - 1);
+    }
+  }
+  return g;
+}
+
+int ChannelState::find_group(std::string_view group) const noexcept {
+  for (std::uint32_t i = 0; i < header->max_groups; ++i)
+    if (groups[i].state.load(std::memory_order_acquire) == kActive && slot_name(groups[i].name) == group)
+      return static_cast<int>(i);
+  return -1;
+}
+
+int ChannelState::ensure_group(std::string_view group, Start start) {
+  if (int i = find_group(group); i >= 0) return i;
+  for (std::uint32_t i = 0; i < header->max_groups; ++i) {
+    GroupSlot& g = groups[i];
+    if (g.state.load(std::memory_order_relaxed) != kFree) continue;
+    set_slot_name(g.name, group);
+    g.start = static_cast<std::uint32_t>(start);
+    g.delivered.store(0, std::memory_order_relaxed);
+    // Under the cleaning lock no reclaim runs: the start position cannot be zeroed under us, and
+    // the next reclaim sees the group (it takes the same lock, then reads the table).
+    ring->lock_cleaning(self_token(), &ChannelState::alive);
+    const std::uint64_t pos = start == Start::Earliest ? ring->cleaned() : ring->tail();
+    g.created_position = pos;
+    g.next.store(pos, std::memory_order_relaxed);
+    g.state.store(kActive, std::memory_order_release);  // pairs with the acquire in gate()
+    ring->unlock_cleaning();
+    return static_cast<int>(i);
+  }
+  fail(std::errc::no_space_on_device,
+       "the group table is full (" + std::to_string(header->max_groups) + " groups); cannot add group '" +
+           std::string(group) + "'");
+}
+
+namespace {
+
+void check_options(std::string_view name, const ChannelOptions& o) {
+  auto bad = [&](const std::string& what) {
+    throw Error(std::make_error_code(std::errc::invalid_argument), "shmq channel '" + std::string(name) + "': " + what);
+  };
+  if (o.ring_bytes < (64u << 10) || o.ring_bytes > (1u << 30) || (o.ring_bytes & (o.ring_bytes - 1)) != 0)
+    bad("ring_bytes " + std::to_string(o.ring_bytes) + " is not a power of two between 64 KiB and 1 GiB");
+  if (o.max_message_bytes == 0 || o.max_message_bytes > o.ring_bytes / 4)
+    bad("max_message_bytes " + std::to_string(o.max_message_bytes) + " must be between 1 and a quarter of ring_bytes (" +
+        std::to_string(o.ring_bytes / 4) + ")");
+  if (o.max_producers == 0 || o.max_producers > ring::kMaxClaimers)
+    bad("max_producers must be between 1 and " + std::to_string(ring::kMaxClaimers));
+  if (o.max_groups == 0 || o.max_groups > 4096) bad("max_groups must be between 1 and 4096");
+  if (o.max_consumers == 0 || o.max_consumers > 4096) bad("max_consumers must be between 1 and 4096");
+  if (o.mode & ~0777u) bad("mode has bits outside 0777");
+  if ((o.mode & 0600u) != 0600u) bad("mode must give the owner read and write (0600)");
+  if (o.durability != Durability::Memory)
+    throw Error(std::make_error_code(std::errc::not_supported),
+                "shmq channel '" + std::string(name) + "': Durability::" +
+                    (o.durability == Durability::Async ? "Async" : "Sync") +
+                    " needs the write-ahead journal, which this build does not have yet; open the channel with "
+                    "Durability::Memory");
+}
+
+std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOptions& requested, bool create) {
+  check_channel_name(name);
+  if (create) check_options(name, requested);
+  auto st = std::make_unique<ChannelState>();
+  st->name = std::string(name);
+  st->segment = Segment::open(name, requested, create);
+  SegmentHeader& h = st->segment->header();
+  ChannelOptions eff = requested;
+  eff.ring_bytes = h.ring_bytes;
+  eff.max_message_bytes = h.max_message_bytes;
+  eff.max_producers = h.max_producers;
+  eff.max_groups = h.max_groups;
+  eff.max_consumers = h.max_consumers;
+  eff.dedup_window = h.dedup_window;
+  eff.max_deliveries = h.max_deliveries;
+  eff.durability = static_cast<Durability>(h.durability);
+  if (create && requested.strict_geometry && !st->segment->created()) {
+    auto differs = [&](const char* field, std::uint64_t want, std::uint64_t have) {
+      if (want != have)
+        st->fail(std::errc::invalid_argument, std::string(field) + " is " + std::to_string(have) +
+                                                  " in the existing segment, " + std::to_string(want) +
+                                                  " was asked (strict_geometry)");
+    };
+    differs("ring_bytes", requested.ring_bytes, h.ring_bytes);
+    differs("max_message_bytes", requested.max_message_bytes, h.max_message_bytes);
+    differs("max_producers", requested.max_producers, h.max_producers);
+    differs("max_groups", requested.max_groups, h.max_groups);
+    differs("max_consumers", requested.max_consumers, h.max_consumers);
+  }
+  if (create && requested.durability != eff.durability)
+    st->fail(std::errc::invalid_argument, "the existing segment has another durability than the one asked");
+  st->options = eff;
+  st->header = &h;
+  st->producers = st->segment->producers();
+  st->groups = st->segment->groups();
+  st->consumers = st->segment->consumers();
+  st->ring = &st->segment->ring();
+  return st;
+}
+
+}  // namespace
+}  // namespace detail
+
+Channel::Channel(std::unique_ptr<detail::ChannelState> s) : state_(std::move(s)) {}
+Channel::Channel(Channel&&) noexcept = default;
+Channel& Channel::operator=(Channel&&) noexcept = default;
+Channel::~Channel() = default;
+
+Channel Channel::open(std::string_view name, const ChannelOptions& options) {
+  return Channel(detail::make_state(name, options, true));
+}
+
+Channel Channel::attach(std::string_view name) {
+  ChannelOptions none;
+  none.durability = Durability::Memory;
+  return Channel(detail::make_state(name, none, false));
+}
+
+void Channel::remove(std::string_view name, const std::filesystem::path&) {
+  detail::check_channel_name(name);
+  boost::interprocess::shared_memory_object::remove(("shmq." + std::string(name)).c_str());
+}
+
+bool Channel::exists(std::string_view name) {
+  detail::check_channel_name(name);
+  return std::filesystem::exists(detail::segment_path(name));
+}
+
+std::vector<std::string> Channel::list() {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("shmq.", 0) == 0 && f.size() > 5) names.push_back(f.substr(5));
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string_view Channel::name() const noexcept { return state_->name; }
+const ChannelOptions& Channel::options() const noexcept { return state_->options; }
+
+bool Channel::remove_group(std::string_view group) {
+  detail::ChannelState& s = *state_;
+  detail::check_slot_name(s.name, "group", group);
+  detail::RegistryLock lock(s);
+  const int i = s.find_group(group);
+  if (i < 0) return false;
+  // release: a reclaim that sees kFree no longer counts the group's cursor (its consumers' held
+  // messages still count until they are acked).
+  s.groups[i].state.store(detail::kFree, std::memory_order_release);
+  return true;
+}
+
+void Channel::ensure_group(std::string_view group, Start start) {
+  detail::ChannelState& s = *state_;
+  detail::check_slot_name(s.name, "group", group);
+  detail::RegistryLock lock(s);
+  s.ensure_group(group, start);
+}
+
+ChannelStats Channel::stats() const {
+  detail::ChannelState& s = *state_;
+  ChannelStats out{};
+  out.name = s.name;
+  out.ring_bytes = s.options.ring_bytes;
+  out.max_message_bytes = s.options.max_message_bytes;
+  out.durability = s.options.durability;
+  out.write_position = s.ring->tail();
+  out.reclaimed_position = s.ring->cleaned();
+  out.durable_position = out.write_position;
+  const std::uint64_t gate = s.gate();
+  out.depth_bytes = out.write_position - std::min(gate, out.write_position);
+
+  std::vector<std::uint32_t> consumers_of(s.header->max_groups, 0), held_by(s.header->max_groups, 0);
+  for (std::uint32_t c = 0; c < s.header->max_consumers; ++c) {
+    detail::ConsumerSlot& slot = s.consumers[c];
+    if (slot.state.load(std::memory_order_acquire) != detail::kActive) continue;
+    const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
+    if (slot.group >= s.header->max_groups) continue;
+    std::uint32_t held = 0;
+    for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, detail::kMaxInFlight); ++k)
+      held += slot.in_flight[k].load(std::memory_order_relaxed) != 0;
+    held_by[slot.group] += held;
+    if (owner && detail::token_alive(owner)) {
+      ++consumers_of[slot.group];
+      ++out.live_consumers;
+    }
+  }
+  for (std::uint32_t i = 0; i < s.header->max_groups; ++i) {
+    detail::GroupSlot& g = s.groups[i];
+    if (g.state.load(std::memory_order_acquire) != detail::kActive) continue;
+    GroupStats gs{};
+    gs.name = std::string(detail::slot_name(g.name));
+    gs.next_position = g.next.load(std::memory_order_acquire);
+    gs.low_water_mark = gs.next_position;
+    for (std::uint32_t c = 0; c < s.header->max_consumers; ++c) {
+      detail::ConsumerSlot& slot = s.consumers[c];
+      if (slot.state.load(std::memory_order_acquire) != detail::kActive || slot.group != i) continue;
+      for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, detail::kMaxInFlight); ++k)
+        if (std::uint64_t h = slot.in_flight[k].load(std::memory_order_relaxed)) gs.low_water_mark = std::min(gs.low_water_mark, h - 1);
+    }
+    gs.lag_bytes = out.write_position - std::min(gs.next_position, out.write_position);
+    // Count the records between the cursor and the tail (bounded walk over committed frames).
+    std::uint64_t p = gs.next_position;
+    // Under the cleaning lock: nothing is zeroed while the walk reads it.
+    s.ring->lock_cleaning(detail::self_token(), &detail::ChannelState::alive);
+    while (p < out.write_position && p >= s.ring->cleaned()) {
+      const ring::ReadResult r = s.ring->read(p);
+      if (r.kind == ring::ReadResult::Record) ++gs.lag_messages;
+      else if (r.kind != ring::ReadResult::Padding) break;
+      p = r.next;
+    }
+    s.ring->unlock_cleaning();
+    gs.delivered = g.delivered.load(std::memory_order_relaxed);
+    gs.consumers = consumers_of[i];
+    gs.in_flight = held_by[i];
+    out.groups.push_back(std::move(gs));
+  }
+  for (std::uint32_t i = 0; i < s.header->max_producers; ++i) {
+    detail::ProducerSlot& p = s.producers[i];
+    if (p.state.load(std::memory_order_acquire) != detail::kActive) continue;
+    ProducerStats ps{};
+    ps.name = std::string(detail::slot_name(p.name));
+    ps.id = p.id;
+    ps.next_seq = p.next_seq.load(std::memory_order_relaxed);
+    ps.published = p.published.load(std::memory_order_relaxed);
+    const std::uint64_t owner = p.owner.load(std::memory_order_acquire);
+    ps.pid = detail::token_pid(owner);
+    ps.alive = owner != 0 && detail::token_alive(owner);
+    out.live_producers += ps.alive;
+    out.producers.push_back(std::move(ps));
+  }
+  return out;
+}
+
+}  // namespace shmq

@@ -1,0 +1,269 @@
+// Producer: registration under a stable name, publish and zero-copy claim.
+#include <sched.h>
+
+#include <cstring>
+
+#include "shm/channel_state.hpp"
+
+namespace shmq {
+namespace detail {
+
+struct ProducerState {
+  ChannelState* ch = nullptr;
+  ring::RecordRing* ring = nullptr;
+  ProducerSlot* slot = nullptr;
+  std::string name;
+  std::uint32_t index = 0;         // producer slot = claimer slot in the ring
+  std::uint64_t id = 0;
+  std::uint64_t next_seq = 1;
+  std::uint64_t published = 0;
+  std::uint64_t cleaned_hint = 0;  // cached ring `cleaned`
+  InnerId last{};
+
+  // Reserves FRAME_LEN bytes, waiting on a full ring as OPTS says. Returns the position, or
+  // ring::kNoIntent when the ring stayed full for the whole timeout.
+  std::uint64_t claim_space(std::uint32_t frame_len, const PublishOptions& opts) noexcept;
+  // Checks sizes and durability; Ok or TooLarge. Throws for a durability the channel lacks.
+  Status check(std::size_t payload, const PublishOptions& opts) const;
+  // Writes the header fields and the key of a claimed record; returns where the payload goes.
+  std::byte* write_header(std::uint64_t pos, std::uint64_t seq, std::string_view key) noexcept;
+  void committed(std::uint64_t seq) noexcept;
+};
+
+std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishOptions& opts) noexcept {
+  std::uint64_t pos = ring->try_claim(index, frame_len, cleaned_hint);
+  if (pos != ring::kNoIntent) return pos;
+  const std::uint64_t deadline = now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0));
+  ring::RingHeader& h = ring->header();
+  for (;;) {
+    if (ch->reclaim(ring->claim_end(ring->tail(), frame_len))) {
+      pos = ring->try_claim(index, frame_len, cleaned_hint);
+      if (pos != ring::kNoIntent) return pos;
+      continue;
+    }
+    const std::uint64_t now = now_ns();
+    if (now >= deadline) return ring::kNoIntent;
+    switch (opts.wait) {
+      case Wait::Spin:
+        for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
+        break;
+      case Wait::Yield:
+        sched_yield();
+        break;
+      case Wait::Block: {
+        // Consumers bump space_seq after an ack when a producer waits. The 1 ms slice bounds the
+        // cost of a wake-up lost to the race between their ack and our count.
+        const std::uint32_t v = h.space_seq.load(std::memory_order_acquire);
+        h.space_waiters.fetch_add(1, std::memory_order_seq_cst);
+        if (!ch->reclaim(ring->claim_end(ring->tail(), frame_len)))
+          futex_wait(h.space_seq, v, std::chrono::nanoseconds(std::min<std::uint64_t>(deadline - now, 1000000)));
+        h.space_waiters.fetch_sub(1, std::memory_order_relaxed);
+        break;
+      }
+    }
+  }
+}
+
+Status ProducerState::check(std::size_t payload, const PublishOptions& opts) const {
+  if (opts.durability && *opts.durability != ch->options.durability && *opts.durability != Durability::Memory)
+    ch->fail(std::errc::not_supported, "publish asked for a durability the channel does not have (it is a Memory channel)");
+  if (payload > ch->options.max_message_bytes || opts.key.size() > max_key_bytes(ch->options.max_message_bytes)) return Status::TooLarge;
+  return Status::Ok;
+}
+
+std::byte* ProducerState::write_header(std::uint64_t pos, std::uint64_t seq, std::string_view key) noexcept {
+  auto* h = reinterpret_cast<ring::RecordHeader*>(ring->at(pos));
+  h->producer = id;
+  h->seq = seq;
+  h->timestamp_ns = wall_clock_ns();
+  h->key_len = static_cast<std::uint32_t>(key.size());
+  h->reserved = 0;
+  auto* body = reinterpret_cast<std::byte*>(h) + ring::kHeaderBytes;
+  if (!key.empty()) std::memcpy(body, key.data(), key.size());
+  return body + key.size();
+}
+
+void ProducerState::committed(std::uint64_t seq) noexcept {
+  last = InnerId{id, seq};
+  slot->published.store(++published, std::memory_order_relaxed);
+  ring::RingHeader& h = ring->header();
+  // seq_cst load after the seq_cst claim CAS: a reader that counted itself a waiter before it read
+  // the tail either saw our claim or is seen here (no lost wake-up); no syscall when nobody waits.
+  if (h.data_waiters.load(std::memory_order_seq_cst) != 0) {
+    h.data_seq.fetch_add(1, std::memory_order_release);
+    futex_wake_all(h.data_seq);
+  }
+}
+
+}  // namespace detail
+
+Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_unique<detail::ProducerState>()) {
+  detail::ChannelState& s = channel.state();
+  detail::check_slot_name(s.name, "producer", name);
+  detail::ProducerState& p = *state_;
+  p.ch = &s;
+  p.ring = s.ring;
+  p.name = std::string(name);
+  const std::uint64_t me = detail::self_token();
+  detail::RegistryLock lock(s);
+  int found = -1, free = -1;
+  for (std::uint32_t i = 0; i < s.header->max_producers; ++i) {
+    detail::ProducerSlot& slot = s.producers[i];
+    const std::uint32_t st = slot.state.load(std::memory_order_acquire);
+    if (st == detail::kActive && detail::slot_name(slot.name) == name) {
+      found = static_cast<int>(i);
+      break;
+    }
+    if (st == detail::kFree && free < 0) free = static_cast<int>(i);
+  }
+  if (found >= 0) {
+    const std::uint64_t owner = s.producers[found].owner.load(std::memory_order_acquire);
+    if (owner != 0 && detail::token_alive(owner))
+      s.fail(std::errc::device_or_resource_busy, "producer '" + std::string(name) + "' is in use by live process " +
+                                                     std::to_string(detail::token_pid(owner)));
+  } else if (free >= 0) {
+    detail::ProducerSlot& slot = s.producers[free];
+    detail::set_slot_name(slot.name, name);
+    slot.id = s.header->next_producer_id.fetch_add(1, std::memory_order_relaxed) + 1;
+    slot.next_seq.store(1, std::memory_order_relaxed);
+    slot.published.store(0, std::memory_order_relaxed);
+    slot.state.store(detail::kActive, std::memory_order_release);
+    found = free;
+  } else {
+    s.fail(std::errc::no_space_on_device, "the producer table is full (" + std::to_string(s.header->max_producers) +
+                                              " producers); cannot add producer '" + std::string(name) + "'");
+  }
+  p.index = static_cast<std::uint32_t>(found);
+  p.slot = &s.producers[found];
+  p.id = p.slot->id;
+  p.next_seq = p.slot->next_seq.load(std::memory_order_relaxed);
+  p.published = p.slot->published.load(std::memory_order_relaxed);
+  p.cleaned_hint = p.ring->cleaned();
+  p.slot->owner.store(me, std::memory_order_release);
+  p.ring->adopt_claimer(p.index, me);
+}
+
+Producer::Producer(Producer&&) noexcept = default;
+Producer& Producer::operator=(Producer&& other) noexcept {
+  if (this != &other) {
+    Producer old(std::move(*this));
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Producer::~Producer() {
+  if (!state_) return;
+  detail::ProducerState& p = *state_;
+  detail::RegistryLock lock(*p.ch);
+  p.ring->release_claimer(p.index);
+  p.slot->owner.store(0, std::memory_order_release);
+}
+
+Published Producer::publish(std::span<const std::byte> payload, const PublishOptions& opts) {
+  if (!state_) return {Status::Closed, {}, 0};
+  detail::ProducerState& p = *state_;
+  if (Status st = p.check(payload.size(), opts); st != Status::Ok) return {st, {}, 0};
+  const std::uint64_t seq = opts.seq.value_or(p.next_seq);
+  if (seq < p.next_seq) return {Status::Duplicate, {p.id, seq}, 0};
+  const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + opts.key.size() + payload.size());
+  const std::uint64_t pos = p.claim_space(frame_len, opts);
+  if (pos == ring::kNoIntent) return {Status::WouldBlock, {p.id, seq}, 0};
+  p.next_seq = seq + 1;
+  p.slot->next_seq.store(p.next_seq, std::memory_order_relaxed);
+  std::byte* body = p.write_header(pos, seq, opts.key);
+  if (!payload.empty()) std::memcpy(body, payload.data(), payload.size());
+  p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
+  p.committed(seq);
+  return {Status::Ok, {p.id, seq}, pos};
+}
+
+Published Producer::publish(std::string_view payload, const PublishOptions& opts) {
+  return publish(std::as_bytes(std::span<const char>(payload.data(), payload.size())), opts);
+}
+
+Claim Producer::claim(std::size_t bytes, const PublishOptions& opts) {
+  Claim c;
+  if (!state_) return c;
+  detail::ProducerState& p = *state_;
+  if (Status st = p.check(bytes, opts); st != Status::Ok) {
+    c.status_ = st;
+    return c;
+  }
+  const std::uint64_t seq = opts.seq.value_or(p.next_seq);
+  if (seq < p.next_seq) {
+    c.status_ = Status::Duplicate;
+    c.id_ = {p.id, seq};
+    return c;
+  }
+  const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + opts.key.size() + bytes);
+  const std::uint64_t pos = p.claim_space(frame_len, opts);
+  if (pos == ring::kNoIntent) {
+    c.status_ = Status::WouldBlock;
+    return c;
+  }
+  // The sequence is taken now: an abandoned claim leaves a gap, never a reused inner id.
+  p.next_seq = seq + 1;
+  p.slot->next_seq.store(p.next_seq, std::memory_order_relaxed);
+  c.data_ = p.write_header(pos, seq, opts.key);
+  c.size_ = bytes;
+  c.position_ = pos;
+  c.id_ = {p.id, seq};
+  c.frame_len_ = frame_len;
+  c.producer_ = &p;
+  c.status_ = Status::Ok;
+  return c;
+}
+
+bool Producer::flush(std::chrono::nanoseconds) {
+  // A Memory channel is as durable as it gets once publish returned: the record is in the segment.
+  return state_ != nullptr;
+}
+
+InnerId Producer::last_id() const noexcept { return state_ ? state_->last : InnerId{}; }
+std::string_view Producer::name() const noexcept { return state_ ? std::string_view(state_->name) : std::string_view(); }
+
+Claim::Claim(Claim&& o) noexcept
+    : producer_(o.producer_), frame_len_(o.frame_len_), data_(o.data_), size_(o.size_), position_(o.position_),
+      id_(o.id_), status_(o.status_) {
+  o.producer_ = nullptr;
+  o.status_ = Status::Closed;
+}
+
+Claim& Claim::operator=(Claim&& o) noexcept {
+  if (this != &o) {
+    abandon();
+    producer_ = o.producer_;
+    frame_len_ = o.frame_len_;
+    data_ = o.data_;
+    size_ = o.size_;
+    position_ = o.position_;
+    id_ = o.id_;
+    status_ = o.status_;
+    o.producer_ = nullptr;
+    o.status_ = Status::Closed;
+  }
+  return *this;
+}
+
+Claim::~Claim() { abandon(); }
+
+Published Claim::commit() noexcept {
+  if (!producer_) return {status_ == Status::Ok ? Status::Closed : status_, id_, 0};
+  detail::ProducerState& p = *producer_;
+  p.ring->commit(position_, frame_len_, ring::RecordType::Data, p.index);
+  p.committed(id_.seq);
+  producer_ = nullptr;
+  status_ = Status::Closed;
+  return {Status::Ok, id_, position_};
+}
+
+void Claim::abandon() noexcept {
+  if (!producer_) return;
+  // Padding: consumers skip it; the ring space is reused like any other.
+  producer_->ring->commit(position_, frame_len_, ring::RecordType::Padding, producer_->index);
+  producer_ = nullptr;
+  status_ = Status::Closed;
+}
+
+}  // namespace shmq

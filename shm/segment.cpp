@@ -1,0 +1,275 @@
+#include "shm/segment.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "shm/process.hpp"
+
+namespace shmq::detail {
+namespace bip = boost::interprocess;
+
+namespace {
+
+void (*g_init_hook)() = nullptr;
+
+[[noreturn]] void fail(std::errc code, std::string_view channel, const std::string& what) {
+  throw Error(std::make_error_code(code), "shmq channel '" + std::string(channel) + "': " + what);
+}
+[[noreturn]] void fail_errno(int err, std::string_view channel, const std::string& what) {
+  throw Error(std::error_code(err, std::generic_category()),
+              "shmq channel '" + std::string(channel) + "': " + what + ": " + std::strerror(err));
+}
+
+bool name_char_ok(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+struct Layout {
+  std::uint64_t producers, groups, consumers, ring, total;
+};
+
+std::uint64_t round_up(std::uint64_t n, std::uint64_t to) { return (n + to - 1) / to * to; }
+
+Layout layout_for(std::uint64_t ring_bytes, std::uint32_t producers, std::uint32_t groups, std::uint32_t consumers) {
+  Layout l{};
+  l.producers = round_up(sizeof(SegmentHeader), 4096);
+  l.groups = round_up(l.producers + std::uint64_t(producers) * sizeof(ProducerSlot), 4096);
+  l.consumers = round_up(l.groups + std::uint64_t(groups) * sizeof(GroupSlot), 4096);
+  l.ring = round_up(l.consumers + std::uint64_t(consumers) * sizeof(ConsumerSlot), 4096);
+  l.total = l.ring + ring::RecordRing::region_bytes(ring_bytes, producers);
+  return l;
+}
+
+std::uint64_t max_frame_for(std::uint64_t max_message_bytes) {
+  return ring::kHeaderBytes + max_key_bytes(max_message_bytes) + max_message_bytes;  // header, key, payload
+}
+
+}  // namespace
+
+std::uint32_t layout_fingerprint() noexcept {
+  const std::uint64_t facts[] = {
+      sizeof(SegmentHeader), offsetof(SegmentHeader, init_state), offsetof(SegmentHeader, segment_bytes),
+      offsetof(SegmentHeader, ring_offset), offsetof(SegmentHeader, registry_lock),
+      offsetof(SegmentHeader, next_producer_id), sizeof(ProducerSlot), offsetof(ProducerSlot, name),
+      offsetof(ProducerSlot, owner), offsetof(ProducerSlot, next_seq), sizeof(GroupSlot), offsetof(GroupSlot, next),
+      offsetof(GroupSlot, delivered), sizeof(ConsumerSlot), offsetof(ConsumerSlot, in_flight), kMaxInFlight,
+      sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned),
+      offsetof(ring::RingHeader, data_seq), offsetof(ring::RingHeader, space_seq), sizeof(ring::ClaimerSlot),
+      sizeof(ring::RecordHeader), ring::kRingVersion};
+  std::uint32_t h = 2166136261u;  // FNV-1a over the facts
+  for (std::uint64_t f : facts) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= static_cast<std::uint8_t>(f >> (8 * i));
+      h *= 16777619u;
+    }
+  }
+  return h;
+}
+
+void set_init_hook(void (*hook)()) { g_init_hook = hook; }
+
+void check_channel_name(std::string_view name) {
+  if (name.empty()) fail(std::errc::invalid_argument, name, "the channel name is empty");
+  if (name.size() > kMaxChannelName)
+    fail(std::errc::filename_too_long, name.substr(0, 40),
+         "the channel name is " + std::to_string(name.size()) + " characters long; at most " +
+             std::to_string(kMaxChannelName));
+  if (name.front() == '.') fail(std::errc::invalid_argument, name, "a channel name may not start with '.'");
+  if (name.find("..") != std::string_view::npos) fail(std::errc::invalid_argument, name, "a channel name may not contain '..'");
+  for (char c : name)
+    if (!name_char_ok(c))
+      fail(std::errc::invalid_argument, name,
+           std::string("the channel name contains '") + (c == '\0' ? std::string("\\0") : std::string(1, c)) +
+               "'; allowed are letters, digits, '.', '_' and '-'");
+}
+
+void check_slot_name(std::string_view channel, std::string_view what, std::string_view name) {
+  if (name.empty()) fail(std::errc::invalid_argument, channel, std::string(what) + " name is empty");
+  if (name.size() > kMaxSlotName)
+    fail(std::errc::invalid_argument, channel,
+         std::string(what) + " name '" + std::string(name.substr(0, 40)) + "...' is longer than 63 characters");
+  for (char c : name)
+    if (!name_char_ok(c))
+      fail(std::errc::invalid_argument, channel,
+           std::string(what) + " name '" + std::string(name) + "' contains a character other than letters, digits, '.', '_', '-'");
+}
+
+std::string segment_path(std::string_view name) { return "/dev/shm/shmq." + std::string(name); }
+
+struct Segment::Mapping {
+  bip::shared_memory_object shm;
+  bip::mapped_region region;
+  int fd() const { return shm.get_mapping_handle().handle; }
+};
+
+Segment::~Segment() = default;
+ProducerSlot* Segment::producers() const noexcept {
+  return reinterpret_cast<ProducerSlot*>(reinterpret_cast<char*>(header_) + header_->producers_offset);
+}
+GroupSlot* Segment::groups() const noexcept {
+  return reinterpret_cast<GroupSlot*>(reinterpret_cast<char*>(header_) + header_->groups_offset);
+}
+ConsumerSlot* Segment::consumers() const noexcept {
+  return reinterpret_cast<ConsumerSlot*>(reinterpret_cast<char*>(header_) + header_->consumers_offset);
+}
+
+namespace {
+
+// Holds the flock of the segment file for the scope of a creation or an attach.
+class FileLock {
+ public:
+  FileLock(int fd, std::string_view channel) : fd_(fd) {
+    // Creation takes milliseconds; a creator alive but stuck for longer than this is reported.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      if (errno != EWOULDBLOCK && errno != EINTR) fail_errno(errno, channel, "cannot lock " + segment_path(channel));
+      if (std::chrono::steady_clock::now() > deadline)
+        fail(std::errc::timed_out, channel,
+             "another live process has been initialising " + segment_path(channel) + " for more than 30 s");
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  ~FileLock() { ::flock(fd_, LOCK_UN); }
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+
+ private:
+  int fd_;
+};
+
+void initialize(SegmentHeader* h, const Layout& l, const ChannelOptions& o) {
+  std::memcpy(h->magic, kMagicBytes, sizeof h->magic);
+  h->layout_version = kLayoutVersion;
+  h->fingerprint = layout_fingerprint();
+  h->init_state.store(kInitializing, std::memory_order_relaxed);
+  h->durability = static_cast<std::uint32_t>(o.durability);
+  h->segment_bytes = l.total;
+  h->ring_bytes = o.ring_bytes;
+  h->max_message_bytes = o.max_message_bytes;
+  h->max_producers = o.max_producers;
+  h->max_groups = o.max_groups;
+  h->max_consumers = o.max_consumers;
+  h->dedup_window = o.dedup_window;
+  h->max_deliveries = o.max_deliveries;
+  h->producers_offset = l.producers;
+  h->groups_offset = l.groups;
+  h->consumers_offset = l.consumers;
+  h->ring_offset = l.ring;
+  h->created_ns = wall_clock_ns();
+  h->creator_token = self_token();
+  if (g_init_hook) g_init_hook();
+  ring::RecordRing::initialize(reinterpret_cast<char*>(h) + l.ring, o.ring_bytes, o.max_producers,
+                               max_frame_for(o.max_message_bytes));
+  // release: everything above is visible to whoever reads Ready (acquire in validate()).
+  h->init_state.store(kReady, std::memory_order_release);
+}
+
+// Checks a Ready header against the file it came from; returns what is wrong, or empty.
+std::string validate(const SegmentHeader* h, std::uint64_t file_bytes) {
+  if (h->layout_version != kLayoutVersion)
+    return "segment layout version is " + std::to_string(h->layout_version) + ", this build reads version " +
+           std::to_string(kLayoutVersion);
+  if (h->fingerprint != layout_fingerprint()) return "segment layout fingerprint differs from this build's (built with another layout)";
+  if (h->durability > static_cast<std::uint32_t>(Durability::Sync)) return "segment header names an unknown durability";
+  if (!std::has_single_bit(h->ring_bytes) || h->ring_bytes < (64u << 10) || h->ring_bytes > (1u << 30))
+    return "segment header has a ring size that is not a power of two between 64 KiB and 1 GiB";
+  if (h->max_message_bytes == 0 || h->max_message_bytes > h->ring_bytes / 4) return "segment header has an invalid max_message_bytes";
+  if (h->max_producers == 0 || h->max_producers > ring::kMaxClaimers || h->max_groups == 0 || h->max_groups > 4096 ||
+      h->max_consumers == 0 || h->max_consumers > 4096)
+    return "segment header has table sizes out of range";
+  const Layout l = layout_for(h->ring_bytes, h->max_producers, h->max_groups, h->max_consumers);
+  if (h->producers_offset != l.producers || h->groups_offset != l.groups || h->consumers_offset != l.consumers ||
+      h->ring_offset != l.ring || h->segment_bytes != l.total)
+    return "segment header offsets do not match its geometry";
+  if (file_bytes != l.total)
+    return "segment file is " + std::to_string(file_bytes) + " bytes, its header says " + std::to_string(l.total);
+  const auto* region = reinterpret_cast<const char*>(h) + l.ring;
+  if (const char* why = ring::RecordRing::validate(region, l.total - l.ring)) return why;
+  auto* rh = reinterpret_cast<const ring::RingHeader*>(region);
+  if (rh->capacity != h->ring_bytes || rh->claimers != h->max_producers || rh->max_frame != max_frame_for(h->max_message_bytes))
+    return "ring header disagrees with the segment header";
+  return {};
+}
+
+bool all_zero(const void* p, std::size_t n) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  return std::all_of(b, b + n, [](unsigned char c) { return c == 0; });
+}
+
+}  // namespace
+
+std::unique_ptr<Segment> Segment::open(std::string_view name, const ChannelOptions& options, bool create) {
+  const std::string shm_name = "shmq." + std::string(name);
+  const std::string path = segment_path(name);
+  std::unique_ptr<Segment> seg(new Segment());
+  seg->mapping_ = std::make_unique<Mapping>();
+  Mapping& m = *seg->mapping_;
+  try {
+    if (create) {
+      bip::permissions perm(options.mode);
+      m.shm = bip::shared_memory_object(bip::open_or_create, shm_name.c_str(), bip::read_write, perm);
+    } else {
+      m.shm = bip::shared_memory_object(bip::open_only, shm_name.c_str(), bip::read_write);
+    }
+  } catch (const bip::interprocess_exception& e) {
+    const int err = e.get_native_error() ? e.get_native_error() : EIO;
+    if (err == ENOENT) fail(std::errc::no_such_file_or_directory, name, "no such channel (" + path + " does not exist)");
+    fail_errno(err, name, "cannot open " + path);
+  }
+  FileLock lock(m.fd(), name);
+
+  struct stat st{};
+  if (::fstat(m.fd(), &st) != 0) fail_errno(errno, name, "cannot stat " + path);
+  if (!S_ISREG(st.st_mode)) fail(std::errc::invalid_argument, name, path + " is not a regular file");
+  auto file_bytes = static_cast<std::uint64_t>(st.st_size);
+
+  bool init = false;
+  if (file_bytes == 0) {
+    init = true;  // new, or its creator died before sizing it
+  } else if (file_bytes < sizeof(SegmentHeader)) {
+    fail(std::errc::invalid_argument, name, path + " is not a shmq segment (" + std::to_string(file_bytes) + " bytes, too short for a header)");
+  } else {
+    m.region = bip::mapped_region(m.shm, bip::read_write);
+    auto* h = static_cast<SegmentHeader*>(m.region.get_address());
+    if (std::memcmp(h->magic, kMagicBytes, sizeof h->magic) == 0) {
+      // acquire: pairs with the release store of Ready in initialize().
+      const std::uint32_t state = h->init_state.load(std::memory_order_acquire);
+      if (state == kInitializing) init = true;  // the creator died half-way (we hold the lock)
+      else if (state != kReady) fail(std::errc::invalid_argument, name, path + " has a header in an unknown init state");
+    } else if (all_zero(h, sizeof(SegmentHeader))) {
+      init = true;  // sized, then its creator died before writing anything
+    } else {
+      fail(std::errc::invalid_argument, name, path + " is not a shmq segment (its magic is not SHMQSEG1)");
+    }
+    if (init && !create) fail(std::errc::no_such_file_or_directory, name, path + " was never fully created");
+  }
+
+  if (init) {
+    const Layout l = layout_for(options.ring_bytes, options.max_producers, options.max_groups, options.max_consumers);
+    m.region = bip::mapped_region();
+    // Fresh zeroed pages: shrink to 0 first so that a half-written earlier attempt leaves nothing.
+    if (::ftruncate(m.fd(), 0) != 0 || ::ftruncate(m.fd(), static_cast<off_t>(l.total)) != 0)
+      fail_errno(errno, name, "cannot size " + path + " to " + std::to_string(l.total) + " bytes");
+    m.region = bip::mapped_region(m.shm, bip::read_write);
+    initialize(static_cast<SegmentHeader*>(m.region.get_address()), l, options);
+    file_bytes = l.total;
+    seg->created_ = true;
+  }
+  seg->header_ = static_cast<SegmentHeader*>(m.region.get_address());
+  if (m.region.get_size() < file_bytes) fail(std::errc::io_error, name, "mapping of " + path + " is shorter than the file");
+  if (std::string why = validate(seg->header_, file_bytes); !why.empty()) fail(std::errc::invalid_argument, name, path + ": " + why);
+  seg->ring_ = ring::RecordRing(reinterpret_cast<char*>(seg->header_) + seg->header_->ring_offset);
+  return seg;
+}
+
+}  // namespace shmq::detail

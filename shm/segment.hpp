@@ -1,0 +1,153 @@
+// The shared-memory segment of a channel: its layout, its creation and its validation.
+//
+// Layout of /dev/shm/shmq.NAME (every offset is recorded in the header and checked at attach):
+//
+//   +----------------+  0
+//   | SegmentHeader  |  magic "SHMQSEG1", layout version, fingerprint, init state, geometry
+//   +----------------+  producers_offset
+//   | ProducerSlot[] |  max_producers: name, stable id, owner, next sequence
+//   +----------------+  groups_offset
+//   | GroupSlot[]    |  max_groups: name, delivery cursor
+//   +----------------+  consumers_offset
+//   | ConsumerSlot[] |  max_consumers: owner, group, heartbeat, in-flight positions
+//   +----------------+  ring_offset
+//   | RecordRing     |  ring header, claimer table (one per producer slot), data (ring_bytes)
+//   +----------------+  segment_bytes
+//
+// Creation is race-free between processes: every opener takes an flock on the segment's file
+// (Boost.Interprocess's file_lock is an fcntl lock, which is per process and dropped when any fd of
+// the file is closed: not safe between threads, hence flock). The creator holds it while it sizes
+// and fills the segment, and marks the header Ready last; the kernel drops the lock if it dies.
+// An opener that then finds a segment that was never made Ready (all zero, or Initializing) knows
+// its creator died half-way and initialises it again: such a segment never held a message. A
+// segment with anything else in it that does not validate is refused, never re-initialised.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "ringbuffer/record_ring.hpp"
+#include "shmq/shmq.hpp"
+
+namespace shmq::detail {
+
+inline constexpr char kMagicBytes[8] = {'S', 'H', 'M', 'Q', 'S', 'E', 'G', '1'};
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kInitializing = 0x494e4954;  // "INIT"
+inline constexpr std::uint32_t kReady = 0x52454459;         // "REDY"
+inline constexpr std::size_t kMaxChannelName = 200;
+inline constexpr std::size_t kMaxSlotName = 63;
+inline constexpr std::uint32_t kMaxInFlight = 256;
+
+// The longest key a record may carry: 65535 bytes, and no more than the payload limit.
+constexpr std::uint64_t max_key_bytes(std::uint64_t max_message_bytes) { return max_message_bytes < 65535 ? max_message_bytes : 65535; }
+
+enum SlotState : std::uint32_t { kFree = 0, kActive = 1 };
+
+struct alignas(64) SegmentHeader {
+  char magic[8];                          // "SHMQSEG1"
+  std::uint32_t layout_version;
+  std::uint32_t fingerprint;              // hash of the sizes and offsets of these structures
+  std::atomic<std::uint32_t> init_state;  // 0 / kInitializing / kReady
+  std::uint32_t durability;               // Durability
+  std::uint64_t segment_bytes;
+  std::uint64_t ring_bytes;
+  std::uint64_t max_message_bytes;
+  std::uint32_t max_producers;
+  std::uint32_t max_groups;
+  std::uint32_t max_consumers;
+  std::uint32_t dedup_window;
+  std::uint32_t max_deliveries;
+  std::uint32_t reserved;
+  std::uint64_t producers_offset;
+  std::uint64_t groups_offset;
+  std::uint64_t consumers_offset;
+  std::uint64_t ring_offset;
+  std::uint64_t created_ns;
+  std::uint64_t creator_token;
+  alignas(64) std::atomic<std::uint64_t> registry_lock;     // owner token; serialises table changes
+  std::atomic<std::uint64_t> next_producer_id;              // ids handed out so far
+};
+
+struct alignas(64) ProducerSlot {
+  std::atomic<std::uint32_t> state;       // SlotState; kActive once registered (kept across owners)
+  std::uint32_t reserved;
+  char name[kMaxSlotName + 1];
+  std::uint64_t id;                       // stable producer id
+  std::atomic<std::uint64_t> owner;       // owner token of the process using it; 0 when none
+  alignas(64) std::atomic<std::uint64_t> next_seq;   // written by the owner on every publish
+  std::atomic<std::uint64_t> published;              // records appended
+};
+
+struct alignas(64) GroupSlot {
+  std::atomic<std::uint32_t> state;       // SlotState
+  std::uint32_t start;                    // Start the group was created with
+  char name[kMaxSlotName + 1];
+  std::uint64_t created_position;
+  // One line for the delivery cursor: consumers of the group CAS it.
+  alignas(64) std::atomic<std::uint64_t> next;       // next position to deliver
+  std::atomic<std::uint64_t> delivered;              // deliveries made
+};
+
+struct alignas(64) ConsumerSlot {
+  std::atomic<std::uint32_t> state;       // SlotState
+  std::uint32_t group;                    // index into the group table
+  std::atomic<std::uint64_t> owner;       // owner token
+  std::atomic<std::uint64_t> heartbeat_ns;
+  std::uint32_t max_in_flight;
+  std::uint32_t reserved;
+  // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
+  alignas(64) std::atomic<std::uint64_t> in_flight[kMaxInFlight];
+};
+
+static_assert(std::is_standard_layout_v<SegmentHeader> && std::is_standard_layout_v<ProducerSlot> &&
+              std::is_standard_layout_v<GroupSlot> && std::is_standard_layout_v<ConsumerSlot>);
+static_assert(offsetof(SegmentHeader, layout_version) == 8);  // documented: tools and tests rely on it
+static_assert(offsetof(SegmentHeader, registry_lock) % 64 == 0);
+static_assert(offsetof(ProducerSlot, next_seq) % 64 == 0);
+static_assert(offsetof(GroupSlot, next) % 64 == 0);
+static_assert(offsetof(ConsumerSlot, in_flight) % 64 == 0);
+
+// Hash of the sizes and offsets above: two builds that disagree on the layout refuse each other.
+std::uint32_t layout_fingerprint() noexcept;
+
+// Called by the creating process in the middle of initialising a new segment (after it is sized,
+// before it is marked Ready). For crash tests only.
+void set_init_hook(void (*hook)());
+
+// Checks a channel name: 1..200 characters of [A-Za-z0-9._-], not starting with '.', no "..".
+// Throws Error naming the channel and what is wrong.
+void check_channel_name(std::string_view name);
+// Checks a group or producer name (WHAT says which): 1..63 characters of [A-Za-z0-9._-].
+void check_slot_name(std::string_view channel, std::string_view what, std::string_view name);
+std::string segment_path(std::string_view name);  // /dev/shm/shmq.NAME
+
+// A mapped, validated segment.
+class Segment {
+ public:
+  // Attach to the segment of NAME or create it (CREATE false: attach only). OPTIONS must have been
+  // checked. Throws Error.
+  static std::unique_ptr<Segment> open(std::string_view name, const ChannelOptions& options, bool create);
+  ~Segment();
+
+  SegmentHeader& header() const noexcept { return *header_; }
+  ProducerSlot* producers() const noexcept;
+  GroupSlot* groups() const noexcept;
+  ConsumerSlot* consumers() const noexcept;
+  ring::RecordRing& ring() noexcept { return ring_; }
+  bool created() const noexcept { return created_; }
+
+ private:
+  Segment() = default;
+  struct Mapping;
+  std::unique_ptr<Mapping> mapping_;
+  SegmentHeader* header_ = nullptr;
+  ring::RecordRing ring_;
+  bool created_ = false;
+};
+
+}  // namespace shmq::detail
