@@ -1,0 +1,366 @@
+// Helpers shared by the tests: unique channel names, a fixture that removes its channels, forked
+// children with deadlines, a start barrier, and a deadline for the test process itself.
+//
+// Rules the helpers enforce:
+//   - every channel a test makes has a name unique to the process and the test, and is removed in
+//     TearDown, so the test executables can run in parallel;
+//   - a child never returns into GoogleTest: it runs a function and leaves with _exit(code), with an
+//     alarm() set so that a child stuck in the library dies on its own;
+//   - the parent waits for a child with a deadline, SIGKILLs it past that, and reports it.
+#pragma once
+
+#include <shmq/shmq.hpp>
+
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace shmq::test {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// Big message counts are scaled down under the sanitizers so that the suite stays fast; the tests
+// still run.
+#ifdef SHMQ_SANITIZED
+inline constexpr bool kSanitized = true;
+inline constexpr std::uint64_t scaled(std::uint64_t n) { return n / 10 == 0 ? 1 : n / 10; }
+#else
+inline constexpr bool kSanitized = false;
+inline constexpr std::uint64_t scaled(std::uint64_t n) { return n; }
+#endif
+
+// Channel options for tests: Memory durability (no journal yet), a small ring.
+inline ChannelOptions memory_options(std::size_t ring_bytes = 1 << 20,
+                                     std::size_t max_message_bytes = 64 << 10) {
+  ChannelOptions o;
+  o.durability = Durability::Memory;
+  o.ring_bytes = ring_bytes;
+  o.max_message_bytes = max_message_bytes;
+  return o;
+}
+
+inline std::string segment_path(const std::string& channel) { return "/dev/shm/shmq." + channel; }
+
+inline std::span<const std::byte> as_bytes(std::string_view s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+// A name made of the process id, the test's name and a tag: unique across parallel test runs.
+inline std::string unique_name(std::string_view tag = "") {
+  std::string test = "t";
+  if (const auto* info = ::testing::UnitTest::GetInstance()->current_test_info()) {
+    test = info->name();
+  }
+  for (char& c : test) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) c = '_';
+  }
+  std::string name = "ut-" + std::to_string(::getpid()) + "-" + test;
+  if (!tag.empty()) {
+    name += "-";
+    name += tag;
+  }
+  return name;
+}
+
+// Fixture: hands out unique channel names and removes every one of them in TearDown.
+class ChannelTest : public ::testing::Test {
+ protected:
+  std::string channel_name(std::string_view tag = "") {
+    names_.push_back(unique_name(tag.empty() ? std::to_string(names_.size()) : std::string(tag)));
+    return names_.back();
+  }
+  void TearDown() override {
+    for (const auto& n : names_) {
+      try {
+        if (Channel::exists(n)) Channel::remove(n);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "Channel::remove(" << n << ") threw: " << e.what();
+      }
+      ::unlink(segment_path(n).c_str());  // whatever the test left there on purpose
+    }
+  }
+
+ private:
+  std::vector<std::string> names_;
+};
+
+// Deadline for the test process itself, for calls that could block forever in the parent: past
+// it, the process prints what it was waiting for and exits with 124 (a failed test).
+class Deadline {
+ public:
+  Deadline(unsigned seconds, const char* what) {
+    what_ = what;
+    struct sigaction sa {};
+    sa.sa_handler = &Deadline::expired;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGALRM, &sa, &old_);
+    ::alarm(seconds);
+  }
+  ~Deadline() {
+    ::alarm(0);
+    ::sigaction(SIGALRM, &old_, nullptr);
+  }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+ private:
+  static void expired(int) {
+    const char head[] = "\n*** test deadline expired while waiting for: ";
+    (void)!::write(2, head, sizeof head - 1);
+    (void)!::write(2, what_, std::strlen(what_));
+    (void)!::write(2, "\n", 1);
+    ::_exit(124);
+  }
+  static inline const char* what_ = "";
+  struct sigaction old_ {};
+};
+
+// Exit codes of a child.
+inline constexpr int kChildOk = 0;
+inline constexpr int kChildFailed = 1;      // a check in the child failed (it printed which)
+inline constexpr int kChildThrew = 2;       // an exception escaped the child's function
+inline constexpr int kChildAlarm = 3;       // SIGALRM: the child's own watchdog
+
+// In a child: print the failed check and leave.
+#define CHILD_CHECK(cond)                                                                        \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
+      std::fprintf(stderr, "child %d: check failed at %s:%d: %s\n", static_cast<int>(::getpid()), \
+                   __FILE__, __LINE__, #cond);                                                   \
+      std::fflush(stderr);                                                                       \
+      ::_exit(::shmq::test::kChildFailed);                                                       \
+    }                                                                                            \
+  } while (0)
+
+// Forks a child that runs fn() with an alarm of `seconds` and leaves with _exit(fn's result).
+inline pid_t fork_child(std::function<int()> fn, unsigned seconds = 60) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ADD_FAILURE() << "fork: " << std::strerror(errno);
+    return pid;
+  }
+  if (pid > 0) return pid;
+  // Child.
+  ::signal(SIGALRM, [](int) {
+    const char msg[] = "child: watchdog alarm expired\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+    ::_exit(kChildAlarm);
+  });
+  ::alarm(seconds);
+  int rc = kChildThrew;
+  try {
+    rc = fn();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "child %d: exception: %s\n", static_cast<int>(::getpid()), e.what());
+  } catch (...) {
+    std::fprintf(stderr, "child %d: unknown exception\n", static_cast<int>(::getpid()));
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  ::_exit(rc);
+}
+
+struct ChildResult {
+  bool exited = false;      // waited for (not past the deadline)
+  int status = 0;           // raw wait status
+  bool ok() const { return exited && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+  bool killed_by(int sig) const { return exited && WIFSIGNALED(status) && WTERMSIG(status) == sig; }
+  std::string describe() const {
+    if (!exited) return "did not finish before the deadline (SIGKILLed)";
+    if (WIFEXITED(status)) return "exited with " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+    return "status " + std::to_string(status);
+  }
+};
+
+// Waits for pid until the deadline; past it, SIGKILLs and reaps it and returns exited = false.
+inline ChildResult wait_child(pid_t pid, Clock::time_point deadline) {
+  ChildResult r;
+  for (;;) {
+    int status = 0;
+    const pid_t got = ::waitpid(pid, &status, WNOHANG);
+    if (got == pid) {
+      r.exited = true;
+      r.status = status;
+      return r;
+    }
+    if (got < 0 && errno != EINTR) {
+      ADD_FAILURE() << "waitpid(" << pid << "): " << std::strerror(errno);
+      return r;
+    }
+    if (Clock::now() >= deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return r;
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+}
+
+inline ChildResult wait_child(pid_t pid, std::chrono::milliseconds timeout) {
+  return wait_child(pid, Clock::now() + timeout);
+}
+
+// Is the child still running (not exited)? Does not reap it.
+inline bool child_running(pid_t pid) {
+  siginfo_t info{};
+  info.si_pid = 0;
+  if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) return false;
+  return info.si_pid == 0;
+}
+
+// SIGKILLs the child and reaps it.
+inline ChildResult kill_child(pid_t pid) {
+  ::kill(pid, SIGKILL);
+  ChildResult r;
+  r.exited = ::waitpid(pid, &r.status, 0) == pid;
+  return r;
+}
+
+// A pipe with helpers for fixed-size records. Both ends are closed on destruction.
+struct Pipe {
+  int fds[2] = {-1, -1};
+  Pipe() {
+    if (::pipe(fds) != 0) ADD_FAILURE() << "pipe: " << std::strerror(errno);
+  }
+  ~Pipe() {
+    close_read();
+    close_write();
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  int read_fd() const { return fds[0]; }
+  int write_fd() const { return fds[1]; }
+  void close_read() {
+    if (fds[0] >= 0) ::close(fds[0]);
+    fds[0] = -1;
+  }
+  void close_write() {
+    if (fds[1] >= 0) ::close(fds[1]);
+    fds[1] = -1;
+  }
+  // Writes all of [p, p+n); false on error.
+  bool write_all(const void* p, std::size_t n) const {
+    const char* c = static_cast<const char*>(p);
+    while (n > 0) {
+      const ssize_t w = ::write(fds[1], c, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return false;
+      c += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return true;
+  }
+  template <class T>
+  bool send(const T& v) const {
+    return write_all(&v, sizeof v);
+  }
+  // Reads exactly n bytes, waiting at most until the deadline; false on EOF, error or deadline.
+  bool read_all(void* p, std::size_t n, Clock::time_point deadline) const {
+    char* c = static_cast<char*>(p);
+    while (n > 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return false;
+      fd_set set;
+      FD_ZERO(&set);
+      FD_SET(fds[0], &set);
+      timeval tv{static_cast<time_t>(left.count() / 1000),
+                 static_cast<suseconds_t>((left.count() % 1000) * 1000)};
+      const int s = ::select(fds[0] + 1, &set, nullptr, nullptr, &tv);
+      if (s < 0 && errno == EINTR) continue;
+      if (s <= 0) continue;  // timeout: loop re-checks the deadline
+      const ssize_t r = ::read(fds[0], c, n);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+      c += r;
+      n -= static_cast<std::size_t>(r);
+    }
+    return true;
+  }
+  // Is there something to read (or EOF) right now?
+  bool readable() const {
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(fds[0], &set);
+    timeval tv{0, 0};
+    return ::select(fds[0] + 1, &set, nullptr, nullptr, &tv) > 0;
+  }
+  template <class T>
+  bool receive(T& v, std::chrono::milliseconds timeout) const {
+    return read_all(&v, sizeof v, Clock::now() + timeout);
+  }
+};
+
+// A start barrier for forked children: each child blocks in wait() until the parent calls
+// release(), which closes the write end, so that every child wakes at the same instant.
+class StartBarrier {
+ public:
+  // In a child: close our copy of the write end, then block until the parent releases.
+  void wait() {
+    pipe_.close_write();
+    char c;
+    while (::read(pipe_.read_fd(), &c, 1) < 0 && errno == EINTR) {
+    }
+  }
+  // In the parent, after forking every child.
+  void release() {
+    pipe_.close_write();
+    pipe_.close_read();
+  }
+
+ private:
+  Pipe pipe_;
+};
+
+// Polls one message, waiting up to `timeout` in slices (so that a Block consumer is not needed).
+inline std::optional<Message> poll_for(Consumer& c, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    auto m = c.poll(std::chrono::milliseconds(10));
+    if (m) return m;
+    if (c.status() == Status::Closed || Clock::now() >= deadline) return std::nullopt;
+  }
+}
+
+// FNV-1a, for payload checksums.
+inline std::uint32_t checksum(std::span<const std::byte> bytes) {
+  std::uint32_t h = 2166136261u;
+  for (std::byte b : bytes) {
+    h ^= static_cast<std::uint8_t>(b);
+    h *= 16777619u;
+  }
+  return h;
+}
+
+// Deterministic filler: byte i of the payload of (producer, seq).
+inline std::byte filler(std::uint64_t producer, std::uint64_t seq, std::size_t i) {
+  std::uint64_t x = (producer + 1) * 0x9E3779B97F4A7C15ull ^ (seq * 0xBF58476D1CE4E5B9ull) ^ i;
+  x ^= x >> 29;
+  return static_cast<std::byte>(x & 0xff);
+}
+
+}  // namespace shmq::test
