@@ -1,0 +1,75 @@
+# A thin wrapper around CMake and CTest.
+#   make deps    install the Debian packages the build needs (only those missing)
+#   make build   Release build in build/
+#   make test    the suite three times: Release (build/), ASan+UBSan (build-asan/), TSan (build-tsan/)
+#   make demo    the shmq tool's demo
+#   make bench   the benchmarks
+#   make clean
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+JOBS ?= $(shell nproc)
+CTEST_JOBS ?= 2
+DEPS := cmake g++ make libboost-dev libgtest-dev libbenchmark-dev libcli11-dev tmux
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# Any sanitizer report fails the test that produced it.
+SANITIZER_ENV := \
+  ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1 \
+  UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+  TSAN_OPTIONS=halt_on_error=1:abort_on_error=1:exitcode=66:second_deadlock_stack=1
+
+.PHONY: deps build test demo bench clean
+
+deps:
+	@missing=""; \
+	for p in $(DEPS); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [[ -n "$$missing" ]]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+	cmake --build build -j$(JOBS)
+
+# Each suite: configure, build, ctest. A suite whose build fails counts as one failure. The last
+# line sums the three ctest runs.
+test: deps
+	@passed=0; failed=0; \
+	run_suite() { \
+	  local dir=$$1; shift; \
+	  echo "==== $$dir: cmake $$*"; \
+	  if ! { cmake -S . -B "$$dir" "$$@" && cmake --build "$$dir" -j$(JOBS); }; then \
+	    echo "==== $$dir: BUILD FAILED"; failed=$$((failed + 1)); return 0; \
+	  fi; \
+	  (cd "$$dir" && env $(SANITIZER_ENV) ctest --output-on-failure -j$(CTEST_JOBS)) 2>&1 | tee "$$dir/ctest.log" || true; \
+	  local line; line=$$(grep -E '[0-9]+ tests failed out of [0-9]+' "$$dir/ctest.log" | tail -n1 || true); \
+	  if [[ -z "$$line" ]]; then echo "==== $$dir: ctest ran no test"; failed=$$((failed + 1)); return 0; fi; \
+	  local f t; \
+	  f=$$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$$line"); \
+	  t=$$(sed -E 's/.* tests failed out of ([0-9]+).*/\1/' <<<"$$line"); \
+	  passed=$$((passed + t - f)); failed=$$((failed + f)); \
+	}; \
+	start=$$SECONDS; \
+	run_suite build -DCMAKE_BUILD_TYPE=Release; \
+	run_suite build-asan -DSHMQ_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo; \
+	run_suite build-tsan -DSHMQ_SANITIZE=thread; \
+	echo "==== make test took $$((SECONDS - start)) s"; \
+	echo "$$passed passed, $$failed failed"; \
+	[[ $$failed -eq 0 ]]
+
+demo: build
+	./build/tools/shmq demo
+
+bench: build
+	@if [[ -x bench/run.sh ]]; then ./bench/run.sh; \
+	elif [[ -f bench/run.sh ]]; then bash bench/run.sh; \
+	elif [[ -x build/bench/shmq_bench_pipeline ]]; then ./build/bench/shmq_bench_pipeline; \
+	else echo "no benchmark yet: neither bench/run.sh nor build/bench/shmq_bench_pipeline"; exit 1; fi
+
+clean:
+	rm -rf build build-asan build-tsan
