@@ -582,6 +582,7 @@ struct Names {
 shmq::ChannelOptions channel_options(std::size_t ring_bytes, const std::filesystem::path& journal_dir) {
   shmq::ChannelOptions o;
   o.ring_bytes = ring_bytes;
+  o.max_message_bytes = std::min(o.max_message_bytes, ring_bytes / 4);  // the channel's limit
   o.durability = shmq::Durability::Memory;
   o.journal_dir = journal_dir;
   return o;
