@@ -77,12 +77,14 @@ struct Config {
   int cpu_b = -1;
 };
 
+// Prints the usage; WHY == nullptr (--help): to stdout, exit 0; else to stderr, exit 2.
 [[noreturn]] void usage(const char* argv0, const char* why) {
-  std::fprintf(stderr,
-               "%s: %s\nusage: %s [--quick] [--json FILE] [--rtt N] [--warmup N] [--messages N]\n"
+  if (why != nullptr) std::fprintf(stderr, "%s: %s\n", argv0, why);
+  std::fprintf(why != nullptr ? stderr : stdout,
+               "usage: %s [--quick] [--json FILE] [--rtt N] [--warmup N] [--messages N]\n"
                "       [--tp-warmup N] [--ring-mib N] [--lat-ring-kib N] [--budget SECONDS] [--stall SECONDS] [--cpus A,B]\n",
-               argv0, why, argv0);
-  std::exit(2);
+               argv0);
+  std::exit(why != nullptr ? 2 : 0);
 }
 
 std::uint64_t parse_count(const char* argv0, const char* text) {
@@ -141,7 +143,7 @@ Config parse_args(int argc, char** argv) {
       if (std::sscanf(v, "%d,%d", &c.cpu_a, &c.cpu_b) != 2 || c.cpu_a < 0 || c.cpu_b < 0)
         usage(argv[0], "--cpus takes two CPU numbers, e.g. 0,1");
     } else if (a == "--help" || a == "-h") {
-      usage(argv[0], "help");
+      usage(argv[0], nullptr);
     } else {
       usage(argv[0], "unknown argument");
     }
