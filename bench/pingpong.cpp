@@ -29,6 +29,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -294,6 +295,9 @@ struct alignas(64) Control {
   std::uint64_t received = 0;                        // messages consumed, END excluded
   std::uint32_t stopped_early = 0;                   // the time budget cut the run short
   char error[512] = {};
+  // Written by the parent after the case: how much of the host's CPUs others took meanwhile.
+  double others_cpu_pct = 0;  // busy time not spent by our two children, % of all CPUs
+  double steal_pct = 0;       // time the hypervisor gave to other guests, % of all CPUs
 };
 
 // An anonymous shared mapping, made before fork, unmapped by the owner's destructor.
@@ -429,10 +433,17 @@ static_assert(sizeof(FloorRing) % 64 == 0);
 // ---------------------------------------------------------------------------------------------
 // Results
 
+// How disturbed a case was: CPU time others took while it ran.
+struct Disturbance {
+  double others_cpu_pct = 0;
+  double steal_pct = 0;
+};
+
 struct Latency {
   bool ok = false;
   std::uint64_t samples = 0;
   bool stopped_early = false;
+  Disturbance disturbance;
   double p50 = 0, p99 = 0, p999 = 0, max = 0, mean = 0;  // one-way, ns
 };
 
@@ -440,6 +451,7 @@ struct Throughput {
   bool ok = false;
   std::uint64_t messages = 0;  // timed, after the warm-up
   bool stopped_early = false;
+  Disturbance disturbance;
   double seconds = 0;
   double msgs_per_s = 0;
   double mb_per_s = 0;  // payload bytes, 10^6 per MB
@@ -476,6 +488,36 @@ Latency summarize(std::vector<std::uint64_t> rtt_ticks, bool stopped_early) {
 // ---------------------------------------------------------------------------------------------
 // Running a case: two children, pinned, watched by the parent.
 
+// Busy and stolen CPU time of the whole host so far, from /proc/stat, in ns.
+struct HostCpu {
+  bool ok = false;
+  std::uint64_t busy_ns = 0;
+  std::uint64_t steal_ns = 0;
+};
+
+HostCpu host_cpu() {
+  HostCpu h;
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return h;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  const int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle, &iowait,
+                            &irq, &softirq, &steal);
+  std::fclose(f);
+  if (n < 7) return h;
+  const double ns_per_tick = 1e9 / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  h.busy_ns = static_cast<std::uint64_t>(static_cast<double>(user + nice + system + irq + softirq) * ns_per_tick);
+  h.steal_ns = static_cast<std::uint64_t>(static_cast<double>(steal) * ns_per_tick);
+  h.ok = true;
+  return h;
+}
+
+std::uint64_t rusage_ns(const rusage& r) {
+  const auto tv = [](const timeval& t) {
+    return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(t.tv_usec) * 1000u;
+  };
+  return tv(r.ru_utime) + tv(r.ru_stime);
+}
+
 volatile sig_atomic_t g_interrupted = 0;
 extern "C" void on_signal(int) { g_interrupted = 1; }
 
@@ -486,6 +528,9 @@ bool run_pair(const Config& cfg, const char* name, Control& control, const char*
   std::fflush(stdout);
   std::fflush(stderr);
   g_control = &control;
+  const HostCpu cpu_before = host_cpu();
+  std::uint64_t children_ns = 0;  // CPU time of our two children
+  const std::uint64_t started = mono_ns();
   auto spawn = [&](int cpu, const char* role, const std::function<void()>& body) -> pid_t {
     const pid_t pid = ::fork();
     if (pid < 0) {
@@ -526,10 +571,12 @@ bool run_pair(const Config& cfg, const char* name, Control& control, const char*
     for (auto& pid : pids) {
       if (pid <= 0) continue;
       int status = 0;
-      const pid_t r = ::waitpid(pid, &status, WNOHANG);
+      rusage usage{};
+      const pid_t r = ::wait4(pid, &status, WNOHANG, &usage);
       if (r == 0) continue;
+      if (r > 0) children_ns += rusage_ns(usage);
       if (r < 0) {
-        std::fprintf(stderr, "*** FAIL [%s]: waitpid: %s\n", name, std::strerror(errno));
+        std::fprintf(stderr, "*** FAIL [%s]: wait4: %s\n", name, std::strerror(errno));
         ok = false;
       } else if (WIFSIGNALED(status)) {
         std::fprintf(stderr, "\n*** FAIL [%s]: %s died of signal %d (%s)%s\n", name, pid == pids[0] ? role_a : role_b,
@@ -569,6 +616,14 @@ bool run_pair(const Config& cfg, const char* name, Control& control, const char*
   if (control.error[0] != '\0') {
     std::fprintf(stderr, "*** FAIL [%s]: %s\n", name, control.error);
     ok = false;
+  }
+  const HostCpu cpu_after = host_cpu();
+  if (cpu_before.ok && cpu_after.ok) {
+    const double all_ns =
+        static_cast<double>(mono_ns() - started) * static_cast<double>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+    const double others_ns = static_cast<double>(cpu_after.busy_ns - cpu_before.busy_ns) - static_cast<double>(children_ns);
+    control.others_cpu_pct = std::max(0.0, 100.0 * others_ns / all_ns);
+    control.steal_pct = 100.0 * static_cast<double>(cpu_after.steal_ns - cpu_before.steal_ns) / all_ns;
   }
   g_control = nullptr;
   return ok;
@@ -854,7 +909,9 @@ Latency latency_case(const Config& cfg, const char* name, const std::function<vo
     std::fprintf(stderr, "*** FAIL [%s]: the time budget ended the run during the warm-up: no sample\n", name);
     return {};
   }
-  return summarize(std::vector<std::uint64_t>(samples, samples + measured), c.stopped_early != 0);
+  Latency l = summarize(std::vector<std::uint64_t>(samples, samples + measured), c.stopped_early != 0);
+  l.disturbance = {c.others_cpu_pct, c.steal_pct};
+  return l;
 }
 
 Throughput throughput_case(const Config& cfg, const char* name, const std::function<void(Control&)>& producer,
@@ -877,6 +934,7 @@ Throughput throughput_case(const Config& cfg, const char* name, const std::funct
   Throughput t;
   t.messages = c.sent - cfg.tp_warmup;  // from message tp_warmup to END: sent - tp_warmup gaps
   t.stopped_early = c.stopped_early != 0;
+  t.disturbance = {c.others_cpu_pct, c.steal_pct};
   t.seconds = static_cast<double>(c.end_ns - c.start_ns) / 1e9;
   t.msgs_per_s = static_cast<double>(t.messages) / t.seconds;
   t.mb_per_s = t.msgs_per_s * static_cast<double>(sizeof(Msg)) / 1e6;
@@ -998,8 +1056,9 @@ void json_latency(FILE* f, const Latency& l) {
   }
   std::fprintf(f,
                "{\"samples\": %" PRIu64 ", \"stopped_early\": %s, \"p50_ns\": %.1f, \"p99_ns\": %.1f, "
-               "\"p999_ns\": %.1f, \"max_ns\": %.1f, \"mean_ns\": %.1f}",
-               l.samples, l.stopped_early ? "true" : "false", l.p50, l.p99, l.p999, l.max, l.mean);
+               "\"p999_ns\": %.1f, \"max_ns\": %.1f, \"mean_ns\": %.1f, \"others_cpu_pct\": %.1f, \"steal_pct\": %.1f}",
+               l.samples, l.stopped_early ? "true" : "false", l.p50, l.p99, l.p999, l.max, l.mean,
+               l.disturbance.others_cpu_pct, l.disturbance.steal_pct);
 }
 
 void json_throughput(FILE* f, const Throughput& t) {
@@ -1009,8 +1068,9 @@ void json_throughput(FILE* f, const Throughput& t) {
   }
   std::fprintf(f,
                "{\"messages\": %" PRIu64 ", \"stopped_early\": %s, \"seconds\": %.6f, \"msgs_per_s\": %.1f, "
-               "\"mb_per_s\": %.1f}",
-               t.messages, t.stopped_early ? "true" : "false", t.seconds, t.msgs_per_s, t.mb_per_s);
+               "\"mb_per_s\": %.1f, \"others_cpu_pct\": %.1f, \"steal_pct\": %.1f}",
+               t.messages, t.stopped_early ? "true" : "false", t.seconds, t.msgs_per_s, t.mb_per_s,
+               t.disturbance.others_cpu_pct, t.disturbance.steal_pct);
 }
 
 bool write_json(const Config& cfg, const Transport& s, const Transport& f, bool ok, const std::string& cpu_model,
@@ -1152,6 +1212,27 @@ int main(int argc, char** argv) {
       std::printf("note: %s throughput stopped early by the time budget: %" PRIu64 " messages\n",
                   t == &shmq.throughput ? "shmq" : "floor", t->messages);
   std::printf("ratio = shmq / floor: above 1 is slower for latency, below 1 is slower for throughput.\n");
+  // Others' CPU use while each case ran: on a shared machine, the figures' context.
+  struct Case {
+    const char* name;
+    bool ok;
+    Disturbance d;
+  };
+  const Case cases[] = {{"floor latency", floor.latency.ok, floor.latency.disturbance},
+                        {"floor throughput", floor.throughput.ok, floor.throughput.disturbance},
+                        {"shmq latency", shmq.latency.ok, shmq.latency.disturbance},
+                        {"shmq throughput", shmq.throughput.ok, shmq.throughput.disturbance}};
+  std::printf("CPU taken by other processes / stolen by the hypervisor while each case ran (%% of all CPUs):");
+  bool disturbed = false;
+  for (const Case& k : cases) {
+    if (!k.ok) continue;
+    std::printf(" %s %.0f/%.0f;", k.name, k.d.others_cpu_pct, k.d.steal_pct);
+    disturbed = disturbed || k.d.others_cpu_pct + k.d.steal_pct > 10;
+  }
+  std::printf("\n");
+  if (disturbed)
+    std::printf("WARNING: other work took more than 10%% of the CPUs during a case: those figures are disturbed; "
+                "run again on a quieter machine.\n");
 
   bool json_ok = true;
   if (!cfg.json_path.empty()) json_ok = write_json(cfg, shmq, floor, ok, model, load);
