@@ -43,6 +43,15 @@ std::uint64_t ChannelState::gate() const noexcept {
     // position in their in-flight table, so the scan below sees what they hold.
     g = std::min(g, groups[i].next.load(std::memory_order_acquire));
   }
+  // Messages move between give-back lists and in-flight tables in two orders: given back (list
+  // entry set, count raised, then held entry cleared) and taken again (held entry set, then list
+  // entry cleared, count lowered). Reading the lists before and after the tables sees each
+  // message in one of the three reads whichever move runs meanwhile (all of them seq_cst).
+  auto lists = [&] {
+    for (std::uint32_t i = 0; i < header->max_groups; ++i)
+      if (groups[i].state.load(std::memory_order_acquire) != kFree) g = std::min(g, lowest_given_back(groups[i]));
+  };
+  lists();
   // What consumers hold stays in the ring until acked, whatever the state of their group.
   for (std::uint32_t c = 0; c < header->max_consumers; ++c) {
     ConsumerSlot& slot = consumers[c];
@@ -54,7 +63,77 @@ std::uint64_t ChannelState::gate() const noexcept {
       if (held) g = std::min(g, held - 1);
     }
   }
+  lists();
   return g;
+}
+
+std::uint64_t lowest_given_back(const GroupSlot& g) noexcept {
+  std::uint64_t low = ~0ull;
+  if (g.given_back.load(std::memory_order_seq_cst) == 0) return low;
+  for (const GiveBackEntry& e : g.give_back)
+    if (std::uint64_t p = e.position_plus1.load(std::memory_order_seq_cst)) low = std::min(low, p - 1);
+  return low;
+}
+
+bool ChannelState::give_back(GroupSlot& g, std::uint64_t pos, std::uint32_t deliveries, std::uint64_t not_before_ns) noexcept {
+  ring::lock_owner_word(g.give_back_lock, self_token(), &ChannelState::alive);
+  bool done = false;
+  for (GiveBackEntry& e : g.give_back) {
+    if (e.position_plus1.load(std::memory_order_relaxed) != 0) continue;
+    e.deliveries.store(deliveries, std::memory_order_relaxed);
+    e.not_before_ns.store(not_before_ns, std::memory_order_relaxed);
+    e.position_plus1.store(pos + 1, std::memory_order_seq_cst);  // see gate(): set, count, then the holder clears
+    g.given_back.fetch_add(1, std::memory_order_seq_cst);
+    done = true;
+    break;
+  }
+  ring::unlock_owner_word(g.give_back_lock);
+  return done;
+}
+
+bool ChannelState::release_consumer(std::uint32_t c) noexcept {
+  ConsumerSlot& slot = consumers[c];
+  if (slot.group >= header->max_groups) return false;
+  GroupSlot& g = groups[slot.group];
+  const bool group_alive = g.state.load(std::memory_order_acquire) == kActive;
+  for (std::uint32_t k = 0; k < kMaxInFlight; ++k) {
+    const std::uint64_t held = slot.in_flight[k].load(std::memory_order_seq_cst);
+    if (!held) continue;
+    // A removed group's messages are simply dropped with it.
+    if (group_alive && !give_back(g, held - 1, slot.deliveries[k].load(std::memory_order_relaxed), 0)) return false;
+    slot.in_flight[k].store(0, std::memory_order_seq_cst);
+  }
+  slot.owner.store(0, std::memory_order_relaxed);
+  slot.state.store(kFree, std::memory_order_release);
+  return true;
+}
+
+void ChannelState::reap_dead_consumers(bool force) noexcept {
+  const std::uint64_t now = now_ns();
+  const auto every = static_cast<std::uint64_t>(options.liveness_interval.count()) * 1000000 / 2;
+  std::uint64_t last = header->last_reap_ns.load(std::memory_order_relaxed);
+  if (!force && (now - last < every || !header->last_reap_ns.compare_exchange_strong(last, now))) return;
+  if (force) header->last_reap_ns.store(now, std::memory_order_relaxed);
+  bool any = false;
+  for (std::uint32_t c = 0; c < header->max_consumers; ++c) {
+    ConsumerSlot& slot = consumers[c];
+    if (slot.state.load(std::memory_order_acquire) != kActive) continue;
+    const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
+    if (owner != 0 && token_alive(owner)) continue;
+    RegistryLock lock(*this);
+    // Looked at again under the lock: another process may have reaped it meanwhile.
+    if (slot.state.load(std::memory_order_acquire) != kActive || slot.owner.load(std::memory_order_acquire) != owner) continue;
+    any |= release_consumer(c);
+  }
+  if (any) wake_consumers();
+}
+
+void ChannelState::wake_consumers() noexcept {
+  ring::RingHeader& h = ring->header();
+  if (h.data_waiters.load(std::memory_order_seq_cst) != 0) {
+    h.data_seq.fetch_add(1, std::memory_order_release);
+    futex_wake_all(h.data_seq);
+  }
 }
 
 int ChannelState::find_group(std::string_view group) const noexcept {

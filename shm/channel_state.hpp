@@ -41,7 +41,22 @@ struct ChannelState {
   int ensure_group(std::string_view group, Start start);
 
   [[noreturn]] void fail(std::errc code, const std::string& what) const;
+
+  // Gives the message at POS back to group G, to be delivered again (before newer ones) from
+  // NOT_BEFORE_NS on. False when the give-back list is full (the caller keeps holding it).
+  bool give_back(GroupSlot& g, std::uint64_t pos, std::uint32_t deliveries, std::uint64_t not_before_ns) noexcept;
+  // Gives back everything consumer slot C holds and frees the slot. Returns false (slot kept,
+  // still gating) if the group's give-back list filled up. Call with the registry lock held.
+  bool release_consumer(std::uint32_t c) noexcept;
+  // Looks for consumers whose process died and gives their messages back. Rate-limited across
+  // the processes of the channel to one look per options.liveness_interval / 2, unless FORCE.
+  void reap_dead_consumers(bool force = false) noexcept;
+  // Wakes blocked consumers (after messages were given back).
+  void wake_consumers() noexcept;
 };
+
+// Lowest position in G's give-back list (~0 when empty).
+std::uint64_t lowest_given_back(const GroupSlot& g) noexcept;
 
 // RAII for the registry lock.
 class RegistryLock {

@@ -2,6 +2,8 @@
 // ack. Several consumers of one group compete for records with a CAS on the group's cursor.
 #include <sched.h>
 
+#include <bit>
+
 #include "shm/channel_state.hpp"
 
 namespace shmq {
@@ -24,7 +26,16 @@ struct ConsumerState {
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
 
+  std::unique_ptr<Channel> dlq;               // NAME.dlq, opened at the first dead letter
+  std::unique_ptr<Producer> dlq_producer;
+
   std::uint64_t holder_id() const noexcept { return reinterpret_cast<std::uintptr_t>(this); }
+  // The message at POS, now held in entry K with DELIVERIES deliveries; R is what read() found.
+  Message hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries);
+  // Takes the lowest eligible message of the group's give-back list into entry K; ~0 if none.
+  std::uint64_t take_given_back(std::uint32_t k) noexcept;
+  // Copies a message delivered max_deliveries times to NAME.dlq and acks it here.
+  void dead_letter(const Message& m);
   // A record stays Pending: after a while, ask the ring whether its claimer died.
   void pending(std::uint64_t pos) noexcept {
     const std::uint64_t now = now_ns();
@@ -44,6 +55,7 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
   if (kind == ring::ReadResult::Pending) pending(pos);
   Wait how = options.wait;
   if (how == Wait::Block && kind == ring::ReadResult::Pending) how = Wait::Yield;  // its commit is imminent
+  if (kind == ring::ReadResult::Empty) ch->reap_dead_consumers();  // rate-limited; reads no /proc most times
   switch (how) {
     case Wait::Spin:
       __builtin_ia32_pause();
@@ -60,13 +72,83 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
       // seq_cst pair with committed(): count ourselves a waiter, then look at the tail; the producer
       // claims (seq_cst CAS), then looks at the count. One of us sees the other.
       h.data_waiters.fetch_add(1, std::memory_order_seq_cst);
+      // A message given back with a delay is waited for in short slices.
+      const std::uint64_t slice = group->given_back.load(std::memory_order_relaxed) ? 1'000'000 : kBlockSliceNs;
       if (h.tail.load(std::memory_order_seq_cst) <= pos && group->state.load(std::memory_order_relaxed) == kActive)
-        futex_wait(h.data_seq, v, std::chrono::nanoseconds(std::min(deadline - now, kBlockSliceNs)));
+        futex_wait(h.data_seq, v, std::chrono::nanoseconds(std::min(deadline - now, slice)));
       h.data_waiters.fetch_sub(1, std::memory_order_relaxed);
       return true;
     }
   }
   return false;
+}
+
+Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries) {
+  --free_top;
+  group->delivered.fetch_add(1, std::memory_order_relaxed);
+  if (const char* why = ring::RecordRing::check_record(r)) {
+    last = Status::Corrupt;
+    throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
+                "shmq channel '" + ch->name + "', group '" + group_name + "': corrupt record at position " +
+                    std::to_string(pos) + ": " + why);
+  }
+  const ring::RecordHeader* h = r.header;
+  const auto* body = reinterpret_cast<const std::byte*>(h) + ring::kHeaderBytes;
+  Message m;
+  m.id_ = InnerId{h->producer, h->seq};
+  m.key_ = std::string_view(reinterpret_cast<const char*>(body), h->key_len);
+  m.payload_ = std::span<const std::byte>(body + h->key_len, r.length - ring::kHeaderBytes - h->key_len);
+  m.position_ = pos;
+  m.timestamp_ns_ = h->timestamp_ns;
+  m.deliveries_ = deliveries;
+  m.slot_ = k;
+  m.holder_ = holder_id();
+  last = Status::Ok;
+  return m;
+}
+
+std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
+  ring::lock_owner_word(group->give_back_lock, self_token(), &ChannelState::alive);
+  const std::uint64_t now = now_ns();
+  GiveBackEntry* best = nullptr;
+  std::uint64_t best_pos = ~0ull;
+  for (GiveBackEntry& e : group->give_back) {
+    const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed);
+    if (p && p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
+      best = &e;
+      best_pos = p - 1;
+    }
+  }
+  if (best) {
+    slot->deliveries[k].store(best->deliveries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    // Held first, then off the list (see ChannelState::gate()).
+    slot->in_flight[k].store(best_pos + 1, std::memory_order_seq_cst);
+    best->position_plus1.store(0, std::memory_order_seq_cst);
+    group->given_back.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  ring::unlock_owner_word(group->give_back_lock);
+  return best ? best_pos : ~0ull;
+}
+
+void ConsumerState::dead_letter(const Message& m) {
+  if (!dlq) {
+    ChannelOptions o;
+    o.durability = Durability::Memory;
+    o.max_message_bytes = ch->options.max_message_bytes;
+    o.ring_bytes = std::max<std::size_t>(std::size_t(1) << 20, std::bit_ceil(4 * o.max_message_bytes));
+    dlq = std::make_unique<Channel>(Channel::open(ch->name + ".dlq", o));
+    // The dead letters are kept for whoever comes to look, from the first one on.
+    dlq->ensure_group("dead-letters", Start::Earliest);
+    dlq_producer = std::make_unique<Producer>(*dlq, "dlq-" + std::to_string(token_pid(self_token())) + "-" +
+                                                       std::to_string(index));
+  }
+  constexpr std::uint32_t kReasonMaxDeliveries = 1;
+  const Published p = publish_copy(*dlq_producer, m, kReasonMaxDeliveries);
+  if (p.status != Status::Ok)
+    throw Error(std::make_error_code(std::errc::no_buffer_space),
+                "shmq channel '" + ch->name + "': cannot move message at position " + std::to_string(m.position()) +
+                    " to " + ch->name + ".dlq: " + to_string(p.status));
+  group->dead_lettered.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace detail
@@ -118,30 +200,11 @@ Consumer::~Consumer() {
   if (!state_) return;
   detail::ConsumerState& c = *state_;
   detail::RegistryLock lock(*c.ch);
-  // What this consumer still holds goes back to the group: the cursor is moved back to the oldest
-  // held message when this was the group's only consumer (the group then sees some messages again:
-  // at-least-once). With other consumers in the group the held messages stay gated in the slot.
-  // TODO(issue 3): hand them to the group's give-back list instead.
-  std::uint64_t oldest = ~0ull;
-  for (std::uint32_t k = 0; k < c.options.max_in_flight; ++k)
-    if (std::uint64_t h = c.slot->in_flight[k].load(std::memory_order_relaxed)) oldest = std::min(oldest, h - 1);
-  bool alone = true;
-  for (std::uint32_t i = 0; i < c.ch->header->max_consumers; ++i) {
-    detail::ConsumerSlot& other = c.ch->consumers[i];
-    if (i != c.index && other.state.load(std::memory_order_acquire) == detail::kActive &&
-        other.group == c.slot->group && detail::token_alive(other.owner.load(std::memory_order_acquire)))
-      alone = false;
-  }
-  if (oldest != ~0ull && alone) {
-    std::uint64_t next = c.group->next.load(std::memory_order_acquire);
-    while (next > oldest && !c.group->next.compare_exchange_weak(next, oldest, std::memory_order_acq_rel)) {
-    }
-  }
-  if (oldest == ~0ull || alone) {
-    for (auto& e : c.slot->in_flight) e.store(0, std::memory_order_release);
-    c.slot->owner.store(0, std::memory_order_relaxed);
-    c.slot->state.store(detail::kFree, std::memory_order_release);
-  }
+  // What this consumer still holds goes back to the group, to be delivered again. If the
+  // group's give-back list is full the slot stays (gating those messages) until a reaper, which
+  // sees its owner gone, hands them over.
+  if (!c.ch->release_consumer(c.index)) c.slot->owner.store(0, std::memory_order_release);
+  c.ch->wake_consumers();
 }
 
 std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
@@ -158,6 +221,24 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
       c.last = Status::Closed;
       return std::nullopt;
     }
+    if (c.group->given_back.load(std::memory_order_relaxed) != 0) {  // redeliveries go before newer messages
+      const std::uint32_t k = c.free_stack[c.free_top - 1];
+      const std::uint64_t pos = c.take_given_back(k);
+      if (pos != ~0ull) {
+        const ring::ReadResult r = c.ring->read(pos);
+        if (r.kind != ring::ReadResult::Record) {
+          c.last = Status::Corrupt;
+          throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
+                      "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a message given back at position " +
+                          std::to_string(pos) + " is no longer a record");
+        }
+        Message m = c.hold(pos, r, k, c.slot->deliveries[k].load(std::memory_order_relaxed));
+        if (m.deliveries() <= c.ch->options.max_deliveries) return m;
+        c.dead_letter(m);  // delivered max_deliveries times already: out of the line
+        ack(m);
+        continue;
+      }
+    }
     // acquire: pairs with the release CAS of another consumer of the group.
     std::uint64_t pos = c.group->next.load(std::memory_order_acquire);
     const ring::ReadResult r = c.ring->read(pos);
@@ -171,26 +252,8 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
           c.slot->in_flight[k].store(0, std::memory_order_relaxed);
           continue;  // another consumer of the group took it
         }
-        --c.free_top;
-        c.group->delivered.fetch_add(1, std::memory_order_relaxed);
-        if (const char* why = ring::RecordRing::check_record(r)) {
-          throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
-                      "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': corrupt record at position " +
-                          std::to_string(pos) + ": " + why);
-        }
-        const ring::RecordHeader* h = r.header;
-        const auto* body = reinterpret_cast<const std::byte*>(h) + ring::kHeaderBytes;
-        Message m;
-        m.id_ = InnerId{h->producer, h->seq};
-        m.key_ = std::string_view(reinterpret_cast<const char*>(body), h->key_len);
-        m.payload_ = std::span<const std::byte>(body + h->key_len, r.length - ring::kHeaderBytes - h->key_len);
-        m.position_ = pos;
-        m.timestamp_ns_ = h->timestamp_ns;
-        m.deliveries_ = 1;
-        m.slot_ = k;
-        m.holder_ = c.holder_id();
-        c.last = Status::Ok;
-        return m;
+        c.slot->deliveries[k].store(1, std::memory_order_relaxed);
+        return c.hold(pos, r, k, 1);
       }
       case ring::ReadResult::Padding:
         c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_relaxed);
@@ -231,9 +294,19 @@ Status Consumer::ack(const Message& m) {
   return Status::Ok;
 }
 
-Status Consumer::nack(const Message& m, std::chrono::nanoseconds) {
-  // TODO(issue 3): give the message back to the group for redelivery.
-  return ack(m) == Status::Ok ? Status::Closed : Status::NotHeld;
+Status Consumer::nack(const Message& m, std::chrono::nanoseconds delay) {
+  if (!state_) return Status::Closed;
+  detail::ConsumerState& c = *state_;
+  if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight ||
+      c.slot->in_flight[m.slot_].load(std::memory_order_relaxed) != m.position_ + 1)
+    return Status::NotHeld;
+  const std::uint64_t not_before = delay.count() > 0 ? detail::now_ns() + static_cast<std::uint64_t>(delay.count()) : 0;
+  // On the list first, then let go (see ChannelState::gate()). A full list: keep holding it.
+  if (!c.ch->give_back(*c.group, m.position_, m.deliveries_, not_before)) return Status::WouldBlock;
+  c.slot->in_flight[m.slot_].store(0, std::memory_order_seq_cst);
+  c.free_stack[c.free_top++] = m.slot_;
+  c.ch->wake_consumers();
+  return Status::Ok;
 }
 
 Status Consumer::status() const noexcept { return state_ ? state_->last : Status::Closed; }

@@ -43,6 +43,7 @@ std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishO
     }
     const std::uint64_t now = now_ns();
     if (now >= deadline) return ring::kNoIntent;
+    ch->reap_dead_consumers();  // a dead consumer's held messages may be what holds the ring
     switch (opts.wait) {
       case Wait::Spin:
         for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
@@ -176,6 +177,25 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
   p.committed(seq);
   return {Status::Ok, {p.id, seq}, pos};
+}
+
+Published detail::publish_copy(Producer& producer, const Message& m, std::uint32_t reason) {
+  if (!producer.state_) return {Status::Closed, {}, 0};
+  detail::ProducerState& p = *producer.state_;
+  PublishOptions opts;
+  opts.key = m.key();
+  if (Status st = p.check(m.payload().size(), opts); st != Status::Ok) return {st, m.id(), 0};
+  const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + m.key().size() + m.payload().size());
+  const std::uint64_t pos = p.claim_space(frame_len, opts);
+  if (pos == ring::kNoIntent) return {Status::WouldBlock, m.id(), 0};
+  std::byte* body = p.write_header(pos, m.id().seq, m.key());
+  auto* h = reinterpret_cast<ring::RecordHeader*>(p.ring->at(pos));
+  h->producer = m.id().producer;  // the copy keeps the original inner id
+  h->reserved = reason;
+  if (!m.payload().empty()) std::memcpy(body, m.payload().data(), m.payload().size());
+  p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
+  p.committed(m.id().seq);
+  return {Status::Ok, m.id(), pos};
 }
 
 Published Producer::publish(std::string_view payload, const PublishOptions& opts) {

@@ -71,6 +71,7 @@ struct alignas(64) SegmentHeader {
   std::uint64_t creator_token;
   alignas(64) std::atomic<std::uint64_t> registry_lock;     // owner token; serialises table changes
   std::atomic<std::uint64_t> next_producer_id;              // ids handed out so far
+  std::atomic<std::uint64_t> last_reap_ns;                  // when a process last looked for dead consumers
 };
 
 struct alignas(64) ProducerSlot {
@@ -83,14 +84,29 @@ struct alignas(64) ProducerSlot {
   std::atomic<std::uint64_t> published;              // records appended
 };
 
+// A message given back to its group (nack, or held by a consumer that died or left): delivered
+// again, before newer ones, once not_before_ns has passed.
+struct GiveBackEntry {
+  std::atomic<std::uint64_t> position_plus1;  // 0 = empty
+  std::atomic<std::uint64_t> not_before_ns;   // CLOCK_MONOTONIC
+  std::atomic<std::uint32_t> deliveries;      // deliveries made so far
+  std::uint32_t reserved;
+};
+inline constexpr std::uint32_t kGiveBackEntries = 1024;
+
 struct alignas(64) GroupSlot {
   std::atomic<std::uint32_t> state;       // SlotState
   std::uint32_t start;                    // Start the group was created with
   char name[kMaxSlotName + 1];
   std::uint64_t created_position;
-  // One line for the delivery cursor: consumers of the group CAS it.
+  // One line for the delivery cursor: consumers of the group CAS it, and look at given_back.
   alignas(64) std::atomic<std::uint64_t> next;       // next position to deliver
   std::atomic<std::uint64_t> delivered;              // deliveries made
+  std::atomic<std::uint64_t> dead_lettered;          // messages moved to NAME.dlq
+  std::atomic<std::uint32_t> given_back;             // entries in use in give_back[]
+  // The give-back list: rarely touched, under its own lock (owner token; a dead holder is replaced).
+  alignas(64) std::atomic<std::uint64_t> give_back_lock;
+  GiveBackEntry give_back[kGiveBackEntries];
 };
 
 struct alignas(64) ConsumerSlot {
@@ -102,6 +118,7 @@ struct alignas(64) ConsumerSlot {
   std::uint32_t reserved;
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
   alignas(64) std::atomic<std::uint64_t> in_flight[kMaxInFlight];
+  std::atomic<std::uint32_t> deliveries[kMaxInFlight];  // of each held message, this one included
 };
 
 static_assert(std::is_standard_layout_v<SegmentHeader> && std::is_standard_layout_v<ProducerSlot> &&
@@ -109,7 +126,8 @@ static_assert(std::is_standard_layout_v<SegmentHeader> && std::is_standard_layou
 static_assert(offsetof(SegmentHeader, layout_version) == 8);  // documented: tools and tests rely on it
 static_assert(offsetof(SegmentHeader, registry_lock) % 64 == 0);
 static_assert(offsetof(ProducerSlot, next_seq) % 64 == 0);
-static_assert(offsetof(GroupSlot, next) % 64 == 0);
+static_assert(offsetof(GroupSlot, next) % 64 == 0 && offsetof(GroupSlot, given_back) < offsetof(GroupSlot, next) + 64);
+static_assert(offsetof(GroupSlot, give_back_lock) % 64 == 0);
 static_assert(offsetof(ConsumerSlot, in_flight) % 64 == 0);
 
 // Hash of the sizes and offsets above: two builds that disagree on the layout refuse each other.

@@ -66,6 +66,9 @@ struct ChannelOptions {
   // (ring_bytes, max_message_bytes, table sizes) whatever these options say; true refuses with an
   // Error naming the first field that differs.
   bool strict_geometry = false;
+  // How soon a consumer that died is noticed and its messages given back to its group (by any
+  // process of the channel that polls, publishes into a full ring, or joins).
+  std::chrono::milliseconds liveness_interval{500};
 };
 
 struct GroupStats {
@@ -195,6 +198,13 @@ class Claim {
   Status status_ = Status::Closed;
 };
 
+class Producer;
+class Message;
+namespace detail {
+// Appends a copy of M (its inner id, key and payload) through P: the dead-letter move.
+Published publish_copy(Producer& p, const Message& m, std::uint32_t reason);
+}  // namespace detail
+
 class Producer {
  public:
   // Registers the producer NAME in the channel (id and sequence kept across restarts). Error if a
@@ -214,6 +224,7 @@ class Producer {
   std::string_view name() const noexcept;
 
  private:
+  friend Published detail::publish_copy(Producer&, const Message&, std::uint32_t);
   std::unique_ptr<detail::ProducerState> state_;
 };
 
@@ -231,6 +242,7 @@ class Message {  // a view into the ring: valid until ack or nack
 
  private:
   friend class Consumer;
+  friend struct detail::ConsumerState;
   InnerId id_{};
   std::string_view key_;
   std::span<const std::byte> payload_;

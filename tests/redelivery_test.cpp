@@ -1,0 +1,250 @@
+// Give-back: nack (with and without delay), redelivery of what a consumer held when it died or
+// left, and the move of a poison message to NAME.dlq after max_deliveries.
+#include <sys/mman.h>
+
+#include <atomic>
+#include <random>
+#include <set>
+
+#include "support.hpp"
+
+namespace shmq::test {
+namespace {
+
+class Redelivery : public ChannelTest {};
+
+std::string payload_of(std::uint64_t i) { return "message-" + std::to_string(i); }
+
+TEST_F(Redelivery, NackedMessageComesBackBeforeNewerOnesWithOneMoreDelivery) {
+  auto ch = Channel::open(channel_name(), memory_options());
+  Consumer c(ch, "g");
+  Producer p(ch, "p");
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  auto first = c.poll(1s);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->deliveries(), 1u);
+  EXPECT_EQ(c.nack(*first), Status::Ok);
+  EXPECT_EQ(c.nack(*first), Status::NotHeld) << "given back already";
+  EXPECT_EQ(c.ack(*first), Status::NotHeld);
+  auto again = c.poll(1s);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->text(), payload_of(0));
+  EXPECT_EQ(again->deliveries(), 2u);
+  EXPECT_EQ(again->id(), first->id());
+  EXPECT_EQ(c.ack(*again), Status::Ok);
+  for (int i = 1; i < 3; ++i) {
+    auto m = c.poll(1s);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->text(), payload_of(i));
+    EXPECT_EQ(m->deliveries(), 1u);
+    EXPECT_EQ(c.ack(*m), Status::Ok);
+  }
+}
+
+TEST_F(Redelivery, NackWithADelayLetsNewerMessagesGoFirst) {
+  auto ch = Channel::open(channel_name(), memory_options());
+  Consumer c(ch, "g");
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish(payload_of(0)).status, Status::Ok);
+  ASSERT_EQ(p.publish(payload_of(1)).status, Status::Ok);
+  auto first = c.poll(1s);
+  ASSERT_TRUE(first);
+  ASSERT_EQ(c.nack(*first, 300ms), Status::Ok);
+  auto next = c.poll(1s);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->text(), payload_of(1)) << "the delayed message must wait its turn";
+  EXPECT_EQ(c.ack(*next), Status::Ok);
+  auto again = c.poll(10s);  // comes once the delay has passed
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->text(), payload_of(0));
+  EXPECT_EQ(again->deliveries(), 2u);
+  EXPECT_GE(again->timestamp_ns(), first->timestamp_ns());
+}
+
+TEST_F(Redelivery, ConsumerThatLeavesGivesBackWhatItHeld) {
+  auto ch = Channel::open(channel_name(), memory_options());
+  Producer p(ch, "p");
+  ch.ensure_group("g");
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  {
+    Consumer leaver(ch, "g");
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(leaver.poll(1s));
+  }
+  Consumer c(ch, "g");
+  std::vector<std::string> got;
+  while (auto m = c.poll(200ms)) {
+    got.emplace_back(m->text());
+    if (m->id().seq <= 3) {
+      EXPECT_EQ(m->deliveries(), 2u) << m->text();
+    }
+    EXPECT_EQ(c.ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(got, (std::vector<std::string>{payload_of(0), payload_of(1), payload_of(2), payload_of(3), payload_of(4)}));
+}
+
+TEST_F(Redelivery, RedeliversWhatADeadConsumerHeld) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.liveness_interval = 100ms;
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  Pipe ready;
+  const pid_t victim = fork_child([&] {
+    auto c2 = Channel::open(name, o);
+    Consumer c(c2, "g");
+    for (int i = 0; i < 4; ++i) CHILD_CHECK(c.poll(1s));
+    ready.send(1);
+    ::pause();  // held, never acked
+    return kChildOk;
+  });
+  int one = 0;
+  ASSERT_TRUE(ready.receive(one, 10s));
+  ASSERT_TRUE(kill_child(victim).killed_by(SIGKILL));
+  Consumer c(ch, "g", ConsumerOptions{.start = Start::Earliest, .wait = Wait::Block, .max_in_flight = 64});
+  std::set<std::uint64_t> seen;
+  std::uint32_t redelivered = 0;
+  const auto deadline = Clock::now() + 20s;
+  while (seen.size() < 10 && Clock::now() < deadline) {
+    auto m = c.poll(100ms);
+    if (!m) continue;
+    EXPECT_TRUE(seen.insert(m->id().seq).second) << "seq " << m->id().seq << " twice";
+    if (m->id().seq <= 4) {
+      EXPECT_EQ(m->deliveries(), 2u);
+      ++redelivered;
+    } else {
+      EXPECT_EQ(m->deliveries(), 1u);
+    }
+    EXPECT_EQ(c.ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(seen.size(), 10u);
+  EXPECT_EQ(redelivered, 4u);
+}
+
+// 3 consumer processes share a group; one is SIGKILLed at a random point holding messages; the
+// other two finish. Every message is acked exactly once; the redelivered ones say so.
+TEST_F(Redelivery, CompetingConsumersAckEveryMessageExactlyOnceWhenOneIsKilled) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options(1 << 20, 4096);
+  o.liveness_interval = 100ms;
+  const std::uint64_t n = scaled(500000);
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  // acks[seq] counts successful acks; redelivered[seq] marks acks of a message delivered > 1 time.
+  auto* acks = static_cast<std::atomic<std::uint32_t>*>(
+      ::mmap(nullptr, (n + 1) * 8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(acks, MAP_FAILED);
+  auto* redelivered = acks + (n + 1);
+  std::mt19937 rng(static_cast<unsigned>(::getpid()));
+  const std::uint64_t victim_after = 1000 + rng() % (n / 4);
+  std::printf("victim stops after %lu messages (seed pid %d)\n", static_cast<unsigned long>(victim_after), ::getpid());
+  Pipe victim_ready;
+  auto consume = [&](bool victim) {
+    return [&, victim] {
+      auto c2 = Channel::open(name, o);
+      Consumer c(c2, "g", ConsumerOptions{.start = Start::Earliest, .wait = Wait::Block, .max_in_flight = 16});
+      std::uint64_t polled = 0;
+      auto idle_since = Clock::now();
+      for (;;) {
+        auto m = c.poll(50ms);
+        if (!m) {
+          if (!victim && Clock::now() - idle_since > 3s) return kChildOk;  // drained
+          continue;
+        }
+        idle_since = Clock::now();
+        const std::uint64_t seq = m->id().seq;
+        CHILD_CHECK(seq >= 1 && seq <= n);
+        CHILD_CHECK(m->text() == payload_of(seq));
+        if (victim && ++polled >= victim_after) {  // hold this one and whatever else, and wait to die
+          victim_ready.send(1);
+          ::pause();
+        }
+        CHILD_CHECK(c.ack(*m) == Status::Ok);
+        acks[seq].fetch_add(1);
+        if (m->deliveries() > 1) redelivered[seq].fetch_add(1);
+      }
+    };
+  };
+  const pid_t v = fork_child(consume(true), 120);
+  const pid_t a = fork_child(consume(false), 120);
+  const pid_t b = fork_child(consume(false), 120);
+  // The victim is killed the moment it holds its messages, while the producer runs: a live victim
+  // would keep them (and hold the ring) for as long as it lives.
+  bool victim_killed = false;
+  std::thread killer([&] {
+    int one = 0;
+    if (victim_ready.receive(one, 60s)) victim_killed = kill_child(v).killed_by(SIGKILL);
+  });
+  {
+    Producer p(ch, "p");
+    PublishOptions po;
+    po.timeout = 30s;
+    for (std::uint64_t i = 1; i <= n; ++i) {
+      const Status st = p.publish(payload_of(i), po).status;
+      if (st != Status::Ok) {
+        ADD_FAILURE() << "publish " << i << ": " << to_string(st);
+        break;
+      }
+    }
+  }
+  killer.join();
+  EXPECT_TRUE(victim_killed);
+  EXPECT_TRUE(wait_child(a, 90s).ok());
+  EXPECT_TRUE(wait_child(b, 90s).ok());
+  std::uint64_t missing = 0, doubled = 0, again = 0;
+  for (std::uint64_t s = 1; s <= n; ++s) {
+    const std::uint32_t k = acks[s].load();
+    missing += k == 0;
+    doubled += k > 1;
+    again += redelivered[s].load();
+  }
+  EXPECT_EQ(missing, 0u);
+  EXPECT_EQ(doubled, 0u);
+  EXPECT_GE(again, 1u) << "the victim held at least the message it stopped at";
+  EXPECT_LE(again, 16u) << "only what the victim held comes back";
+  ::munmap(acks, (n + 1) * 8);
+}
+
+TEST_F(Redelivery, PoisonMessageMovesToTheDeadLetterChannelWhileTheRestFlows) {
+  const std::string name = channel_name();
+  const std::string dlq = name + ".dlq";
+  ChannelOptions o = memory_options();
+  o.max_deliveries = 3;
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  PublishOptions poison;
+  poison.key = "order-666";
+  ASSERT_EQ(p.publish("poison", poison).status, Status::Ok);
+  const std::uint64_t behind = scaled(10000);
+  for (std::uint64_t i = 1; i <= behind; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  Consumer c(ch, "g");
+  std::uint64_t good = 0, poison_seen = 0;
+  while (auto m = c.poll(300ms)) {
+    if (m->text() == "poison") {
+      ++poison_seen;
+      EXPECT_LE(m->deliveries(), 3u);
+      EXPECT_EQ(c.nack(*m), Status::Ok);
+    } else {
+      ++good;
+      EXPECT_EQ(c.ack(*m), Status::Ok);
+    }
+  }
+  EXPECT_EQ(good, behind);
+  EXPECT_EQ(poison_seen, 3u);
+  ASSERT_TRUE(Channel::exists(dlq));
+  auto d = Channel::attach(dlq);
+  Consumer dc(d, "dead-letters");
+  auto dead = dc.poll(1s);
+  ASSERT_TRUE(dead);
+  EXPECT_EQ(dead->text(), "poison");
+  EXPECT_EQ(dead->key(), "order-666");
+  EXPECT_EQ(dead->id().seq, 1u) << "the copy keeps the inner id";
+  EXPECT_EQ(dc.ack(*dead), Status::Ok);
+  EXPECT_FALSE(dc.poll(0ns));
+  Channel::remove(dlq);
+}
+
+}  // namespace
+}  // namespace shmq::test
