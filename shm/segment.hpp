@@ -85,7 +85,10 @@ struct alignas(64) ProducerSlot {
 };
 
 // A message given back to its group (nack, or held by a consumer that died or left): delivered
-// again, before newer ones, once not_before_ns has passed.
+// again, before newer ones, once not_before_ns has passed. A plain array under a lock rather than
+// a Boost.Lockfree queue: the list is taken lowest position first among the entries whose delay
+// has passed (a scan, not FIFO), and a process SIGKILLed inside a fixed-size lockfree push,
+// between taking a node from the free list and linking it, would leak that node for good.
 struct GiveBackEntry {
   std::atomic<std::uint64_t> position_plus1;  // 0 = empty
   std::atomic<std::uint64_t> not_before_ns;   // CLOCK_MONOTONIC

@@ -178,8 +178,11 @@ TEST_F(ChannelNames, BadNamesAreRefusedWithAnErrorNamingTheChannel) {
     SCOPED_TRACE("name '" + bad + "'");
     auto e = expect_error([&] { Channel::open(bad, memory_options()); });
     ASSERT_TRUE(e);
+    // The message names the channel; an over-long name may be shortened there, to 32 characters
+    // at the least.
     if (!bad.empty()) {
-      EXPECT_TRUE(mentions(e->what(), {bad})) << e->what();
+      EXPECT_TRUE(mentions(e->what(), {bad.size() > 200 ? std::string_view(bad).substr(0, 32) : bad}))
+          << e->what();
     }
     EXPECT_TRUE(expect_error([&] { Channel::attach(bad); }));
   }

@@ -271,7 +271,10 @@ int publish_victim(const std::string& name, std::uint32_t round, bool stall_mid_
 }
 
 TEST_F(DeadProducer, LiveProducersLoseNothingWhileAClaimingProducerIsKilledAtRandomPoints) {
-  const std::uint32_t seed = std::random_device{}();
+  // SHMQ_TEST_SEED=N replays a run.
+  const char* env_seed = std::getenv("SHMQ_TEST_SEED");
+  const std::uint32_t seed =
+      env_seed != nullptr ? static_cast<std::uint32_t>(std::strtoul(env_seed, nullptr, 10)) : std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::printf("seed %u\n", seed);
   std::mt19937 rng(seed);
