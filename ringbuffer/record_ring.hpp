@@ -191,12 +191,12 @@ class RecordRing {
       // acq_rel: releases the intent above to readers of `tail`; acquires earlier claimers' state.
       if (hdr_->tail.compare_exchange_weak(t, end, std::memory_order_seq_cst, std::memory_order_relaxed)) {
         const std::uint64_t pos = t + pad;
-        // relaxed + fence: the claim marker is visible before the padding frame below and before
-        // any payload byte (a dead-claim scan relies on both); the release fence orders it before
-        // the stores that follow.
+        // relaxed: the claim marker (length and claimer) for unblock(). No fence is needed before
+        // the payload: a scan never enters the claim of a live claimer (its intent bounds it), and
+        // all the stores of a dead one are visible. The padding's release store below orders the
+        // marker before the padding frame, so a reader past the padding finds the marker.
         frame_at(pos).store(Frame::pack(-static_cast<std::int32_t>(frame_len), RecordType::None, i, epoch),
                             std::memory_order_relaxed);
-        std::atomic_thread_fence(std::memory_order_release);
         if (pad) {
           // release: the padding frame is complete in one word; pairs with acquire in read().
           frame_at(t).store(Frame::pack(static_cast<std::int32_t>(pad), RecordType::Padding, i, epoch),

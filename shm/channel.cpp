@@ -60,7 +60,7 @@ std::uint64_t ChannelState::gate() const noexcept {
     for (std::uint32_t k = 0; k < n; ++k) {
       // acquire: pairs with the release store of 0 in ack(): the consumer is done reading.
       const std::uint64_t held = slot.in_flight[k].load(std::memory_order_acquire);
-      if (held) g = std::min(g, held - 1);
+      if (held) g = std::min(g, held_position(held));
     }
   }
   lists();
@@ -75,33 +75,76 @@ std::uint64_t lowest_given_back(const GroupSlot& g) noexcept {
   return low;
 }
 
-bool ChannelState::give_back(GroupSlot& g, std::uint64_t pos, std::uint32_t deliveries, std::uint64_t not_before_ns) noexcept {
-  ring::lock_owner_word(g.give_back_lock, self_token(), &ChannelState::alive);
-  bool done = false;
+namespace {
+
+// Puts POS on G's give-back list (the caller holds G's give-back lock). False when it is full.
+bool push_given_back(GroupSlot& g, std::uint64_t pos, std::uint32_t deliveries, std::uint64_t not_before_ns) noexcept {
   for (GiveBackEntry& e : g.give_back) {
     if (e.position_plus1.load(std::memory_order_relaxed) != 0) continue;
     e.deliveries.store(deliveries, std::memory_order_relaxed);
     e.not_before_ns.store(not_before_ns, std::memory_order_relaxed);
     e.position_plus1.store(pos + 1, std::memory_order_seq_cst);  // see gate(): set, count, then the holder clears
     g.given_back.fetch_add(1, std::memory_order_seq_cst);
-    done = true;
-    break;
+    return true;
+  }
+  return false;
+}
+
+bool on_given_back(const GroupSlot& g, std::uint64_t pos) noexcept {
+  for (const GiveBackEntry& e : g.give_back)
+    if (e.position_plus1.load(std::memory_order_relaxed) == pos + 1) return true;
+  return false;
+}
+
+}  // namespace
+
+Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t expected, std::uint64_t not_before_ns) noexcept {
+  ConsumerSlot& slot = consumers[c];
+  GroupSlot& g = groups[slot.group];
+  ring::lock_owner_word(g.give_back_lock, self_token(), &ChannelState::alive);
+  Status st = Status::NotHeld;
+  std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
+  if (v & kMovingBit) {
+    // Moves happen only under this lock, which we hold: whoever left this entry half-moved died.
+    // It may have put the message on the list already; if not, do it now. (Another consumer may
+    // hold it again already: then it is on neither, and it is in that consumer's entry.)
+    const std::uint64_t pos = held_position(v);
+    bool elsewhere = on_given_back(g, pos);
+    for (std::uint32_t o = 0; o < header->max_consumers && !elsewhere; ++o)
+      for (std::uint32_t j = 0; j < kMaxInFlight && !elsewhere; ++j)
+        elsewhere = (o != c || j != k) && consumers[o].in_flight[j].load(std::memory_order_seq_cst) == pos + 1;
+    if (elsewhere || push_given_back(g, pos, slot.deliveries[k].load(std::memory_order_relaxed), 0))
+      slot.in_flight[k].compare_exchange_strong(v, 0, std::memory_order_seq_cst);
+    v = slot.in_flight[k].load(std::memory_order_seq_cst);
+  }
+  if (v != 0 && !(v & kMovingBit) && (expected == 0 || v == expected)) {
+    // Moving first: the owner's ack (a CAS from v) fails from here on; the entry still gates.
+    if (slot.in_flight[k].compare_exchange_strong(v, v | kMovingBit, std::memory_order_seq_cst)) {
+      if (push_given_back(g, held_position(v), slot.deliveries[k].load(std::memory_order_relaxed), not_before_ns)) {
+        slot.in_flight[k].store(0, std::memory_order_seq_cst);  // on the list first, then let go (see gate())
+        st = Status::Ok;
+      } else {
+        slot.in_flight[k].store(v, std::memory_order_seq_cst);  // list full: still held
+        st = Status::WouldBlock;
+      }
+    }
   }
   ring::unlock_owner_word(g.give_back_lock);
-  return done;
+  return st;
 }
 
 bool ChannelState::release_consumer(std::uint32_t c) noexcept {
   ConsumerSlot& slot = consumers[c];
   if (slot.group >= header->max_groups) return false;
-  GroupSlot& g = groups[slot.group];
-  const bool group_alive = g.state.load(std::memory_order_acquire) == kActive;
+  const bool group_alive = groups[slot.group].state.load(std::memory_order_acquire) == kActive;
   for (std::uint32_t k = 0; k < kMaxInFlight; ++k) {
-    const std::uint64_t held = slot.in_flight[k].load(std::memory_order_seq_cst);
-    if (!held) continue;
-    // A removed group's messages are simply dropped with it.
-    if (group_alive && !give_back(g, held - 1, slot.deliveries[k].load(std::memory_order_relaxed), 0)) return false;
-    slot.in_flight[k].store(0, std::memory_order_seq_cst);
+    if (!slot.in_flight[k].load(std::memory_order_seq_cst)) continue;
+    if (!group_alive) {
+      slot.in_flight[k].store(0, std::memory_order_seq_cst);  // a removed group's messages go with it
+      continue;
+    }
+    if (move_held(c, k, 0, 0) == Status::WouldBlock) return false;
+    if (slot.in_flight[k].load(std::memory_order_seq_cst) != 0) return false;
   }
   slot.owner.store(0, std::memory_order_relaxed);
   slot.state.store(kFree, std::memory_order_release);
@@ -119,7 +162,18 @@ void ChannelState::reap_dead_consumers(bool force) noexcept {
     ConsumerSlot& slot = consumers[c];
     if (slot.state.load(std::memory_order_acquire) != kActive) continue;
     const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
-    if (owner != 0 && token_alive(owner)) continue;
+    if (owner != 0 && token_alive(owner)) {
+      // Alive: only what it held past its visibility timeout goes back.
+      if (slot.visibility_timeout_ns == 0 || slot.group >= header->max_groups) continue;
+      for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, kMaxInFlight); ++k) {
+        const std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
+        if (!v) continue;
+        const std::uint64_t at = slot.delivered_at[k].load(std::memory_order_relaxed);
+        if ((v & kMovingBit) || (at != 0 && now - at > slot.visibility_timeout_ns))
+          any |= move_held(c, k, v & ~kMovingBit, 0) == Status::Ok;
+      }
+      continue;
+    }
     RegistryLock lock(*this);
     // Looked at again under the lock: another process may have reaped it meanwhile.
     if (slot.state.load(std::memory_order_acquire) != kActive || slot.owner.load(std::memory_order_acquire) != owner) continue;
@@ -331,7 +385,7 @@ ChannelStats Channel::stats() const {
       detail::ConsumerSlot& slot = s.consumers[c];
       if (slot.state.load(std::memory_order_acquire) != detail::kActive || slot.group != i) continue;
       for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, detail::kMaxInFlight); ++k)
-        if (std::uint64_t h = slot.in_flight[k].load(std::memory_order_relaxed)) gs.low_water_mark = std::min(gs.low_water_mark, h - 1);
+        if (std::uint64_t h = slot.in_flight[k].load(std::memory_order_relaxed)) gs.low_water_mark = std::min(gs.low_water_mark, detail::held_position(h));
     }
     gs.lag_bytes = out.write_position - std::min(gs.next_position, out.write_position);
     // Count the records between the cursor and the tail (bounded walk over committed frames).

@@ -42,14 +42,18 @@ struct ChannelState {
 
   [[noreturn]] void fail(std::errc code, const std::string& what) const;
 
-  // Gives the message at POS back to group G, to be delivered again (before newer ones) from
-  // NOT_BEFORE_NS on. False when the give-back list is full (the caller keeps holding it).
-  bool give_back(GroupSlot& g, std::uint64_t pos, std::uint32_t deliveries, std::uint64_t not_before_ns) noexcept;
+  // Moves what in-flight entry K of consumer slot C holds to its group's give-back list, to be
+  // delivered again (before newer ones) from NOT_BEFORE_NS on. EXPECTED, if not 0, is the entry
+  // the caller believes is there (its owner nacking). Under the group's give-back lock; an entry
+  // found half-moved by a mover that died is finished first. Ok; NotHeld when the entry does not
+  // hold EXPECTED (acked or moved meanwhile); WouldBlock when the list is full (nothing moved).
+  Status move_held(std::uint32_t c, std::uint32_t k, std::uint64_t expected, std::uint64_t not_before_ns) noexcept;
   // Gives back everything consumer slot C holds and frees the slot. Returns false (slot kept,
   // still gating) if the group's give-back list filled up. Call with the registry lock held.
   bool release_consumer(std::uint32_t c) noexcept;
-  // Looks for consumers whose process died and gives their messages back. Rate-limited across
-  // the processes of the channel to one look per options.liveness_interval / 2, unless FORCE.
+  // Looks for consumers whose process died and gives their messages back, and for messages held
+  // past their consumer's visibility timeout. Rate-limited across the processes of the channel to
+  // one look per options.liveness_interval / 2, unless FORCE.
   void reap_dead_consumers(bool force = false) noexcept;
   // Wakes blocked consumers (after messages were given back).
   void wake_consumers() noexcept;

@@ -23,6 +23,11 @@ struct ConsumerState {
   Status last = Status::Ok;
   std::uint32_t free_top = 0;                 // free in-flight entries: free_stack[0 .. free_top)
   std::uint32_t free_stack[kMaxInFlight];
+  // What this process believes entry k holds: position + 1, 0 when free, kAway when the entry was
+  // taken from us (visibility timeout) and is not yet free again.
+  std::uint64_t held[kMaxInFlight] = {};
+  static constexpr std::uint64_t kAway = ~0ull;
+  std::uint32_t polls = 0;
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
 
@@ -36,6 +41,18 @@ struct ConsumerState {
   std::uint64_t take_given_back(std::uint32_t k) noexcept;
   // Copies a message delivered max_deliveries times to NAME.dlq and acks it here.
   void dead_letter(const Message& m);
+  // Entries taken from us are free again once the mover let go of them.
+  void reclaim_away() noexcept {
+    for (std::uint32_t k = 0; k < options.max_in_flight; ++k)
+      if (held[k] == kAway && slot->in_flight[k].load(std::memory_order_seq_cst) == 0) {
+        held[k] = 0;
+        free_stack[free_top++] = k;
+      }
+  }
+  void let_go(std::uint32_t k) noexcept {
+    held[k] = 0;
+    free_stack[free_top++] = k;
+  }
   // A record stays Pending: after a while, ask the ring whether its claimer died.
   void pending(std::uint64_t pos) noexcept {
     const std::uint64_t now = now_ns();
@@ -85,6 +102,8 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
 
 Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries) {
   --free_top;
+  held[k] = pos + 1;
+  if (slot->visibility_timeout_ns) slot->delivered_at[k].store(now_ns(), std::memory_order_relaxed);
   group->delivered.fetch_add(1, std::memory_order_relaxed);
   if (const char* why = ring::RecordRing::check_record(r)) {
     last = Status::Corrupt;
@@ -177,6 +196,9 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
   slot.group = static_cast<std::uint32_t>(g);
   slot.max_in_flight = options.max_in_flight;
+  slot.visibility_timeout_ns = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
+  for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
   slot.owner.store(detail::self_token(), std::memory_order_relaxed);
   slot.heartbeat_ns.store(detail::now_ns(), std::memory_order_relaxed);
   slot.state.store(detail::kActive, std::memory_order_release);  // pairs with the acquire in gate()
@@ -210,6 +232,8 @@ Consumer::~Consumer() {
 std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
   if (!state_) return std::nullopt;
   detail::ConsumerState& c = *state_;
+  if ((++c.polls & 1023) == 0) c.ch->reap_dead_consumers();  // busy consumers look too (rate-limited)
+  if (c.free_top == 0) c.reclaim_away();
   if (c.free_top == 0) {
     c.last = Status::WouldBlock;
     return std::nullopt;
@@ -278,14 +302,18 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
 Status Consumer::ack(const Message& m) {
   if (!state_) return Status::Closed;
   detail::ConsumerState& c = *state_;
-  if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight) return Status::NotHeld;
+  if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight || c.held[m.slot_] != m.position_ + 1)
+    return Status::NotHeld;
   std::uint64_t expected = m.position_ + 1;
   // release: this consumer's reads of the message happen before a reclaim that sees the entry
-  // empty (acquire in gate()). A CAS, not a store: whoever else may empty the entry, only one wins.
+  // empty (acquire in gate()). A CAS, not a store: a message being moved away (visibility
+  // timeout) carries kMovingBit, and then the ack loses.
   if (!c.slot->in_flight[m.slot_].compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
-                                                          std::memory_order_relaxed))
+                                                          std::memory_order_relaxed)) {
+    c.held[m.slot_] = detail::ConsumerState::kAway;
     return Status::NotHeld;
-  c.free_stack[c.free_top++] = m.slot_;
+  }
+  c.let_go(m.slot_);
   ring::RingHeader& h = c.ring->header();
   if (h.space_waiters.load(std::memory_order_relaxed) != 0) {
     h.space_seq.fetch_add(1, std::memory_order_release);
@@ -297,16 +325,17 @@ Status Consumer::ack(const Message& m) {
 Status Consumer::nack(const Message& m, std::chrono::nanoseconds delay) {
   if (!state_) return Status::Closed;
   detail::ConsumerState& c = *state_;
-  if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight ||
-      c.slot->in_flight[m.slot_].load(std::memory_order_relaxed) != m.position_ + 1)
+  if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight || c.held[m.slot_] != m.position_ + 1)
     return Status::NotHeld;
   const std::uint64_t not_before = delay.count() > 0 ? detail::now_ns() + static_cast<std::uint64_t>(delay.count()) : 0;
-  // On the list first, then let go (see ChannelState::gate()). A full list: keep holding it.
-  if (!c.ch->give_back(*c.group, m.position_, m.deliveries_, not_before)) return Status::WouldBlock;
-  c.slot->in_flight[m.slot_].store(0, std::memory_order_seq_cst);
-  c.free_stack[c.free_top++] = m.slot_;
-  c.ch->wake_consumers();
-  return Status::Ok;
+  const Status st = c.ch->move_held(c.index, m.slot_, m.position_ + 1, not_before);
+  if (st == Status::Ok) {
+    c.let_go(m.slot_);
+    c.ch->wake_consumers();
+  } else if (st == Status::NotHeld) {
+    c.held[m.slot_] = detail::ConsumerState::kAway;  // moved away meanwhile
+  }
+  return st;  // WouldBlock: the group's give-back list is full, the message is still held
 }
 
 Status Consumer::status() const noexcept { return state_ ? state_->last : Status::Closed; }

@@ -48,6 +48,12 @@ constexpr std::uint64_t max_key_bytes(std::uint64_t max_message_bytes) { return 
 
 enum SlotState : std::uint32_t { kFree = 0, kActive = 1 };
 
+// An in-flight entry holds position + 1 of a held message. While a message moves from a consumer
+// to its group's give-back list (under the group's give-back lock), its entry carries kMovingBit:
+// still gating the ring, no longer ackable by its owner.
+inline constexpr std::uint64_t kMovingBit = 1ull << 63;
+constexpr std::uint64_t held_position(std::uint64_t entry) { return (entry & ~kMovingBit) - 1; }
+
 struct alignas(64) SegmentHeader {
   char magic[8];                          // "SHMQSEG1"
   std::uint32_t layout_version;
@@ -119,9 +125,11 @@ struct alignas(64) ConsumerSlot {
   std::atomic<std::uint64_t> heartbeat_ns;
   std::uint32_t max_in_flight;
   std::uint32_t reserved;
+  std::uint64_t visibility_timeout_ns;    // 0: a live consumer keeps what it holds
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
   alignas(64) std::atomic<std::uint64_t> in_flight[kMaxInFlight];
   std::atomic<std::uint32_t> deliveries[kMaxInFlight];  // of each held message, this one included
+  std::atomic<std::uint64_t> delivered_at[kMaxInFlight]; // CLOCK_MONOTONIC; kept with a visibility timeout only
 };
 
 static_assert(std::is_standard_layout_v<SegmentHeader> && std::is_standard_layout_v<ProducerSlot> &&

@@ -206,6 +206,76 @@ TEST_F(Redelivery, CompetingConsumersAckEveryMessageExactlyOnceWhenOneIsKilled) 
   ::munmap(acks, (n + 1) * 8);
 }
 
+TEST_F(Redelivery, LiveSlowConsumerKeepsWhatItHoldsWithoutAVisibilityTimeout) {
+  ChannelOptions o = memory_options();
+  o.liveness_interval = 50ms;
+  auto ch = Channel::open(channel_name(), o);
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish(payload_of(0)).status, Status::Ok);
+  Consumer slow(ch, "g");
+  auto held = slow.poll(1s);
+  ASSERT_TRUE(held);
+  Consumer other(ch, "g");
+  const auto until = Clock::now() + 600ms;  // many liveness intervals
+  while (Clock::now() < until) EXPECT_FALSE(other.poll(20ms)) << "a live consumer's message was taken from it";
+  EXPECT_EQ(slow.ack(*held), Status::Ok);
+}
+
+TEST_F(Redelivery, VisibilityTimeoutGivesBackWhatASlowConsumerHeld) {
+  ChannelOptions o = memory_options();
+  o.liveness_interval = 50ms;
+  auto ch = Channel::open(channel_name(), o);
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish(payload_of(0)).status, Status::Ok);
+  ConsumerOptions slow_options;
+  slow_options.max_in_flight = 1;
+  slow_options.visibility_timeout = 100ms;
+  Consumer slow(ch, "g", slow_options);
+  auto held = slow.poll(1s);
+  ASSERT_TRUE(held);
+  Consumer other(ch, "g");
+  std::optional<Message> again;
+  const auto deadline = Clock::now() + 10s;
+  while (!again && Clock::now() < deadline) again = other.poll(20ms);
+  ASSERT_TRUE(again) << "the message held past the visibility timeout never came back";
+  EXPECT_EQ(again->text(), payload_of(0));
+  EXPECT_EQ(again->deliveries(), 2u);
+  EXPECT_EQ(slow.ack(*held), Status::NotHeld) << "it was given to another consumer";
+  EXPECT_EQ(other.ack(*again), Status::Ok);
+  // The slow consumer's only in-flight entry is usable again.
+  ASSERT_EQ(p.publish(payload_of(1)).status, Status::Ok);
+  auto next = slow.poll(1s);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->text(), payload_of(1));
+  EXPECT_EQ(slow.ack(*next), Status::Ok);
+}
+
+TEST_F(Redelivery, SecondAckAndForeignAckAreRefusedWithoutSideEffects) {
+  auto ch = Channel::open(channel_name(), memory_options());
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  Consumer a(ch, "g"), b(ch, "g");
+  auto ma = a.poll(1s);
+  auto mb = b.poll(1s);
+  ASSERT_TRUE(ma && mb);
+  EXPECT_EQ(b.ack(*ma), Status::NotHeld) << "b does not hold a's message";
+  EXPECT_EQ(b.nack(*ma), Status::NotHeld);
+  EXPECT_EQ(a.ack(*ma), Status::Ok);
+  EXPECT_EQ(a.ack(*ma), Status::NotHeld) << "second ack";
+  EXPECT_EQ(a.nack(*ma), Status::NotHeld) << "nack after ack";
+  EXPECT_EQ(b.ack(*mb), Status::Ok);
+  EXPECT_EQ(a.in_flight(), 0u);
+  EXPECT_EQ(b.in_flight(), 0u);
+  const ChannelStats st = ch.stats();
+  ASSERT_EQ(st.groups.size(), 1u);
+  EXPECT_EQ(st.groups[0].in_flight, 0u);
+  EXPECT_EQ(st.groups[0].delivered, 2u) << "no double count";
+  EXPECT_EQ(st.groups[0].low_water_mark, st.write_position);
+}
+
 TEST_F(Redelivery, PoisonMessageMovesToTheDeadLetterChannelWhileTheRestFlows) {
   const std::string name = channel_name();
   const std::string dlq = name + ".dlq";

@@ -257,6 +257,10 @@ struct ConsumerOptions {
   Start start = Start::Earliest;
   Wait wait = Wait::Block;
   std::uint32_t max_in_flight = 64;  // at most 256
+  // Zero: a live consumer keeps what it holds for as long as it takes. Otherwise a message held
+  // longer than this is given back to the group (noticed within the channel's liveness_interval)
+  // and this consumer's ack or nack of it returns NotHeld.
+  std::chrono::milliseconds visibility_timeout{0};
 };
 
 class Consumer {
