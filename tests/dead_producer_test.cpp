@@ -356,5 +356,104 @@ TEST_F(DeadProducer, LiveProducersLoseNothingWhileAClaimingProducerIsKilledAtRan
               static_cast<unsigned long long>(rep.victim_messages), killed_mid_claim);
 }
 
+
+// Large records make a producer spend much of its time making room (zeroing reclaimed space), so a
+// SIGKILL at a random moment often lands there. Whatever it interrupted, the next producer must be
+// able to publish: a producer's death never stops the ring.
+TEST_F(DeadProducer, AProducerKilledWhileMakingRoomDoesNotStopTheRing) {
+  const char* env_seed = std::getenv("SHMQ_TEST_SEED");
+  const std::uint32_t seed =
+      env_seed != nullptr ? static_cast<std::uint32_t>(std::strtoul(env_seed, nullptr, 10)) : std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  constexpr std::size_t kBig = 200 << 10;
+  const auto name = channel_name();
+  Channel ch = Channel::open(name, memory_options(1 << 20, 256 << 10));
+
+  void* mem = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  auto* shared = new (mem) Shared{};
+  struct Unmap {
+    void* p;
+    ~Unmap() { ::munmap(p, sizeof(Shared)); }
+  } unmap{mem};
+
+  // A consumer drains and checks that every record it gets is whole (one byte value throughout).
+  Pipe ready, report;
+  const pid_t consumer = fork_child(
+      [&] {
+        Channel c2 = Channel::attach(name);
+        Consumer c(c2, "g");
+        const char r = 'r';
+        CHILD_CHECK(ready.send(r));
+        std::uint64_t received = 0, torn = 0;
+        while (!shared->stop.load()) {
+          auto m = c.poll(10ms);
+          if (!m) continue;
+          const auto p = m->payload();
+          bool whole = p.size() == kBig;
+          for (std::size_t i = 0; whole && i < p.size(); i += 61) whole = p[i] == p[0];
+          if (!whole) ++torn;
+          ++received;
+          CHILD_CHECK(c.ack(*m) == Status::Ok);
+        }
+        const std::uint64_t out[2] = {received, torn};
+        CHILD_CHECK(report.write_all(out, sizeof out));
+        return kChildOk;
+      },
+      120);
+  char r = 0;
+  ASSERT_TRUE(ready.receive(r, 30s));
+
+  std::vector<std::byte> big(kBig);
+  Producer survivor(ch, "survivor");
+  PublishOptions po;
+  po.timeout = 5s;
+  po.wait = Wait::Yield;
+  const int rounds = 20;
+  for (int round = 0; round < rounds; ++round) {
+    Pipe started;
+    const pid_t victim = fork_child(
+        [&]() -> int {
+          Channel c2 = Channel::attach(name);
+          Producer p(c2, "victim-" + std::to_string(round));
+          std::vector<std::byte> payload(kBig);
+          PublishOptions vpo;
+          vpo.timeout = 100ms;
+          vpo.wait = Wait::Yield;
+          const char st = 's';
+          CHILD_CHECK(started.send(st));
+          for (std::uint8_t v = 1;; ++v) {
+            std::fill(payload.begin(), payload.end(), std::byte{v});
+            (void)p.publish(payload, vpo);
+          }
+        },
+        60);
+    char st = 0;
+    ASSERT_TRUE(started.receive(st, 30s));
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+    ASSERT_TRUE(kill_child(victim).killed_by(SIGKILL));
+
+    std::fill(big.begin(), big.end(), std::byte{0xAB});
+    const auto t0 = Clock::now();
+    const auto pub = survivor.publish(big, po);
+    if (pub.status != Status::Ok) {
+      const auto s = ch.stats();
+      ADD_FAILURE() << "round " << round << ": after a producer was killed, publish returned "
+                    << to_string(pub.status) << " for 5 s. Ring: write_position " << s.write_position
+                    << ", reclaimed_position " << s.reclaimed_position << ", depth_bytes " << s.depth_bytes
+                    << ", group lag " << (s.groups.empty() ? 0 : s.groups[0].lag_messages) << " messages";
+      break;
+    }
+    EXPECT_LT(Clock::now() - t0, 5s);
+  }
+  shared->stop.store(true);
+  EXPECT_TRUE(wait_child(consumer, 30s).ok());
+  std::uint64_t got[2] = {0, 0};
+  ASSERT_TRUE(report.read_all(got, sizeof got, Clock::now() + 1s));
+  EXPECT_EQ(got[1], 0u) << "torn records were delivered";
+  std::printf("%llu records of 200 KiB delivered\n", static_cast<unsigned long long>(got[0]));
+}
+
 }  // namespace
 }  // namespace shmq::test
