@@ -1,0 +1,507 @@
+// ls, stat, pub, sub, rm: the subcommands over one channel or the channels of the host.
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <shmq/shmq.hpp>
+
+#include "tools/commands.hpp"
+#include "tools/output.hpp"
+
+namespace shmq::tool {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+volatile sig_atomic_t g_stop = 0;
+
+void on_stop_signal(int) { g_stop = 1; }
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+const char* durability_name(Durability d) {
+  switch (d) {
+    case Durability::Memory: return "Memory";
+    case Durability::Async: return "Async";
+    case Durability::Sync: return "Sync";
+  }
+  return "unknown";
+}
+
+std::string percent(std::uint64_t part, std::uint64_t whole) {
+  return whole ? fixed(100.0 * static_cast<double>(part) / static_cast<double>(whole), 1) + "%" : "-";
+}
+
+// The group that lags most, or null when there is none.
+const GroupStats* most_lagging(const ChannelStats& s) {
+  const GroupStats* worst = nullptr;
+  for (const GroupStats& g : s.groups)
+    if (!worst || g.lag_messages > worst->lag_messages) worst = &g;
+  return worst;
+}
+
+std::string group_json(const GroupStats& g) {
+  return JsonObject()
+      .str("name", g.name)
+      .num("next_position", g.next_position)
+      .num("low_water_mark", g.low_water_mark)
+      .num("lag_bytes", g.lag_bytes)
+      .num("lag_messages", g.lag_messages)
+      .num("delivered", g.delivered)
+      .num("consumers", g.consumers)
+      .num("in_flight", g.in_flight)
+      .done();
+}
+
+std::string producer_json(const ProducerStats& p) {
+  return JsonObject()
+      .str("name", p.name)
+      .num("id", p.id)
+      .num("next_seq", p.next_seq)
+      .num("published", p.published)
+      .num("pid", p.pid)
+      .num("alive", p.alive)
+      .done();
+}
+
+std::string stats_json(const ChannelStats& s) {
+  std::vector<std::string> groups, producers;
+  for (const GroupStats& g : s.groups) groups.push_back(group_json(g));
+  for (const ProducerStats& p : s.producers) producers.push_back(producer_json(p));
+  return JsonObject()
+      .str("name", s.name)
+      .num("ring_bytes", s.ring_bytes)
+      .num("max_message_bytes", s.max_message_bytes)
+      .str("durability", durability_name(s.durability))
+      .num("write_position", s.write_position)
+      .num("reclaimed_position", s.reclaimed_position)
+      .num("durable_position", s.durable_position)
+      .num("depth_bytes", s.depth_bytes)
+      .num("live_producers", s.live_producers)
+      .num("live_consumers", s.live_consumers)
+      .raw("groups", json_array(groups))
+      .raw("producers", json_array(producers))
+      .done();
+}
+
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: a blocking read or wait returns, and the loop sees the flag
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+bool stop_requested() noexcept { return g_stop != 0; }
+
+// ---- ls ------------------------------------------------------------------------------------------
+
+int cmd_ls(bool json) {
+  struct Row {
+    std::string name;
+    std::optional<ChannelStats> stats;
+    std::string error;
+  };
+  std::vector<Row> rows;
+  for (const std::string& name : Channel::list()) {
+    Row row{name, std::nullopt, {}};
+    try {
+      row.stats = Channel::attach(name).stats();
+    } catch (const std::exception& e) {
+      row.error = e.what();
+    }
+    rows.push_back(std::move(row));
+  }
+
+  if (json) {
+    std::vector<std::string> items;
+    for (const Row& r : rows) {
+      JsonObject o;
+      o.str("name", r.name);
+      if (!r.stats) {
+        items.push_back(o.str("error", r.error).done());
+        continue;
+      }
+      const ChannelStats& s = *r.stats;
+      std::vector<std::string> groups;
+      for (const GroupStats& g : s.groups)
+        groups.push_back(JsonObject().str("name", g.name).num("lag_messages", g.lag_messages).num("lag_bytes", g.lag_bytes).done());
+      const GroupStats* worst = most_lagging(s);
+      items.push_back(o.str("durability", durability_name(s.durability))
+                          .num("ring_bytes", s.ring_bytes)
+                          .num("depth_bytes", s.depth_bytes)
+                          .num("producers", s.producers.size())
+                          .num("live_producers", s.live_producers)
+                          .num("live_consumers", s.live_consumers)
+                          .num("max_lag_messages", worst ? worst->lag_messages : 0)
+                          .raw("groups", json_array(groups))
+                          .done());
+    }
+    std::printf("%s\n", json_array(items).c_str());
+    return kExitOk;
+  }
+
+  if (rows.empty()) {
+    std::printf("no channels on this host (no /dev/shm/shmq.*)\n");
+    return kExitOk;
+  }
+  Table t({"NAME", "RING USED", "PRODUCERS", "GROUPS", "CONSUMERS", "MAX LAG"});
+  for (const Row& r : rows) {
+    if (!r.stats) {
+      t.add({r.name, "error: " + r.error});
+      continue;
+    }
+    const ChannelStats& s = *r.stats;
+    const GroupStats* worst = most_lagging(s);
+    t.add({r.name,
+           human_bytes(s.depth_bytes) + " of " + human_bytes(s.ring_bytes) + " (" + percent(s.depth_bytes, s.ring_bytes) + ")",
+           std::to_string(s.live_producers) + " live / " + std::to_string(s.producers.size()),
+           std::to_string(s.groups.size()), std::to_string(s.live_consumers),
+           worst ? std::to_string(worst->lag_messages) + " msgs (" + worst->name + ")" : "-"});
+  }
+  t.print(stdout);
+  return kExitOk;
+}
+
+// ---- stat ----------------------------------------------------------------------------------------
+
+int cmd_stat(const std::string& channel, bool json) {
+  const ChannelStats s = Channel::attach(channel).stats();
+  if (json) {
+    std::printf("%s\n", stats_json(s).c_str());
+    return kExitOk;
+  }
+  Table top({"channel", s.name});
+  top.add({"durability", durability_name(s.durability)});
+  top.add({"ring", human_bytes(s.ring_bytes) + ", messages up to " + human_bytes(s.max_message_bytes)});
+  top.add({"write position", std::to_string(s.write_position) + " (" + fixed(static_cast<double>(s.write_position) / static_cast<double>(s.ring_bytes), 2) + " x the ring)"});
+  top.add({"reclaimed position", std::to_string(s.reclaimed_position)});
+  top.add({"durable position", std::to_string(s.durable_position)});
+  top.add({"depth", human_bytes(s.depth_bytes) + " (" + percent(s.depth_bytes, s.ring_bytes) + " of the ring)"});
+  top.add({"producers", std::to_string(s.producers.size()) + " known, " + std::to_string(s.live_producers) + " live"});
+  top.add({"groups", std::to_string(s.groups.size())});
+  top.add({"consumers", std::to_string(s.live_consumers) + " live"});
+  top.print(stdout);
+
+  if (!s.producers.empty()) {
+    std::printf("\nproducers\n");
+    Table t({"NAME", "ID", "NEXT SEQ", "PUBLISHED", "PID", "ALIVE"});
+    for (const ProducerStats& p : s.producers)
+      t.add({p.name, std::to_string(p.id), std::to_string(p.next_seq), std::to_string(p.published),
+             p.pid ? std::to_string(p.pid) : "-", p.alive ? "yes" : "no"});
+    t.print(stdout, "  ");
+  }
+  if (!s.groups.empty()) {
+    std::printf("\ngroups\n");
+    Table t({"NAME", "LAG MSGS", "LAG BYTES", "IN FLIGHT", "CONSUMERS", "DELIVERED", "NEXT POS", "LOW WATER"});
+    for (const GroupStats& g : s.groups)
+      t.add({g.name, std::to_string(g.lag_messages), std::to_string(g.lag_bytes), std::to_string(g.in_flight),
+             std::to_string(g.consumers), std::to_string(g.delivered), std::to_string(g.next_position),
+             std::to_string(g.low_water_mark)});
+    t.print(stdout, "  ");
+  }
+  return kExitOk;
+}
+
+// ---- pub -----------------------------------------------------------------------------------------
+
+namespace {
+
+class Publisher {
+ public:
+  Publisher(Channel& ch, const PubArgs& a) : ch_(ch), args_(a), producer_(ch, a.producer) {
+    options_.key = args_.key;
+    options_.wait = Wait::Block;
+    options_.timeout = milliseconds(200);  // a slice: stop_requested() is looked at between slices
+  }
+
+  // Publishes one message, waiting on a full ring up to --timeout-ms. Prints why on failure.
+  bool publish(std::string_view payload) {
+    const auto give_up = Clock::now() + milliseconds(args_.full_timeout_ms);
+    for (;;) {
+      const Published p = producer_.publish(payload, options_);
+      if (p.status == Status::Ok) {
+        ++count_;
+        bytes_ += payload.size();
+        return true;
+      }
+      if (p.status == Status::WouldBlock && !stop_requested() && Clock::now() < give_up) continue;
+      if (p.status == Status::WouldBlock && stop_requested()) return false;
+      report_failure(p.status, payload.size());
+      return false;
+    }
+  }
+
+  void summary(Clock::time_point t0) const {
+    const double secs = seconds_since(t0);
+    std::fprintf(stderr, "shmq pub: %llu messages (%s) to '%s' as producer '%s' in %s s: %s msgs/s, %s/s\n",
+                 static_cast<unsigned long long>(count_), human_bytes(bytes_).c_str(), args_.channel.c_str(),
+                 args_.producer.c_str(), fixed(secs, 3).c_str(),
+                 human_rate(secs > 0 ? static_cast<double>(count_) / secs : 0).c_str(),
+                 human_bytes(secs > 0 ? static_cast<std::uint64_t>(static_cast<double>(bytes_) / secs) : 0).c_str());
+  }
+  std::uint64_t count() const { return count_; }
+
+ private:
+  void report_failure(Status st, std::size_t size) const {
+    const std::string where = "shmq pub: message " + std::to_string(count_ + 1) + " to '" + args_.channel + "'";
+    if (st == Status::TooLarge) {
+      std::fprintf(stderr, "%s: too large: %zu bytes of payload and %zu of key; the channel takes at most %zu bytes\n",
+                   where.c_str(), size, args_.key.size(), ch_.options().max_message_bytes);
+    } else if (st == Status::WouldBlock) {
+      std::string why;
+      try {
+        const ChannelStats s = ch_.stats();
+        if (const GroupStats* g = most_lagging(s))
+          why = "; group '" + g->name + "' lags " + std::to_string(g->lag_messages) + " messages with " +
+                std::to_string(g->consumers) + " live consumer(s)";
+      } catch (const std::exception&) {
+      }
+      std::fprintf(stderr, "%s: the ring stayed full for %llu ms (back-pressure from the slowest group%s)\n",
+                   where.c_str(), static_cast<unsigned long long>(args_.full_timeout_ms), why.c_str());
+    } else {
+      std::fprintf(stderr, "%s: publish failed: %s\n", where.c_str(), to_string(st));
+    }
+  }
+
+  Channel& ch_;
+  const PubArgs& args_;
+  Producer producer_;
+  PublishOptions options_;
+  std::uint64_t count_ = 0;
+  std::uint64_t bytes_ = 0;
+};
+
+// The channel to publish to; nullopt (the reason printed) when it does not exist and --create was not given.
+std::optional<Channel> open_for_pub(const PubArgs& a) {
+  if (!a.create) {
+    try {
+      return Channel::attach(a.channel);
+    } catch (const Error& e) {
+      if (e.code() != std::errc::no_such_file_or_directory) throw;
+      std::fprintf(stderr, "shmq pub: %s (use --create to create it)\n", e.what());
+      return std::nullopt;
+    }
+  }
+  ChannelOptions o;
+  o.durability = Durability::Memory;
+  if (a.ring_bytes) o.ring_bytes = *a.ring_bytes;
+  // The library's default (1 MiB) is too large for a ring under 4 MiB: take a quarter of the ring.
+  o.max_message_bytes = a.max_message_bytes ? *a.max_message_bytes : std::min<std::size_t>(o.max_message_bytes, o.ring_bytes / 4);
+  Channel ch = Channel::open(a.channel, o);
+  const ChannelOptions& eff = ch.options();
+  if (a.ring_bytes && eff.ring_bytes != *a.ring_bytes)
+    std::fprintf(stderr, "shmq pub: note: channel '%s' exists with a ring of %zu bytes; --ring-bytes is ignored\n",
+                 a.channel.c_str(), eff.ring_bytes);
+  if (a.max_message_bytes && eff.max_message_bytes != *a.max_message_bytes)
+    std::fprintf(stderr, "shmq pub: note: channel '%s' exists with max_message_bytes %zu; --max-message-bytes is ignored\n",
+                 a.channel.c_str(), eff.max_message_bytes);
+  return ch;
+}
+
+}  // namespace
+
+int cmd_pub(const PubArgs& a) {
+  if (a.sync) {
+    std::fprintf(stderr,
+                 "shmq pub: --sync needs Durability::Sync, which writes through the journal, and the journal is not "
+                 "built yet; only Durability::Memory works (publish without --sync)\n");
+    return kExitFailure;
+  }
+  std::optional<Channel> ch = open_for_pub(a);
+  if (!ch) return kExitFailure;
+  Publisher pub(*ch, a);
+  install_stop_handlers();
+  const auto t0 = Clock::now();
+  bool ok = true;
+
+  if (a.count) {
+    const std::uint64_t n = *a.count;
+    std::string payload(a.size.value_or(0), '\0');
+    for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>('a' + i % 26);
+    for (std::uint64_t i = 0; i < n && ok; ++i) {
+      if (stop_requested()) break;
+      // "#<i> " at the start, where it fits: each message tells which one it is.
+      char tag[32];
+      const int len = std::snprintf(tag, sizeof tag, "#%llu ", static_cast<unsigned long long>(i + 1));
+      std::memcpy(payload.data(), tag, std::min(payload.size(), static_cast<std::size_t>(len)));
+      ok = pub.publish(payload);
+    }
+    pub.summary(t0);
+    if (ok && pub.count() < n) {
+      std::fprintf(stderr, "shmq pub: interrupted after %llu of %llu messages\n",
+                   static_cast<unsigned long long>(pub.count()), static_cast<unsigned long long>(n));
+      return kExitFailure;
+    }
+    return ok ? kExitOk : kExitFailure;
+  }
+
+  char* line = nullptr;
+  std::size_t cap = 0;
+  for (;;) {
+    if (stop_requested()) break;
+    errno = 0;
+    const ssize_t len = ::getline(&line, &cap, stdin);
+    if (len < 0) {
+      if (errno != 0 && errno != EINTR) {
+        std::fprintf(stderr, "shmq pub: reading stdin: %s\n", std::strerror(errno));
+        ok = false;
+      }
+      break;
+    }
+    std::string_view text(line, static_cast<std::size_t>(len));
+    if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+    if (!(ok = pub.publish(text))) break;
+  }
+  std::free(line);
+  pub.summary(t0);
+  return ok ? kExitOk : kExitFailure;
+}
+
+// ---- sub -----------------------------------------------------------------------------------------
+
+namespace {
+
+// Prints messages and acks them once they have left the process: a message is acked only after
+// the flush of stdout that wrote it succeeded, so `| head` or a full disk loses none of them (they
+// go back to the group when the consumer leaves). Acks are batched to keep flushes few.
+class Printer {
+ public:
+  static constexpr std::size_t kBatch = 32;  // below the consumer's max_in_flight (64)
+
+  Printer(Consumer& c, const SubArgs& a) : consumer_(c), args_(a) { printed_.reserve(kBatch); }
+
+  // False when stdout failed (reason printed, or EPIPE: the reader left).
+  bool print(const Message& m) {
+    if (args_.json) {
+      const std::string line = JsonObject()
+                                   .raw("id", JsonObject().num("producer", m.id().producer).num("seq", m.id().seq).done())
+                                   .str("key", m.key())
+                                   .num("position", m.position())
+                                   .num("deliveries", m.deliveries())
+                                   .num("timestamp_ns", m.timestamp_ns())
+                                   .str("payload", m.text())
+                                   .done();
+      std::fwrite(line.data(), 1, line.size(), stdout);
+    } else {
+      std::fwrite(m.text().data(), 1, m.text().size(), stdout);
+    }
+    std::fputc('\n', stdout);
+    if (!args_.no_ack) printed_.push_back(m);
+    return printed_.size() < kBatch || flush_and_ack();
+  }
+
+  // Flushes stdout, then acks what it carried. False when stdout failed or an ack did.
+  bool flush_and_ack() {
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+      if (errno != EPIPE) std::fprintf(stderr, "shmq sub: writing to stdout: %s\n", std::strerror(errno));
+      failed_ = errno != EPIPE;
+      return false;
+    }
+    for (const Message& m : printed_) {
+      if (const Status st = consumer_.ack(m); st != Status::Ok) {
+        std::fprintf(stderr, "shmq sub: ack of message %llu:%llu failed: %s\n",
+                     static_cast<unsigned long long>(m.id().producer), static_cast<unsigned long long>(m.id().seq),
+                     to_string(st));
+        failed_ = true;
+        return false;
+      }
+    }
+    printed_.clear();
+    return true;
+  }
+  bool failed() const { return failed_; }
+
+ private:
+  Consumer& consumer_;
+  const SubArgs& args_;
+  std::vector<Message> printed_;  // printed, not yet flushed and acked
+  bool failed_ = false;
+};
+
+}  // namespace
+
+int cmd_sub(const SubArgs& a) {
+  Channel ch = Channel::attach(a.channel);
+  ConsumerOptions o;
+  o.start = a.from == "latest" ? Start::Latest : Start::Earliest;
+  o.wait = Wait::Block;
+  // Without acks every printed message stays held: allow the most the library does.
+  o.max_in_flight = a.no_ack ? 256 : 64;
+  Consumer consumer(ch, a.group, o);
+  Printer printer(consumer, a);
+  install_stop_handlers();
+  ::signal(SIGPIPE, SIG_IGN);  // a closed pipe (| head) shows as a write error: stop cleanly
+
+  const milliseconds slice(100);  // longest wait between looks at stop_requested()
+  const bool idle_stops = a.timeout_ms.has_value();
+  const milliseconds idle_limit(a.timeout_ms.value_or(0));
+  auto last_message = Clock::now();
+  std::uint64_t received = 0;
+  bool idle_timeout = false;
+
+  while ((!a.count || received < *a.count) && !stop_requested()) {
+    std::optional<Message> m = consumer.poll();
+    if (!m && consumer.status() == Status::Timeout) {
+      if (!printer.flush_and_ack()) break;  // about to wait: deliver what was printed first
+      milliseconds wait = slice;
+      if (idle_stops)
+        wait = std::min(wait, std::chrono::duration_cast<milliseconds>(idle_limit - (Clock::now() - last_message)));
+      m = consumer.poll(std::max(wait, milliseconds(0)));
+    }
+    if (!m) {
+      const Status st = consumer.status();
+      if (st == Status::Closed) {
+        std::fprintf(stderr, "shmq sub: group '%s' of channel '%s' was removed\n", a.group.c_str(), a.channel.c_str());
+        return kExitFailure;
+      }
+      if (st == Status::WouldBlock) {
+        std::fprintf(stderr, "shmq sub: holding %u messages without acking (--no-ack), the most a consumer may; stopping\n",
+                     consumer.in_flight());
+        break;
+      }
+      if (idle_stops && Clock::now() - last_message >= idle_limit) {
+        idle_timeout = true;
+        break;
+      }
+      continue;
+    }
+    if (!printer.print(*m)) break;
+    ++received;
+    last_message = Clock::now();
+  }
+  if (!printer.flush_and_ack()) return printer.failed() ? kExitFailure : kExitOk;
+  if (a.count && received < *a.count && idle_timeout) {
+    std::fprintf(stderr, "shmq sub: received %llu of %llu messages; none came for %llu ms\n",
+                 static_cast<unsigned long long>(received), static_cast<unsigned long long>(*a.count),
+                 static_cast<unsigned long long>(*a.timeout_ms));
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+// ---- rm ------------------------------------------------------------------------------------------
+
+int cmd_rm(const std::string& channel) {
+  if (!Channel::exists(channel)) {
+    std::fprintf(stderr, "shmq rm: channel '%s' does not exist (no /dev/shm/shmq.%s)\n", channel.c_str(), channel.c_str());
+    return kExitFailure;
+  }
+  Channel::remove(channel);
+  if (Channel::exists(channel)) {
+    std::fprintf(stderr, "shmq rm: channel '%s' is still there after removing it (permissions of /dev/shm/shmq.%s?)\n",
+                 channel.c_str(), channel.c_str());
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+}  // namespace shmq::tool

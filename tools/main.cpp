@@ -1,0 +1,146 @@
+// shmq: the command-line tool. Parses the command line (CLI11) and runs one subcommand.
+// Exit codes: 0 ok, 1 failure (printed as one line on stderr), 2 usage error.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+#include <shmq/shmq.hpp>
+
+#include "tools/commands.hpp"
+
+namespace {
+
+using shmq::tool::kExitFailure;
+using shmq::tool::kExitOk;
+using shmq::tool::kExitUsage;
+
+// An option whose absence matters (std::optional in the argument structs): CLI11 parses it into
+// `value`; set() copies it to `out` when the option was given.
+struct MaybeOption {
+  std::optional<std::uint64_t>& out;
+  std::uint64_t value = 0;
+  CLI::Option* option = nullptr;
+
+  CLI::Option* add(CLI::App* app, const std::string& name, const std::string& help) {
+    return option = app->add_option(name, value, help);
+  }
+  void set() const {
+    if (option->count() > 0) out = value;
+  }
+};
+
+// A whole number of at least MIN, written in digits ("-3" would otherwise wrap to a huge unsigned).
+CLI::Validator at_least(std::uint64_t min) {
+  return CLI::Validator(
+      [min](std::string& text) -> std::string {
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos)
+          return "'" + text + "' is not a whole number";
+        if (text.size() > 19 || std::stoull(text) < min) return "'" + text + "' must be between " + std::to_string(min) + " and 10^19";
+        return {};
+      },
+      ">=" + std::to_string(min));
+}
+
+// CLI11 reports an unknown command as "A subcommand is required": name it instead.
+bool unknown_command(const CLI::App& app, int argc, char** argv) {
+  if (argc < 2 || argv[1][0] == '-') return false;
+  for (const CLI::App* sub : app.get_subcommands({}))
+    if (sub->check_name(argv[1])) return false;
+  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm; see shmq --help)\n", argv[1]);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"shmq: a message queue for the processes of one Linux host (lock-free ring in shared memory).", "shmq"};
+  app.require_subcommand(1);
+  app.footer("Exit codes: 0 ok, 1 failure, 2 usage error. `shmq COMMAND --help` describes a command.");
+
+  // ls
+  bool ls_json = false;
+  CLI::App* ls = app.add_subcommand("ls", "List the channels on this host: ring use, producers, groups, consumers, lag.");
+  ls->add_flag("--json", ls_json, "Print a JSON array instead of a table");
+
+  // stat
+  std::string stat_channel;
+  bool stat_json = false;
+  CLI::App* stat = app.add_subcommand("stat", "Show the statistics of one channel: positions, producers, groups (lag, in flight).");
+  stat->add_option("NAME", stat_channel, "Channel name")->required();
+  stat->add_flag("--json", stat_json, "Print a JSON object instead of text");
+
+  // pub
+  shmq::tool::PubArgs pub_args;
+  MaybeOption pub_count{pub_args.count}, pub_size{pub_args.size}, pub_ring{pub_args.ring_bytes},
+      pub_max{pub_args.max_message_bytes};
+  CLI::App* pub = app.add_subcommand(
+      "pub",
+      "Publish the lines of stdin, one message per line (or, with --count and --size, N generated messages of B "
+      "bytes). Prints a summary (count, msgs/s) to stderr. Durability::Memory.");
+  pub->add_option("NAME", pub_args.channel, "Channel name")->required();
+  pub->add_option("--producer", pub_args.producer, "Producer name (one live process per name)")->capture_default_str();
+  pub->add_option("--key", pub_args.key, "Key (biz id) carried by every message");
+  pub_count.add(pub, "--count", "Publish N generated messages instead of stdin")->check(at_least(1));
+  pub_size.add(pub, "--size", "Payload bytes of each generated message")->check(at_least(0));
+  pub_count.option->needs(pub_size.option);
+  pub_size.option->needs(pub_count.option);
+  CLI::Option* create = pub->add_flag("--create", pub_args.create, "Create the channel if it does not exist");
+  pub_ring.add(pub, "--ring-bytes", "Ring size of a channel created now (power of two, 64 KiB .. 1 GiB; default 64 MiB)")
+      ->check(at_least(1))
+      ->needs(create);
+  pub_max.add(pub, "--max-message-bytes", "Largest payload of a channel created now (at most a quarter of the ring)")
+      ->check(at_least(1))
+      ->needs(create);
+  pub->add_option("--timeout-ms", pub_args.full_timeout_ms, "How long a full ring is waited on before giving up")
+      ->check(at_least(0))
+      ->capture_default_str();
+  pub->add_flag("--sync", pub_args.sync, "Durability::Sync (needs the journal, which is not built yet)");
+
+  // sub
+  shmq::tool::SubArgs sub_args;
+  MaybeOption sub_count{sub_args.count}, sub_timeout{sub_args.timeout_ms};
+  CLI::App* sub = app.add_subcommand(
+      "sub",
+      "Receive the messages of a group: print each (its text, or a JSON line) and ack it. Runs until --count "
+      "messages, --timeout-ms without a message, or Ctrl-C/SIGTERM.");
+  sub->add_option("NAME", sub_args.channel, "Channel name")->required();
+  sub->add_option("--group", sub_args.group, "Group to consume as (created if new)")->required();
+  sub_count.add(sub, "--count", "Stop after N messages")->check(at_least(1));
+  sub->add_flag("--no-ack", sub_args.no_ack, "Do not ack: the messages stay held, then go back to the group (at most 256)");
+  sub->add_option("--from", sub_args.from, "Where a new group starts")
+      ->check(CLI::IsMember({"earliest", "latest"}))
+      ->capture_default_str();
+  sub_timeout.add(sub, "--timeout-ms", "Stop after T ms without a message (default: wait forever)")->check(at_least(0));
+  sub->add_flag("--json", sub_args.json, "One JSON object a line: id, key, position, deliveries, timestamp_ns, payload");
+
+  // rm
+  std::string rm_channel;
+  CLI::App* rm = app.add_subcommand("rm", "Remove a channel (its shared-memory segment).");
+  rm->add_option("NAME", rm_channel, "Channel name")->required();
+
+  if (unknown_command(app, argc, argv)) return kExitUsage;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints the help, or the error and a hint
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  for (const MaybeOption* o : {&pub_count, &pub_size, &pub_ring, &pub_max, &sub_count, &sub_timeout}) o->set();
+  if (sub_args.no_ack && sub_args.count && *sub_args.count > 256) {
+    std::fprintf(stderr, "shmq sub: --no-ack holds every message it prints, at most 256: --count %llu is too many\n",
+                 static_cast<unsigned long long>(*sub_args.count));
+    return kExitUsage;
+  }
+
+  const std::string command = app.get_subcommands().front()->get_name();
+  try {
+    if (*ls) return shmq::tool::cmd_ls(ls_json);
+    if (*stat) return shmq::tool::cmd_stat(stat_channel, stat_json);
+    if (*pub) return shmq::tool::cmd_pub(pub_args);
+    if (*sub) return shmq::tool::cmd_sub(sub_args);
+    if (*rm) return shmq::tool::cmd_rm(rm_channel);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), e.what());
+    return kExitFailure;
+  }
+  return kExitUsage;
+}
