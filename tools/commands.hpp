@@ -41,10 +41,15 @@ struct SubArgs {
   bool json = false;
 };
 
+struct DemoArgs {
+  std::uint32_t messages_per_producer = 20'000;
+};
+
 int cmd_ls(bool json);
 int cmd_stat(const std::string& channel, bool json);
 int cmd_pub(const PubArgs&);
 int cmd_sub(const SubArgs&);
 int cmd_rm(const std::string& channel);
+int cmd_demo(const DemoArgs&);
 
 }  // namespace shmq::tool

@@ -45,7 +45,7 @@ bool unknown_command(const CLI::App& app, int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') return false;
   for (const CLI::App* sub : app.get_subcommands({}))
     if (sub->check_name(argv[1])) return false;
-  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm; see shmq --help)\n", argv[1]);
+  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm, demo; see shmq --help)\n", argv[1]);
   return true;
 }
 
@@ -117,6 +117,16 @@ int main(int argc, char** argv) {
   CLI::App* rm = app.add_subcommand("rm", "Remove a channel (its shared-memory segment).");
   rm->add_option("NAME", rm_channel, "Channel name")->required();
 
+  // demo
+  shmq::tool::DemoArgs demo_args;
+  CLI::App* demo = app.add_subcommand(
+      "demo",
+      "A live pipeline across processes: 2 producers, fan-out to 2 groups, 3 competing consumers, a consumer "
+      "killed and its messages redelivered. Checks every step; exit 0 only if all held.");
+  demo->add_option("--messages", demo_args.messages_per_producer, "Messages per producer")
+      ->check(CLI::Range(1u, 1'000'000u))
+      ->capture_default_str();
+
   if (unknown_command(app, argc, argv)) return kExitUsage;
   try {
     app.parse(argc, argv);
@@ -138,6 +148,7 @@ int main(int argc, char** argv) {
     if (*pub) return shmq::tool::cmd_pub(pub_args);
     if (*sub) return shmq::tool::cmd_sub(sub_args);
     if (*rm) return shmq::tool::cmd_rm(rm_channel);
+    if (*demo) return shmq::tool::cmd_demo(demo_args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), e.what());
     return kExitFailure;
