@@ -117,6 +117,9 @@ int cmd_ls(bool json) {
       row.stats = Channel::attach(name).stats();
     } catch (const std::exception& e) {
       row.error = e.what();
+      // The row names the channel already.
+      if (const std::string prefix = "shmq channel '" + name + "': "; row.error.rfind(prefix, 0) == 0)
+        row.error.erase(0, prefix.size());
     }
     rows.push_back(std::move(row));
   }

@@ -6,16 +6,18 @@
 namespace shmq::tool {
 
 void Table::print(std::FILE* out, std::string_view indent) const {
-  std::vector<std::size_t> width;
+  std::vector<std::size_t> width(rows_.front().size(), 0);
   for (const auto& row : rows_) {
-    if (width.size() < row.size()) width.resize(row.size(), 0);
-    for (std::size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+    // A row shorter than the header spans the rest of the line with its last cell: it does not widen a column.
+    const std::size_t sized = row.size() < width.size() ? row.size() - 1 : row.size();
+    if (width.size() < sized) width.resize(sized, 0);
+    for (std::size_t c = 0; c < sized; ++c) width[c] = std::max(width[c], row[c].size());
   }
   for (const auto& row : rows_) {
     std::string line(indent);
     for (std::size_t c = 0; c < row.size(); ++c) {
       line += row[c];
-      if (c + 1 < row.size()) line.append(width[c] - row[c].size() + 2, ' ');
+      if (c + 1 < row.size()) line.append(width[c] - std::min(width[c], row[c].size()) + 2, ' ');
     }
     while (!line.empty() && line.back() == ' ') line.pop_back();
     std::fprintf(out, "%s\n", line.c_str());

@@ -11,6 +11,7 @@
 namespace shmq::tool {
 
 // A text table: columns as wide as their widest cell, two spaces apart, the last column unpadded.
+// A row with fewer cells than the header lets its last cell run to the end of the line (an error).
 class Table {
  public:
   explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
