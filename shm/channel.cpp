@@ -146,6 +146,7 @@ bool ChannelState::release_consumer(std::uint32_t c) noexcept {
     if (move_held(c, k, 0, 0) == Status::WouldBlock) return false;
     if (slot.in_flight[k].load(std::memory_order_seq_cst) != 0) return false;
   }
+  groups[slot.group].delivered.fetch_add(slot.delivered.load(std::memory_order_relaxed), std::memory_order_relaxed);
   slot.owner.store(0, std::memory_order_relaxed);
   slot.state.store(kFree, std::memory_order_release);
   return true;
@@ -400,6 +401,9 @@ ChannelStats Channel::stats() const {
     }
     s.ring->unlock_cleaning();
     gs.delivered = g.delivered.load(std::memory_order_relaxed);
+    for (std::uint32_t c = 0; c < s.header->max_consumers; ++c)
+      if (s.consumers[c].state.load(std::memory_order_acquire) == detail::kActive && s.consumers[c].group == i)
+        gs.delivered += s.consumers[c].delivered.load(std::memory_order_relaxed);
     gs.consumers = consumers_of[i];
     gs.in_flight = held_by[i];
     out.groups.push_back(std::move(gs));

@@ -28,6 +28,7 @@ struct ConsumerState {
   std::uint64_t held[kMaxInFlight] = {};
   static constexpr std::uint64_t kAway = ~0ull;
   std::uint32_t polls = 0;
+  std::uint64_t delivered = 0;
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
 
@@ -104,7 +105,7 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
   --free_top;
   held[k] = pos + 1;
   if (slot->visibility_timeout_ns) slot->delivered_at[k].store(now_ns(), std::memory_order_relaxed);
-  group->delivered.fetch_add(1, std::memory_order_relaxed);
+  slot->delivered.store(++delivered, std::memory_order_relaxed);  // our own line: no locked op
   if (const char* why = ring::RecordRing::check_record(r)) {
     last = Status::Corrupt;
     throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
@@ -199,6 +200,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   slot.visibility_timeout_ns = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
   for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
+  slot.delivered.store(0, std::memory_order_relaxed);
   slot.owner.store(detail::self_token(), std::memory_order_relaxed);
   slot.heartbeat_ns.store(detail::now_ns(), std::memory_order_relaxed);
   slot.state.store(detail::kActive, std::memory_order_release);  // pairs with the acquire in gate()
@@ -238,7 +240,7 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
     c.last = Status::WouldBlock;
     return std::nullopt;
   }
-  const std::uint64_t deadline = detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(timeout.count(), 0));
+  std::uint64_t deadline = 0;  // read the clock only once there is something to wait for
   unsigned spins = 0;
   for (;;) {
     if (c.group->state.load(std::memory_order_relaxed) != detail::kActive) {
@@ -290,6 +292,7 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
       case ring::ReadResult::Empty:
       case ring::ReadResult::Pending:
         if (r.kind == ring::ReadResult::Pending && timeout.count() <= 0) c.pending(pos);
+        if (timeout.count() > 0 && deadline == 0) deadline = detail::now_ns() + static_cast<std::uint64_t>(timeout.count());
         if (timeout.count() <= 0 || !c.wait(pos, r.kind, deadline, spins)) {
           c.last = Status::Timeout;
           return std::nullopt;

@@ -110,7 +110,7 @@ struct alignas(64) GroupSlot {
   std::uint64_t created_position;
   // One line for the delivery cursor: consumers of the group CAS it, and look at given_back.
   alignas(64) std::atomic<std::uint64_t> next;       // next position to deliver
-  std::atomic<std::uint64_t> delivered;              // deliveries made
+  std::atomic<std::uint64_t> delivered;              // deliveries made by consumers that left (live ones count in their slot)
   std::atomic<std::uint64_t> dead_lettered;          // messages moved to NAME.dlq
   std::atomic<std::uint32_t> given_back;             // entries in use in give_back[]
   // The give-back list: rarely touched, under its own lock (owner token; a dead holder is replaced).
@@ -126,6 +126,7 @@ struct alignas(64) ConsumerSlot {
   std::uint32_t max_in_flight;
   std::uint32_t reserved;
   std::uint64_t visibility_timeout_ns;    // 0: a live consumer keeps what it holds
+  alignas(64) std::atomic<std::uint64_t> delivered;  // deliveries to this consumer (the owner's line)
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
   alignas(64) std::atomic<std::uint64_t> in_flight[kMaxInFlight];
   std::atomic<std::uint32_t> deliveries[kMaxInFlight];  // of each held message, this one included
