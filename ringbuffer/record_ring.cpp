@@ -163,7 +163,15 @@ void RecordRing::zero(std::uint64_t from, std::uint64_t to) noexcept {
 
 bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept {
   lock_cleaning(owner, alive);
-  const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
+  std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
+  // A holder that died while zeroing left [c, cleaning_to) partly zeroed: its record frames can no
+  // longer be walked. Its target was a record boundary below the gate: finish its work first.
+  if (const std::uint64_t unfinished = hdr_->cleaning_to.load(std::memory_order_relaxed);
+      unfinished > c && unfinished - c <= capacity_) {
+    zero(c, unfinished);
+    hdr_->cleaned.store(unfinished, std::memory_order_release);  // pairs with the acquire in try_claim()
+    c = unfinished;
+  }
   if (c + capacity_ > need_end) {
     unlock_cleaning();
     return true;
@@ -187,6 +195,7 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
     target = next;
   }
   if (target > c) {
+    hdr_->cleaning_to.store(target, std::memory_order_relaxed);  // read only by the next lock holder
     zero(c, target);
     // release: the zeroing above is visible to whoever acquires `cleaned` (try_claim()).
     hdr_->cleaned.store(target, std::memory_order_release);

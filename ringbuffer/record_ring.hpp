@@ -96,6 +96,7 @@ struct alignas(kCacheLine) RingHeader {
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;        // next position to claim
   alignas(kCacheLine) std::atomic<std::uint64_t> cleaned;     // below: consumed by all and zeroed
   alignas(kCacheLine) std::atomic<std::uint64_t> clean_lock;  // owner token of the reclaimer; 0 free
+  std::atomic<std::uint64_t> cleaning_to;                     // where the lock holder is zeroing to
   alignas(kCacheLine) std::atomic<std::uint32_t> data_seq;    // futex word: bumped when data arrives for a waiter
   std::atomic<std::uint32_t> data_waiters;                    // readers blocked on data_seq
   alignas(kCacheLine) std::atomic<std::uint32_t> space_seq;   // futex word: bumped when space may have freed

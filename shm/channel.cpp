@@ -1,5 +1,8 @@
 // Channel: open, attach, remove, stats, group table.
 #include <dirent.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <boost/interprocess/shared_memory_object.hpp>
@@ -306,7 +309,12 @@ Channel Channel::attach(std::string_view name) {
 
 void Channel::remove(std::string_view name, const std::filesystem::path&) {
   detail::check_channel_name(name);
-  boost::interprocess::shared_memory_object::remove(("shmq." + std::string(name)).c_str());
+  if (::unlink(detail::segment_path(name).c_str()) != 0) {
+    const int err = errno;
+    throw Error(std::error_code(err, std::generic_category()),
+                "shmq channel '" + std::string(name) + "': cannot remove " + detail::segment_path(name) + ": " +
+                    (err == ENOENT ? std::string("no such channel") : std::strerror(err)));
+  }
 }
 
 bool Channel::exists(std::string_view name) {
@@ -388,6 +396,15 @@ ChannelStats Channel::stats() const {
       for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, detail::kMaxInFlight); ++k)
         if (std::uint64_t h = slot.in_flight[k].load(std::memory_order_relaxed)) gs.low_water_mark = std::min(gs.low_water_mark, detail::held_position(h));
     }
+    // The give-back list: under its lock, so that entries are not read while they move.
+    ring::lock_owner_word(g.give_back_lock, detail::self_token(), &detail::ChannelState::alive);
+    for (const detail::GiveBackEntry& e : g.give_back)
+      if (std::uint64_t h = e.position_plus1.load(std::memory_order_relaxed)) {
+        ++gs.given_back;
+        gs.low_water_mark = std::min(gs.low_water_mark, h - 1);
+      }
+    ring::unlock_owner_word(g.give_back_lock);
+    gs.lag_messages = gs.given_back;
     gs.lag_bytes = out.write_position - std::min(gs.next_position, out.write_position);
     // Count the records between the cursor and the tail (bounded walk over committed frames).
     std::uint64_t p = gs.next_position;

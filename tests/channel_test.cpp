@@ -108,6 +108,7 @@ TEST_F(ChannelLifecycle, RemoveDeletesTheSegmentAndAttachThenFails) {
   ASSERT_TRUE(Channel::exists(name));
   Channel::remove(name);
   EXPECT_FALSE(Channel::exists(name));
+  EXPECT_TRUE(expect_error([&] { Channel::remove(name); })) << "removing a missing channel is an error";
   const auto all = Channel::list();
   EXPECT_EQ(std::find(all.begin(), all.end(), name), all.end());
   struct stat st {};

@@ -226,6 +226,26 @@ TEST(RecordRing, ValidateRejectsGarbageHeaders) {
   EXPECT_NE(RecordRing::validate(t.mem.get(), t.bytes), nullptr);
 }
 
+TEST(RecordRing, ReclaimerThatDiedWhileZeroingIsFinishedByTheNext) {
+  TestRing t(4096, 2, 1024);
+  std::uint64_t seq = 0;
+  while (t.publish(0, 200, 5, seq) != kNoIntent) ++seq;  // full
+  while (t.next()) {
+  }
+  // Simulate a holder of the clean lock killed half-way: its target published, part of the region
+  // zeroed (the frames there are gone), `cleaned` not advanced, the lock held by a dead token.
+  auto& h = t.ring.header();
+  const std::uint64_t c = t.ring.cleaned();
+  h.cleaning_to.store(t.reader);
+  std::memset(t.ring.at(c), 0, 256);
+  h.clean_lock.store(3);
+  g_dead[3] = true;
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_NE(t.publish(1, 200, 6, seq + i), kNoIntent) << "the ring stopped after " << i << " records";
+    ASSERT_NE(t.next(), nullptr);
+  }
+}
+
 // Several producer threads, one reader: every record arrives once, each producer's in order.
 TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
   constexpr int kProducers = 4;

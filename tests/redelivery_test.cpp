@@ -66,10 +66,17 @@ TEST_F(Redelivery, ConsumerThatLeavesGivesBackWhatItHeld) {
   Producer p(ch, "p");
   ch.ensure_group("g");
   for (int i = 0; i < 5; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  const std::uint64_t first = ch.stats().groups.at(0).next_position;
   {
     Consumer leaver(ch, "g");
     for (int i = 0; i < 3; ++i) ASSERT_TRUE(leaver.poll(1s));
   }
+  const ChannelStats st = ch.stats();
+  ASSERT_EQ(st.groups.size(), 1u);
+  EXPECT_EQ(st.groups[0].given_back, 3u);
+  EXPECT_EQ(st.groups[0].in_flight, 0u);
+  EXPECT_EQ(st.groups[0].lag_messages, 5u) << "3 given back + 2 never delivered";
+  EXPECT_EQ(st.groups[0].low_water_mark, first);
   Consumer c(ch, "g");
   std::vector<std::string> got;
   while (auto m = c.poll(200ms)) {

@@ -76,10 +76,11 @@ struct GroupStats {
   std::uint64_t next_position;      // next record to deliver
   std::uint64_t low_water_mark;     // oldest record the group still needs (unacked or undelivered)
   std::uint64_t lag_bytes;          // write position - next_position
-  std::uint64_t lag_messages;       // records between next_position and the write position
+  std::uint64_t lag_messages;       // records still to deliver: after next_position, plus given_back
   std::uint64_t delivered;          // deliveries made by this group since it was created
   std::uint32_t consumers;          // live consumers attached
   std::uint32_t in_flight;          // messages held by its consumers, not yet acked
+  std::uint32_t given_back;         // messages waiting on its give-back list (nacked, or held by a consumer that left or died)
 };
 struct ProducerStats {
   std::string name;
@@ -118,7 +119,8 @@ class Channel {  // movable, not copyable
   // Attach only: Error (errc::no_such_file_or_directory) if the channel does not exist.
   static Channel attach(std::string_view name);
   // Removes the segment (and, once journals exist, the journal directory). Processes that have it
-  // open keep their mapping until they close it.
+  // open keep their mapping until they close it. Error (errc::no_such_file_or_directory) if there
+  // is no such channel.
   static void remove(std::string_view name, const std::filesystem::path& journal_dir = {});
   static bool exists(std::string_view name);
   // Channels that have a segment on this host.
