@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -117,6 +118,7 @@ class JournalReaderFuzz : public ::testing::Test {
         }
         break;
       case 2: {
+        if (b.empty()) return;
         const std::size_t n = at(0);
         b.resize(n);
         what += " cut " + it->first + "@" + std::to_string(n);
@@ -169,6 +171,7 @@ class JournalReaderFuzz : public ::testing::Test {
 TEST_F(JournalReaderFuzz, MutatedJournalsNeverCrashAndNeverLoseRecordsSilently) {
   const std::uint64_t seed = base_seed();
   std::printf("journal fuzz: SHMQ_FUZZ_SEED=%llu\n", static_cast<unsigned long long>(seed));
+  std::fflush(stdout);  // printed before anything can crash
   const auto deadline = Clock::now() + kTimeLimit;
   std::mt19937_64 rng(seed);
   std::vector<std::pair<Files, std::vector<Rec>>> bases(8);
