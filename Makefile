@@ -55,9 +55,9 @@ test: deps
 	  passed=$$((passed + t - f)); failed=$$((failed + f)); \
 	}; \
 	start=$$SECONDS; \
-	run_suite build -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_TESTS=ON -DSHMQ_SANITIZE=; \
-	run_suite build-asan -DSHMQ_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMQ_BUILD_TESTS=ON; \
-	run_suite build-tsan -DSHMQ_SANITIZE=thread -DSHMQ_BUILD_TESTS=ON; \
+	run_suite build -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_SANITIZE=; \
+	run_suite build-asan -DSHMQ_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON; \
+	run_suite build-tsan -DSHMQ_SANITIZE=thread -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON; \
 	echo "==== make test took $$((SECONDS - start)) s"; \
 	echo "$$passed passed, $$failed failed"; \
 	[[ $$failed -eq 0 ]]
