@@ -242,6 +242,15 @@ void Writer::close() {
   w.closed = true;
 }
 
+void Writer::forget_after_fork() noexcept {
+  if (!impl_) return;
+  impl_->buf_used = 0;  // the parent writes these bytes, not us
+  impl_->fd.reset();    // close(2) only: the flock belongs to the open file description, which the
+  impl_->lockfd.reset();  // parent's descriptor keeps (and keeps locked)
+  impl_->dirfd.reset();
+  impl_->closed = true;
+}
+
 std::uint64_t Writer::end_position() const noexcept { return impl_->end; }
 std::uint64_t Writer::synced_position() const noexcept { return impl_->synced; }
 const RecoveryReport& Writer::recovery() const noexcept { return impl_->recovery; }

@@ -73,6 +73,10 @@ class Writer {
               std::span<const std::byte> key, std::span<const std::byte> payload);
   void sync();
   void close();
+  // In a child made by fork(): closes this process's copies of the Writer's descriptors without
+  // writing, syncing or unlocking anything (the parent's Writer keeps its lock and its files).
+  // The Writer is closed afterwards. Safe in a pthread_atfork child handler.
+  void forget_after_fork() noexcept;
 
   std::uint64_t end_position() const noexcept;
   std::uint64_t synced_position() const noexcept;

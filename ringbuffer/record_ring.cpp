@@ -124,6 +124,27 @@ bool RecordRing::unblock(std::uint64_t pos, AliveFn alive) noexcept {
   return true;
 }
 
+void RecordRing::start(std::uint64_t pos) noexcept {
+  hdr_->tail.store(pos, std::memory_order_relaxed);
+  hdr_->cleaned.store(pos, std::memory_order_relaxed);
+  hdr_->cleaning_to.store(pos, std::memory_order_relaxed);
+}
+
+RecordHeader* RecordRing::place(std::uint64_t pos, std::uint32_t frame_len) noexcept {
+  std::uint64_t t = hdr_->tail.load(std::memory_order_relaxed);
+  const std::uint64_t end = pos + align_up(frame_len);
+  if (pos < t || pos % kAlign != 0 || frame_len < kHeaderBytes || frame_len > max_frame_ || end > lap_end(pos) ||
+      end >= hdr_->cleaned.load(std::memory_order_relaxed) + capacity_)
+    return nullptr;
+  while (t < pos) {  // the gap (padding or a dead claim in the old ring) becomes padding, lap by lap
+    const std::uint64_t to = std::min(pos, lap_end(t));
+    frame_at(t).store(Frame::pack(static_cast<std::int32_t>(to - t), RecordType::Padding, 0, 0), std::memory_order_relaxed);
+    t = to;
+  }
+  hdr_->tail.store(end, std::memory_order_relaxed);
+  return reinterpret_cast<RecordHeader*>(at(pos));
+}
+
 void lock_owner_word(std::atomic<std::uint64_t>& word, std::uint64_t owner, AliveFn alive) noexcept {
   unsigned spins = 0;
   for (;;) {

@@ -256,6 +256,13 @@ class RecordRing {
   // replaced). Returns true if cleaned + capacity > need_end afterwards.
   bool reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept;
 
+  // Recovery into a fresh (zeroed, unshared) ring: start() makes POS the first position (nothing
+  // below it is held); place() pads from the tail up to POS and returns where the record of
+  // FRAME_LEN bytes at POS goes (write its fields, then commit it), or nullptr if POS is below the
+  // tail, not aligned, or the record would cross the end of the ring or not fit.
+  void start(std::uint64_t pos) noexcept;
+  RecordHeader* place(std::uint64_t pos, std::uint32_t frame_len) noexcept;
+
   // clean_lock also serialises joiners that must pick a start position nobody will zero under
   // them (a new reader registers its position while holding it).
   void lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept { lock_owner_word(hdr_->clean_lock, owner, alive); }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "shm/channel_state.hpp"
+#include "shm/durability.hpp"
 
 namespace shmq {
 
@@ -28,6 +29,9 @@ const char* to_string(Status s) noexcept {
 
 namespace detail {
 
+ChannelState::ChannelState() = default;
+ChannelState::~ChannelState() { journaler.reset(); }
+
 void set_slot_name(char (&field)[kMaxSlotName + 1], std::string_view name) noexcept {
   std::memset(field, 0, sizeof field);
   std::memcpy(field, name.data(), std::min(name.size(), kMaxSlotName));
@@ -39,6 +43,8 @@ void ChannelState::fail(std::errc code, const std::string& what) const {
 
 std::uint64_t ChannelState::gate() const noexcept {
   std::uint64_t g = ring->tail();
+  // A durable channel reuses ring space only once the journal holds it.
+  if (durable()) g = std::min(g, header->durable_position.load(std::memory_order_acquire));
   for (std::uint32_t i = 0; i < header->max_groups; ++i) {
     // acquire: pairs with the release store of kActive in ensure_group(); its cursor is set.
     if (groups[i].state.load(std::memory_order_acquire) != kActive) continue;
@@ -241,12 +247,8 @@ void check_options(std::string_view name, const ChannelOptions& o) {
   if (o.max_consumers == 0 || o.max_consumers > 4096) bad("max_consumers must be between 1 and 4096");
   if (o.mode & ~0777u) bad("mode has bits outside 0777");
   if ((o.mode & 0600u) != 0600u) bad("mode must give the owner read and write (0600)");
-  if (o.durability != Durability::Memory)
-    throw Error(std::make_error_code(std::errc::not_supported),
-                "shmq channel '" + std::string(name) + "': Durability::" +
-                    (o.durability == Durability::Async ? "Async" : "Sync") +
-                    " needs the write-ahead journal, which this build does not have yet; open the channel with "
-                    "Durability::Memory");
+  if (o.journal_segment_bytes < 4096) bad("journal_segment_bytes must be at least 4096");
+  if (o.flush_interval.count() < 0) bad("flush_interval must not be negative");
 }
 
 std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOptions& requested, bool create) {
@@ -254,7 +256,18 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   if (create) check_options(name, requested);
   auto st = std::make_unique<ChannelState>();
   st->name = std::string(name);
-  st->segment = Segment::open(name, requested, create);
+  if (create && requested.durability != Durability::Memory) {
+    // The journal's geometry wins over the options (its positions are ring positions), and a
+    // segment made here is prepared from the journal before anybody can attach.
+    RecoveryContext rc{std::string(name), journal_path_for(name, requested.journal_dir), requested, {}};
+    adopt_journal_geometry(name, rc.dir, rc.options);
+    rc.options.journal_dir = rc.dir;
+    check_options(name, rc.options);
+    st->segment = Segment::open(name, rc.options, create, &prepare_durable_segment, &rc);
+    st->recovery = std::move(rc.report);
+  } else {
+    st->segment = Segment::open(name, requested, create);
+  }
   SegmentHeader& h = st->segment->header();
   ChannelOptions eff = requested;
   eff.ring_bytes = h.ring_bytes;
@@ -286,6 +299,11 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   st->groups = st->segment->groups();
   st->consumers = st->segment->consumers();
   st->ring = &st->segment->ring();
+  if (st->durable()) {
+    st->journal_dir = std::filesystem::path(h.journal_path);  // the creator's: every process journals there
+    st->options.journal_dir = st->journal_dir;
+    st->journaler = std::make_unique<Journaler>(*st);
+  }
   return st;
 }
 
@@ -307,8 +325,16 @@ Channel Channel::attach(std::string_view name) {
   return Channel(detail::make_state(name, none, false));
 }
 
-void Channel::remove(std::string_view name, const std::filesystem::path&) {
+void Channel::remove(std::string_view name, const std::filesystem::path& journal_dir) {
   detail::check_channel_name(name);
+  if (!journal_dir.empty()) {  // the journal only when asked by its directory: it is the data
+    std::error_code ec;
+    std::filesystem::remove_all(detail::journal_path_for(name, journal_dir), ec);
+    if (ec)
+      throw Error(ec, "shmq channel '" + std::string(name) + "': cannot remove its journal in " +
+                          detail::journal_path_for(name, journal_dir).string() + ": " + ec.message());
+    if (!std::filesystem::exists(detail::segment_path(name))) return;
+  }
   if (::unlink(detail::segment_path(name).c_str()) != 0) {
     const int err = errno;
     throw Error(std::error_code(err, std::generic_category()),
@@ -335,6 +361,7 @@ std::vector<std::string> Channel::list() {
 
 std::string_view Channel::name() const noexcept { return state_->name; }
 const ChannelOptions& Channel::options() const noexcept { return state_->options; }
+const RecoveryReport& Channel::recovery() const noexcept { return state_->recovery; }
 
 bool Channel::remove_group(std::string_view group) {
   detail::ChannelState& s = *state_;
@@ -364,7 +391,12 @@ ChannelStats Channel::stats() const {
   out.durability = s.options.durability;
   out.write_position = s.ring->tail();
   out.reclaimed_position = s.ring->cleaned();
-  out.durable_position = out.write_position;
+  out.durable_position = s.durable() ? s.header->durable_position.load(std::memory_order_acquire) : out.write_position;
+  if (s.durable()) {
+    const std::uint64_t j = s.header->journaler_token.load(std::memory_order_relaxed);
+    out.journaler_pid = j && detail::token_alive(j) ? detail::token_pid(j) : 0;
+    out.journal_dir = s.journal_dir.string();
+  }
   const std::uint64_t gate = s.gate();
   out.depth_bytes = out.write_position - std::min(gate, out.write_position);
 

@@ -9,15 +9,23 @@
 
 namespace shmq::detail {
 
+class Journaler;
+
 struct ChannelState {
+  ChannelState();
+  ~ChannelState();  // stops the journaler before the segment is unmapped
   std::string name;
   ChannelOptions options;              // effective: the segment's geometry
+  std::filesystem::path journal_dir;   // DIR/NAME of a durable channel; empty for Memory
+  RecoveryReport recovery;
   std::unique_ptr<Segment> segment;
   SegmentHeader* header = nullptr;
   ProducerSlot* producers = nullptr;
   GroupSlot* groups = nullptr;
   ConsumerSlot* consumers = nullptr;
   ring::RecordRing* ring = nullptr;
+  std::unique_ptr<Journaler> journaler;  // durable channels: this process's candidate journaler
+  bool durable() const noexcept { return options.durability != Durability::Memory; }
 
   // The lowest position any group still needs: its delivery cursor or a message one of its
   // consumers holds. Ring space below it may be reused. With no group at all, the tail.

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "shm/channel_state.hpp"
+#include "shm/durability.hpp"
 
 namespace shmq {
 namespace detail {
@@ -66,8 +67,8 @@ std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishO
 }
 
 Status ProducerState::check(std::size_t payload, const PublishOptions& opts) const {
-  if (opts.durability && *opts.durability != ch->options.durability && *opts.durability != Durability::Memory)
-    ch->fail(std::errc::not_supported, "publish asked for a durability the channel does not have (it is a Memory channel)");
+  if (opts.durability && *opts.durability != Durability::Memory && !ch->durable())
+    ch->fail(std::errc::not_supported, "publish asked for Async or Sync durability on a Memory channel (it has no journal)");
   if (payload > ch->options.max_message_bytes || opts.key.size() > max_key_bytes(ch->options.max_message_bytes)) return Status::TooLarge;
   return Status::Ok;
 }
@@ -176,6 +177,9 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   if (!payload.empty()) std::memcpy(body, payload.data(), payload.size());
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
   p.committed(seq);
+  if (opts.durability.value_or(p.ch->options.durability) == Durability::Sync &&
+      !detail::wait_durable(*p.ch, pos + ring::align_up(frame_len), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0))))
+    return {Status::Timeout, {p.id, seq}, pos};  // published; not yet known durable
   return {Status::Ok, {p.id, seq}, pos};
 }
 
@@ -235,9 +239,12 @@ Claim Producer::claim(std::size_t bytes, const PublishOptions& opts) {
   return c;
 }
 
-bool Producer::flush(std::chrono::nanoseconds) {
+bool Producer::flush(std::chrono::nanoseconds timeout) {
+  if (!state_) return false;
+  detail::ChannelState& ch = *state_->ch;
   // A Memory channel is as durable as it gets once publish returned: the record is in the segment.
-  return state_ != nullptr;
+  if (!ch.durable()) return true;
+  return detail::wait_durable(ch, ch.ring->tail(), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(timeout.count(), 0)));
 }
 
 InnerId Producer::last_id() const noexcept { return state_ ? state_->last : InnerId{}; }

@@ -64,7 +64,7 @@ std::uint32_t layout_fingerprint() noexcept {
       offsetof(ProducerSlot, owner), offsetof(ProducerSlot, next_seq), sizeof(GroupSlot), offsetof(GroupSlot, next),
       offsetof(GroupSlot, delivered), offsetof(GroupSlot, given_back), offsetof(GroupSlot, give_back),
       sizeof(GiveBackEntry), kGiveBackEntries, sizeof(ConsumerSlot), offsetof(ConsumerSlot, in_flight),
-      offsetof(ConsumerSlot, deliveries), offsetof(ConsumerSlot, delivered_at), offsetof(ConsumerSlot, delivered), kMovingBit, kMaxInFlight, offsetof(SegmentHeader, last_reap_ns),
+      offsetof(ConsumerSlot, deliveries), offsetof(ConsumerSlot, delivered_at), offsetof(ConsumerSlot, delivered), kMovingBit, kMaxInFlight, offsetof(SegmentHeader, last_reap_ns), offsetof(SegmentHeader, durable_position), offsetof(SegmentHeader, journal_path),
       sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned), offsetof(ring::RingHeader, cleaning_to),
       offsetof(ring::RingHeader, data_seq), offsetof(ring::RingHeader, space_seq), sizeof(ring::ClaimerSlot),
       sizeof(ring::RecordHeader), ring::kRingVersion};
@@ -172,8 +172,8 @@ void initialize(SegmentHeader* h, const Layout& l, const ChannelOptions& o) {
   if (g_init_hook) g_init_hook();
   ring::RecordRing::initialize(reinterpret_cast<char*>(h) + l.ring, o.ring_bytes, o.max_producers,
                                max_frame_for(o.max_message_bytes));
-  // release: everything above is visible to whoever reads Ready (acquire in validate()).
-  h->init_state.store(kReady, std::memory_order_release);
+  const std::string jp = o.journal_dir.string();
+  std::memcpy(h->journal_path, jp.data(), std::min(jp.size(), sizeof h->journal_path - 1));
 }
 
 // Checks a Ready header against the file it came from; returns what is wrong, or empty.
@@ -189,6 +189,9 @@ std::string validate(const SegmentHeader* h, std::uint64_t file_bytes) {
   if (h->max_producers == 0 || h->max_producers > ring::kMaxClaimers || h->max_groups == 0 || h->max_groups > 4096 ||
       h->max_consumers == 0 || h->max_consumers > 4096)
     return "segment header has table sizes out of range";
+  if (!std::memchr(h->journal_path, 0, sizeof h->journal_path)) return "segment header's journal path is not terminated";
+  if (h->durability != static_cast<std::uint32_t>(Durability::Memory) && h->journal_path[0] != '/')
+    return "segment header of a durable channel has no absolute journal path";
   const Layout l = layout_for(h->ring_bytes, h->max_producers, h->max_groups, h->max_consumers);
   if (h->producers_offset != l.producers || h->groups_offset != l.groups || h->consumers_offset != l.consumers ||
       h->ring_offset != l.ring || h->segment_bytes != l.total)
@@ -210,7 +213,17 @@ bool all_zero(const void* p, std::size_t n) {
 
 }  // namespace
 
-std::unique_ptr<Segment> Segment::open(std::string_view name, const ChannelOptions& options, bool create) {
+std::unique_ptr<Segment> Segment::open(std::string_view name, const ChannelOptions& options, bool create,
+                                       BeforeReady before_ready, void* ctx) {
+  // A creator whose preparation failed unlinks the segment; an opener that was waiting for the
+  // lock on that file then holds a file nobody can find: it starts again (a few times at most).
+  for (int attempt = 0;; ++attempt) {
+    if (auto seg = open_once(name, options, create, before_ready, ctx); seg || attempt == 8) return seg;
+  }
+}
+
+std::unique_ptr<Segment> Segment::open_once(std::string_view name, const ChannelOptions& options, bool create,
+                                            BeforeReady before_ready, void* ctx) {
   const std::string shm_name = "shmq." + std::string(name);
   const std::string path = segment_path(name);
   std::unique_ptr<Segment> seg(new Segment());
@@ -234,6 +247,11 @@ std::unique_ptr<Segment> Segment::open(std::string_view name, const ChannelOptio
   if (::fstat(m.fd(), &st) != 0) fail_errno(errno, name, "cannot stat " + path);
   if (!S_ISREG(st.st_mode)) fail(std::errc::invalid_argument, name, path + " is not a regular file");
   auto file_bytes = static_cast<std::uint64_t>(st.st_size);
+  struct stat now{};
+  if (::stat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
+    if (!create) fail(std::errc::no_such_file_or_directory, name, "no such channel (" + path + " was removed)");
+    return nullptr;  // unlinked while we waited for its lock: start again
+  }
 
   bool init = false;
   if (file_bytes == 0) {
@@ -263,9 +281,22 @@ std::unique_ptr<Segment> Segment::open(std::string_view name, const ChannelOptio
     if (::ftruncate(m.fd(), 0) != 0 || ::ftruncate(m.fd(), static_cast<off_t>(l.total)) != 0)
       fail_errno(errno, name, "cannot size " + path + " to " + std::to_string(l.total) + " bytes");
     m.region = bip::mapped_region(m.shm, bip::read_write);
-    initialize(static_cast<SegmentHeader*>(m.region.get_address()), l, options);
+    auto* h = static_cast<SegmentHeader*>(m.region.get_address());
+    initialize(h, l, options);
     file_bytes = l.total;
     seg->created_ = true;
+    if (before_ready) {
+      seg->header_ = h;
+      seg->ring_ = ring::RecordRing(reinterpret_cast<char*>(h) + h->ring_offset);
+      try {
+        before_ready(*seg, ctx);
+      } catch (...) {
+        ::unlink(path.c_str());  // never Ready, and nobody may attach to it: leave nothing behind
+        throw;
+      }
+    }
+    // release: everything above is visible to whoever reads Ready (acquire below, in another opener).
+    h->init_state.store(kReady, std::memory_order_release);
   }
   seg->header_ = static_cast<SegmentHeader*>(m.region.get_address());
   if (m.region.get_size() < file_bytes) fail(std::errc::io_error, name, "mapping of " + path + " is shorter than the file");

@@ -78,6 +78,13 @@ struct alignas(64) SegmentHeader {
   alignas(64) std::atomic<std::uint64_t> registry_lock;     // owner token; serialises table changes
   std::atomic<std::uint64_t> next_producer_id;              // ids handed out so far
   std::atomic<std::uint64_t> last_reap_ns;                  // when a process last looked for dead consumers
+  // Durability (Async/Sync channels): the journaler publishes how far the journal is fdatasync'd.
+  alignas(64) std::atomic<std::uint64_t> durable_position;  // ring records below it are durable
+  std::atomic<std::uint32_t> durable_seq;                   // futex word: bumped when it moves and someone waits
+  std::atomic<std::uint32_t> durable_waiters;               // publishers blocked on durable_seq
+  std::atomic<std::uint64_t> journaler_token;               // owner token of the journaler, 0 when none
+  std::atomic<std::uint64_t> journal_errors;                // journaling attempts that failed
+  char journal_path[1024];                                  // absolute; the creator's: every process uses it
 };
 
 struct alignas(64) ProducerSlot {
@@ -161,7 +168,13 @@ class Segment {
  public:
   // Attach to the segment of NAME or create it (CREATE false: attach only). OPTIONS must have been
   // checked. Throws Error.
-  static std::unique_ptr<Segment> open(std::string_view name, const ChannelOptions& options, bool create);
+  // BEFORE_READY, if set, is called on a segment this call initialises, after its tables and ring
+  // are laid out and before it is marked Ready, still under the creation lock: recovery from the
+  // journal fills it there, so nobody sees it half-recovered. If it throws, the segment stays
+  // not Ready (the next opener initialises it again) and the error propagates.
+  using BeforeReady = void (*)(Segment&, void* ctx);
+  static std::unique_ptr<Segment> open(std::string_view name, const ChannelOptions& options, bool create,
+                                       BeforeReady before_ready = nullptr, void* ctx = nullptr);
   ~Segment();
 
   SegmentHeader& header() const noexcept { return *header_; }
@@ -173,6 +186,8 @@ class Segment {
 
  private:
   Segment() = default;
+  static std::unique_ptr<Segment> open_once(std::string_view name, const ChannelOptions& options, bool create,
+                                            BeforeReady before_ready, void* ctx);
   struct Mapping;
   std::unique_ptr<Mapping> mapping_;
   SegmentHeader* header_ = nullptr;

@@ -236,20 +236,28 @@ TEST_F(ChannelOptionsTest, MaxMessageBytesOverAQuarterOfTheRingIsRefused) {
   EXPECT_EQ(ch.options().max_message_bytes, std::size_t{256} << 10);
 }
 
-TEST_F(ChannelOptionsTest, AsyncAndSyncDurabilityFailUntilTheJournalExists) {
+TEST_F(ChannelOptionsTest, ADurabilityOtherThanTheSegmentsOrAnUnusableJournalDirectoryIsRefused) {
   const auto name = channel_name();
-  for (Durability d : {Durability::Async, Durability::Sync}) {
+  {
+    Channel memory = Channel::open(name, memory_options());
     auto o = memory_options();
-    o.durability = d;
+    o.durability = Durability::Async;
     auto e = expect_error([&] { Channel::open(name, o); });
     ASSERT_TRUE(e);
-    EXPECT_TRUE(mentions(e->what(), {"journal"})) << e->what();
-    EXPECT_FALSE(Channel::exists(name)) << "a refused open left a segment";
+    EXPECT_TRUE(mentions(e->what(), {"durability"})) << e->what();
   }
-  // The default options ask for Async.
-  auto e = expect_error([&] { Channel::open(name); });
+  Channel::remove(name);
+  // A journal directory that cannot be one (a regular file stands there).
+  const std::string file = "/tmp/" + unique_name("not-a-dir");
+  { std::FILE* f = std::fopen(file.c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
+  auto o = memory_options();
+  o.durability = Durability::Sync;
+  o.journal_dir = file;
+  auto e = expect_error([&] { Channel::open(name, o); });
   ASSERT_TRUE(e);
-  EXPECT_TRUE(mentions(e->what(), {"journal"})) << e->what();
+  EXPECT_TRUE(mentions(e->what(), {"journal", file})) << e->what();
+  EXPECT_FALSE(Channel::exists(name)) << "a refused open left a segment";
+  ::unlink(file.c_str());
 }
 
 // ---- the segment file --------------------------------------------------------------------------

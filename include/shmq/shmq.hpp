@@ -69,6 +69,25 @@ struct ChannelOptions {
   // How soon a consumer that died is noticed and its messages given back to its group (by any
   // process of the channel that polls, publishes into a full ring, or joins).
   std::chrono::milliseconds liveness_interval{500};
+  // Journal (Async/Sync): segment file size, and retention. A journal file whose records every
+  // group has acked is deleted once it is older than `retention`, or while the journal is larger
+  // than `retention_bytes` (0: no size budget); never earlier.
+  std::uint64_t journal_segment_bytes = 64 << 20;
+  std::chrono::seconds retention{3600};
+  std::uint64_t retention_bytes = 0;
+};
+
+// What Channel::open found in the journal when it had to rebuild a lost segment from it.
+struct RecoveryReport {
+  bool recovered = false;            // the segment was rebuilt from the journal
+  std::uint64_t records = 0;         // records put back into the ring
+  std::uint64_t from_position = 0;   // first position put back
+  std::uint64_t end_position = 0;    // where the ring goes on
+  std::uint32_t groups = 0;          // groups restored from the checkpoint
+  std::uint32_t producers = 0;       // producers restored (ids and sequences)
+  std::uint32_t redelivered = 0;     // messages held by consumers at the checkpoint, given back
+  std::uint64_t torn_bytes = 0;      // bytes of a torn tail after the last whole record (cut by the journaler)
+  std::string torn_what;             // why they are not a record
 };
 
 struct GroupStats {
@@ -103,6 +122,8 @@ struct ChannelStats {
   std::vector<ProducerStats> producers;
   std::uint32_t live_producers;
   std::uint32_t live_consumers;
+  int journaler_pid;                // process writing the journal (0: none, or a Memory channel)
+  std::string journal_dir;          // empty for a Memory channel
 };
 
 namespace detail {
@@ -128,6 +149,7 @@ class Channel {  // movable, not copyable
 
   std::string_view name() const noexcept;
   const ChannelOptions& options() const noexcept;  // the effective options (the segment's geometry)
+  const RecoveryReport& recovery() const noexcept;  // what this open rebuilt from the journal, if anything
   ChannelStats stats() const;
   // Removes a group: it stops gating the ring. Its live consumers see Status::Closed.
   // Returns false if there is no such group.

@@ -1,0 +1,569 @@
+#include "shm/durability.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "journal/journal.hpp"
+#include "shm/channel_state.hpp"
+
+namespace shmq::detail {
+namespace {
+
+using journal::RecordView;
+
+constexpr std::string_view kStateCheckpoint = "state";  // groups and producers
+constexpr std::string_view kMetaCheckpoint = "meta";    // the channel's geometry
+constexpr std::uint32_t kCheckpointVersion = 1;
+constexpr std::uint64_t kCheckpointEveryNs = 200'000'000;
+constexpr std::uint64_t kElectionRetryNs = 100'000'000;
+
+[[noreturn]] void fail(std::string_view channel, std::errc code, const std::string& what) {
+  throw Error(std::make_error_code(code), "shmq channel '" + std::string(channel) + "': " + what);
+}
+
+// --- a small binary encoding for checkpoints (little-endian, every read bounds-checked) -------
+struct Out {
+  std::string bytes;
+  template <class T>
+  void put(T v) {
+    bytes.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  void str(std::string_view s) {
+    put(static_cast<std::uint16_t>(s.size()));
+    bytes.append(s);
+  }
+};
+struct In {
+  std::span<const std::byte> b;
+  std::size_t at = 0;
+  bool ok = true;
+  template <class T>
+  T get() {
+    T v{};
+    if (!ok || b.size() - at < sizeof v) {
+      ok = false;
+      return v;
+    }
+    std::memcpy(&v, b.data() + at, sizeof v);
+    at += sizeof v;
+    return v;
+  }
+  std::string str() {
+    const auto n = get<std::uint16_t>();
+    if (!ok || n > kMaxSlotName || b.size() - at < n) {
+      ok = false;
+      return {};
+    }
+    std::string s(reinterpret_cast<const char*>(b.data() + at), n);
+    at += n;
+    return s;
+  }
+};
+
+struct Held {
+  std::uint64_t position;
+  std::uint32_t deliveries;
+};
+struct SavedGroup {
+  std::string name;
+  std::uint32_t start = 0;
+  std::uint64_t next = 0;
+  std::vector<Held> held;  // given back or held by a consumer: to deliver again
+};
+struct SavedProducer {
+  std::string name;
+  std::uint64_t id = 0;
+  std::uint64_t next_seq = 1;
+};
+struct State {
+  std::uint64_t durable_position = 0;
+  std::uint64_t next_producer_id = 0;
+  std::vector<SavedProducer> producers;
+  std::vector<SavedGroup> groups;
+
+  // The lowest position a group still needs; DEFAULT when there is no group.
+  std::uint64_t low_water_mark(std::uint64_t otherwise) const {
+    std::uint64_t low = otherwise;
+    for (const SavedGroup& g : groups) {
+      low = std::min(low, g.next);
+      for (const Held& h : g.held) low = std::min(low, h.position);
+    }
+    return low;
+  }
+};
+
+std::string encode(const State& s) {
+  Out o;
+  o.put(kCheckpointVersion);
+  o.put(s.durable_position);
+  o.put(s.next_producer_id);
+  o.put(static_cast<std::uint32_t>(s.producers.size()));
+  for (const SavedProducer& p : s.producers) {
+    o.str(p.name);
+    o.put(p.id);
+    o.put(p.next_seq);
+  }
+  o.put(static_cast<std::uint32_t>(s.groups.size()));
+  for (const SavedGroup& g : s.groups) {
+    o.str(g.name);
+    o.put(g.start);
+    o.put(g.next);
+    o.put(static_cast<std::uint32_t>(g.held.size()));
+    for (const Held& h : g.held) {
+      o.put(h.position);
+      o.put(h.deliveries);
+    }
+  }
+  return std::move(o.bytes);
+}
+
+State decode_state(std::string_view channel, const std::filesystem::path& dir, std::span<const std::byte> bytes) {
+  In in{bytes};
+  State s;
+  const auto version = in.get<std::uint32_t>();
+  if (in.ok && version != kCheckpointVersion)
+    fail(channel, std::errc::invalid_argument,
+         (dir / kStateCheckpoint).string() + " is checkpoint version " + std::to_string(version) + "; this build reads " +
+             std::to_string(kCheckpointVersion));
+  s.durable_position = in.get<std::uint64_t>();
+  s.next_producer_id = in.get<std::uint64_t>();
+  const auto np = in.get<std::uint32_t>();
+  for (std::uint32_t i = 0; in.ok && i < np && i < ring::kMaxClaimers; ++i) {
+    SavedProducer p;
+    p.name = in.str();
+    p.id = in.get<std::uint64_t>();
+    p.next_seq = in.get<std::uint64_t>();
+    s.producers.push_back(std::move(p));
+  }
+  const auto ng = in.get<std::uint32_t>();
+  for (std::uint32_t i = 0; in.ok && i < ng && i < 4096; ++i) {
+    SavedGroup g;
+    g.name = in.str();
+    g.start = in.get<std::uint32_t>();
+    g.next = in.get<std::uint64_t>();
+    const auto nh = in.get<std::uint32_t>();
+    for (std::uint32_t k = 0; in.ok && k < nh && k < (1u << 20); ++k) {
+      Held h{};
+      h.position = in.get<std::uint64_t>();
+      h.deliveries = in.get<std::uint32_t>();
+      g.held.push_back(h);
+    }
+    s.groups.push_back(std::move(g));
+  }
+  if (!in.ok || in.at != bytes.size() || np > ring::kMaxClaimers || ng > 4096)
+    fail(channel, std::errc::illegal_byte_sequence,
+         (dir / kStateCheckpoint).string() + " passed its CRC but does not decode (written by another build?)");
+  return s;
+}
+
+// What the segment says now about groups and producers (read while they run: at-least-once).
+State capture(ChannelState& ch, std::uint64_t durable) {
+  State s;
+  s.durable_position = durable;
+  s.next_producer_id = ch.header->next_producer_id.load(std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < ch.header->max_producers; ++i) {
+    ProducerSlot& p = ch.producers[i];
+    if (p.state.load(std::memory_order_acquire) != kActive) continue;
+    s.producers.push_back({std::string(slot_name(p.name)), p.id, p.next_seq.load(std::memory_order_relaxed)});
+  }
+  for (std::uint32_t i = 0; i < ch.header->max_groups; ++i) {
+    GroupSlot& g = ch.groups[i];
+    if (g.state.load(std::memory_order_acquire) != kActive) continue;
+    SavedGroup gs;
+    gs.name = std::string(slot_name(g.name));
+    gs.start = g.start;
+    gs.next = g.next.load(std::memory_order_acquire);  // first, as in gate(): what is held after is below it
+    ring::lock_owner_word(g.give_back_lock, self_token(), &ChannelState::alive);
+    for (const GiveBackEntry& e : g.give_back)
+      if (const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed))
+        gs.held.push_back({p - 1, e.deliveries.load(std::memory_order_relaxed)});
+    for (std::uint32_t c = 0; c < ch.header->max_consumers; ++c) {
+      ConsumerSlot& slot = ch.consumers[c];
+      if (slot.state.load(std::memory_order_acquire) != kActive || slot.group != i) continue;
+      for (std::uint32_t k = 0; k < kMaxInFlight; ++k)
+        if (const std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst))
+          gs.held.push_back({held_position(v), slot.deliveries[k].load(std::memory_order_relaxed)});
+    }
+    ring::unlock_owner_word(g.give_back_lock);
+    std::sort(gs.held.begin(), gs.held.end(), [](const Held& a, const Held& b) { return a.position < b.position; });
+    gs.held.erase(std::unique(gs.held.begin(), gs.held.end(),
+                              [](const Held& a, const Held& b) { return a.position == b.position; }),
+                  gs.held.end());
+    s.groups.push_back(std::move(gs));
+  }
+  return s;
+}
+
+std::string encode_meta(const ChannelOptions& o) {
+  Out m;
+  m.put(kCheckpointVersion);
+  m.put(static_cast<std::uint64_t>(o.ring_bytes));
+  m.put(static_cast<std::uint64_t>(o.max_message_bytes));
+  m.put(o.max_producers);
+  m.put(o.max_groups);
+  m.put(o.max_consumers);
+  m.put(o.dedup_window);
+  m.put(o.max_deliveries);
+  return std::move(m.bytes);
+}
+
+// Live journalers of this process, for the fork handler (no lock: the handler runs in a child).
+constexpr int kMaxJournalers = 256;
+std::atomic<Journaler*> g_journalers[kMaxJournalers];
+std::once_flag g_atfork_once;
+
+void forget_journalers_in_child() {
+  for (auto& j : g_journalers)
+    if (Journaler* p = j.load(std::memory_order_acquire)) p->forget_after_fork();
+}
+
+}  // namespace
+
+void prepare(Segment& seg, RecoveryContext& rc);
+
+std::filesystem::path journal_path_for(std::string_view name, const std::filesystem::path& journal_dir) {
+  std::filesystem::path base = journal_dir;
+  if (base.empty()) {
+    const char* env = std::getenv("SHMQ_DIR");
+    base = env && *env ? std::filesystem::path(env) : std::filesystem::path("shmq-data");
+  }
+  return std::filesystem::absolute(base).lexically_normal() / std::string(name);
+}
+
+void adopt_journal_geometry(std::string_view channel, const std::filesystem::path& dir, ChannelOptions& o) {
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) return;
+  const auto bytes = journal::read_checkpoint(dir, kMetaCheckpoint);
+  if (!bytes) return;
+  In in{*bytes};
+  const auto version = in.get<std::uint32_t>();
+  ChannelOptions j = o;
+  j.ring_bytes = in.get<std::uint64_t>();
+  j.max_message_bytes = in.get<std::uint64_t>();
+  j.max_producers = in.get<std::uint32_t>();
+  j.max_groups = in.get<std::uint32_t>();
+  j.max_consumers = in.get<std::uint32_t>();
+  j.dedup_window = in.get<std::uint32_t>();
+  j.max_deliveries = in.get<std::uint32_t>();
+  if (!in.ok || version != kCheckpointVersion)
+    fail(channel, std::errc::illegal_byte_sequence, (dir / kMetaCheckpoint).string() + " does not decode");
+  if (o.strict_geometry && (j.ring_bytes != o.ring_bytes || j.max_message_bytes != o.max_message_bytes))
+    fail(channel, std::errc::invalid_argument,
+         "the journal in " + dir.string() + " was written with ring_bytes " + std::to_string(j.ring_bytes) +
+             " and max_message_bytes " + std::to_string(j.max_message_bytes) + "; other values were asked (strict_geometry)");
+  o = j;
+}
+
+void prepare_durable_segment(Segment& seg, void* ctx) {
+  auto& rc = *static_cast<RecoveryContext*>(ctx);
+  try {
+    prepare(seg, rc);
+  } catch (const std::filesystem::filesystem_error& e) {
+    throw Error(e.code(), "shmq channel '" + rc.name + "': journal directory " + rc.dir.string() + ": " + e.code().message());
+  }
+}
+
+void prepare(Segment& seg, RecoveryContext& rc) {
+  std::filesystem::create_directories(rc.dir);
+  const auto meta = journal::read_checkpoint(rc.dir, kMetaCheckpoint);
+  if (!meta) {
+    const std::string m = encode_meta(rc.options);
+    journal::write_checkpoint(rc.dir, kMetaCheckpoint, std::as_bytes(std::span(m.data(), m.size())), rc.options.mode);
+  }
+  SegmentHeader& h = seg.header();
+  ring::RecordRing& ring = seg.ring();
+  const std::uint64_t cap = ring.capacity();
+
+  std::optional<State> state;
+  if (auto bytes = journal::read_checkpoint(rc.dir, kStateCheckpoint)) state = decode_state(rc.name, rc.dir, *bytes);
+
+  // Pass 1: where the journal ends in ring terms, and the producers' highest sequences.
+  const std::uint64_t scan_from = state ? std::min(state->durable_position, state->low_water_mark(~0ull)) : 0;
+  std::uint64_t end = state ? state->durable_position : 0;
+  std::uint64_t first_record = ~0ull;
+  std::map<std::uint64_t, std::uint64_t> max_seq;
+  std::uint64_t max_id = 0;
+  journal::ReadReport scan_report;
+  {
+    journal::Reader r = journal::Reader::open(rc.dir, scan_from);
+    RecordView v;
+    while (r.next(v)) {
+      first_record = std::min(first_record, v.position);
+      end = std::max(end, v.position + ring::align_up(ring::kHeaderBytes + v.key.size() + v.payload.size()));
+      max_seq[v.producer] = std::max(max_seq[v.producer], v.seq);
+      max_id = std::max(max_id, v.producer);
+    }
+    scan_report = r.report();
+  }
+  rc.report.torn_bytes = scan_report.torn_bytes;
+  rc.report.torn_what = scan_report.torn_what;
+  if (!state && first_record == ~0ull) return;  // a new journal: nothing to recover
+
+  // Pass 2: back into the ring, at their positions, from the lowest one a group still needs (or
+  // as much of the end as the ring holds: what lies below was acked before the crash, or the ring
+  // could not have moved on past it).
+  const std::uint64_t need = state ? state->low_water_mark(end) : end;
+  const std::uint64_t from = std::max(need, end > cap - ring::kAlign ? end - cap + ring::kAlign : 0);
+  ring.start(from);
+  {
+    journal::Reader r = journal::Reader::open(rc.dir, from);
+    RecordView v;
+    while (r.next(v)) {
+      const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + v.key.size() + v.payload.size());
+      ring::RecordHeader* rec = ring.place(v.position, frame_len);
+      if (!rec)
+        fail(rc.name, std::errc::illegal_byte_sequence,
+             "the journal record at position " + std::to_string(v.position) + " in " + rc.dir.string() +
+                 " does not fit the channel's ring of " + std::to_string(cap) + " bytes (journal of another geometry?)");
+      rec->producer = v.producer;
+      rec->seq = v.seq;
+      rec->timestamp_ns = v.timestamp_ns;
+      rec->key_len = static_cast<std::uint32_t>(v.key.size());
+      rec->reserved = 0;
+      auto* body = reinterpret_cast<std::byte*>(rec) + ring::kHeaderBytes;
+      if (!v.key.empty()) std::memcpy(body, v.key.data(), v.key.size());
+      if (!v.payload.empty()) std::memcpy(body + v.key.size(), v.payload.data(), v.payload.size());
+      ring.commit(v.position, frame_len, ring::RecordType::Data, 0);
+      ++rc.report.records;
+    }
+  }
+  if (ring.tail() < end) ring.place(end, 0);  // nothing to place: only pads up to the end
+  if (ring.tail() != end) ring.start(end);
+  h.durable_position.store(end, std::memory_order_relaxed);
+  rc.report.recovered = true;
+  rc.report.from_position = from;
+  rc.report.end_position = end;
+
+  // Producers keep their ids and go on after the highest sequence the journal holds.
+  std::uint64_t next_id = std::max(state ? state->next_producer_id : 0, max_id);
+  if (state) {
+    for (std::size_t i = 0; i < state->producers.size() && i < h.max_producers; ++i) {
+      const SavedProducer& p = state->producers[i];
+      ProducerSlot& slot = seg.producers()[i];
+      set_slot_name(slot.name, p.name);
+      slot.id = p.id;
+      const auto it = max_seq.find(p.id);
+      slot.next_seq.store(std::max(p.next_seq, it == max_seq.end() ? 0 : it->second + 1), std::memory_order_relaxed);
+      slot.state.store(kActive, std::memory_order_relaxed);
+      next_id = std::max(next_id, p.id);
+      ++rc.report.producers;
+    }
+    // Groups: cursors back; what was held or given back is delivered again, lowest first.
+    for (std::size_t i = 0; i < state->groups.size() && i < h.max_groups; ++i) {
+      const SavedGroup& gs = state->groups[i];
+      GroupSlot& g = seg.groups()[i];
+      set_slot_name(g.name, gs.name);
+      g.start = gs.start;
+      g.created_position = from;
+      std::uint64_t next = std::clamp(gs.next, from, end);
+      std::uint32_t n = 0;
+      for (const Held& held : gs.held) {
+        if (held.position < from || held.position >= next) continue;
+        if (n == kGiveBackEntries) {  // more than the list holds: deliver again from here on
+          next = held.position;
+          break;
+        }
+        GiveBackEntry& e = g.give_back[n++];
+        e.deliveries.store(held.deliveries, std::memory_order_relaxed);
+        e.position_plus1.store(held.position + 1, std::memory_order_relaxed);
+      }
+      g.given_back.store(n, std::memory_order_relaxed);
+      g.next.store(next, std::memory_order_relaxed);
+      g.state.store(kActive, std::memory_order_relaxed);
+      rc.report.redelivered += n;
+      ++rc.report.groups;
+    }
+  }
+  h.next_producer_id.store(next_id, std::memory_order_relaxed);
+}
+
+bool wait_durable(ChannelState& ch, std::uint64_t end, std::uint64_t deadline_ns) noexcept {
+  SegmentHeader& h = *ch.header;
+  if (h.durable_position.load(std::memory_order_acquire) >= end) return true;
+  // seq_cst pair with the journaler: we count ourselves, then look at the position; it stores the
+  // position, then looks at the count. One of us sees the other.
+  h.durable_waiters.fetch_add(1, std::memory_order_seq_cst);
+  h.durable_seq.fetch_add(1, std::memory_order_release);  // a journaler asleep until its next flush comes now
+  futex_wake_all(h.durable_seq);
+  bool ok = false;
+  for (;;) {
+    const std::uint32_t v = h.durable_seq.load(std::memory_order_acquire);
+    if (h.durable_position.load(std::memory_order_seq_cst) >= end) {
+      ok = true;
+      break;
+    }
+    const std::uint64_t now = now_ns();
+    if (now >= deadline_ns) break;
+    futex_wait(h.durable_seq, v, std::chrono::nanoseconds(std::min<std::uint64_t>(deadline_ns - now, 50'000'000)));
+  }
+  h.durable_waiters.fetch_sub(1, std::memory_order_relaxed);
+  return ok;
+}
+
+Journaler::Journaler(ChannelState& ch) : ch_(ch) {
+  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &forget_journalers_in_child); });
+  for (auto& j : g_journalers) {
+    Journaler* none = nullptr;
+    if (j.compare_exchange_strong(none, this)) break;
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+Journaler::~Journaler() {
+  for (auto& j : g_journalers) {
+    Journaler* me = this;
+    if (j.compare_exchange_strong(me, nullptr)) break;
+  }
+  stop_.store(true, std::memory_order_release);
+  ch_.header->durable_seq.fetch_add(1, std::memory_order_release);
+  futex_wake_all(ch_.header->durable_seq);
+  if (thread_.joinable()) thread_.join();
+}
+
+void Journaler::forget_after_fork() noexcept {
+  if (writer_) writer_->forget_after_fork();
+  // The std::thread names a thread of the parent: overwrite it, never join or detach it here.
+  new (&thread_) std::thread();
+  stop_.store(true, std::memory_order_relaxed);
+}
+
+void Journaler::run() noexcept {
+  journal::WriterOptions wo;
+  wo.segment_bytes = ch_.options.journal_segment_bytes;
+  wo.file_mode = ch_.options.mode;
+  wo.verify_on_open = false;  // the last two files; recovery and `shmq verify` read them all
+  while (!stopping()) {
+    try {
+      writer_ = std::make_unique<journal::Writer>(journal::Writer::open(ch_.journal_dir, wo));
+    } catch (const Error& e) {
+      if (e.code() != std::errc::resource_unavailable_try_again && e.code() != std::errc::operation_would_block)
+        ch_.header->journal_errors.fetch_add(1, std::memory_order_relaxed);
+      const std::uint32_t v = ch_.header->durable_seq.load(std::memory_order_acquire);
+      if (!stopping()) futex_wait(ch_.header->durable_seq, v, std::chrono::nanoseconds(kElectionRetryNs));
+      continue;
+    }
+    try {
+      journal(*writer_);
+    } catch (const std::exception&) {
+      // An I/O error failed the Writer (it refuses to go on after a failed fdatasync): count it,
+      // give up the lock, and try again with a fresh Writer.
+      ch_.header->journal_errors.fetch_add(1, std::memory_order_relaxed);
+    }
+    writer_.reset();
+  }
+}
+
+void Journaler::journal(journal::Writer& w) {
+  SegmentHeader& h = *ch_.header;
+  ring::RecordRing& ring = *ch_.ring;
+  h.journaler_token.store(self_token(), std::memory_order_relaxed);
+  const bool sync_mode = ch_.options.durability == Durability::Sync;
+  const auto flush_ns = static_cast<std::uint64_t>(std::max<std::int64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(ch_.options.flush_interval).count(), 100'000));
+  std::uint64_t cursor = h.durable_position.load(std::memory_order_acquire);
+  const std::uint64_t journaled_below = w.end_position();  // records below are in the journal already
+  std::uint64_t last_sync = now_ns();
+  bool dirty = false;
+  std::uint64_t pending_pos = ~0ull, pending_since = 0;
+
+  auto publish = [&] {
+    h.durable_position.store(cursor, std::memory_order_seq_cst);  // pairs with wait_durable()
+    if (h.durable_waiters.load(std::memory_order_seq_cst) != 0) {
+      h.durable_seq.fetch_add(1, std::memory_order_release);
+      futex_wake_all(h.durable_seq);
+    }
+    ring::RingHeader& rh = ring.header();  // the gate moved: producers waiting for space may go on
+    if (rh.space_waiters.load(std::memory_order_relaxed) != 0) {
+      rh.space_seq.fetch_add(1, std::memory_order_release);
+      futex_wake_all(rh.space_seq);
+    }
+  };
+  auto sync = [&] {
+    w.sync();
+    dirty = false;
+    last_sync = now_ns();
+    publish();
+  };
+
+  for (unsigned n = 0;; ++n) {
+    if (stopping()) {
+      if (dirty) sync();
+      checkpoint(h.durable_position.load(std::memory_order_acquire));
+      w.close();
+      h.journaler_token.store(0, std::memory_order_relaxed);
+      return;
+    }
+    const ring::ReadResult r = ring.read(cursor);
+    if (r.kind == ring::ReadResult::Record) {
+      if (cursor >= journaled_below) {
+        const ring::RecordHeader* rec = r.header;
+        if (const char* why = ring::RecordRing::check_record(r))
+          fail(ch_.name, std::errc::illegal_byte_sequence, "journaler: corrupt record at position " + std::to_string(cursor) + ": " + why);
+        const auto* body = reinterpret_cast<const std::byte*>(rec) + ring::kHeaderBytes;
+        w.append(cursor, rec->producer, rec->seq, rec->timestamp_ns, {body, rec->key_len},
+                 {body + rec->key_len, r.length - ring::kHeaderBytes - rec->key_len});
+        dirty = true;
+      }
+      cursor = r.next;
+      if ((n & 63) == 0 && dirty &&
+          (h.durable_waiters.load(std::memory_order_relaxed) != 0 || now_ns() - last_sync >= flush_ns))
+        sync();
+      continue;
+    }
+    if (r.kind == ring::ReadResult::Padding) {
+      cursor = r.next;
+      continue;
+    }
+    if (r.kind == ring::ReadResult::Corrupt)
+      fail(ch_.name, std::errc::illegal_byte_sequence, "journaler: corrupt record at position " + std::to_string(cursor) + ": " + r.why);
+    // Caught up with the tail (or a claim not committed yet).
+    const std::uint64_t now = now_ns();
+    if (r.kind == ring::ReadResult::Pending) {
+      if (pending_pos != cursor) {
+        pending_pos = cursor;
+        pending_since = now;
+      } else if (now - pending_since > 1'000'000) {
+        ring.unblock(cursor, &ChannelState::alive);  // a producer died between claim and commit
+        pending_since = now;
+      }
+    }
+    if (dirty && (sync_mode || h.durable_waiters.load(std::memory_order_relaxed) != 0 || now - last_sync >= flush_ns)) {
+      sync();
+      continue;
+    }
+    if (!dirty && cursor != h.durable_position.load(std::memory_order_relaxed)) publish();  // past padding
+    if (now - last_checkpoint_ns_ >= kCheckpointEveryNs) checkpoint(h.durable_position.load(std::memory_order_acquire));
+    if (r.kind == ring::ReadResult::Pending) {
+      sched_yield();
+      continue;
+    }
+    // Sleep until the next flush is due, or a Sync publisher wakes us (wait_durable), or data
+    // comes (polled: publishers do not wake the journaler, so an Async publish makes no syscall).
+    const std::uint32_t v = h.durable_seq.load(std::memory_order_acquire);
+    if (h.durable_waiters.load(std::memory_order_seq_cst) == 0 && ring.tail() <= cursor) {
+      const std::uint64_t slice = dirty ? flush_ns - std::min(flush_ns, now - last_sync) : std::min<std::uint64_t>(flush_ns, 2'000'000);
+      futex_wait(h.durable_seq, v, std::chrono::nanoseconds(std::max<std::uint64_t>(slice, 50'000)));
+    }
+  }
+}
+
+void Journaler::checkpoint(std::uint64_t durable) {
+  last_checkpoint_ns_ = now_ns();
+  const State s = capture(ch_, durable);
+  std::string bytes = encode(s);
+  if (bytes == last_checkpoint_) return;
+  journal::write_checkpoint(ch_.journal_dir, kStateCheckpoint, std::as_bytes(std::span(bytes.data(), bytes.size())),
+                            ch_.options.mode);
+  last_checkpoint_ = std::move(bytes);
+  // Retention: whole files below what the checkpoint says is still needed.
+  journal::delete_segments_before(ch_.journal_dir, s.low_water_mark(durable), ch_.options.retention,
+                                  ch_.options.retention_bytes);
+}
+
+}  // namespace shmq::detail

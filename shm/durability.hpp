@@ -1,0 +1,82 @@
+// Durability of a channel: the journaler (ring -> journal, group commit, durable position,
+// checkpoints, retention), waiting for durability, and recovery of a lost segment from the journal.
+//
+// The journaler. Every process that opens an Async or Sync channel runs a Journaler thread; the
+// journal directory's LOCK (an flock the kernel frees when its holder dies) elects which one
+// writes. The others retry every 100 ms, so a journaler that dies is replaced within about that.
+// The writer reads committed records from the ring at its own cursor, appends them to the journal,
+// fdatasyncs (group commit: one sync covers everything appended so far) and then publishes
+// SegmentHeader::durable_position. Ring space is reused only below it (it is part of the gate).
+// Sync: it syncs as soon as it has caught up with the tail or a publisher waits. Async: at least
+// every flush_interval.
+//
+// Recovery. A durable channel whose segment does not exist (a reboot, or the segment was removed)
+// is rebuilt, under the segment's creation lock, before anybody can attach: the journal's records
+// from the lowest position a group still needed (per the last checkpoint) are put back into a
+// fresh ring at the positions they had, groups get their cursors back and what their consumers
+// held goes to their give-back lists, producers keep their ids and sequences. What was acked
+// after the last checkpoint is delivered again (at-least-once).
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "shmq/shmq.hpp"
+
+namespace shmq::journal { class Writer; }
+
+namespace shmq::detail {
+
+struct ChannelState;
+class Segment;
+
+// DIR/NAME, absolute: journal_dir, else $SHMQ_DIR, else ./shmq-data.
+std::filesystem::path journal_path_for(std::string_view name, const std::filesystem::path& journal_dir);
+
+// If DIR holds a journal of this channel, its geometry (written when the channel was first made)
+// replaces OPTIONS' (ring positions in the journal only make sense in a ring of the same size).
+// Throws with strict_geometry when they differ.
+void adopt_journal_geometry(std::string_view channel, const std::filesystem::path& dir, ChannelOptions& options);
+
+// Segment::BeforeReady hook for a durable channel: records the geometry in a new journal, or
+// rebuilds the segment from an existing one. CTX is a RecoveryContext.
+struct RecoveryContext {
+  std::string name;
+  std::filesystem::path dir;
+  ChannelOptions options;
+  RecoveryReport report;
+};
+void prepare_durable_segment(Segment& segment, void* ctx);
+
+// Blocks until durable_position >= END or DEADLINE_NS (CLOCK_MONOTONIC) passes; false then.
+bool wait_durable(ChannelState& ch, std::uint64_t end, std::uint64_t deadline_ns) noexcept;
+
+class Journaler {
+ public:
+  explicit Journaler(ChannelState& ch);
+  ~Journaler();  // stops: syncs what it appended, writes a checkpoint, releases the lock
+  Journaler(const Journaler&) = delete;
+  Journaler& operator=(const Journaler&) = delete;
+
+  // In a child made by fork(): this thread does not exist there; forget it and the journal's
+  // descriptors without touching the parent's lock or files.
+  void forget_after_fork() noexcept;
+
+ private:
+  void run() noexcept;
+  void journal(journal::Writer& w);
+  void checkpoint(std::uint64_t durable);
+  bool stopping() const noexcept { return stop_.load(std::memory_order_acquire); }
+
+  ChannelState& ch_;
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<journal::Writer> writer_;  // while this process is the journaler
+  std::string last_checkpoint_;              // bytes of the last checkpoint written
+  std::uint64_t last_checkpoint_ns_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace shmq::detail

@@ -1,0 +1,423 @@
+// Durability with real processes: Sync publishes survive SIGKILLs of anybody, a journaler that dies
+// is replaced, a lost segment is rebuilt from the journal (also with a cut tail), a corrupt record
+// is reported, retention deletes only what every group acked.
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+
+#include "journal/journal.hpp"
+#include "support.hpp"
+
+namespace shmq::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+class Journaled : public ChannelTest {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("shmq-journal-" + unique_name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override {
+    ChannelTest::TearDown();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  ChannelOptions durable(shmq::Durability d, std::size_t ring = 1 << 20) {
+    ChannelOptions o = memory_options(ring, 4096);
+    o.durability = d;
+    o.journal_dir = dir_;
+    o.flush_interval = std::chrono::milliseconds(2);
+    o.liveness_interval = std::chrono::milliseconds(100);
+    return o;
+  }
+  fs::path dir_;
+};
+using D = shmq::Durability;
+
+// Every (producer id, seq) the journal holds.
+std::set<std::pair<std::uint64_t, std::uint64_t>> journaled(const fs::path& dir) {
+  std::set<std::pair<std::uint64_t, std::uint64_t>> ids;
+  journal::Reader r = journal::Reader::open(dir);
+  journal::RecordView v;
+  while (r.next(v)) ids.emplace(v.producer, v.seq);
+  return ids;
+}
+
+std::string text_of(std::uint64_t k, std::uint64_t i) { return "p" + std::to_string(k) + "-" + std::to_string(i); }
+
+TEST_F(Journaled, SyncPublishIsInTheJournalWhenItReturns) {
+  const auto name = channel_name();
+  auto ch = Channel::open(name, durable(D::Sync));
+  Producer p(ch, "p");
+  for (int i = 0; i < 20; ++i) {
+    const Published r = p.publish(text_of(0, i));
+    ASSERT_EQ(r.status, Status::Ok);
+    EXPECT_GE(ch.stats().durable_position, r.position + 1) << "durable position behind a Sync publish that returned";
+  }
+  EXPECT_EQ(journaled(dir_ / name).size(), 20u) << "read by another reader, before any close";
+}
+
+TEST_F(Journaled, AsyncBecomesDurableWithoutBeingAskedAndFlushWaitsForIt) {
+  const auto name = channel_name();
+  auto ch = Channel::open(name, durable(D::Async));
+  Producer p(ch, "p");
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+  ASSERT_TRUE(p.flush(10s));
+  EXPECT_EQ(ch.stats().durable_position, ch.stats().write_position);
+  EXPECT_EQ(journaled(dir_ / name).size(), 1000u);
+  // Without flush: the journaler gets there on its own within its flush interval.
+  for (int i = 1000; i < 1100; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+  const auto deadline = Clock::now() + 10s;
+  while (ch.stats().durable_position < ch.stats().write_position && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(ch.stats().durable_position, ch.stats().write_position);
+}
+
+TEST_F(Journaled, ARestartAfterTheSegmentIsLostRedeliversOnlyWhatWasNotAcked) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Sync);
+  std::uint64_t held_seq = 0;
+  {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    ch.ensure_group("audit");
+    Producer p(ch, "p");
+    for (int i = 0; i < 100; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+    Consumer c(ch, "g");
+    for (int i = 0; i < 40; ++i) {
+      auto m = c.poll(1s);
+      ASSERT_TRUE(m);
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+    auto held = c.poll(1s);  // held when the "host" goes down
+    ASSERT_TRUE(held);
+    held_seq = held->id().seq;
+    Consumer a(ch, "audit");
+    for (int i = 0; i < 100; ++i) ASSERT_EQ(a.ack(*a.poll(1s)), Status::Ok);
+    // Closing the channel writes a final checkpoint (a crash relies on the periodic ones).
+  }
+  Channel::remove(name);  // what a reboot does to /dev/shm
+  auto ch = Channel::open(name, o);
+  const RecoveryReport& r = ch.recovery();
+  EXPECT_TRUE(r.recovered);
+  EXPECT_EQ(r.groups, 2u);
+  EXPECT_EQ(r.producers, 1u);
+  EXPECT_EQ(r.redelivered, 1u);
+  Consumer c(ch, "g");
+  std::vector<std::string> got;
+  while (auto m = c.poll(200ms)) {
+    if (m->id().seq == held_seq) {
+      EXPECT_EQ(m->deliveries(), 2u);
+    }
+    got.emplace_back(m->text());
+    ASSERT_EQ(c.ack(*m), Status::Ok);
+  }
+  ASSERT_EQ(got.size(), 60u);
+  for (int i = 0; i < 60; ++i) EXPECT_EQ(got[i], text_of(0, 40 + i));
+  Consumer a(ch, "audit");
+  EXPECT_FALSE(a.poll(100ms)) << "the audit group had acked everything";
+  Producer p(ch, "p");
+  const Published next = p.publish("after the restart");
+  EXPECT_EQ(next.id.seq, 101u) << "the producer's sequence goes on";
+  EXPECT_EQ(next.status, Status::Ok);
+}
+
+TEST_F(Journaled, TheJournalsGeometryWinsOverTheOptionsOfARestart) {
+  const auto name = channel_name();
+  { auto ch = Channel::open(name, durable(D::Async, 1 << 20)); }
+  Channel::remove(name);
+  auto ch = Channel::open(name, durable(D::Async, 1 << 18));
+  EXPECT_EQ(ch.options().ring_bytes, 1u << 20);
+  Channel::remove(name);
+  ChannelOptions strict = durable(D::Async, 1 << 18);
+  strict.strict_geometry = true;
+  try {
+    Channel::open(name, strict);
+    ADD_FAILURE() << "strict_geometry must refuse a journal of another ring size";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ring_bytes"), std::string::npos) << e.what();
+  }
+}
+
+// SIGKILL producers and consumers at random points over many rounds; every message a producer
+// saw Ok for (Sync) is in the journal and is delivered to the group.
+TEST_F(Journaled, SyncPublishesSurviveProducersAndConsumersKilledAtRandom) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Sync);
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  const unsigned seed = std::random_device{}();
+  std::printf("seed %u\n", seed);
+  std::mt19937 rng(seed);
+  constexpr int kMaxPerProducer = 100000;
+  // Shared with the children: what producers got Ok for, what consumers acked.
+  struct Board {
+    std::atomic<std::uint32_t> ok[4][kMaxPerProducer];
+    std::atomic<std::uint32_t> acked[4][kMaxPerProducer];
+    std::atomic<std::uint64_t> id[4];
+  };
+  auto* b = static_cast<Board*>(::mmap(nullptr, sizeof(Board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(b, MAP_FAILED);
+  // Register the producers first, so that the consumers know every id before any message exists.
+  for (int k = 0; k < 3; ++k) { Producer reg(ch, "p" + std::to_string(k)); }
+  for (const ProducerStats& ps : ch.stats().producers)
+    for (int k = 0; k < 3; ++k)
+      if (ps.name == "p" + std::to_string(k)) b->id[k].store(ps.id);
+  for (int k = 0; k < 3; ++k) ASSERT_NE(b->id[k].load(), 0u);
+  auto producer = [&](int k) {
+    return [&, k] {
+      auto c2 = Channel::open(name, o);
+      Producer p(c2, "p" + std::to_string(k));
+      for (;;) {
+        const Published r = p.publish(text_of(k, 0));
+        CHILD_CHECK(r.status == Status::Ok);
+        CHILD_CHECK(r.id.producer == b->id[k].load());
+        if (r.id.seq < kMaxPerProducer) b->ok[k][r.id.seq].store(1);
+      }
+      return kChildOk;
+    };
+  };
+  auto consumer = [&] {
+    auto c2 = Channel::open(name, o);
+    Consumer c(c2, "g");
+    for (;;) {
+      auto m = c.poll(50ms);
+      if (!m) continue;
+      for (int k = 0; k < 4; ++k)
+        if (b->id[k].load() == m->id().producer && m->id().seq < kMaxPerProducer) b->acked[k][m->id().seq].store(1);
+      CHILD_CHECK(c.ack(*m) == Status::Ok);
+    }
+    return kChildOk;
+  };
+  const int rounds = kSanitized ? 6 : 20;
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<pid_t> kids;
+    for (int k = 0; k < 3; ++k) kids.push_back(fork_child(producer(k), 60));
+    kids.push_back(fork_child(consumer, 60));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 80));
+    std::shuffle(kids.begin(), kids.end(), rng);
+    for (pid_t pid : kids) {
+      EXPECT_TRUE(kill_child(pid).killed_by(SIGKILL));
+      std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 5));
+    }
+  }
+  // Drain what is left.
+  {
+    Consumer c(ch, "g");
+    while (auto m = c.poll(500ms)) {
+      for (int k = 0; k < 4; ++k)
+        if (b->id[k].load() == m->id().producer && m->id().seq < kMaxPerProducer) b->acked[k][m->id().seq].store(1);
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+  }
+  Producer flusher(ch, "flusher");
+  ASSERT_TRUE(flusher.flush(10s));
+  const auto in_journal = journaled(dir_ / name);
+  std::uint64_t ok = 0, lost_journal = 0, lost_delivery = 0;
+  for (int k = 0; k < 3; ++k)
+    for (int s = 0; s < kMaxPerProducer; ++s) {
+      if (!b->ok[k][s].load()) continue;
+      ++ok;
+      lost_journal += in_journal.count({b->id[k].load(), static_cast<std::uint64_t>(s)}) == 0;
+      lost_delivery += b->acked[k][s].load() == 0;
+    }
+  std::printf("%lu Sync publishes returned Ok over %d rounds\n", static_cast<unsigned long>(ok), rounds);
+  EXPECT_GT(ok, 0u);
+  EXPECT_EQ(lost_journal, 0u) << "Ok'd Sync publishes missing from the journal (seed " << seed << ")";
+  EXPECT_EQ(lost_delivery, 0u) << "Ok'd publishes never delivered (seed " << seed << ")";
+  ::munmap(b, sizeof(Board));
+}
+
+// The journaler's process is SIGKILLed while a producer publishes: another process takes over
+// and nothing published is lost.
+TEST_F(Journaled, AnotherProcessTakesOverFromAJournalerThatDied) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Async);
+  Pipe ready;
+  // The first opener (a child) wins the election; the parent opens after it.
+  const pid_t journaler = fork_child([&] {
+    auto c2 = Channel::open(name, o);
+    const auto deadline = Clock::now() + 10s;
+    while (c2.stats().journaler_pid != ::getpid() && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
+    CHILD_CHECK(c2.stats().journaler_pid == ::getpid());
+    ready.send(1);
+    ::pause();
+    return kChildOk;
+  });
+  int one = 0;
+  ASSERT_TRUE(ready.receive(one, 20s));
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  PublishOptions po;
+  po.timeout = 10s;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    ASSERT_EQ(p.publish(text_of(0, i), po).status, Status::Ok);
+    if (i == n / 2) {
+      EXPECT_TRUE(kill_child(journaler).killed_by(SIGKILL));
+    }
+  }
+  const auto t0 = Clock::now();
+  ASSERT_TRUE(p.flush(10s)) << "no journaler took over";
+  std::printf("flush after the takeover: %lld ms\n",
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count()));
+  EXPECT_EQ(ch.stats().journaler_pid, ::getpid());
+  EXPECT_EQ(journaled(dir_ / name).size(), static_cast<std::size_t>(n));
+  Consumer c(ch, "g");
+  int got = 0;
+  while (auto m = c.poll(100ms)) {
+    ++got;
+    ASSERT_EQ(c.ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(got, n);
+}
+
+// A host crash: every process killed, the segment gone, the journal's unsynced tail cut at a
+// random offset. Recovery keeps every Sync-acknowledged message and reports the cut.
+TEST_F(Journaled, HostCrashWithACutJournalTailKeepsEverySyncAcknowledgedMessage) {
+  const unsigned seed = std::random_device{}();
+  std::printf("seed %u\n", seed);
+  std::mt19937 rng(seed);
+  for (int round = 0; round < (kSanitized ? 3 : 10); ++round) {
+    const auto name = channel_name("crash" + std::to_string(round));
+    ChannelOptions o = durable(D::Async);
+    o.flush_interval = std::chrono::milliseconds(1000);  // the Async tail stays unsynced
+    Pipe synced;
+    const pid_t writer = fork_child([&] {
+      auto c2 = Channel::open(name, o);
+      c2.ensure_group("g");
+      Producer p(c2, "p");
+      PublishOptions sync;
+      sync.durability = D::Sync;
+      for (int i = 0; i < 200; ++i) CHILD_CHECK(p.publish(text_of(0, i), sync).status == Status::Ok);
+      const std::uint64_t durable = c2.stats().durable_position;
+      synced.send(durable);
+      for (int i = 200;; ++i) (void)p.publish(text_of(0, i));  // Async, until killed
+      return kChildOk;
+    });
+    std::uint64_t durable = 0;
+    ASSERT_TRUE(synced.receive(durable, 30s));
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 20));
+    EXPECT_TRUE(kill_child(writer).killed_by(SIGKILL));
+    ::unlink(segment_path(name).c_str());
+    // Cut the last journal file somewhere after the last Sync-acknowledged record.
+    fs::path last;
+    for (const auto& e : fs::directory_iterator(dir_ / name))
+      if (e.path().extension() == ".log" && (last.empty() || e.path() > last)) last = e.path();
+    ASSERT_FALSE(last.empty());
+    std::uint64_t synced_bytes = 0;  // the file offset where position `durable` begins
+    {
+      journal::Reader r = journal::Reader::open(dir_ / name);
+      journal::RecordView v;
+      std::uint64_t count = 0;
+      while (r.next(v) && v.position < durable) ++count;
+      ASSERT_GE(count, 200u);
+    }
+    // Records are 48-byte headers + ~8-byte payloads, 8-aligned: find the offset by scanning sizes.
+    const auto size = fs::file_size(last);
+    {
+      std::ifstream f(last, std::ios::binary);
+      std::vector<char> bytes(size);
+      f.read(bytes.data(), static_cast<std::streamsize>(size));
+      std::uint64_t off = 0;
+      while (off + 48 <= size) {
+        std::uint32_t len;
+        std::uint64_t pos;
+        std::memcpy(&len, bytes.data() + off + 4, 4);
+        std::memcpy(&pos, bytes.data() + off + 8, 8);
+        if (pos >= durable || len < 48) break;
+        off += (len + 7) & ~7u;
+      }
+      synced_bytes = off;
+    }
+    ASSERT_LE(synced_bytes, size);
+    const std::uint64_t cut = synced_bytes + (size > synced_bytes ? rng() % (size - synced_bytes + 1) : 0);
+    fs::resize_file(last, cut);
+    auto ch = Channel::open(name, o);
+    EXPECT_TRUE(ch.recovery().recovered);
+    Consumer c(ch, "g");
+    std::set<std::uint64_t> seqs;
+    while (auto m = c.poll(100ms)) {
+      seqs.insert(m->id().seq);
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+    for (std::uint64_t s = 1; s <= 200; ++s) ASSERT_TRUE(seqs.count(s)) << "Sync-acknowledged seq " << s << " lost, round " << round << ", seed " << seed;
+    // The producer goes on after the highest sequence that survived, never reusing one.
+    Producer p(ch, "p");
+    const Published next = p.publish("next");
+    ASSERT_EQ(next.status, Status::Ok);
+    EXPECT_GT(next.id.seq, *seqs.rbegin());
+  }
+}
+
+TEST_F(Journaled, ACorruptRecordInTheMiddleOfTheJournalIsReportedNotSkipped) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Sync);
+  {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 0; i < 50; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+  }
+  Channel::remove(name);
+  fs::path log;
+  for (const auto& e : fs::directory_iterator(dir_ / name))
+    if (e.path().extension() == ".log") log = e.path();
+  {
+    std::fstream f(log, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(log) / 2));
+    const char junk = 0x5a;
+    f.write(&junk, 1);
+  }
+  try {
+    Channel::open(name, o);
+    ADD_FAILURE() << "a corrupt record in the middle of the journal must not be skipped";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("position"), std::string::npos) << what;
+    EXPECT_EQ(e.code(), std::errc::illegal_byte_sequence) << what;
+  }
+  // Nothing half-recovered can be attached: the segment was never made Ready.
+  if (Channel::exists(name)) {
+    EXPECT_THROW(Channel::attach(name), Error);
+  }
+}
+
+TEST_F(Journaled, RetentionDeletesOnlyFilesEveryGroupAcked) {
+  const auto name = channel_name();
+  ChannelOptions o = durable(D::Async);
+  o.journal_segment_bytes = 8192;
+  o.retention = std::chrono::seconds(0);
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("slow");
+  ch.ensure_group("fast");
+  Producer p(ch, "p");
+  for (int i = 0; i < 2000; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+  ASSERT_TRUE(p.flush(10s));
+  Consumer fast(ch, "fast");
+  while (auto m = fast.poll(50ms)) ASSERT_EQ(fast.ack(*m), Status::Ok);
+  auto files = [&] {
+    std::size_t n = 0;
+    for (const auto& e : fs::directory_iterator(dir_ / name)) n += e.path().extension() == ".log";
+    return n;
+  };
+  std::this_thread::sleep_for(500ms);  // checkpoints and retention run
+  const std::size_t before = files();
+  EXPECT_GT(before, 5u);
+  EXPECT_EQ(journaled(dir_ / name).size(), 2000u) << "the slow group holds everything";
+  Consumer slow(ch, "slow");
+  while (auto m = slow.poll(50ms)) ASSERT_EQ(slow.ack(*m), Status::Ok);
+  const auto deadline = Clock::now() + 10s;
+  while (files() > 1 && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(files(), 1u) << "acked by both groups and past retention: only the current file stays";
+}
+
+}  // namespace
+}  // namespace shmq::test
