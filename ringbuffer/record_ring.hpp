@@ -158,6 +158,7 @@ class RecordRing {
   std::byte* at(std::uint64_t position) const noexcept { return data_ + (position & mask_); }
   std::uint64_t tail() const noexcept { return hdr_->tail.load(std::memory_order_acquire); }
   std::uint64_t cleaned() const noexcept { return hdr_->cleaned.load(std::memory_order_acquire); }
+  bool claimed(std::uint64_t pos) const noexcept { return tail() > pos; }
 
   // --- claimers -----------------------------------------------------------------------------
   // Takes claimer slot I for OWNER (a new epoch: claims of the previous owner read as dead).
@@ -222,7 +223,9 @@ class RecordRing {
   ReadResult read(std::uint64_t pos) const noexcept {
     // acquire: pairs with the release store in commit(); makes the record's bytes visible.
     const Frame f = Frame::unpack(frame_at(pos).load(std::memory_order_acquire));
-    if (f.length <= 0) return {f.length == 0 && pos >= tail() ? ReadResult::Empty : ReadResult::Pending, pos, nullptr, nullptr, 0};
+    // Empty: no frame here yet, which may be a claim whose frame is not written yet (claimed() tells;
+    // it reads the producers' tail line, so a spinning reader asks it only now and then).
+    if (f.length <= 0) return {f.length == 0 ? ReadResult::Empty : ReadResult::Pending, pos, nullptr, nullptr, 0};
     if (static_cast<std::uint32_t>(f.length) < kAlign) return corrupt(pos, "record shorter than a frame word");
     const std::uint64_t next = pos + align_up(static_cast<std::uint32_t>(f.length));
     if (next > lap_end(pos)) return corrupt(pos, "record crosses the end of the ring");

@@ -223,6 +223,7 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     g.next.store(pos, std::memory_order_relaxed);
     g.state.store(kActive, std::memory_order_release);  // pairs with the acquire in gate()
     ring->unlock_cleaning();
+    header->registry_version.fetch_add(1, std::memory_order_release);  // the journaler checkpoints it
     return static_cast<int>(i);
   }
   fail(std::errc::no_space_on_device,
@@ -372,6 +373,7 @@ bool Channel::remove_group(std::string_view group) {
   // release: a reclaim that sees kFree no longer counts the group's cursor (its consumers' held
   // messages still count until they are acked).
   s.groups[i].state.store(detail::kFree, std::memory_order_release);
+  s.header->registry_version.fetch_add(1, std::memory_order_release);
   return true;
 }
 

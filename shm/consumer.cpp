@@ -70,14 +70,20 @@ struct ConsumerState {
 };
 
 bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::uint64_t deadline, unsigned& spins) noexcept {
-  if (kind == ring::ReadResult::Pending) pending(pos);
+  // Spinning looks at the clock and the producers' tail line only now and then: touching the
+  // tail on every spin would take that line from the next producer's CAS.
+  if (options.wait == Wait::Spin && (++spins & 255) != 0) {
+    __builtin_ia32_pause();
+    return true;
+  }
+  const bool claimed = kind == ring::ReadResult::Pending || ring->claimed(pos);
+  if (claimed) pending(pos);
+  else ch->reap_dead_consumers();  // rate-limited; reads no /proc most times
   Wait how = options.wait;
-  if (how == Wait::Block && kind == ring::ReadResult::Pending) how = Wait::Yield;  // its commit is imminent
-  if (kind == ring::ReadResult::Empty) ch->reap_dead_consumers();  // rate-limited; reads no /proc most times
+  if (how == Wait::Block && claimed) how = Wait::Yield;  // its commit is imminent
   switch (how) {
     case Wait::Spin:
       __builtin_ia32_pause();
-      if ((++spins & 255) != 0) return true;  // look at the clock now and then only
       return now_ns() < deadline;
     case Wait::Yield:
       sched_yield();
@@ -291,7 +297,9 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
                         std::to_string(pos) + ": " + r.why);
       case ring::ReadResult::Empty:
       case ring::ReadResult::Pending:
-        if (r.kind == ring::ReadResult::Pending && timeout.count() <= 0) c.pending(pos);
+        // poll(0) in a loop: look for a dead claim now and then (it reads the producers' tail line).
+        if (timeout.count() <= 0 && (r.kind == ring::ReadResult::Pending || ((c.polls & 63) == 0 && c.ring->claimed(pos))))
+          c.pending(pos);
         if (timeout.count() > 0 && deadline == 0) deadline = detail::now_ns() + static_cast<std::uint64_t>(timeout.count());
         if (timeout.count() <= 0 || !c.wait(pos, r.kind, deadline, spins)) {
           c.last = Status::Timeout;

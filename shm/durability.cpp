@@ -307,8 +307,9 @@ void prepare(Segment& seg, RecoveryContext& rc) {
 
   // Pass 2: back into the ring, at their positions, from the lowest one a group still needs (or
   // as much of the end as the ring holds: what lies below was acked before the crash, or the ring
-  // could not have moved on past it).
-  const std::uint64_t need = state ? state->low_water_mark(end) : end;
+  // could not have moved on past it). Without a checkpoint no group is known: as much of the
+  // journal as the ring holds goes back, for groups that start at the earliest message.
+  const std::uint64_t need = state ? state->low_water_mark(end) : first_record;
   const std::uint64_t from = std::max(need, end > cap - ring::kAlign ? end - cap + ring::kAlign : 0);
   ring.start(from);
   {
@@ -484,10 +485,18 @@ void Journaler::journal(journal::Writer& w) {
       futex_wake_all(rh.space_seq);
     }
   };
+  std::uint64_t checkpointed_registry = ~0ull;
   auto sync = [&] {
     w.sync();
     dirty = false;
     last_sync = now_ns();
+    // A group or producer added since the last checkpoint is made durable with these records: a
+    // Sync publish acknowledged here must find its groups after a crash.
+    const std::uint64_t registry = h.registry_version.load(std::memory_order_acquire);
+    if (registry != checkpointed_registry) {
+      checkpoint(cursor);
+      checkpointed_registry = registry;
+    }
     publish();
   };
 
@@ -524,7 +533,8 @@ void Journaler::journal(journal::Writer& w) {
       fail(ch_.name, std::errc::illegal_byte_sequence, "journaler: corrupt record at position " + std::to_string(cursor) + ": " + r.why);
     // Caught up with the tail (or a claim not committed yet).
     const std::uint64_t now = now_ns();
-    if (r.kind == ring::ReadResult::Pending) {
+    const bool claimed = r.kind == ring::ReadResult::Pending || ring.claimed(cursor);
+    if (claimed) {
       if (pending_pos != cursor) {
         pending_pos = cursor;
         pending_since = now;
@@ -539,7 +549,7 @@ void Journaler::journal(journal::Writer& w) {
     }
     if (!dirty && cursor != h.durable_position.load(std::memory_order_relaxed)) publish();  // past padding
     if (now - last_checkpoint_ns_ >= kCheckpointEveryNs) checkpoint(h.durable_position.load(std::memory_order_acquire));
-    if (r.kind == ring::ReadResult::Pending) {
+    if (claimed) {
       sched_yield();
       continue;
     }

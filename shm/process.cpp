@@ -90,10 +90,73 @@ std::uint64_t now_ns() noexcept {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-std::uint64_t wall_clock_ns() noexcept {
+namespace {
+
+std::uint64_t realtime_ns() noexcept {
   timespec ts;
   ::clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+bool invariant_tsc() noexcept {
+  const int fd = ::open("/proc/cpuinfo", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[8192];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  return std::strstr(buf, " constant_tsc") && std::strstr(buf, " nonstop_tsc");
+}
+
+// Nanoseconds per TSC tick, measured once; 0 until then, negative where the TSC is not usable.
+std::atomic<double> g_ns_per_tick{0.0};
+
+struct ThreadClock {
+  std::uint64_t tsc_base = 0, ns_base = 0;  // the last real reading and the TSC at it
+  std::uint64_t rebase_at = 0;              // TSC value past which the real clock is read again
+  std::uint64_t first_tsc = 0, first_ns = 0;
+  double ns_per_tick = 0;
+};
+thread_local ThreadClock t_clock;
+
+}  // namespace
+
+void calibrate_wall_clock() noexcept {
+  if (g_ns_per_tick.load(std::memory_order_acquire) != 0.0) return;
+  if (!invariant_tsc()) {
+    g_ns_per_tick.store(-1.0, std::memory_order_release);
+    return;
+  }
+  // A few milliseconds of busy measurement: the rate's error is then ~1e-5, and a thread reads
+  // the real clock every millisecond of ticks, refining the rate as its interval grows.
+  const std::uint64_t t0 = __builtin_ia32_rdtsc(), n0 = now_ns();
+  std::uint64_t n1;
+  while ((n1 = now_ns()) - n0 < 3'000'000) {
+  }
+  const std::uint64_t t1 = __builtin_ia32_rdtsc();
+  const double rate = t1 > t0 ? static_cast<double>(n1 - n0) / static_cast<double>(t1 - t0) : -1.0;
+  g_ns_per_tick.store(rate > 0.01 && rate < 100 ? rate : -1.0, std::memory_order_release);
+}
+
+std::uint64_t wall_clock_ns() noexcept {
+  ThreadClock& c = t_clock;
+  const std::uint64_t tsc = __builtin_ia32_rdtsc();
+  if (tsc < c.rebase_at) return c.ns_base + static_cast<std::uint64_t>(static_cast<double>(tsc - c.tsc_base) * c.ns_per_tick);
+  const double rate = g_ns_per_tick.load(std::memory_order_acquire);
+  const std::uint64_t now = realtime_ns();
+  if (rate <= 0) return now;  // not calibrated (yet), or no invariant TSC: the real clock
+  if (c.first_tsc == 0 || now < c.first_ns) {
+    c.first_tsc = tsc;
+    c.first_ns = now;
+    c.ns_per_tick = rate;
+  } else if (now - c.first_ns > 100'000'000) {  // refine over the thread's whole interval
+    c.ns_per_tick = static_cast<double>(now - c.first_ns) / static_cast<double>(tsc - c.first_tsc);
+  }
+  c.tsc_base = tsc;
+  c.ns_base = now;
+  c.rebase_at = tsc + static_cast<std::uint64_t>(1'000'000 / c.ns_per_tick);  // a millisecond
+  return now;
 }
 
 }  // namespace shmq::detail

@@ -26,6 +26,12 @@ bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, std::c
 void futex_wake_all(std::atomic<std::uint32_t>& word) noexcept;
 
 std::uint64_t now_ns() noexcept;            // CLOCK_MONOTONIC
-std::uint64_t wall_clock_ns() noexcept;     // CLOCK_REALTIME, for message timestamps
+// CLOCK_REALTIME for message timestamps, read cheaply: where the CPU has an invariant TSC, each
+// thread extrapolates from a CLOCK_REALTIME reading with the TSC and reads the real clock again
+// once a millisecond of ticks has passed (so the error stays well under a microsecond); elsewhere
+// it is clock_gettime. calibrate_wall_clock() measures the TSC rate once (a few milliseconds);
+// Producer calls it at setup, so that no publish pays for it.
+std::uint64_t wall_clock_ns() noexcept;
+void calibrate_wall_clock() noexcept;
 
 }  // namespace shmq::detail

@@ -107,6 +107,7 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   p.ring = s.ring;
   p.name = std::string(name);
   const std::uint64_t me = detail::self_token();
+  detail::calibrate_wall_clock();  // once per process, here rather than in a publish
   detail::RegistryLock lock(s);
   int found = -1, free = -1;
   for (std::uint32_t i = 0; i < s.header->max_producers; ++i) {
@@ -130,6 +131,7 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
     slot.next_seq.store(1, std::memory_order_relaxed);
     slot.published.store(0, std::memory_order_relaxed);
     slot.state.store(detail::kActive, std::memory_order_release);
+    s.header->registry_version.fetch_add(1, std::memory_order_release);
     found = free;
   } else {
     s.fail(std::errc::no_space_on_device, "the producer table is full (" + std::to_string(s.header->max_producers) +

@@ -65,6 +65,7 @@ std::uint32_t layout_fingerprint() noexcept {
       offsetof(GroupSlot, delivered), offsetof(GroupSlot, given_back), offsetof(GroupSlot, give_back),
       sizeof(GiveBackEntry), kGiveBackEntries, sizeof(ConsumerSlot), offsetof(ConsumerSlot, in_flight),
       offsetof(ConsumerSlot, deliveries), offsetof(ConsumerSlot, delivered_at), offsetof(ConsumerSlot, delivered), kMovingBit, kMaxInFlight, offsetof(SegmentHeader, last_reap_ns), offsetof(SegmentHeader, durable_position), offsetof(SegmentHeader, journal_path),
+      offsetof(SegmentHeader, registry_version),
       sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned), offsetof(ring::RingHeader, cleaning_to),
       offsetof(ring::RingHeader, data_seq), offsetof(ring::RingHeader, space_seq), sizeof(ring::ClaimerSlot),
       sizeof(ring::RecordHeader), ring::kRingVersion};

@@ -84,6 +84,7 @@ struct alignas(64) SegmentHeader {
   std::atomic<std::uint32_t> durable_waiters;               // publishers blocked on durable_seq
   std::atomic<std::uint64_t> journaler_token;               // owner token of the journaler, 0 when none
   std::atomic<std::uint64_t> journal_errors;                // journaling attempts that failed
+  std::atomic<std::uint64_t> registry_version;              // bumped when a group or producer is added or removed
   char journal_path[1024];                                  // absolute; the creator's: every process uses it
 };
 

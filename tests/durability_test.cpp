@@ -357,6 +357,34 @@ TEST_F(Journaled, HostCrashWithACutJournalTailKeepsEverySyncAcknowledgedMessage)
   }
 }
 
+// The process dies right after its Sync publish returned: the group it had created just before
+// (never seen by a periodic checkpoint) still gets the message after the segment is rebuilt.
+TEST_F(Journaled, AGroupCreatedJustBeforeASyncPublishSurvivesACrash) {
+  for (int round = 0; round < 5; ++round) {
+    const auto name = channel_name("r" + std::to_string(round));
+    const ChannelOptions o = durable(D::Sync);
+    const pid_t child = fork_child([&] {
+      auto c2 = Channel::open(name, o);
+      // After the journaler's first checkpoint (taken at once, with no group in it), before its
+      // next periodic one (200 ms later).
+      std::this_thread::sleep_for(250ms);
+      c2.ensure_group("orders-" + std::to_string(round));
+      Producer p(c2, "p");
+      CHILD_CHECK(p.publish("the one").status == Status::Ok);
+      ::raise(SIGKILL);
+      return kChildOk;
+    });
+    EXPECT_TRUE(wait_child(child, 30s).killed_by(SIGKILL));
+    ::unlink(segment_path(name).c_str());
+    auto ch = Channel::open(name, o);
+    EXPECT_EQ(ch.recovery().groups, 1u) << "round " << round;
+    Consumer c(ch, "orders-" + std::to_string(round), ConsumerOptions{.start = Start::Latest});
+    auto m = c.poll(1s);
+    ASSERT_TRUE(m) << "round " << round << ": the Sync-acknowledged message did not reach its group";
+    EXPECT_EQ(m->text(), "the one");
+  }
+}
+
 TEST_F(Journaled, ACorruptRecordInTheMiddleOfTheJournalIsReportedNotSkipped) {
   const auto name = channel_name();
   const ChannelOptions o = durable(D::Sync);
