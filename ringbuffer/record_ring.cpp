@@ -200,9 +200,11 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
   // The gate is the lowest position a reader still needs; never past what was claimed.
   const std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
   const std::uint64_t g = std::min(gate(ctx), t);
-  // Zero a batch at a time: enough for this claim, and up to an eighth of the ring (at most 1 MiB)
-  // beyond it, so that the gate is computed rarely and no single call stalls for long.
-  const std::uint64_t batch = std::min<std::uint64_t>(capacity_ / 8, 1 << 20);
+  // Zero a batch at a time: enough for this claim, and up to an eighth of the ring (at most
+  // 256 KiB) beyond it. Measured per publish (64 B, one thread): a 1 MiB cap leaves 43 us stalls at
+  // p99.99 on a 64 MiB ring; 16 KiB moves 1-2.5 us stalls into p99.9; 256 KiB keeps p99.9 at
+  // 60-160 ns with 5-13 us at p99.99. (Zeroing by consumers, Aeron-style, would remove the stall.)
+  const std::uint64_t batch = std::min<std::uint64_t>(capacity_ / 8, 256 << 10);
   const std::uint64_t wanted = std::max(need_end + kAlign - capacity_, c + batch);
   const std::uint64_t limit = std::min(g, wanted);
   // Stop on a record boundary: `cleaned` is where a reader that starts at the oldest message
