@@ -65,7 +65,7 @@ std::uint64_t ChannelState::gate() const noexcept {
   for (std::uint32_t c = 0; c < header->max_consumers; ++c) {
     ConsumerSlot& slot = consumers[c];
     if (slot.state.load(std::memory_order_acquire) != kActive) continue;
-    const std::uint32_t n = std::min(slot.max_in_flight, kMaxInFlight);
+    const std::uint32_t n = std::min(slot.max_in_flight.load(std::memory_order_relaxed), kMaxInFlight);
     for (std::uint32_t k = 0; k < n; ++k) {
       // acquire: pairs with the release store of 0 in ack(): the consumer is done reading.
       const std::uint64_t held = slot.in_flight[k].load(std::memory_order_acquire);
@@ -175,7 +175,7 @@ void ChannelState::reap_dead_consumers(bool force) noexcept {
     if (owner != 0 && token_alive(owner)) {
       // Alive: only what it held past its visibility timeout goes back.
       if (slot.visibility_timeout_ns == 0 || slot.group >= header->max_groups) continue;
-      for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, kMaxInFlight); ++k) {
+      for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), kMaxInFlight); ++k) {
         const std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
         if (!v) continue;
         const std::uint64_t at = slot.delivered_at[k].load(std::memory_order_relaxed);
@@ -409,7 +409,7 @@ ChannelStats Channel::stats() const {
     const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
     if (slot.group >= s.header->max_groups) continue;
     std::uint32_t held = 0;
-    for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, detail::kMaxInFlight); ++k)
+    for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), detail::kMaxInFlight); ++k)
       held += slot.in_flight[k].load(std::memory_order_relaxed) != 0;
     held_by[slot.group] += held;
     if (owner && detail::token_alive(owner)) {
@@ -427,7 +427,7 @@ ChannelStats Channel::stats() const {
     for (std::uint32_t c = 0; c < s.header->max_consumers; ++c) {
       detail::ConsumerSlot& slot = s.consumers[c];
       if (slot.state.load(std::memory_order_acquire) != detail::kActive || slot.group != i) continue;
-      for (std::uint32_t k = 0; k < std::min(slot.max_in_flight, detail::kMaxInFlight); ++k)
+      for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), detail::kMaxInFlight); ++k)
         if (std::uint64_t h = slot.in_flight[k].load(std::memory_order_relaxed)) gs.low_water_mark = std::min(gs.low_water_mark, detail::held_position(h));
     }
     // The give-back list: under its lock, so that entries are not read while they move.

@@ -110,7 +110,7 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
 Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries) {
   --free_top;
   held[k] = pos + 1;
-  if (slot->visibility_timeout_ns) slot->delivered_at[k].store(now_ns(), std::memory_order_relaxed);
+  if (slot->visibility_timeout_ns.load(std::memory_order_relaxed)) slot->delivered_at[k].store(now_ns(), std::memory_order_relaxed);
   slot->delivered.store(++delivered, std::memory_order_relaxed);  // our own line: no locked op
   if (const char* why = ring::RecordRing::check_record(r)) {
     last = Status::Corrupt;

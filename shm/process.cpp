@@ -160,3 +160,12 @@ std::uint64_t wall_clock_ns() noexcept {
 }
 
 }  // namespace shmq::detail
+
+#if defined(__SANITIZE_THREAD__)
+// ThreadSanitizer builds only. shmq's tests fork real processes from a process that runs threads
+// (a durable channel runs its journaler thread), and the children open channels, which starts
+// threads again. TSan refuses that by default ("starting new threads after multi-threaded fork is
+// not supported"): it cannot model the parent's other threads in the child. This is a limit of
+// the tool with fork, not a report about our code; every other report still fails the run.
+extern "C" const char* __tsan_default_options() { return "die_after_fork=0"; }
+#endif

@@ -128,12 +128,13 @@ struct alignas(64) GroupSlot {
 
 struct alignas(64) ConsumerSlot {
   std::atomic<std::uint32_t> state;       // SlotState
-  std::uint32_t group;                    // index into the group table
+  // Atomics (relaxed): a reaper or a checkpoint may read a slot while it is freed and taken again.
+  std::atomic<std::uint32_t> group;       // index into the group table
   std::atomic<std::uint64_t> owner;       // owner token
   std::atomic<std::uint64_t> heartbeat_ns;
-  std::uint32_t max_in_flight;
+  std::atomic<std::uint32_t> max_in_flight;
   std::uint32_t reserved;
-  std::uint64_t visibility_timeout_ns;    // 0: a live consumer keeps what it holds
+  std::atomic<std::uint64_t> visibility_timeout_ns;  // 0: a live consumer keeps what it holds
   alignas(64) std::atomic<std::uint64_t> delivered;  // deliveries to this consumer (the owner's line)
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
   alignas(64) std::atomic<std::uint64_t> in_flight[kMaxInFlight];
