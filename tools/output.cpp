@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ctime>
 
 namespace shmq::tool {
 
@@ -135,6 +136,51 @@ std::string human_bytes(std::uint64_t bytes) {
   // Whole numbers stay whole ("64 MiB"), others get one decimal ("1.5 KiB").
   if (v == std::floor(v)) return fixed(v, 0) + " " + units[u];
   return fixed(v, v < 10 ? 2 : 1) + " " + units[u];
+}
+
+std::string utc_time(std::uint64_t ns) {
+  const auto secs = static_cast<std::time_t>(ns / 1'000'000'000);
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char buf[48];
+  const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%06lluZ", static_cast<unsigned long long>(ns % 1'000'000'000 / 1000));
+  return buf;
+}
+
+std::string printable(std::string_view text, std::size_t max) {
+  const bool cut = max != 0 && text.size() > max;
+  if (cut) text = text.substr(0, max);
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x80) {
+      if (const std::size_t n = utf8_sequence(text, i)) {
+        out.append(text.substr(i, n));
+        i += n;
+        continue;
+      }
+    }
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c >= 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\x%02x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+    ++i;
+  }
+  if (cut) out += "...";
+  return out;
 }
 
 std::string human_rate(double per_second) {

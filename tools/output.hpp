@@ -50,4 +50,10 @@ std::string human_bytes(std::uint64_t bytes);  // "512 B", "1.0 KiB", "64 MiB"
 std::string human_rate(double per_second);     // "950", "12.3k", "1.20M"
 std::string fixed(double value, int decimals);  // "%.*f"
 
+// Nanoseconds since the epoch as UTC: "2024-05-01T12:34:56.123456Z".
+std::string utc_time(std::uint64_t ns);
+// TEXT for one line of a terminal: quotes, backslashes and bytes that are not printable ASCII or
+// valid UTF-8 escaped (\n, \t, \xNN), cut to at most MAX bytes of input with "..." (0: no limit).
+std::string printable(std::string_view text, std::size_t max = 0);
+
 }  // namespace shmq::tool
