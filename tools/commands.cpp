@@ -7,8 +7,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>
+
 #include <shmq/shmq.hpp>
 
+#include "shm/durability.hpp"
 #include "tools/commands.hpp"
 #include "tools/output.hpp"
 
@@ -23,15 +26,6 @@ volatile sig_atomic_t g_stop = 0;
 void on_stop_signal(int) { g_stop = 1; }
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-const char* durability_name(Durability d) {
-  switch (d) {
-    case Durability::Memory: return "Memory";
-    case Durability::Async: return "Async";
-    case Durability::Sync: return "Sync";
-  }
-  return "unknown";
-}
 
 std::string percent(std::uint64_t part, std::uint64_t whole) {
   return whole ? fixed(100.0 * static_cast<double>(part) / static_cast<double>(whole), 1) + "%" : "-";
@@ -55,6 +49,7 @@ std::string group_json(const GroupStats& g) {
       .num("delivered", g.delivered)
       .num("consumers", g.consumers)
       .num("in_flight", g.in_flight)
+      .num("given_back", g.given_back)
       .done();
 }
 
@@ -67,6 +62,42 @@ std::string producer_json(const ProducerStats& p) {
       .num("pid", p.pid)
       .num("alive", p.alive)
       .done();
+}
+
+}  // namespace
+
+const char* durability_name(Durability d) {
+  switch (d) {
+    case Durability::Memory: return "Memory";
+    case Durability::Async: return "Async";
+    case Durability::Sync: return "Sync";
+  }
+  return "unknown";
+}
+
+void wait_for_journaler(const Channel& ch, milliseconds timeout) {
+  if (ch.options().durability == Durability::Memory) return;
+  const auto give_up = Clock::now() + timeout;
+  while (ch.stats().journaler_pid == 0 && Clock::now() < give_up) {
+    timespec ts{0, 5'000'000};
+    ::nanosleep(&ts, nullptr);
+  }
+}
+
+std::string error_text(const std::exception& e) {
+  std::string text = e.what();
+  if (const auto* se = dynamic_cast<const std::system_error*>(&e); se && se->code() == std::errc::illegal_byte_sequence) {
+    const std::string suffix = ": " + se->code().message();
+    if (text.size() > suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0)
+      text.erase(text.size() - suffix.size());
+  }
+  return text;
+}
+
+Durability parse_durability(const std::string& word) {
+  if (word == "sync") return Durability::Sync;
+  if (word == "async") return Durability::Async;
+  return Durability::Memory;
 }
 
 std::string stats_json(const ChannelStats& s) {
@@ -84,12 +115,51 @@ std::string stats_json(const ChannelStats& s) {
       .num("depth_bytes", s.depth_bytes)
       .num("live_producers", s.live_producers)
       .num("live_consumers", s.live_consumers)
+      .num("journaler_pid", s.journaler_pid)
+      .str("journal_dir", s.journal_dir)
       .raw("groups", json_array(groups))
       .raw("producers", json_array(producers))
       .done();
 }
 
-}  // namespace
+std::optional<std::filesystem::path> find_journal(const char* command, const std::string& target,
+                                                  const std::string& journal_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool looks_like_path = target.find('/') != std::string::npos || target == "." || target == "..";
+  if (looks_like_path) {
+    if (!fs::is_directory(target, ec)) {
+      std::fprintf(stderr, "shmq %s: %s is not a directory (%s)\n", command, target.c_str(),
+                   fs::exists(target, ec) ? "a file" : "no such directory");
+      return std::nullopt;
+    }
+    return fs::path(target);
+  }
+  bool valid_name = true;
+  fs::path journal;
+  try {
+    journal = detail::journal_path_for(target, journal_dir);
+    if (fs::is_directory(journal, ec)) return journal;
+    // Not under the default base: a live segment knows where its creator put the journal.
+    if (journal_dir.empty() && Channel::exists(target)) {
+      const ChannelStats s = Channel::attach(target).stats();
+      if (!s.journal_dir.empty() && fs::is_directory(s.journal_dir, ec)) return fs::path(s.journal_dir);
+      if (s.durability == Durability::Memory) {
+        std::fprintf(stderr, "shmq %s: channel '%s' is a Memory channel: it has no journal\n", command, target.c_str());
+        return std::nullopt;
+      }
+    }
+  } catch (const Error&) {
+    valid_name = false;  // not a channel name: maybe a directory
+  }
+  if (fs::is_directory(target, ec)) return fs::path(target);
+  if (!valid_name)
+    std::fprintf(stderr, "shmq %s: '%s' is neither a channel name nor a directory\n", command, target.c_str());
+  else
+    std::fprintf(stderr, "shmq %s: no journal for channel '%s': %s does not exist (is it elsewhere? --journal-dir DIR, or $SHMQ_DIR)\n",
+                 command, target.c_str(), journal.c_str());
+  return std::nullopt;
+}
 
 void install_stop_handlers() {
   struct sigaction sa {};
@@ -101,6 +171,17 @@ void install_stop_handlers() {
 }
 
 bool stop_requested() noexcept { return g_stop != 0; }
+
+void sleep_unless_stopped(milliseconds d) {
+  const auto end = Clock::now() + d;
+  while (!stop_requested()) {
+    const auto now = Clock::now();
+    if (now >= end) return;
+    const auto slice = std::min<Clock::duration>(end - now, milliseconds(50));
+    timespec ts{0, static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(slice).count())};
+    ::nanosleep(&ts, nullptr);  // a signal ends it early
+  }
+}
 
 // ---- ls ------------------------------------------------------------------------------------------
 
@@ -187,7 +268,15 @@ int cmd_stat(const std::string& channel, bool json) {
   top.add({"ring", human_bytes(s.ring_bytes) + ", messages up to " + human_bytes(s.max_message_bytes)});
   top.add({"write position", std::to_string(s.write_position) + " (" + fixed(static_cast<double>(s.write_position) / static_cast<double>(s.ring_bytes), 2) + " x the ring)"});
   top.add({"reclaimed position", std::to_string(s.reclaimed_position)});
-  top.add({"durable position", std::to_string(s.durable_position)});
+  top.add({"durable position", std::to_string(s.durable_position) +
+                                    (s.durability == Durability::Memory
+                                         ? std::string(" (Memory: the segment is all there is)")
+                                         : " (" + human_bytes(s.write_position - std::min(s.durable_position, s.write_position)) +
+                                               " not durable yet)")});
+  if (s.durability != Durability::Memory)
+    top.add({"journal", s.journal_dir + (s.journaler_pid == ::getpid() ? std::string(", no other journaler (this process took the role while it looked)")
+                                         : s.journaler_pid ? ", journaler pid " + std::to_string(s.journaler_pid)
+                                                           : std::string(", no journaler running"))});
   top.add({"depth", human_bytes(s.depth_bytes) + " (" + percent(s.depth_bytes, s.ring_bytes) + " of the ring)"});
   top.add({"producers", std::to_string(s.producers.size()) + " known, " + std::to_string(s.live_producers) + " live"});
   top.add({"groups", std::to_string(s.groups.size())});
@@ -224,18 +313,26 @@ class Publisher {
     options_.key = args_.key;
     options_.wait = Wait::Block;
     options_.timeout = milliseconds(200);  // a slice: stop_requested() is looked at between slices
+    if (args_.sync) options_.durability = Durability::Sync;
   }
 
-  // Publishes one message, waiting on a full ring up to --timeout-ms. Prints why on failure.
+  // Publishes one message, waiting on a full ring up to --timeout-ms (and, with --sync, for the
+  // journal as long). Prints why on failure.
   bool publish(std::string_view payload) {
     const auto give_up = Clock::now() + milliseconds(args_.full_timeout_ms);
     for (;;) {
       const Published p = producer_.publish(payload, options_);
-      if (p.status == Status::Ok) {
-        ++count_;
-        bytes_ += payload.size();
-        return true;
+      if (p.status == Status::Timeout) {
+        // Sync: appended, not durable yet. Never publish it again (that would be a second
+        // message): wait for the journal.
+        while (!producer_.flush(milliseconds(200)))
+          if (stop_requested() || Clock::now() >= give_up) {
+            report_not_durable(count_ + 1);
+            return false;
+          }
+        return counted(payload);
       }
+      if (p.status == Status::Ok) return counted(payload);
       if (p.status == Status::WouldBlock && !stop_requested() && Clock::now() < give_up) continue;
       if (p.status == Status::WouldBlock && stop_requested()) return false;
       report_failure(p.status, payload.size());
@@ -243,17 +340,55 @@ class Publisher {
     }
   }
 
+  // A durable channel: waits until everything published is in the journal (the journaler of any
+  // process of the channel writes it). False (reason printed) after --timeout-ms.
+  bool flush() {
+    if (ch_.options().durability == Durability::Memory || count_ == 0) return true;
+    const auto give_up = Clock::now() + milliseconds(args_.full_timeout_ms);
+    while (!producer_.flush(milliseconds(200)))
+      if (stop_requested() || Clock::now() >= give_up) {
+        report_not_durable(count_);
+        return false;
+      }
+    return true;
+  }
+
   void summary(Clock::time_point t0) const {
     const double secs = seconds_since(t0);
-    std::fprintf(stderr, "shmq pub: %llu messages (%s) to '%s' as producer '%s' in %s s: %s msgs/s, %s/s\n",
+    const Durability d = options_.durability.value_or(ch_.options().durability);
+    std::fprintf(stderr, "shmq pub: %llu messages (%s) to '%s' as producer '%s' in %s s: %s msgs/s, %s/s%s\n",
                  static_cast<unsigned long long>(count_), human_bytes(bytes_).c_str(), args_.channel.c_str(),
                  args_.producer.c_str(), fixed(secs, 3).c_str(),
                  human_rate(secs > 0 ? static_cast<double>(count_) / secs : 0).c_str(),
-                 human_bytes(secs > 0 ? static_cast<std::uint64_t>(static_cast<double>(bytes_) / secs) : 0).c_str());
+                 human_bytes(secs > 0 ? static_cast<std::uint64_t>(static_cast<double>(bytes_) / secs) : 0).c_str(),
+                 d == Durability::Sync    ? ", each durable before the next (Sync)"
+                 : d == Durability::Async ? ", durable (Async, journal flushed at the end)"
+                                          : "");
   }
   std::uint64_t count() const { return count_; }
 
  private:
+  bool counted(std::string_view payload) {
+    ++count_;
+    bytes_ += payload.size();
+    return true;
+  }
+
+  void report_not_durable(std::uint64_t n) const {
+    std::string who = "no journaler is running";
+    try {
+      const ChannelStats s = ch_.stats();
+      if (s.journaler_pid) who = "journaler pid " + std::to_string(s.journaler_pid);
+      who += ", durable position " + std::to_string(s.durable_position) + " of " + std::to_string(s.write_position);
+    } catch (const std::exception&) {
+    }
+    std::fprintf(stderr,
+                 "shmq pub: message %llu to '%s' was published but is not durable after %llu ms (%s; journal %s)\n",
+                 static_cast<unsigned long long>(n), args_.channel.c_str(),
+                 static_cast<unsigned long long>(args_.full_timeout_ms), who.c_str(),
+                 ch_.options().journal_dir.c_str());
+  }
+
   void report_failure(Status st, std::size_t size) const {
     const std::string where = "shmq pub: message " + std::to_string(count_ + 1) + " to '" + args_.channel + "'";
     if (st == Status::TooLarge) {
@@ -266,6 +401,8 @@ class Publisher {
         if (const GroupStats* g = most_lagging(s))
           why = "; group '" + g->name + "' lags " + std::to_string(g->lag_messages) + " messages with " +
                 std::to_string(g->consumers) + " live consumer(s)";
+        if (s.durability != Durability::Memory && s.durable_position < s.write_position && s.journaler_pid == 0)
+          why += "; no journaler is running and the journal holds the ring too";
       } catch (const std::exception&) {
       }
       std::fprintf(stderr, "%s: the ring stayed full for %llu ms (back-pressure from the slowest group%s)\n",
@@ -283,44 +420,80 @@ class Publisher {
   std::uint64_t bytes_ = 0;
 };
 
-// The channel to publish to; nullopt (the reason printed) when it does not exist and --create was not given.
-std::optional<Channel> open_for_pub(const PubArgs& a) {
-  if (!a.create) {
-    try {
-      return Channel::attach(a.channel);
-    } catch (const Error& e) {
-      if (e.code() != std::errc::no_such_file_or_directory) throw;
-      std::fprintf(stderr, "shmq pub: %s (use --create to create it)\n", e.what());
-      return std::nullopt;
-    }
-  }
-  ChannelOptions o;
-  o.durability = Durability::Memory;
-  if (a.ring_bytes) o.ring_bytes = *a.ring_bytes;
-  // The library's default (1 MiB) is too large for a ring under 4 MiB: take a quarter of the ring.
-  o.max_message_bytes = a.max_message_bytes ? *a.max_message_bytes : std::min<std::size_t>(o.max_message_bytes, o.ring_bytes / 4);
-  Channel ch = Channel::open(a.channel, o);
+// Notes where an existing channel differs from what --create asked; false (reason printed) when
+// it cannot be used as asked (another durability).
+bool check_existing(const Channel& ch, const PubArgs& a) {
   const ChannelOptions& eff = ch.options();
+  if (!a.durability.empty() && eff.durability != parse_durability(a.durability)) {
+    std::fprintf(stderr, "shmq pub: channel '%s' exists with Durability::%s; --durability %s was asked (remove it first, or leave out --durability)\n",
+                 a.channel.c_str(), durability_name(eff.durability), a.durability.c_str());
+    return false;
+  }
   if (a.ring_bytes && eff.ring_bytes != *a.ring_bytes)
     std::fprintf(stderr, "shmq pub: note: channel '%s' exists with a ring of %zu bytes; --ring-bytes is ignored\n",
                  a.channel.c_str(), eff.ring_bytes);
   if (a.max_message_bytes && eff.max_message_bytes != *a.max_message_bytes)
     std::fprintf(stderr, "shmq pub: note: channel '%s' exists with max_message_bytes %zu; --max-message-bytes is ignored\n",
                  a.channel.c_str(), eff.max_message_bytes);
+  if (!a.journal_dir.empty() && eff.durability != Durability::Memory &&
+      detail::journal_path_for(a.channel, a.journal_dir) != eff.journal_dir)
+    std::fprintf(stderr, "shmq pub: note: channel '%s' exists and journals to %s; --journal-dir is ignored\n",
+                 a.channel.c_str(), eff.journal_dir.c_str());
+  return true;
+}
+
+// The channel to publish to; nullopt (the reason printed) when it does not exist and --create was
+// not given, or exists otherwise than --create asked. Attaching adopts the segment's durability.
+std::optional<Channel> open_for_pub(const PubArgs& a) {
+  if (!a.create || Channel::exists(a.channel)) {
+    try {
+      Channel ch = Channel::attach(a.channel);
+      if (a.create && !check_existing(ch, a)) return std::nullopt;
+      return ch;
+    } catch (const Error& e) {
+      if (e.code() != std::errc::no_such_file_or_directory) throw;
+      if (!a.create) {
+        std::fprintf(stderr, "shmq pub: %s (use --create to create it)\n", e.what());
+        return std::nullopt;
+      }
+      // Removed between exists() and attach(): create it below.
+    }
+  }
+  ChannelOptions o;
+  o.durability = parse_durability(a.durability.empty() ? "memory" : a.durability);
+  o.journal_dir = a.journal_dir;
+  if (a.ring_bytes) o.ring_bytes = *a.ring_bytes;
+  // The library's default (1 MiB) is too large for a ring under 4 MiB: take a quarter of the ring.
+  o.max_message_bytes = a.max_message_bytes ? *a.max_message_bytes : std::min<std::size_t>(o.max_message_bytes, o.ring_bytes / 4);
+  Channel ch = Channel::open(a.channel, o);
+  if (!ch.recovery().recovered && ch.options().durability == o.durability) {
+    if (!check_existing(ch, a)) return std::nullopt;  // made by another process meanwhile
+  }
+  if (ch.recovery().recovered) {
+    const RecoveryReport& r = ch.recovery();
+    std::fprintf(stderr, "shmq pub: note: channel '%s' was rebuilt from its journal in %s (%llu messages put back)\n",
+                 a.channel.c_str(), ch.options().journal_dir.c_str(), static_cast<unsigned long long>(r.records));
+  }
   return ch;
 }
 
 }  // namespace
 
 int cmd_pub(const PubArgs& a) {
-  if (a.sync) {
-    std::fprintf(stderr,
-                 "shmq pub: --sync needs Durability::Sync, which writes through the journal, and the journal is not "
-                 "built yet; only Durability::Memory works (publish without --sync)\n");
+  if (a.sync && a.create && (a.durability == "memory" || (a.durability.empty() && !Channel::exists(a.channel)))) {
+    std::fprintf(stderr, "shmq pub: --sync needs a durable channel: create '%s' with --durability async or sync\n",
+                 a.channel.c_str());
     return kExitFailure;
   }
   std::optional<Channel> ch = open_for_pub(a);
   if (!ch) return kExitFailure;
+  if (a.sync && ch->options().durability == Durability::Memory) {
+    std::fprintf(stderr,
+                 "shmq pub: --sync: channel '%s' is a Memory channel, it has no journal to sync to (create it with "
+                 "--durability async or sync)\n",
+                 a.channel.c_str());
+    return kExitFailure;
+  }
   Publisher pub(*ch, a);
   install_stop_handlers();
   const auto t0 = Clock::now();
@@ -338,6 +511,7 @@ int cmd_pub(const PubArgs& a) {
       std::memcpy(payload.data(), tag, std::min(payload.size(), static_cast<std::size_t>(len)));
       ok = pub.publish(payload);
     }
+    ok = pub.flush() && ok;
     pub.summary(t0);
     if (ok && pub.count() < n) {
       std::fprintf(stderr, "shmq pub: interrupted after %llu of %llu messages\n",
@@ -365,6 +539,7 @@ int cmd_pub(const PubArgs& a) {
     if (!(ok = pub.publish(text))) break;
   }
   std::free(line);
+  ok = pub.flush() && ok;
   pub.summary(t0);
   return ok ? kExitOk : kExitFailure;
 }
@@ -481,7 +656,9 @@ int cmd_sub(const SubArgs& a) {
     ++received;
     last_message = Clock::now();
   }
-  if (!printer.flush_and_ack()) return printer.failed() ? kExitFailure : kExitOk;
+  const bool flushed = printer.flush_and_ack();
+  wait_for_journaler(ch, milliseconds(2000));  // its acks, and a group it made, checkpointed
+  if (!flushed) return printer.failed() ? kExitFailure : kExitOk;
   if (a.count && received < *a.count && idle_timeout) {
     std::fprintf(stderr, "shmq sub: received %llu of %llu messages; none came for %llu ms\n",
                  static_cast<unsigned long long>(received), static_cast<unsigned long long>(*a.count),
@@ -493,12 +670,45 @@ int cmd_sub(const SubArgs& a) {
 
 // ---- rm ------------------------------------------------------------------------------------------
 
-int cmd_rm(const std::string& channel) {
-  if (!Channel::exists(channel)) {
-    std::fprintf(stderr, "shmq rm: channel '%s' does not exist (no /dev/shm/shmq.%s)\n", channel.c_str(), channel.c_str());
-    return kExitFailure;
+int cmd_rm(const RmArgs& a) {
+  const std::string& channel = a.channel;
+  const bool segment = Channel::exists(channel);  // throws for a bad name
+  if (!a.journal) {
+    if (!segment) {
+      std::fprintf(stderr, "shmq rm: channel '%s' does not exist (no /dev/shm/shmq.%s)\n", channel.c_str(), channel.c_str());
+      return kExitFailure;
+    }
+    Channel::remove(channel);
+  } else {
+    // The journal's base directory: --journal-dir, else where the live segment journals, else
+    // $SHMQ_DIR or ./shmq-data (as Channel::open would take it).
+    std::filesystem::path base = a.journal_dir;
+    if (base.empty() && segment) {
+      try {
+        const std::string dir = Channel::attach(channel).stats().journal_dir;
+        if (!dir.empty()) base = std::filesystem::path(dir).parent_path();
+      } catch (const Error&) {
+        // Removed meanwhile, or unreadable: the default below.
+      }
+    }
+    if (base.empty()) base = detail::journal_path_for(channel, {}).parent_path();
+    const std::filesystem::path journal = detail::journal_path_for(channel, base);
+    std::error_code ec;
+    const bool has_journal = std::filesystem::exists(journal, ec);
+    if (!segment && !has_journal) {
+      std::fprintf(stderr, "shmq rm: channel '%s' does not exist (no /dev/shm/shmq.%s, no journal at %s)\n",
+                   channel.c_str(), channel.c_str(), journal.c_str());
+      return kExitFailure;
+    }
+    Channel::remove(channel, base);
+    if (!has_journal)
+      std::fprintf(stderr, "shmq rm: note: channel '%s' had no journal at %s\n", channel.c_str(), journal.c_str());
+    if (std::filesystem::exists(journal, ec)) {
+      std::fprintf(stderr, "shmq rm: the journal of '%s' is still there after removing it: %s\n", channel.c_str(),
+                   journal.c_str());
+      return kExitFailure;
+    }
   }
-  Channel::remove(channel);
   if (Channel::exists(channel)) {
     std::fprintf(stderr, "shmq rm: channel '%s' is still there after removing it (permissions of /dev/shm/shmq.%s?)\n",
                  channel.c_str(), channel.c_str());

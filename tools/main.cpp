@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
   CLI::App* pub = app.add_subcommand(
       "pub",
       "Publish the lines of stdin, one message per line (or, with --count and --size, N generated messages of B "
-      "bytes). Prints a summary (count, msgs/s) to stderr. Durability::Memory.");
+      "bytes). Prints a summary (count, msgs/s) to stderr. On a durable channel it exits once what it published is "
+      "in the journal.");
   pub->add_option("NAME", pub_args.channel, "Channel name")->required();
   pub->add_option("--producer", pub_args.producer, "Producer name (one live process per name)")->capture_default_str();
   pub->add_option("--key", pub_args.key, "Key (biz id) carried by every message");
@@ -83,17 +84,33 @@ int main(int argc, char** argv) {
   pub_size.add(pub, "--size", "Payload bytes of each generated message")->check(at_least(0));
   pub_count.option->needs(pub_size.option);
   pub_size.option->needs(pub_count.option);
-  CLI::Option* create = pub->add_flag("--create", pub_args.create, "Create the channel if it does not exist");
+  CLI::Option* create = pub->add_flag(
+      "--create", pub_args.create,
+      "Create the channel if it does not exist (rebuilt from its journal if it has one). An existing channel is "
+      "attached, with its own durability");
   pub_ring.add(pub, "--ring-bytes", "Ring size of a channel created now (power of two, 64 KiB .. 1 GiB; default 64 MiB)")
       ->check(at_least(1))
       ->needs(create);
   pub_max.add(pub, "--max-message-bytes", "Largest payload of a channel created now (at most a quarter of the ring)")
       ->check(at_least(1))
       ->needs(create);
-  pub->add_option("--timeout-ms", pub_args.full_timeout_ms, "How long a full ring is waited on before giving up")
+  CLI::Option* pub_durability =
+      pub->add_option("--durability", pub_args.durability,
+                      "Durability of a channel created now: memory (default: the segment only), async (journal, "
+                      "group commit every few ms), sync (every publish waits for the journal)")
+          ->check(CLI::IsMember({"memory", "async", "sync"}))
+          ->needs(create);
+  pub->add_option("--journal-dir", pub_args.journal_dir,
+                      "Where a durable channel created now keeps its journal: DIR/NAME (default $SHMQ_DIR, else ./shmq-data)")
+          ->needs(create)
+          ->needs(pub_durability);
+  pub->add_option("--timeout-ms", pub_args.full_timeout_ms,
+                  "How long a full ring, or the journal (--sync, and the end of a durable publish), is waited on")
       ->check(at_least(0))
       ->capture_default_str();
-  pub->add_flag("--sync", pub_args.sync, "Durability::Sync (needs the journal, which is not built yet)");
+  pub->add_flag("--sync", pub_args.sync,
+                "Publish with Durability::Sync: each message is in the journal (fdatasync'd) before the next "
+                "(an Async or Sync channel)");
 
   // sub
   shmq::tool::SubArgs sub_args;
@@ -113,16 +130,24 @@ int main(int argc, char** argv) {
   sub->add_flag("--json", sub_args.json, "One JSON object a line: id, key, position, deliveries, timestamp_ns, payload");
 
   // rm
-  std::string rm_channel;
-  CLI::App* rm = app.add_subcommand("rm", "Remove a channel (its shared-memory segment).");
-  rm->add_option("NAME", rm_channel, "Channel name")->required();
+  shmq::tool::RmArgs rm_args;
+  CLI::App* rm = app.add_subcommand("rm", "Remove a channel: its shared-memory segment (and, with --journal, its journal).");
+  rm->add_option("NAME", rm_args.channel, "Channel name")->required();
+  CLI::Option* rm_journal = rm->add_flag(
+      "--journal", rm_args.journal,
+      "Remove its journal directory too: its messages are gone for good. Without it, a durable channel comes back "
+      "from the journal at its next open");
+  rm->add_option("--journal-dir", rm_args.journal_dir,
+                 "Base directory of the journal (default: where the live segment journals, else $SHMQ_DIR, else ./shmq-data)")
+      ->needs(rm_journal);
 
   // demo
   shmq::tool::DemoArgs demo_args;
   CLI::App* demo = app.add_subcommand(
       "demo",
       "A live pipeline across processes: 2 producers, fan-out to 2 groups, 3 competing consumers, a consumer "
-      "killed and its messages redelivered. Checks every step; exit 0 only if all held.");
+      "killed and its messages redelivered, a durable channel rebuilt from its journal after every process left and "
+      "its segment was lost. Checks every step; exit 0 only if all held.");
   demo->add_option("--messages", demo_args.messages_per_producer, "Messages per producer")
       ->check(CLI::Range(1u, 1'000'000u))
       ->capture_default_str();
@@ -134,7 +159,13 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints the help, or the error and a hint
     return code == 0 ? kExitOk : kExitUsage;
   }
-  for (const MaybeOption* o : {&pub_count, &pub_size, &pub_ring, &pub_max, &sub_count, &sub_timeout}) o->set();
+  for (const MaybeOption* o : {&pub_count, &pub_size, &pub_ring, &pub_max, &sub_count, &sub_timeout})
+    o->set();
+  if (!pub_args.journal_dir.empty() && pub_args.durability == "memory") {
+    std::fprintf(stderr, "shmq pub: --journal-dir needs --durability async or sync (a Memory channel has no journal)\n");
+    return kExitUsage;
+  }
+
   if (sub_args.no_ack && sub_args.count && *sub_args.count > 256) {
     std::fprintf(stderr, "shmq sub: --no-ack holds every message it prints, at most 256: --count %llu is too many\n",
                  static_cast<unsigned long long>(*sub_args.count));
@@ -147,10 +178,10 @@ int main(int argc, char** argv) {
     if (*stat) return shmq::tool::cmd_stat(stat_channel, stat_json);
     if (*pub) return shmq::tool::cmd_pub(pub_args);
     if (*sub) return shmq::tool::cmd_sub(sub_args);
-    if (*rm) return shmq::tool::cmd_rm(rm_channel);
+    if (*rm) return shmq::tool::cmd_rm(rm_args);
     if (*demo) return shmq::tool::cmd_demo(demo_args);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), e.what());
+    std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), shmq::tool::error_text(e).c_str());
     return kExitFailure;
   }
   return kExitUsage;
