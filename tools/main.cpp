@@ -45,7 +45,7 @@ bool unknown_command(const CLI::App& app, int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') return false;
   for (const CLI::App* sub : app.get_subcommands({}))
     if (sub->check_name(argv[1])) return false;
-  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm, demo; see shmq --help)\n", argv[1]);
+  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm, dump, verify, recover, journal, demo; see shmq --help)\n", argv[1]);
   return true;
 }
 
@@ -141,6 +141,53 @@ int main(int argc, char** argv) {
                  "Base directory of the journal (default: where the live segment journals, else $SHMQ_DIR, else ./shmq-data)")
       ->needs(rm_journal);
 
+  // dump
+  shmq::tool::DumpArgs dump_args;
+  MaybeOption dump_from{dump_args.from}, dump_count{dump_args.count};
+  CLI::App* dump = app.add_subcommand(
+      "dump",
+      "Print the records of a journal (position, inner id, time, flags, key, payload as text), every CRC checked. "
+      "Corruption: exit 1 naming the file and position.");
+  dump->add_option("TARGET", dump_args.target,
+                   "Channel name (its journal: DIR/NAME) or a journal directory (a path with a '/')")
+      ->required();
+  dump->add_option("--journal-dir", dump_args.journal_dir, "Base directory of the journals (default $SHMQ_DIR, else ./shmq-data)");
+  dump_from.add(dump, "--from", "Start at this position")->check(at_least(0));
+  dump_count.add(dump, "--count", "Print at most N records")->check(at_least(1));
+  dump->add_flag("--json", dump_args.json, "One JSON object a line: position, producer, seq, timestamp_ns, key, payload, payload_bytes, flags");
+
+  // verify
+  shmq::tool::VerifyArgs verify_args;
+  CLI::App* verify = app.add_subcommand(
+      "verify",
+      "Read a whole journal and check every record and file link (progress bar on a terminal). Exit 1 naming the "
+      "position of any corruption.");
+  verify->add_option("TARGET", verify_args.target, "Channel name or journal directory (a path with a '/')")->required();
+  verify->add_option("--journal-dir", verify_args.journal_dir, "Base directory of the journals (default $SHMQ_DIR, else ./shmq-data)");
+  verify->add_flag("--json", verify_args.json, "Print a JSON object: ok, files, records, bytes, end_position, first_bad_position, torn_bytes, what");
+
+  // recover
+  shmq::tool::RecoverArgs recover_args;
+  CLI::App* recover = app.add_subcommand(
+      "recover",
+      "Open a durable channel whose segment is gone (a reboot, shmq rm): rebuilt from its journal, unacked messages "
+      "back, producers' sequences kept. Prints what was recovered. A live segment is left as it is.");
+  recover->add_option("NAME", recover_args.channel, "Channel name")->required();
+  recover->add_option("--journal-dir", recover_args.journal_dir, "Base directory of the journals (default $SHMQ_DIR, else ./shmq-data)");
+  recover->add_option("--durability", recover_args.durability,
+                      "Durability of the rebuilt channel (the journal does not record it)")
+      ->check(CLI::IsMember({"async", "sync"}))
+      ->capture_default_str();
+  recover->add_flag("--json", recover_args.json, "Print the recovery report as a JSON object");
+
+  // journal
+  shmq::tool::JournalArgs journal_args;
+  CLI::App* journal = app.add_subcommand(
+      "journal",
+      "Run the journaler of a durable channel in this process, until Ctrl-C/SIGTERM (for those who want a daemon; "
+      "by default any process that opens the channel journals).");
+  journal->add_option("NAME", journal_args.channel, "Channel name")->required();
+
   // demo
   shmq::tool::DemoArgs demo_args;
   CLI::App* demo = app.add_subcommand(
@@ -159,7 +206,8 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints the help, or the error and a hint
     return code == 0 ? kExitOk : kExitUsage;
   }
-  for (const MaybeOption* o : {&pub_count, &pub_size, &pub_ring, &pub_max, &sub_count, &sub_timeout})
+  for (const MaybeOption* o : {&pub_count, &pub_size, &pub_ring, &pub_max, &sub_count, &sub_timeout, &dump_from,
+                               &dump_count})
     o->set();
   if (!pub_args.journal_dir.empty() && pub_args.durability == "memory") {
     std::fprintf(stderr, "shmq pub: --journal-dir needs --durability async or sync (a Memory channel has no journal)\n");
@@ -179,6 +227,10 @@ int main(int argc, char** argv) {
     if (*pub) return shmq::tool::cmd_pub(pub_args);
     if (*sub) return shmq::tool::cmd_sub(sub_args);
     if (*rm) return shmq::tool::cmd_rm(rm_args);
+    if (*dump) return shmq::tool::cmd_dump(dump_args);
+    if (*verify) return shmq::tool::cmd_verify(verify_args);
+    if (*recover) return shmq::tool::cmd_recover(recover_args);
+    if (*journal) return shmq::tool::cmd_journal(journal_args);
     if (*demo) return shmq::tool::cmd_demo(demo_args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), shmq::tool::error_text(e).c_str());
