@@ -45,7 +45,7 @@ bool unknown_command(const CLI::App& app, int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') return false;
   for (const CLI::App* sub : app.get_subcommands({}))
     if (sub->check_name(argv[1])) return false;
-  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm, dump, verify, recover, journal, demo; see shmq --help)\n", argv[1]);
+  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm, dump, verify, recover, journal, dlq, demo; see shmq --help)\n", argv[1]);
   return true;
 }
 
@@ -188,6 +188,19 @@ int main(int argc, char** argv) {
       "by default any process that opens the channel journals).");
   journal->add_option("NAME", journal_args.channel, "Channel name")->required();
 
+  // dlq
+  shmq::tool::DlqArgs dlq_args;
+  MaybeOption dlq_count{dlq_args.count};
+  CLI::App* dlq = app.add_subcommand(
+      "dlq",
+      "List the dead letters of a channel (messages delivered max_deliveries times, kept in NAME.dlq), without "
+      "touching them; --requeue publishes them to NAME again and removes them from NAME.dlq.");
+  dlq->add_option("NAME", dlq_args.channel, "Channel name (not NAME.dlq)")->required();
+  CLI::Option* dlq_requeue = dlq->add_flag("--requeue", dlq_args.requeue, "Publish them to NAME again (new inner ids; key and payload kept), then ack them in NAME.dlq");
+  dlq_count.add(dlq, "--count", "At most N dead letters")->check(at_least(1));
+  dlq->add_option("--producer", dlq_args.producer, "Producer name for --requeue")->capture_default_str()->needs(dlq_requeue);
+  dlq->add_flag("--json", dlq_args.json, "One JSON object a line");
+
   // demo
   shmq::tool::DemoArgs demo_args;
   CLI::App* demo = app.add_subcommand(
@@ -207,7 +220,7 @@ int main(int argc, char** argv) {
     return code == 0 ? kExitOk : kExitUsage;
   }
   for (const MaybeOption* o : {&pub_count, &pub_size, &pub_ring, &pub_max, &sub_count, &sub_timeout, &dump_from,
-                               &dump_count})
+                               &dump_count, &dlq_count})
     o->set();
   if (!pub_args.journal_dir.empty() && pub_args.durability == "memory") {
     std::fprintf(stderr, "shmq pub: --journal-dir needs --durability async or sync (a Memory channel has no journal)\n");
@@ -231,6 +244,7 @@ int main(int argc, char** argv) {
     if (*verify) return shmq::tool::cmd_verify(verify_args);
     if (*recover) return shmq::tool::cmd_recover(recover_args);
     if (*journal) return shmq::tool::cmd_journal(journal_args);
+    if (*dlq) return shmq::tool::cmd_dlq(dlq_args);
     if (*demo) return shmq::tool::cmd_demo(demo_args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), shmq::tool::error_text(e).c_str());
