@@ -45,7 +45,7 @@ bool unknown_command(const CLI::App& app, int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') return false;
   for (const CLI::App* sub : app.get_subcommands({}))
     if (sub->check_name(argv[1])) return false;
-  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm, dump, verify, recover, journal, dlq, demo; see shmq --help)\n", argv[1]);
+  std::fprintf(stderr, "shmq: unknown command '%s' (commands: ls, stat, pub, sub, rm, dump, verify, recover, journal, dlq, top, demo; see shmq --help)\n", argv[1]);
   return true;
 }
 
@@ -201,6 +201,17 @@ int main(int argc, char** argv) {
   dlq->add_option("--producer", dlq_args.producer, "Producer name for --requeue")->capture_default_str()->needs(dlq_requeue);
   dlq->add_flag("--json", dlq_args.json, "One JSON object a line");
 
+  // top
+  shmq::tool::TopArgs top_args;
+  CLI::App* top = app.add_subcommand(
+      "top",
+      "Watch the channels (or one): msgs/s, MB/s, depth, per-group lag and in-flight, refreshed in place on a "
+      "terminal until Ctrl-C. --once prints one sample for scripts.");
+  top->add_option("NAME", top_args.channel, "Only this channel");
+  top->add_flag("--once", top_args.once, "Print one sample (rates over --interval-ms) and exit");
+  top->add_option("--interval-ms", top_args.interval_ms, "Time between samples")->check(at_least(10))->capture_default_str();
+  top->add_flag("--json", top_args.json, "JSON: one object a sample");
+
   // demo
   shmq::tool::DemoArgs demo_args;
   CLI::App* demo = app.add_subcommand(
@@ -245,6 +256,7 @@ int main(int argc, char** argv) {
     if (*recover) return shmq::tool::cmd_recover(recover_args);
     if (*journal) return shmq::tool::cmd_journal(journal_args);
     if (*dlq) return shmq::tool::cmd_dlq(dlq_args);
+    if (*top) return shmq::tool::cmd_top(top_args);
     if (*demo) return shmq::tool::cmd_demo(demo_args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), shmq::tool::error_text(e).c_str());
