@@ -7,7 +7,13 @@
 //   4. competing consumers: three processes share group workers; each order reaches exactly one
 //   5. a consumer of workers takes a few orders without acking and is SIGKILLed; the survivors
 //      must get those orders again, with deliveries() > 1
-//   6. restart recovered from the journal: skipped until the journal exists
+//   6. restart recovered from the journal: a durable (Async) channel with its journal in a temporary
+//      directory; a producer process publishes M orders and exits; a consumer process acks the
+//      first A and holds the next one, and is SIGKILLed; the last process (this one) closes the
+//      channel; the segment is removed as a reboot would (Channel::remove without the journal
+//      directory); Channel::open rebuilds it from the journal. Checked: exactly the unacked orders
+//      come back (the held one with deliveries 2, the others never delivered before), none of the
+//      acked ones; the producer's sequence goes on after M, and a retry of seq M is a Duplicate.
 //   7. summary table
 //
 // Steps 2-4 run at once (the ring is far smaller than what goes through it). Children report what
@@ -60,6 +66,13 @@ constexpr auto kRedeliveryGiveUp = 5s;
 constexpr unsigned kRedeliveryAlarmS = 9;
 constexpr auto kRedeliveryDeadline = 10s;
 constexpr int kExitGaveUp = 3;  // a consumer child that reached its give-up time
+// Step 6.
+constexpr std::uint32_t kRestartMessages = 1000;
+constexpr std::uint32_t kRestartAcked = 600;                  // then one held, the rest never delivered
+constexpr std::uint32_t kRestartProducer = kProducers + 1;    // producer index in step 6's payloads
+constexpr unsigned kRestartAlarmS = 15;
+constexpr auto kRestartDeadline = 12s;
+const char* const kRestartGroup = "shipping";
 
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
@@ -356,6 +369,27 @@ int run_consumer(const ConsumeJob& job) {
   return rc;
 }
 
+// Step 6's consumer: acks the first ACKS orders, takes one more without acking, writes what it
+// received to RESULT, tells READY_FD, and waits to be killed.
+int run_restart_consumer(const std::string& channel, std::uint32_t acks, const std::filesystem::path& result, int ready_fd) {
+  Channel ch = Channel::attach(channel);
+  Consumer consumer(ch, kRestartGroup);
+  std::FILE* out = std::fopen(result.c_str(), "wb");
+  if (!out) return 1;
+  for (std::uint32_t got = 0; got <= acks;) {
+    std::optional<Message> m = consumer.poll(1s);  // alarm() bounds the whole
+    if (!m) continue;
+    Received r = inspect(*m);
+    if (got < acks && consumer.ack(*m) != Status::Ok) r.problems |= kAckFailed;
+    std::fwrite(&r, sizeof r, 1, out);
+    ++got;
+  }
+  if (std::fclose(out) != 0) return 1;
+  const char ready = 'r';
+  if (::write(ready_fd, &ready, 1) != 1) return 1;
+  for (;;) ::pause();  // holds the last one until SIGKILL
+}
+
 // ---- the steps ---------------------------------------------------------------------------------
 
 struct Step {
@@ -450,7 +484,13 @@ class Demo {
       std::printf("    stopped: %s\n", e.what());
     }
     children_.kill_all();
-    skip_journal();
+    try {
+      if (!stop_requested()) restart();
+    } catch (const std::exception& e) {
+      std::printf("[6] FAILED: %s\n", error_text(e).c_str());
+      fail(6, error_text(e));
+    }
+    children_.kill_all();
     cleanup();
     return summary();
   }
@@ -732,16 +772,167 @@ class Demo {
   }
 
   // Step 6.
-  void skip_journal() {
-    std::printf("[6] skipped: a restart recovered from the journal needs Durability::Async/Sync, and the journal is not "
-                "built yet\n");
-    step(6).result = Step::Skipped;
-    step(6).figures = "journal not built yet";
+  void restart() {
+    const std::string name = restart_channel();
+    ChannelOptions o;
+    o.durability = Durability::Async;
+    o.ring_bytes = kRingBytes;
+    o.max_message_bytes = kMaxMessageBytes;
+    o.journal_dir = dir_ / "journal";
+    std::optional<Channel> ch = Channel::open(name, o);
+    ch->ensure_group(kRestartGroup, Start::Earliest);
+    std::printf("[6] created %s (Durability::Async, journal in %s); group %s\n", name.c_str(),
+                ch->options().journal_dir.c_str(), kRestartGroup);
+    const auto deadline = Clock::now() + kRestartDeadline;
+
+    // A producer process publishes, waits until the journal has it all, and exits.
+    const pid_t producer = children_.spawn("restart-producer", kRestartAlarmS, [name] {
+      Channel c = Channel::attach(name);
+      Producer p(c, "demo-restart-producer");
+      for (std::uint32_t seq = 1; seq <= kRestartMessages; ++seq) {
+        const std::string key = order_key(kRestartProducer, seq);
+        PublishOptions po;
+        po.key = key;
+        po.wait = Wait::Block;
+        po.timeout = 2s;
+        if (p.publish(order_payload(kRestartProducer, seq), po).status != Status::Ok) return 1;
+      }
+      return p.flush(5s) ? 0 : 2;
+    });
+    children_.wait({producer}, deadline);
+    if (!children_.exited_ok(producer)) {
+      std::printf("[6] FAILED: the producer process: %s\n", children_.outcome(producer).c_str());
+      fail(6, "producer " + children_.outcome(producer));
+      return;
+    }
+
+    // A consumer process acks some, holds one, and is killed.
+    int ready[2];
+    if (::pipe(ready) != 0) throw Error(std::error_code(errno, std::generic_category()), "pipe");
+    const std::filesystem::path result = file("restart-consumer");
+    const int ready_w = ready[1];
+    const pid_t consumer = children_.spawn("restart-consumer", kRestartAlarmS, [name, result, ready_w] {
+      return run_restart_consumer(name, kRestartAcked, result, ready_w);
+    });
+    ::close(ready[1]);
+    pollfd pfd{ready[0], POLLIN, 0};
+    const int polled = ::poll(&pfd, 1, 8000);
+    ::close(ready[0]);
+    const std::vector<Received> before = read_results(result);
+    children_.kill_now(consumer);
+    if (polled != 1 || before.size() != kRestartAcked + 1) {
+      std::printf("[6] FAILED: the consumer did not take %u orders within 8 s (%s; it took %zu)\n", kRestartAcked + 1,
+                  children_.outcome(consumer).c_str(), before.size());
+      fail(6, "consumer took " + std::to_string(before.size()) + " of " + std::to_string(kRestartAcked + 1));
+      return;
+    }
+    const std::uint32_t held = before.back().seq;
+    std::printf("[6] producer process published %u orders and exited; consumer process acked %u, held order %u, "
+                "SIGKILLed\n", kRestartMessages, kRestartAcked, held);
+
+    // This process is the last one: it makes sure it journals (the consumer may have held the
+    // journal's LOCK), then closes the channel, which syncs and checkpoints.
+    while (Clock::now() < deadline) {
+      const ChannelStats st = ch->stats();
+      if (st.journaler_pid == ::getpid() && st.durable_position == st.write_position) break;
+      ::usleep(10'000);
+    }
+    if (const ChannelStats st = ch->stats(); st.journaler_pid != ::getpid()) {
+      std::printf("[6] FAILED: this process did not become the journaler within %lld s (journaler pid %d)\n",
+                  static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(kRestartDeadline).count()),
+                  st.journaler_pid);
+      fail(6, "no journaler");
+      return;
+    }
+    ch.reset();
+    Channel::remove(name);  // the segment only, as a reboot would: the journal stays
+    std::printf("[6] every process of the channel is gone; segment /dev/shm/shmq.%s removed (a reboot), journal kept\n",
+                name.c_str());
+
+    // Back from the journal.
+    const auto t0 = Clock::now();
+    ch = Channel::open(name, o);
+    const double open_ms = seconds_between(t0, Clock::now()) * 1000;
+    const RecoveryReport r = ch->recovery();
+    std::printf("[6] Channel::open rebuilt it in %s ms: %llu records put back (positions %llu .. %llu), %u group, %u "
+                "producer, %u held message to deliver again, torn tail %llu B\n",
+                fixed(open_ms, 1).c_str(), static_cast<unsigned long long>(r.records),
+                static_cast<unsigned long long>(r.from_position), static_cast<unsigned long long>(r.end_position),
+                r.groups, r.producers, r.redelivered, static_cast<unsigned long long>(r.torn_bytes));
+
+    std::vector<std::string> wrong;
+    if (!r.recovered) wrong.push_back("the segment was not rebuilt from the journal");
+    if (r.groups != 1 || r.producers != 1 || r.redelivered != 1)
+      wrong.push_back("report: " + std::to_string(r.groups) + " groups, " + std::to_string(r.producers) + " producers, " +
+                      std::to_string(r.redelivered) + " to deliver again (1, 1, 1 expected)");
+    std::map<std::uint32_t, std::vector<std::uint32_t>> deliveries_of;  // seq -> deliveries of each receipt
+    std::vector<Received> after;
+    {
+      Consumer c(*ch, kRestartGroup);
+      while (std::optional<Message> m = c.poll(300ms)) {
+        const Received rec = inspect(*m);
+        after.push_back(rec);
+        deliveries_of[rec.seq].push_back(rec.deliveries);
+        if (c.ack(*m) != Status::Ok) wrong.push_back("ack failed after recovery");
+        if (after.size() > 2 * kRestartMessages) break;
+      }
+    }
+    std::vector<std::string> missing, acked_again, duplicates;
+    for (std::uint32_t seq = held; seq <= kRestartMessages; ++seq)
+      if (!deliveries_of.count(seq)) missing.push_back(std::to_string(seq));
+    for (const auto& [seq, ds] : deliveries_of) {
+      if (seq < held) acked_again.push_back(std::to_string(seq));
+      if (ds.size() > 1) duplicates.push_back(std::to_string(seq) + " x" + std::to_string(ds.size()));
+    }
+    const std::uint32_t held_deliveries = deliveries_of.count(held) ? deliveries_of[held].front() : 0;
+    std::size_t first_delivery_ok = 0;
+    for (const Received& rec : after)
+      first_delivery_ok += rec.seq != held && rec.deliveries == 1;
+    if (!missing.empty()) wrong.push_back(std::to_string(missing.size()) + " unacked orders missing (seq " + list_some(missing) + ")");
+    if (!acked_again.empty())
+      wrong.push_back(std::to_string(acked_again.size()) + " acked orders back (seq " + list_some(acked_again) + ")");
+    if (!duplicates.empty()) wrong.push_back("received twice: " + list_some(duplicates));
+    if (held_deliveries != 2) wrong.push_back("the held order came back with deliveries " + std::to_string(held_deliveries) + ", 2 expected");
+    if (first_delivery_ok + 1 != after.size() && deliveries_of.count(held))
+      wrong.push_back("orders never delivered before came with deliveries > 1");
+    if (const std::string p = problems_text(after); !p.empty()) wrong.push_back(p);
+
+    // The producer goes on where it was: next seq after the last, and a retry is still a duplicate.
+    Producer p(*ch, "demo-restart-producer");
+    PublishOptions po;
+    po.key = order_key(kRestartProducer, kRestartMessages + 1);
+    const Published next = p.publish(order_payload(kRestartProducer, kRestartMessages + 1), po);
+    PublishOptions retry;
+    retry.seq = kRestartMessages;
+    const Published again = p.publish(order_payload(kRestartProducer, kRestartMessages), retry);
+    if (next.status != Status::Ok || next.id.seq != kRestartMessages + 1)
+      wrong.push_back(std::string("the producer's next publish: ") + to_string(next.status) + ", seq " +
+                      std::to_string(next.id.seq) + " (" + std::to_string(kRestartMessages + 1) + " expected)");
+    if (again.status != Status::Duplicate)
+      wrong.push_back(std::string("a retry of seq ") + std::to_string(kRestartMessages) + ": " + to_string(again.status) +
+                      " (Duplicate expected)");
+    if (!p.flush(5s)) wrong.push_back("the producer's publish after recovery was not durable within 5 s");
+
+    const std::size_t expected = kRestartMessages - kRestartAcked;
+    if (wrong.empty()) {
+      std::printf("[6] group %s got %zu orders = the %zu unacked: order %u again with deliveries 2, %zu never "
+                  "delivered before; none of the %u acked; producer went on at seq %llu, a retry of seq %u: %s\n",
+                  kRestartGroup, after.size(), expected, held, first_delivery_ok, kRestartAcked,
+                  static_cast<unsigned long long>(next.id.seq), kRestartMessages, to_string(again.status));
+      pass(6, std::to_string(r.records) + " msgs back in " + fixed(open_ms, 1) + " ms, " + std::to_string(after.size()) +
+                  " unacked redelivered (held one: deliveries 2), seq went on at " + std::to_string(next.id.seq));
+    } else {
+      std::printf("[6] group %s got %zu orders, %zu expected: FAILED: %s\n", kRestartGroup, after.size(), expected,
+                  list_some(wrong).c_str());
+      fail(6, list_some(wrong, 1));
+    }
   }
+
+  std::string restart_channel() const { return "demo.restart-" + std::to_string(::getpid()); }
 
   void cleanup() {
     ch_.reset();
-    for (const std::string& name : {channel_, channel_ + ".dlq"}) {
+    for (const std::string& name : {channel_, channel_ + ".dlq", restart_channel(), restart_channel() + ".dlq"}) {
       try {
         if (Channel::exists(name)) Channel::remove(name);
       } catch (const std::exception& e) {
