@@ -369,6 +369,52 @@ int run_consumer(const ConsumeJob& job) {
   return rc;
 }
 
+// A one-shot signal between the parent and a forked child, over a pipe. The child blocks in
+// wait() until the parent calls open() (true) or closes its end (false, also when it dies).
+// Reversed (child_writes), the child writes one byte and the parent waits for it (wait_ready).
+class Gate {
+ public:
+  Gate() {
+    if (::pipe(fds_) != 0) throw Error(std::error_code(errno, std::generic_category()), "pipe");
+  }
+  ~Gate() {
+    for (int fd : fds_)
+      if (fd >= 0) ::close(fd);
+  }
+  Gate(const Gate&) = delete;
+  Gate& operator=(const Gate&) = delete;
+
+  // In the child.
+  bool wait() {
+    ::close(fds_[1]);
+    char c = 0;
+    ssize_t n;
+    while ((n = ::read(fds_[0], &c, 1)) < 0 && errno == EINTR) {
+    }
+    return n == 1;
+  }
+  int write_end() const { return fds_[1]; }
+  // In the parent, after the fork.
+  void parent_side() { close_end(0); }
+  void child_writes() { close_end(1); }
+  void open() {
+    const char c = 'g';
+    if (::write(fds_[1], &c, 1) != 1) throw Error(std::error_code(errno, std::generic_category()), "pipe write");
+  }
+  bool wait_ready(int timeout_ms) {
+    pollfd pfd{fds_[0], POLLIN, 0};
+    char c = 0;
+    return ::poll(&pfd, 1, timeout_ms) == 1 && ::read(fds_[0], &c, 1) == 1;
+  }
+
+ private:
+  void close_end(int i) {
+    ::close(fds_[i]);
+    fds_[i] = -1;
+  }
+  int fds_[2] = {-1, -1};
+};
+
 // Step 6's consumer: acks the first ACKS orders, takes one more without acking, writes what it
 // received to RESULT, tells READY_FD, and waits to be killed.
 int run_restart_consumer(const std::string& channel, std::uint32_t acks, const std::filesystem::path& result, int ready_fd) {
@@ -774,19 +820,13 @@ class Demo {
   // Step 6.
   void restart() {
     const std::string name = restart_channel();
-    ChannelOptions o;
-    o.durability = Durability::Async;
-    o.ring_bytes = kRingBytes;
-    o.max_message_bytes = kMaxMessageBytes;
-    o.journal_dir = dir_ / "journal";
-    std::optional<Channel> ch = Channel::open(name, o);
-    ch->ensure_group(kRestartGroup, Start::Earliest);
-    std::printf("[6] created %s (Durability::Async, journal in %s); group %s\n", name.c_str(),
-                ch->options().journal_dir.c_str(), kRestartGroup);
-    const auto deadline = Clock::now() + kRestartDeadline;
-
-    // A producer process publishes, waits until the journal has it all, and exits.
-    const pid_t producer = children_.spawn("restart-producer", kRestartAlarmS, [name] {
+    // The children are forked first, before this process opens the durable channel: its journaler
+    // thread could hold a lock (an allocator's, under a sanitizer) at the fork, and a child would
+    // wait for it forever. Each waits for its turn on a pipe.
+    Gate producer_go, consumer_go, consumer_ready;
+    const std::filesystem::path result = file("restart-consumer");
+    const pid_t producer = children_.spawn("restart-producer", kRestartAlarmS, [&producer_go, name] {
+      if (!producer_go.wait()) return 3;
       Channel c = Channel::attach(name);
       Producer p(c, "demo-restart-producer");
       for (std::uint32_t seq = 1; seq <= kRestartMessages; ++seq) {
@@ -799,6 +839,27 @@ class Demo {
       }
       return p.flush(5s) ? 0 : 2;
     });
+    const pid_t consumer = children_.spawn("restart-consumer", kRestartAlarmS, [&consumer_go, &consumer_ready, name, result] {
+      if (!consumer_go.wait()) return 3;
+      return run_restart_consumer(name, kRestartAcked, result, consumer_ready.write_end());
+    });
+    producer_go.parent_side();
+    consumer_go.parent_side();
+    consumer_ready.child_writes();
+
+    ChannelOptions o;
+    o.durability = Durability::Async;
+    o.ring_bytes = kRingBytes;
+    o.max_message_bytes = kMaxMessageBytes;
+    o.journal_dir = dir_ / "journal";
+    std::optional<Channel> ch = Channel::open(name, o);
+    ch->ensure_group(kRestartGroup, Start::Earliest);
+    std::printf("[6] created %s (Durability::Async, journal in %s); group %s\n", name.c_str(),
+                ch->options().journal_dir.c_str(), kRestartGroup);
+    const auto deadline = Clock::now() + kRestartDeadline;
+
+    // A producer process publishes, waits until the journal has it all, and exits.
+    producer_go.open();
     children_.wait({producer}, deadline);
     if (!children_.exited_ok(producer)) {
       std::printf("[6] FAILED: the producer process: %s\n", children_.outcome(producer).c_str());
@@ -807,20 +868,11 @@ class Demo {
     }
 
     // A consumer process acks some, holds one, and is killed.
-    int ready[2];
-    if (::pipe(ready) != 0) throw Error(std::error_code(errno, std::generic_category()), "pipe");
-    const std::filesystem::path result = file("restart-consumer");
-    const int ready_w = ready[1];
-    const pid_t consumer = children_.spawn("restart-consumer", kRestartAlarmS, [name, result, ready_w] {
-      return run_restart_consumer(name, kRestartAcked, result, ready_w);
-    });
-    ::close(ready[1]);
-    pollfd pfd{ready[0], POLLIN, 0};
-    const int polled = ::poll(&pfd, 1, 8000);
-    ::close(ready[0]);
+    consumer_go.open();
+    const bool ready = consumer_ready.wait_ready(8000);
     const std::vector<Received> before = read_results(result);
     children_.kill_now(consumer);
-    if (polled != 1 || before.size() != kRestartAcked + 1) {
+    if (!ready || before.size() != kRestartAcked + 1) {
       std::printf("[6] FAILED: the consumer did not take %u orders within 8 s (%s; it took %zu)\n", kRestartAcked + 1,
                   children_.outcome(consumer).c_str(), before.size());
       fail(6, "consumer took " + std::to_string(before.size()) + " of " + std::to_string(kRestartAcked + 1));
@@ -899,8 +951,9 @@ class Demo {
 
     // The producer goes on where it was: next seq after the last, and a retry is still a duplicate.
     Producer p(*ch, "demo-restart-producer");
+    const std::string next_key = order_key(kRestartProducer, kRestartMessages + 1);
     PublishOptions po;
-    po.key = order_key(kRestartProducer, kRestartMessages + 1);
+    po.key = next_key;
     const Published next = p.publish(order_payload(kRestartProducer, kRestartMessages + 1), po);
     PublishOptions retry;
     retry.seq = kRestartMessages;
