@@ -268,6 +268,10 @@ int cmd_recover(const RecoverArgs& a) {
   }
   if (!ch->recovery().recovered) {
     // Another process made the segment between exists() and open(), or the journal held nothing.
+    if (a.json) {
+      print_recovery(*ch, ch->recovery(), true);
+      return kExitOk;
+    }
     std::printf("channel %s: %s\n", a.channel.c_str(),
                 ch->recovery().end_position == 0 && ch->stats().write_position == 0
                     ? "the journal holds no message; the channel is open again, empty"
