@@ -1,152 +1,166 @@
-// shmq_pingpong: shmq across two processes, beside a floor, in one run.
+// shmq_pingpong: shmq across two processes, beside a floor and its peers, in one run.
 //
-// What it measures (64-byte messages; every shmq channel Durability::Memory, consumers Wait::Spin):
-//   latency     two processes pinned to two CPUs play ping-pong over two channels (A->B, B->A).
-//               A stamps the time, publishes a ping, polls the pong; B polls the ping, checks it,
-//               publishes it back, then acks. One-way latency = round trip / 2, reported as
-//               p50 / p99 / p99.9 / max over --rtt round trips after a warm-up. Acks are outside
-//               the timed path (B acks after its reply; A acks after it stamps the arrival).
-//   throughput  one process publishes --messages messages (sequence number, checksum) to a consumer
-//               process that checks every one (order and checksum) and acks it; msgs/s and MB/s
-//               (payload bytes) in the consumer's steady state: timed from its receipt of message
-//               --tp-warmup (by then the ring's pages have been touched) to its last message.
-//   floor       the same two measurements over a bare single-producer single-consumer ring in
-//               shared memory (MAP_SHARED|MAP_ANONYMOUS before fork; head and tail on their own
-//               cache lines, each side caching the other's index; 64-byte slots): what the
-//               hardware gives when nothing else is done. ratio = shmq / floor.
+// What it measures (64-byte messages; every shmq channel Durability::Memory):
+//   latency     two processes pinned to two CPUs play ping-pong over a transport (A->B, B->A).
+//               A stamps the time, sends a ping, receives the pong; B receives the ping, checks
+//               it, sends it back. One-way latency = round trip / 2, reported as p50 / p99 /
+//               p99.9 / max over --rtt round trips after a warm-up. shmq's acks are outside the
+//               timed path (B acks after its reply; A acks after it stamps the arrival).
+//   throughput  one process sends --messages messages (sequence number, checksum) to a consumer
+//               process that checks every one (order and checksum; shmq: also its inner id, and
+//               acks it); msgs/s and MB/s (payload bytes) in the consumer's steady state: timed
+//               from its receipt of message --tp-warmup to its last message.
+//   transports  shmq Wait::Spin and shmq Wait::Block (consumers poll with that wait);
+//               floor: a bare single-producer single-consumer ring in shared memory (head and
+//               tail on their own cache lines, each side caching the other's index, 64-byte
+//               slots): what the hardware gives when nothing else is done;
+//               peers: POSIX message queues (mq_send / mq_receive, blocking), a Unix domain
+//               socket pair (SOCK_SEQPACKET, blocking send / recv), Boost.Interprocess
+//               message_queue (blocking send / receive: a process-shared mutex and condition),
+//               iceoryx 2 (publish / subscribe through RouDi, the subscriber busy-polls take();
+//               built when libiceoryx-posh-dev is installed; the run starts iox-roudi itself).
+//               Every transport carries the same bytes and gets the same checks.
+//   ratios      shmq / this: above 1 is slower for latency, below 1 is slower for throughput;
+//               both against shmq Spin and against shmq Block (the like-for-like figure for a
+//               peer whose receiver blocks in the kernel).
 //
-// Failures are loud: a publish that does not return Ok, a lost, duplicated, reordered or corrupt
+// Failures are loud: a send or publish that fails, a lost, duplicated, reordered or corrupt
 // message, a child that crashes or makes no progress for --stall seconds is printed with
-// "*** FAIL", the figure is not reported, and the exit status is 1.
+// "*** FAIL", the figure is not reported, and the exit status is 1. A peer that cannot be set up
+// here (no iceoryx, mq_open refused) is SKIPPED with its reason: not a failure, not a figure.
 // A case that reaches its time budget (--budget seconds) stops early and says so: a figure over
 // fewer messages, not a failure. No wall-clock limit is asserted.
 //
-// Usage: shmq_pingpong [--quick] [--json FILE] [--rtt N] [--warmup N] [--messages N]
-//                      [--tp-warmup N] [--ring-mib N] [--lat-ring-kib N] [--budget S] [--stall S] [--cpus A,B]
+// Usage: shmq_pingpong [--quick] [--json FILE] [--csv FILE] [--rtt N] [--warmup N] [--messages N]
+//                      [--tp-warmup N] [--ring-mib N] [--lat-ring-kib N] [--budget S] [--stall S]
+//                      [--cpus A,B] [--only LIST] [--mq-depth N] [--queue-depth N]
 
 #include <shmq/shmq.hpp>
 
-#include <sched.h>
-#include <signal.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-#if defined(__x86_64__)
-#include <x86intrin.h>
+#include <fcntl.h>
+#include <mqueue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <boost/interprocess/ipc/message_queue.hpp>
+
+#if defined(SHMQ_BENCH_ICEORYX)
+#include "iceoryx_posh/popo/untyped_publisher.hpp"
+#include "iceoryx_posh/popo/untyped_subscriber.hpp"
+#include "iceoryx_hoofs/log/logmanager.hpp"
+#include "iceoryx_posh/runtime/posh_runtime.hpp"
 #endif
 
-#include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <chrono>
-#include <cinttypes>
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <filesystem>
-#include <functional>
-#include <new>
-#include <optional>
-#include <string>
-#include <string_view>
-#include <vector>
+#include <fstream>
+#include <memory>
+
+#include "harness.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
+using namespace bench;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
 struct Config {
   bool quick = false;
-  std::string json_path;
+  std::string json_path, csv_path;
   std::uint64_t warmup = 20'000;        // round trips before the measured ones
   std::uint64_t rtt = 200'000;          // measured round trips
   std::uint64_t messages = 10'000'000;  // throughput case
   std::uint64_t tp_warmup = 0;  // throughput: messages before the timed window; 0: one pass of the ring
   std::size_t ring_bytes = std::size_t{64} << 20;     // throughput channel / floor ring
   std::size_t lat_ring_bytes = std::size_t{1} << 20;  // ping and pong channels / floor rings
+  std::uint64_t mq_depth = 1024;     // POSIX mq_maxmsg for throughput (raised in /proc if root and needed)
+  std::uint64_t queue_depth = 1024;  // Boost.Interprocess message_queue max_num_msg for throughput
   double budget_s = 10;  // a case stops early past this (and says so)
   double stall_s = 10;   // no progress this long: a hang, reported as a failure
   int cpu_a = -1;
   int cpu_b = -1;
+  std::vector<std::string> only;  // transports to run (empty: all)
+  bool wants(const char* key) const {
+    return only.empty() || std::find(only.begin(), only.end(), key) != only.end();
+  }
 };
 
-// Prints the usage; WHY == nullptr (--help): to stdout, exit 0; else to stderr, exit 2.
-[[noreturn]] void usage(const char* argv0, const char* why) {
-  if (why != nullptr) std::fprintf(stderr, "%s: %s\n", argv0, why);
+const char* g_argv0 = "shmq_pingpong";
+
+[[noreturn]] void usage_exit(const char* why) {
+  if (why != nullptr) std::fprintf(stderr, "%s: %s\n", g_argv0, why);
   std::fprintf(why != nullptr ? stderr : stdout,
-               "usage: %s [--quick] [--json FILE] [--rtt N] [--warmup N] [--messages N]\n"
-               "       [--tp-warmup N] [--ring-mib N] [--lat-ring-kib N] [--budget SECONDS] [--stall SECONDS] [--cpus A,B]\n",
-               argv0);
+               "usage: %s [--quick] [--json FILE] [--csv FILE] [--rtt N] [--warmup N] [--messages N]\n"
+               "       [--tp-warmup N] [--ring-mib N] [--lat-ring-kib N] [--budget SECONDS] [--stall SECONDS]\n"
+               "       [--cpus A,B] [--only floor,shmq,shmq-block,mq,uds,boost,iceoryx] [--mq-depth N] [--queue-depth N]\n",
+               g_argv0);
   std::exit(why != nullptr ? 2 : 0);
 }
-
-std::uint64_t parse_count(const char* argv0, const char* text) {
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long v = std::strtoull(text, &end, 10);
-  if (errno != 0 || end == text || *end != '\0' || v == 0) usage(argv0, "expected a positive count");
-  return v;
-}
-
-double parse_seconds(const char* argv0, const char* text) {
-  char* end = nullptr;
-  const double v = std::strtod(text, &end);
-  if (end == text || *end != '\0' || !(v > 0)) usage(argv0, "expected a positive number of seconds");
-  return v;
-}
+void usage(const char* why) { usage_exit(why); }
 
 Config parse_args(int argc, char** argv) {
   Config c;
-  bool rtt_set = false, warmup_set = false, messages_set = false, budget_set = false;
+  bool rtt_set = false, messages_set = false, budget_set = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     auto value = [&]() -> const char* {
-      if (i + 1 >= argc) usage(argv[0], "missing value");
+      if (i + 1 >= argc) usage("missing value");
       return argv[++i];
     };
     if (a == "--quick") {
       c.quick = true;
     } else if (a == "--json") {
       c.json_path = value();
+    } else if (a == "--csv") {
+      c.csv_path = value();
     } else if (a == "--rtt") {
-      c.rtt = parse_count(argv[0], value());
+      c.rtt = parse_count(value(), usage);
       rtt_set = true;
     } else if (a == "--warmup") {
-      c.warmup = parse_count(argv[0], value());
-      warmup_set = true;
+      c.warmup = parse_count(value(), usage);
     } else if (a == "--messages") {
-      c.messages = parse_count(argv[0], value());
+      c.messages = parse_count(value(), usage);
       messages_set = true;
     } else if (a == "--tp-warmup") {
-      c.tp_warmup = parse_count(argv[0], value());
+      c.tp_warmup = parse_count(value(), usage);
     } else if (a == "--ring-mib") {
-      c.ring_bytes = static_cast<std::size_t>(parse_count(argv[0], value())) << 20;
-      if ((c.ring_bytes & (c.ring_bytes - 1)) != 0) usage(argv[0], "--ring-mib must be a power of two");
+      c.ring_bytes = static_cast<std::size_t>(parse_count(value(), usage)) << 20;
+      if ((c.ring_bytes & (c.ring_bytes - 1)) != 0) usage("--ring-mib must be a power of two");
     } else if (a == "--lat-ring-kib") {
-      c.lat_ring_bytes = static_cast<std::size_t>(parse_count(argv[0], value())) << 10;
+      c.lat_ring_bytes = static_cast<std::size_t>(parse_count(value(), usage)) << 10;
       if ((c.lat_ring_bytes & (c.lat_ring_bytes - 1)) != 0 || c.lat_ring_bytes < (64u << 10))
-        usage(argv[0], "--lat-ring-kib must be a power of two, at least 64");
+        usage("--lat-ring-kib must be a power of two, at least 64");
+    } else if (a == "--mq-depth") {
+      c.mq_depth = parse_count(value(), usage);
+    } else if (a == "--queue-depth") {
+      c.queue_depth = parse_count(value(), usage);
     } else if (a == "--budget") {
-      c.budget_s = parse_seconds(argv[0], value());
+      c.budget_s = parse_seconds(value(), usage);
       budget_set = true;
     } else if (a == "--stall") {
-      c.stall_s = parse_seconds(argv[0], value());
+      c.stall_s = parse_seconds(value(), usage);
     } else if (a == "--cpus") {
       const char* v = value();
       if (std::sscanf(v, "%d,%d", &c.cpu_a, &c.cpu_b) != 2 || c.cpu_a < 0 || c.cpu_b < 0)
-        usage(argv[0], "--cpus takes two CPU numbers, e.g. 0,1");
+        usage("--cpus takes two CPU numbers, e.g. 0,1");
+    } else if (a == "--only") {
+      std::string s = value();
+      for (std::size_t at = 0; at <= s.size();) {
+        const std::size_t comma = s.find(',', at);
+        c.only.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+        if (comma == std::string::npos) break;
+        at = comma + 1;
+      }
+      for (const auto& k : c.only)
+        if (k != "floor" && k != "shmq" && k != "shmq-block" && k != "mq" && k != "uds" && k != "boost" &&
+            k != "iceoryx")
+          usage("--only takes floor, shmq, shmq-block, mq, uds, boost, iceoryx");
     } else if (a == "--help" || a == "-h") {
-      usage(argv[0], nullptr);
+      usage_exit(nullptr);
     } else {
-      usage(argv[0], "unknown argument");
+      usage("unknown argument");
     }
   }
   if (c.quick) {
@@ -156,236 +170,17 @@ Config parse_args(int argc, char** argv) {
   }
   if (c.tp_warmup == 0) c.tp_warmup = c.ring_bytes / sizeof(std::uint64_t[8]);
   c.tp_warmup = std::min(c.tp_warmup, c.messages / 2);
-  (void)warmup_set;
   return c;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Clocks. Round trips are timed with the TSC (calibrated against CLOCK_MONOTONIC) where the CPU
-// has an invariant one, else with CLOCK_MONOTONIC; throughput always with CLOCK_MONOTONIC, which
-// is the same clock in every process.
-
-std::uint64_t mono_ns() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-struct Ticks {
-  bool tsc = false;
-  double ns_per_tick = 1.0;
-  const char* name() const { return tsc ? "rdtsc (calibrated)" : "clock_gettime(CLOCK_MONOTONIC)"; }
+// Shared state of one case: the harness's Control and what the two children report.
+struct PairControl : Control {
+  alignas(64) std::uint64_t start_ns = 0;  // throughput: consumer got message tp_warmup
+  std::uint64_t end_ns = 0;                 // throughput: consumer got the last message
+  std::uint64_t sent = 0;                   // messages (round trips) produced, END excluded
+  std::uint64_t received = 0;               // messages consumed, END excluded
+  std::uint32_t stopped_early = 0;          // the time budget cut the run short
 };
-Ticks g_ticks;
-
-bool cpu_has_invariant_tsc() {
-#if defined(__x86_64__)
-  FILE* f = std::fopen("/proc/cpuinfo", "r");
-  if (f == nullptr) return false;
-  char line[4096];
-  bool constant = false, nonstop = false;
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    if (std::strncmp(line, "flags", 5) != 0) continue;
-    constant = std::strstr(line, " constant_tsc") != nullptr;
-    nonstop = std::strstr(line, " nonstop_tsc") != nullptr;
-    break;
-  }
-  std::fclose(f);
-  return constant && nonstop;
-#else
-  return false;
-#endif
-}
-
-inline std::uint64_t ticks() {
-#if defined(__x86_64__)
-  if (g_ticks.tsc) {
-    _mm_lfence();  // the stamp is not taken before the work above it is done
-    const std::uint64_t t = __rdtsc();
-    _mm_lfence();  // nor after the work below it starts
-    return t;
-  }
-#endif
-  return mono_ns();
-}
-
-void calibrate_ticks() {
-  g_ticks = Ticks{};
-  if (!cpu_has_invariant_tsc()) return;
-  g_ticks.tsc = true;
-  const std::uint64_t n0 = mono_ns();
-  const std::uint64_t t0 = ticks();
-  while (mono_ns() - n0 < 100'000'000u) {
-  }
-  const std::uint64_t n1 = mono_ns();
-  const std::uint64_t t1 = ticks();
-  if (t1 <= t0) {
-    g_ticks.tsc = false;
-    return;
-  }
-  g_ticks.ns_per_tick = static_cast<double>(n1 - n0) / static_cast<double>(t1 - t0);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The 64-byte message: a sequence number, a flag, five words derived from the sequence, and a
-// checksum over all of them. Both transports carry exactly these bytes.
-
-struct Msg {
-  std::uint64_t seq;
-  std::uint64_t flags;  // kEnd on the last message of a run
-  std::uint64_t words[5];
-  std::uint64_t checksum;
-};
-static_assert(sizeof(Msg) == 64);
-constexpr std::uint64_t kEnd = 0x454e44;  // "END"
-
-inline std::uint64_t mix(std::uint64_t x) {
-  x ^= x >> 31;
-  x *= 0x9e3779b97f4a7c15u;
-  return x ^ (x >> 29);
-}
-
-inline std::uint64_t checksum_of(const Msg& m) {
-  std::uint64_t h = mix(m.seq ^ 0x5348'4d51'0000'0000u) ^ (m.flags * 0xff51afd7ed558ccdu);
-  for (std::uint64_t w : m.words) h = mix(h ^ w);
-  return h;
-}
-
-inline void fill(Msg& m, std::uint64_t seq, std::uint64_t flags = 0) {
-  m.seq = seq;
-  m.flags = flags;
-  for (std::uint64_t i = 0; i < 5; ++i) m.words[i] = (seq + i) * 0xc2b2ae3d27d4eb4fu;
-  m.checksum = checksum_of(m);
-}
-
-// "" when m is the message `seq` intact, else what is wrong with it.
-std::string check(const Msg& m, std::uint64_t seq) {
-  char why[200];
-  if (m.seq != seq) {
-    std::snprintf(why, sizeof why, "sequence %" PRIu64 " where %" PRIu64 " was due (%s)", m.seq, seq,
-                  m.seq < seq ? "duplicate or reordered" : "lost or reordered");
-    return why;
-  }
-  if (m.checksum != checksum_of(m)) {
-    std::snprintf(why, sizeof why, "checksum mismatch on sequence %" PRIu64 " (corrupt payload)", seq);
-    return why;
-  }
-  for (std::uint64_t i = 0; i < 5; ++i) {
-    if (m.words[i] != (seq + i) * 0xc2b2ae3d27d4eb4fu) {
-      std::snprintf(why, sizeof why, "word %" PRIu64 " wrong on sequence %" PRIu64, i, seq);
-      return why;
-    }
-  }
-  if (m.flags != 0 && m.flags != kEnd) {
-    std::snprintf(why, sizeof why, "bad flags on sequence %" PRIu64, seq);
-    return why;
-  }
-  return {};
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared state between the parent and the two children of a case, mapped before fork.
-
-struct alignas(64) Control {
-  alignas(64) std::atomic<std::uint32_t> ready{0};  // children that finished setup
-  alignas(64) std::atomic<std::uint32_t> abort{0};  // set by whoever fails: the others stop waiting
-  alignas(64) std::uint64_t start_ns = 0;           // throughput: consumer got message tp_warmup
-  std::uint64_t end_ns = 0;                          // throughput: consumer got the last message
-  std::uint64_t sent = 0;                            // messages (round trips) produced, END excluded
-  std::uint64_t received = 0;                        // messages consumed, END excluded
-  std::uint32_t stopped_early = 0;                   // the time budget cut the run short
-  char error[512] = {};
-  // Written by the parent after the case: how much of the host's CPUs others took meanwhile.
-  double others_cpu_pct = 0;  // busy time not spent by our two children, % of all CPUs
-  double steal_pct = 0;       // time the hypervisor gave to other guests, % of all CPUs
-};
-
-// An anonymous shared mapping, made before fork, unmapped by the owner's destructor.
-class SharedMap {
- public:
-  explicit SharedMap(std::size_t bytes) : bytes_(bytes) {
-    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      std::fprintf(stderr, "*** FAIL: mmap of %zu shared bytes: %s\n", bytes, std::strerror(errno));
-      std::exit(1);
-    }
-    base_ = p;
-  }
-  ~SharedMap() { ::munmap(base_, bytes_); }
-  SharedMap(const SharedMap&) = delete;
-  SharedMap& operator=(const SharedMap&) = delete;
-  void* data() const { return base_; }
-
- private:
-  void* base_ = nullptr;
-  std::size_t bytes_;
-};
-
-// The role running in this child, for messages.
-const char* g_role = "parent";
-Control* g_control = nullptr;
-
-// Prints the failure loudly, records it for the parent, tells the other child to stop, exits 1.
-[[noreturn]] __attribute__((format(printf, 1, 2))) void die(const char* fmt, ...) {
-  char text[384];
-  va_list ap;
-  va_start(ap, fmt);
-  std::vsnprintf(text, sizeof text, fmt, ap);
-  va_end(ap);
-  std::fprintf(stderr, "\n*** FAIL [%s]: %s\n", g_role, text);
-  std::fflush(stderr);
-  if (g_control != nullptr) {
-    if (g_control->error[0] == '\0') std::snprintf(g_control->error, sizeof g_control->error, "[%s] %s", g_role, text);
-    g_control->abort.store(1, std::memory_order_release);  // pairs with the acquire loads in Waiter
-  }
-  ::_exit(1);
-}
-
-// Spin-wait bookkeeping: every 4096 spins (or every empty poll) it reads the clock; no progress for
-// --stall seconds, or the other side failed, ends the child.
-class Waiter {
- public:
-  Waiter(double stall_s, const char* what) : stall_ns_(static_cast<std::uint64_t>(stall_s * 1e9)), what_(what) {}
-  void reset() {
-    spins_ = 0;
-    since_ = 0;
-  }
-  // Called in a spin loop; cheap except every 4096th call.
-  void spin(std::uint64_t seq) {
-    if ((++spins_ & 4095u) == 0) check(seq);
-  }
-  void check(std::uint64_t seq) {
-    if (g_control->abort.load(std::memory_order_acquire) != 0)  // pairs with the release in die()
-      die("stopping: the other process failed");
-    const std::uint64_t now = mono_ns();
-    if (since_ == 0) {
-      since_ = now;
-    } else if (now - since_ > stall_ns_) {
-      die("no progress for %.0f s while %s (sequence %" PRIu64 "): a hang", static_cast<double>(stall_ns_) / 1e9,
-          what_, seq);
-    }
-  }
-
- private:
-  std::uint64_t spins_ = 0;
-  std::uint64_t since_ = 0;
-  std::uint64_t stall_ns_;
-  const char* what_;
-};
-
-void wait_both_ready(Control& c, double stall_s) {
-  c.ready.fetch_add(1, std::memory_order_acq_rel);  // pairs with the acquire load below in the other child
-  Waiter w(stall_s, "waiting for the other process to set up");
-  while (c.ready.load(std::memory_order_acquire) < 2) w.spin(0);
-}
-
-void pin_to(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (::sched_setaffinity(0, sizeof set, &set) != 0) die("sched_setaffinity(cpu %d): %s", cpu, std::strerror(errno));
-}
 
 // ---------------------------------------------------------------------------------------------
 // The floor: a bare single-producer single-consumer ring of 64-byte slots in shared memory.
@@ -433,12 +228,6 @@ static_assert(sizeof(FloorRing) % 64 == 0);
 // ---------------------------------------------------------------------------------------------
 // Results
 
-// How disturbed a case was: CPU time others took while it ran.
-struct Disturbance {
-  double others_cpu_pct = 0;
-  double steal_pct = 0;
-};
-
 struct Latency {
   bool ok = false;
   std::uint64_t samples = 0;
@@ -458,8 +247,14 @@ struct Throughput {
 };
 
 struct Transport {
+  std::string key;   // --only name
+  std::string name;  // for the table
+  std::string wait;  // how its receiver waits
+  std::string skipped;  // not run here, and why (empty: it ran)
   Latency latency;
   Throughput throughput;
+  bool ran() const { return skipped.empty(); }
+  bool ok() const { return !ran() || (latency.ok && throughput.ok); }
 };
 
 Latency summarize(std::vector<std::uint64_t> rtt_ticks, bool stopped_early) {
@@ -468,7 +263,7 @@ Latency summarize(std::vector<std::uint64_t> rtt_ticks, bool stopped_early) {
   l.stopped_early = stopped_early;
   if (rtt_ticks.empty()) return l;
   std::sort(rtt_ticks.begin(), rtt_ticks.end());
-  const auto one_way_ns = [](std::uint64_t t) { return static_cast<double>(t) * g_ticks.ns_per_tick / 2.0; };
+  const auto one_way_ns = [](std::uint64_t t) { return ticks_to_ns(t) / 2.0; };
   const auto at = [&](double q) {  // nearest rank
     auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(rtt_ticks.size())));
     rank = std::clamp<std::size_t>(rank, 1, rtt_ticks.size());
@@ -485,148 +280,211 @@ Latency summarize(std::vector<std::uint64_t> rtt_ticks, bool stopped_early) {
   return l;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Running a case: two children, pinned, watched by the parent.
+Limits limits(const Config& cfg) { return {cfg.budget_s, cfg.stall_s}; }
 
-// Busy and stolen CPU time of the whole host so far, from /proc/stat, in ns.
-struct HostCpu {
-  bool ok = false;
-  std::uint64_t busy_ns = 0;
-  std::uint64_t steal_ns = 0;
+// The peers' throughput warm-up: they have no ring pages to touch, and some of them move a few
+// hundred thousand messages a second; a lap of shmq's ring would eat their budget.
+constexpr std::uint64_t kPeerWarmup = 50'000;
+std::uint64_t peer_warmup(const Config& cfg) { return std::min(cfg.tp_warmup, kPeerWarmup); }
+
+// ---------------------------------------------------------------------------------------------
+// The four roles over any transport whose ends look like
+//   Tx: void send(const Msg&)
+//   Rx: void recv(Msg& out, std::uint64_t seq, Waiter&)
+// (the floor, the peers). shmq has its own below: it also checks inner ids and acks.
+
+template <class Tx, class Rx>
+void run_pinger(const Config& cfg, PairControl& c, std::uint64_t* samples, Tx& out, Rx& in) {
+  wait_all_ready(c, 2, cfg.stall_s);
+  Waiter w(cfg.stall_s, "waiting for a pong");
+  const std::uint64_t total = cfg.warmup + cfg.rtt;
+  const std::uint64_t t_start = mono_ns();
+  const auto budget_ns = static_cast<std::uint64_t>(cfg.budget_s * 1e9);
+  Msg m{}, got{};
+  std::uint64_t seq = 0;
+  for (; seq < total; ++seq) {
+    if ((seq & 1023u) == 0 && seq > cfg.warmup && mono_ns() - t_start > budget_ns) {
+      c.stopped_early = 1;
+      break;
+    }
+    fill(m, seq);
+    const std::uint64_t t0 = ticks();
+    out.send(m);
+    in.recv(got, seq, w);
+    const std::uint64_t t1 = ticks();
+    if (auto why = check(got, seq); !why.empty()) die("pong: %s", why.c_str());
+    if (seq >= cfg.warmup) samples[seq - cfg.warmup] = t1 - t0;
+  }
+  fill(m, seq, kEnd);
+  out.send(m);
+  c.sent = seq;
+}
+
+template <class Tx, class Rx>
+void run_ponger(const Config& cfg, PairControl& c, Tx& out, Rx& in) {
+  wait_all_ready(c, 2, cfg.stall_s);
+  Waiter w(cfg.stall_s, "waiting for a ping");
+  Msg got{};
+  for (std::uint64_t seq = 0;; ++seq) {
+    in.recv(got, seq, w);
+    if (auto why = check(got, seq); !why.empty()) die("ping: %s", why.c_str());
+    if (got.flags == kEnd) {
+      c.received = seq;
+      return;
+    }
+    out.send(got);
+  }
+}
+
+template <class Tx>
+void run_producer(const Config& cfg, std::uint64_t tp_warmup, PairControl& c, Tx& out) {
+  wait_all_ready(c, 2, cfg.stall_s);
+  const auto budget_ns = static_cast<std::uint64_t>(cfg.budget_s * 1e9);
+  Msg m{};
+  const std::uint64_t t_start = mono_ns();
+  std::uint64_t seq = 0;
+  for (; seq < cfg.messages; ++seq) {
+    if ((seq & 4095u) == 0 && seq > tp_warmup && mono_ns() - t_start > budget_ns) {
+      c.stopped_early = 1;
+      break;
+    }
+    fill(m, seq);
+    out.send(m);
+  }
+  fill(m, seq, kEnd);
+  out.send(m);
+  c.sent = seq;
+}
+
+template <class Rx>
+void run_consumer(const Config& cfg, std::uint64_t tp_warmup, PairControl& c, Rx& in) {
+  wait_all_ready(c, 2, cfg.stall_s);
+  Waiter w(cfg.stall_s, "waiting for the next message");
+  Msg got{};
+  for (std::uint64_t seq = 0;; ++seq) {
+    in.recv(got, seq, w);
+    if (auto why = check(got, seq); !why.empty()) die("%s", why.c_str());
+    if (seq == tp_warmup) c.start_ns = mono_ns();
+    if (got.flags == kEnd) {
+      c.end_ns = mono_ns();
+      c.received = seq;
+      return;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases, as seen from the parent: two children, pinned, watched.
+
+Latency latency_case(const Config& cfg, const std::string& name,
+                     const std::function<void(PairControl&, std::uint64_t*)>& pinger,
+                     const std::function<void(PairControl&)>& ponger) {
+  Shared<PairControl> control;
+  PairControl& c = *control;
+  SharedMap samples_map(cfg.rtt * sizeof(std::uint64_t));
+  auto* samples = static_cast<std::uint64_t*>(samples_map.data());
+  const bool ok = run_children(limits(cfg), name.c_str(), c,
+                               {{"pinger", cfg.cpu_a, [&] { pinger(c, samples); }},
+                                {"ponger", cfg.cpu_b, [&] { ponger(c); }}});
+  if (!ok) return {};
+  const std::uint64_t measured = c.sent > cfg.warmup ? c.sent - cfg.warmup : 0;
+  if (c.received != c.sent) {
+    std::fprintf(stderr, "*** FAIL [%s]: pinger sent %" PRIu64 " pings, ponger saw %" PRIu64 "\n", name.c_str(),
+                 c.sent, c.received);
+    return {};
+  }
+  if (measured == 0) {
+    std::fprintf(stderr, "*** FAIL [%s]: the time budget ended the run during the warm-up: no sample\n", name.c_str());
+    return {};
+  }
+  Latency l = summarize(std::vector<std::uint64_t>(samples, samples + measured), c.stopped_early != 0);
+  l.disturbance = {c.others_cpu_pct, c.steal_pct};
+  return l;
+}
+
+// TP_WARMUP: messages before the timed window (shmq and the floor: one lap of the ring, so that its
+// pages are touched; the peers: kPeerWarmup).
+Throughput throughput_case(const Config& cfg, std::uint64_t tp_warmup, const std::string& name,
+                           const std::function<void(PairControl&)>& producer,
+                           const std::function<void(PairControl&)>& consumer) {
+  Shared<PairControl> control;
+  PairControl& c = *control;
+  const bool ok = run_children(limits(cfg), name.c_str(), c,
+                               {{"producer", cfg.cpu_a, [&] { producer(c); }},
+                                {"consumer", cfg.cpu_b, [&] { consumer(c); }}});
+  if (!ok) return {};
+  if (c.received != c.sent) {
+    std::fprintf(stderr, "*** FAIL [%s]: producer sent %" PRIu64 " messages, consumer received %" PRIu64 "\n",
+                 name.c_str(), c.sent, c.received);
+    return {};
+  }
+  if (c.end_ns <= c.start_ns || c.start_ns == 0 || c.sent <= tp_warmup) {
+    std::fprintf(stderr, "*** FAIL [%s]: no measurable interval (start %" PRIu64 ", end %" PRIu64 ")\n", name.c_str(),
+                 c.start_ns, c.end_ns);
+    return {};
+  }
+  Throughput t;
+  t.messages = c.sent - tp_warmup;  // from message tp_warmup to END: sent - tp_warmup gaps
+  t.stopped_early = c.stopped_early != 0;
+  t.disturbance = {c.others_cpu_pct, c.steal_pct};
+  t.seconds = static_cast<double>(c.end_ns - c.start_ns) / 1e9;
+  t.msgs_per_s = static_cast<double>(t.messages) / t.seconds;
+  t.mb_per_s = t.msgs_per_s * static_cast<double>(sizeof(Msg)) / 1e6;
+  t.ok = true;
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floor
+
+struct FloorTx {
+  FloorRing& ring;
+  Waiter w;
+  void send(const Msg& m) { ring.push(m, w); }
+};
+struct FloorRx {
+  FloorRing& ring;
+  void recv(Msg& out, std::uint64_t seq, Waiter& w) { ring.pop(out, w, seq); }
 };
 
-HostCpu host_cpu() {
-  HostCpu h;
-  FILE* f = std::fopen("/proc/stat", "r");
-  if (f == nullptr) return h;
-  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
-  const int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle, &iowait,
-                            &irq, &softirq, &steal);
-  std::fclose(f);
-  if (n < 7) return h;
-  const double ns_per_tick = 1e9 / static_cast<double>(::sysconf(_SC_CLK_TCK));
-  h.busy_ns = static_cast<std::uint64_t>(static_cast<double>(user + nice + system + irq + softirq) * ns_per_tick);
-  h.steal_ns = static_cast<std::uint64_t>(static_cast<double>(steal) * ns_per_tick);
-  h.ok = true;
-  return h;
-}
-
-std::uint64_t rusage_ns(const rusage& r) {
-  const auto tv = [](const timeval& t) {
-    return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(t.tv_usec) * 1000u;
-  };
-  return tv(r.ru_utime) + tv(r.ru_stime);
-}
-
-volatile sig_atomic_t g_interrupted = 0;
-extern "C" void on_signal(int) { g_interrupted = 1; }
-
-// Runs a (on cpu_a) and b (on cpu_b) in two children. Returns true when both exited 0; otherwise
-// prints why, loudly, and returns false. Kills both if they outlive the hang limit.
-bool run_pair(const Config& cfg, const char* name, Control& control, const char* role_a,
-              const std::function<void()>& a, const char* role_b, const std::function<void()>& b) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  g_control = &control;
-  const HostCpu cpu_before = host_cpu();
-  std::uint64_t children_ns = 0;  // CPU time of our two children
-  const std::uint64_t started = mono_ns();
-  auto spawn = [&](int cpu, const char* role, const std::function<void()>& body) -> pid_t {
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      std::fprintf(stderr, "*** FAIL [%s]: fork: %s\n", name, std::strerror(errno));
-      return -1;
-    }
-    if (pid == 0) {
-      ::signal(SIGINT, SIG_DFL);
-      ::signal(SIGTERM, SIG_DFL);
-      g_role = role;
-      pin_to(cpu);
-      try {
-        body();
-      } catch (const std::exception& e) {
-        die("exception: %s", e.what());
-      } catch (...) {
-        die("unknown exception");
-      }
-      std::fflush(stdout);
-      std::fflush(stderr);
-      ::_exit(0);  // skip the parent's atexit handlers and static destructors
-    }
-    return pid;
-  };
-  pid_t pids[2] = {spawn(cfg.cpu_a, role_a, a), -1};
-  if (pids[0] > 0) pids[1] = spawn(cfg.cpu_b, role_b, b);
-  bool ok = pids[0] > 0 && pids[1] > 0;
-  if (!ok) control.abort.store(1, std::memory_order_release);
-
-  // Generous: a child that makes no progress ends itself after --stall seconds; this catches one
-  // that is stuck somewhere no Waiter looks (inside a library call).
-  const double hang_limit_s = cfg.budget_s + 3 * cfg.stall_s + 30;
-  const std::uint64_t t0 = mono_ns();
-  int alive = (pids[0] > 0) + (pids[1] > 0);
-  bool killed = false;
-  std::uint64_t failed_at = ok ? 0 : t0;  // when a child failed: the other gets a short grace
-  while (alive > 0) {
-    for (auto& pid : pids) {
-      if (pid <= 0) continue;
-      int status = 0;
-      rusage usage{};
-      const pid_t r = ::wait4(pid, &status, WNOHANG, &usage);
-      if (r == 0) continue;
-      if (r > 0) children_ns += rusage_ns(usage);
-      if (r < 0) {
-        std::fprintf(stderr, "*** FAIL [%s]: wait4: %s\n", name, std::strerror(errno));
-        ok = false;
-      } else if (WIFSIGNALED(status)) {
-        std::fprintf(stderr, "\n*** FAIL [%s]: %s died of signal %d (%s)%s\n", name, pid == pids[0] ? role_a : role_b,
-                     WTERMSIG(status), strsignal(WTERMSIG(status)), killed ? " (killed by the watchdog)" : "");
-        ok = false;
-      } else if (WEXITSTATUS(status) != 0) {
-        std::fprintf(stderr, "*** FAIL [%s]: %s exited with status %d\n", name, pid == pids[0] ? role_a : role_b,
-                     WEXITSTATUS(status));
-        ok = false;
-      }
-      if (!ok) {
-        control.abort.store(1, std::memory_order_release);  // the survivor stops waiting
-        if (failed_at == 0) failed_at = mono_ns();
-      }
-      pid = -1;
-      --alive;
-    }
-    if (alive == 0) break;
-    const std::uint64_t now = mono_ns();
-    const double elapsed = static_cast<double>(now - t0) / 1e9;
-    const bool survivor_stuck = failed_at != 0 && now - failed_at > 2'000'000'000u;
-    if (!killed && (elapsed > hang_limit_s || g_interrupted || survivor_stuck)) {
-      if (g_interrupted)
-        std::fprintf(stderr, "\n*** [%s] interrupted: killing the children\n", name);
-      else if (survivor_stuck)
-        std::fprintf(stderr, "\n*** FAIL [%s]: the other process failed and this one did not stop within 2 s (stuck "
-                             "in a library call?): killing it\n", name);
-      else
-        std::fprintf(stderr, "\n*** FAIL [%s]: HANG: still running after %.0f s; killing the children\n", name, elapsed);
-      for (auto pid : pids)
-        if (pid > 0) ::kill(pid, SIGKILL);
-      killed = true;
-      ok = false;
-    }
-    ::usleep(2000);
+Transport run_floor(const Config& cfg) {
+  Transport r{"floor", "floor (bare SPSC ring)", "spin", "", {}, {}};
+  {
+    const std::size_t cap = cfg.lat_ring_bytes / sizeof(Msg);
+    SharedMap a(FloorRing::bytes_for(cap)), b(FloorRing::bytes_for(cap));
+    auto* pings = new (a.data()) FloorRing();
+    auto* pongs = new (b.data()) FloorRing();
+    pings->capacity = pongs->capacity = cap;
+    r.latency = latency_case(
+        cfg, "floor latency",
+        [&](PairControl& c, std::uint64_t* s) {
+          FloorTx out{*pings, Waiter(cfg.stall_s, "waiting for ring space")};
+          FloorRx in{*pongs};
+          run_pinger(cfg, c, s, out, in);
+        },
+        [&](PairControl& c) {
+          FloorTx out{*pongs, Waiter(cfg.stall_s, "waiting for ring space")};
+          FloorRx in{*pings};
+          run_ponger(cfg, c, out, in);
+        });
   }
-  if (control.error[0] != '\0') {
-    std::fprintf(stderr, "*** FAIL [%s]: %s\n", name, control.error);
-    ok = false;
+  {
+    const std::size_t cap = cfg.ring_bytes / sizeof(Msg);
+    SharedMap a(FloorRing::bytes_for(cap));
+    auto* ring = new (a.data()) FloorRing();
+    ring->capacity = cap;
+    r.throughput = throughput_case(
+        cfg, cfg.tp_warmup, "floor throughput",
+        [&](PairControl& c) {
+          FloorTx out{*ring, Waiter(cfg.stall_s, "waiting for ring space")};
+          run_producer(cfg, cfg.tp_warmup, c, out);
+        },
+        [&](PairControl& c) {
+          FloorRx in{*ring};
+          run_consumer(cfg, cfg.tp_warmup, c, in);
+        });
   }
-  const HostCpu cpu_after = host_cpu();
-  if (cpu_before.ok && cpu_after.ok) {
-    const double all_ns =
-        static_cast<double>(mono_ns() - started) * static_cast<double>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
-    const double others_ns = static_cast<double>(cpu_after.busy_ns - cpu_before.busy_ns) - static_cast<double>(children_ns);
-    control.others_cpu_pct = std::max(0.0, 100.0 * others_ns / all_ns);
-    control.steal_pct = 100.0 * static_cast<double>(cpu_after.steal_ns - cpu_before.steal_ns) / all_ns;
-  }
-  g_control = nullptr;
-  return ok;
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -645,7 +503,9 @@ shmq::ChannelOptions channel_options(std::size_t ring_bytes, const std::filesyst
   return o;
 }
 
-const shmq::ConsumerOptions kSpin{.start = shmq::Start::Earliest, .wait = shmq::Wait::Spin, .max_in_flight = 64};
+shmq::ConsumerOptions consumer_options(shmq::Wait wait) {
+  return {.start = shmq::Start::Earliest, .wait = wait, .max_in_flight = 64};
+}
 
 // Polls until a message comes, checking for stalls between polls.
 shmq::Message poll_one(shmq::Consumer& c, Waiter& w, std::uint64_t seq) {
@@ -694,16 +554,22 @@ struct IdCheck {
   }
 };
 
-// Ping-pong over shmq. A: the timer. B: the echo.
-void shmq_pinger(const Config& cfg, const Names& n, const std::filesystem::path& jdir, Control& c,
-                 std::uint64_t* samples) {
-  shmq::Channel pongs = shmq::Channel::open(n.pong, channel_options(cfg.lat_ring_bytes, jdir));
-  shmq::Consumer in(pongs, "pinger", kSpin);
-  shmq::Channel pings = shmq::Channel::open(n.ping, channel_options(cfg.lat_ring_bytes, jdir));
-  shmq::Producer out(pings, "pinger");
+shmq::PublishOptions publish_options(const Config& cfg, shmq::Wait wait) {
   shmq::PublishOptions popts;
   popts.timeout = std::chrono::nanoseconds(static_cast<std::int64_t>(cfg.stall_s * 1e9));
-  wait_both_ready(c, cfg.stall_s);
+  popts.wait = wait;
+  return popts;
+}
+
+// Ping-pong over shmq. A: the timer. B: the echo.
+void shmq_pinger(const Config& cfg, const Names& n, const std::filesystem::path& jdir, shmq::Wait wait,
+                 PairControl& c, std::uint64_t* samples) {
+  shmq::Channel pongs = shmq::Channel::open(n.pong, channel_options(cfg.lat_ring_bytes, jdir));
+  shmq::Consumer in(pongs, "pinger", consumer_options(wait));
+  shmq::Channel pings = shmq::Channel::open(n.ping, channel_options(cfg.lat_ring_bytes, jdir));
+  shmq::Producer out(pings, "pinger");
+  const shmq::PublishOptions popts = publish_options(cfg, wait);
+  wait_all_ready(c, 2, cfg.stall_s);
 
   Waiter w(cfg.stall_s, "waiting for a pong");
   IdCheck ids;
@@ -733,14 +599,14 @@ void shmq_pinger(const Config& cfg, const Names& n, const std::filesystem::path&
   c.sent = seq;
 }
 
-void shmq_ponger(const Config& cfg, const Names& n, const std::filesystem::path& jdir, Control& c) {
+void shmq_ponger(const Config& cfg, const Names& n, const std::filesystem::path& jdir, shmq::Wait wait,
+                 PairControl& c) {
   shmq::Channel pings = shmq::Channel::open(n.ping, channel_options(cfg.lat_ring_bytes, jdir));
-  shmq::Consumer in(pings, "ponger", kSpin);
+  shmq::Consumer in(pings, "ponger", consumer_options(wait));
   shmq::Channel pongs = shmq::Channel::open(n.pong, channel_options(cfg.lat_ring_bytes, jdir));
   shmq::Producer out(pongs, "ponger");
-  shmq::PublishOptions popts;
-  popts.timeout = std::chrono::nanoseconds(static_cast<std::int64_t>(cfg.stall_s * 1e9));
-  wait_both_ready(c, cfg.stall_s);
+  const shmq::PublishOptions popts = publish_options(cfg, wait);
+  wait_all_ready(c, 2, cfg.stall_s);
 
   Waiter w(cfg.stall_s, "waiting for a ping");
   IdCheck ids;
@@ -759,12 +625,12 @@ void shmq_ponger(const Config& cfg, const Names& n, const std::filesystem::path&
   }
 }
 
-void shmq_producer(const Config& cfg, const Names& n, const std::filesystem::path& jdir, Control& c) {
+void shmq_producer(const Config& cfg, const Names& n, const std::filesystem::path& jdir, shmq::Wait wait,
+                   PairControl& c) {
   shmq::Channel ch = shmq::Channel::open(n.stream, channel_options(cfg.ring_bytes, jdir));
   shmq::Producer out(ch, "producer");
-  shmq::PublishOptions popts;
-  popts.timeout = std::chrono::nanoseconds(static_cast<std::int64_t>(cfg.stall_s * 1e9));
-  wait_both_ready(c, cfg.stall_s);
+  const shmq::PublishOptions popts = publish_options(cfg, wait);
+  wait_all_ready(c, 2, cfg.stall_s);
 
   const auto budget_ns = static_cast<std::uint64_t>(cfg.budget_s * 1e9);
   Msg m{};
@@ -783,10 +649,11 @@ void shmq_producer(const Config& cfg, const Names& n, const std::filesystem::pat
   c.sent = seq;
 }
 
-void shmq_consumer(const Config& cfg, const Names& n, const std::filesystem::path& jdir, Control& c) {
+void shmq_consumer(const Config& cfg, const Names& n, const std::filesystem::path& jdir, shmq::Wait wait,
+                   PairControl& c) {
   shmq::Channel ch = shmq::Channel::open(n.stream, channel_options(cfg.ring_bytes, jdir));
-  shmq::Consumer in(ch, "consumer", kSpin);
-  wait_both_ready(c, cfg.stall_s);
+  shmq::Consumer in(ch, "consumer", consumer_options(wait));
+  wait_all_ready(c, 2, cfg.stall_s);
 
   Waiter w(cfg.stall_s, "waiting for the next message");
   IdCheck ids;
@@ -803,167 +670,6 @@ void shmq_consumer(const Config& cfg, const Names& n, const std::filesystem::pat
       return;
     }
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Floor
-
-void floor_pinger(const Config& cfg, FloorRing& pings, FloorRing& pongs, Control& c, std::uint64_t* samples) {
-  wait_both_ready(c, cfg.stall_s);
-  Waiter w(cfg.stall_s, "waiting for a pong");
-  const std::uint64_t total = cfg.warmup + cfg.rtt;
-  const std::uint64_t t_start = mono_ns();
-  const auto budget_ns = static_cast<std::uint64_t>(cfg.budget_s * 1e9);
-  Msg m{}, got{};
-  std::uint64_t seq = 0;
-  for (; seq < total; ++seq) {
-    if ((seq & 1023u) == 0 && seq > cfg.warmup && mono_ns() - t_start > budget_ns) {
-      c.stopped_early = 1;
-      break;
-    }
-    fill(m, seq);
-    const std::uint64_t t0 = ticks();
-    pings.push(m, w);
-    pongs.pop(got, w, seq);
-    const std::uint64_t t1 = ticks();
-    if (auto why = check(got, seq); !why.empty()) die("pong: %s", why.c_str());
-    if (seq >= cfg.warmup) samples[seq - cfg.warmup] = t1 - t0;
-  }
-  fill(m, seq, kEnd);
-  pings.push(m, w);
-  c.sent = seq;
-}
-
-void floor_ponger(const Config& cfg, FloorRing& pings, FloorRing& pongs, Control& c) {
-  wait_both_ready(c, cfg.stall_s);
-  Waiter w(cfg.stall_s, "waiting for a ping");
-  Msg got{};
-  for (std::uint64_t seq = 0;; ++seq) {
-    pings.pop(got, w, seq);
-    if (auto why = check(got, seq); !why.empty()) die("ping: %s", why.c_str());
-    if (got.flags == kEnd) {
-      c.received = seq;
-      return;
-    }
-    pongs.push(got, w);
-  }
-}
-
-void floor_producer(const Config& cfg, FloorRing& ring, Control& c) {
-  wait_both_ready(c, cfg.stall_s);
-  Waiter w(cfg.stall_s, "waiting for ring space");
-  const auto budget_ns = static_cast<std::uint64_t>(cfg.budget_s * 1e9);
-  Msg m{};
-  const std::uint64_t t_start = mono_ns();
-  std::uint64_t seq = 0;
-  for (; seq < cfg.messages; ++seq) {
-    if ((seq & 4095u) == 0 && seq > cfg.tp_warmup && mono_ns() - t_start > budget_ns) {
-      c.stopped_early = 1;
-      break;
-    }
-    fill(m, seq);
-    ring.push(m, w);
-  }
-  fill(m, seq, kEnd);
-  ring.push(m, w);
-  c.sent = seq;
-}
-
-void floor_consumer(const Config& cfg, FloorRing& ring, Control& c) {
-  wait_both_ready(c, cfg.stall_s);
-  Waiter w(cfg.stall_s, "waiting for the next message");
-  Msg got{};
-  for (std::uint64_t seq = 0;; ++seq) {
-    ring.pop(got, w, seq);
-    if (auto why = check(got, seq); !why.empty()) die("%s", why.c_str());
-    if (seq == cfg.tp_warmup) c.start_ns = mono_ns();
-    if (got.flags == kEnd) {
-      c.end_ns = mono_ns();
-      c.received = seq;
-      return;
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cases, as seen from the parent.
-
-Control* new_control(SharedMap& map) { return new (map.data()) Control(); }
-
-Latency latency_case(const Config& cfg, const char* name, const std::function<void(Control&, std::uint64_t*)>& pinger,
-                     const std::function<void(Control&)>& ponger) {
-  SharedMap control_map(sizeof(Control));
-  SharedMap samples_map(cfg.rtt * sizeof(std::uint64_t));
-  Control& c = *new_control(control_map);
-  auto* samples = static_cast<std::uint64_t*>(samples_map.data());
-  const bool ok = run_pair(
-      cfg, name, c, "pinger", [&] { pinger(c, samples); }, "ponger", [&] { ponger(c); });
-  if (!ok) return {};
-  const std::uint64_t measured = c.sent > cfg.warmup ? c.sent - cfg.warmup : 0;
-  if (c.received != c.sent) {
-    std::fprintf(stderr, "*** FAIL [%s]: pinger sent %" PRIu64 " pings, ponger saw %" PRIu64 "\n", name, c.sent,
-                 c.received);
-    return {};
-  }
-  if (measured == 0) {
-    std::fprintf(stderr, "*** FAIL [%s]: the time budget ended the run during the warm-up: no sample\n", name);
-    return {};
-  }
-  Latency l = summarize(std::vector<std::uint64_t>(samples, samples + measured), c.stopped_early != 0);
-  l.disturbance = {c.others_cpu_pct, c.steal_pct};
-  return l;
-}
-
-Throughput throughput_case(const Config& cfg, const char* name, const std::function<void(Control&)>& producer,
-                           const std::function<void(Control&)>& consumer) {
-  SharedMap control_map(sizeof(Control));
-  Control& c = *new_control(control_map);
-  const bool ok = run_pair(
-      cfg, name, c, "producer", [&] { producer(c); }, "consumer", [&] { consumer(c); });
-  if (!ok) return {};
-  if (c.received != c.sent) {
-    std::fprintf(stderr, "*** FAIL [%s]: producer sent %" PRIu64 " messages, consumer received %" PRIu64 "\n", name,
-                 c.sent, c.received);
-    return {};
-  }
-  if (c.end_ns <= c.start_ns || c.start_ns == 0 || c.sent <= cfg.tp_warmup) {
-    std::fprintf(stderr, "*** FAIL [%s]: no measurable interval (start %" PRIu64 ", end %" PRIu64 ")\n", name,
-                 c.start_ns, c.end_ns);
-    return {};
-  }
-  Throughput t;
-  t.messages = c.sent - cfg.tp_warmup;  // from message tp_warmup to END: sent - tp_warmup gaps
-  t.stopped_early = c.stopped_early != 0;
-  t.disturbance = {c.others_cpu_pct, c.steal_pct};
-  t.seconds = static_cast<double>(c.end_ns - c.start_ns) / 1e9;
-  t.msgs_per_s = static_cast<double>(t.messages) / t.seconds;
-  t.mb_per_s = t.msgs_per_s * static_cast<double>(sizeof(Msg)) / 1e6;
-  t.ok = true;
-  return t;
-}
-
-Transport run_floor(const Config& cfg) {
-  Transport r;
-  {
-    const std::size_t cap = cfg.lat_ring_bytes / sizeof(Msg);
-    SharedMap a(FloorRing::bytes_for(cap)), b(FloorRing::bytes_for(cap));
-    auto* pings = new (a.data()) FloorRing();
-    auto* pongs = new (b.data()) FloorRing();
-    pings->capacity = pongs->capacity = cap;
-    r.latency = latency_case(
-        cfg, "floor latency", [&](Control& c, std::uint64_t* s) { floor_pinger(cfg, *pings, *pongs, c, s); },
-        [&](Control& c) { floor_ponger(cfg, *pings, *pongs, c); });
-  }
-  {
-    const std::size_t cap = cfg.ring_bytes / sizeof(Msg);
-    SharedMap a(FloorRing::bytes_for(cap));
-    auto* ring = new (a.data()) FloorRing();
-    ring->capacity = cap;
-    r.throughput = throughput_case(
-        cfg, "floor throughput", [&](Control& c) { floor_producer(cfg, *ring, c); },
-        [&](Control& c) { floor_consumer(cfg, *ring, c); });
-  }
-  return r;
 }
 
 // Creates the channel in the parent (and closes it again) so that the children only attach.
@@ -988,19 +694,21 @@ bool remove_channel(const std::string& name, const std::filesystem::path& jdir) 
   }
 }
 
-Transport run_shmq(const Config& cfg, const std::filesystem::path& jdir, bool& cleanup_ok) {
-  Transport r;
-  const std::string base = "shmqpp_" + std::to_string(::getpid());
+Transport run_shmq(const Config& cfg, const std::filesystem::path& jdir, shmq::Wait wait, bool& cleanup_ok) {
+  const bool spin = wait == shmq::Wait::Spin;
+  Transport r{spin ? "shmq" : "shmq-block", spin ? "shmq (Wait::Spin)" : "shmq (Wait::Block)",
+              spin ? "spin (poll)" : "futex (poll)", "", {}, {}};
+  const std::string base = "shmqpp_" + std::to_string(::getpid()) + (spin ? "_spin" : "_block");
   const Names n{base + "_ping", base + "_pong", base + "_stream"};
   if (create_channel(cfg.lat_ring_bytes, n.ping, jdir) && create_channel(cfg.lat_ring_bytes, n.pong, jdir)) {
     r.latency = latency_case(
-        cfg, "shmq latency", [&](Control& c, std::uint64_t* s) { shmq_pinger(cfg, n, jdir, c, s); },
-        [&](Control& c) { shmq_ponger(cfg, n, jdir, c); });
+        cfg, r.name + " latency", [&](PairControl& c, std::uint64_t* s) { shmq_pinger(cfg, n, jdir, wait, c, s); },
+        [&](PairControl& c) { shmq_ponger(cfg, n, jdir, wait, c); });
   }
   if (create_channel(cfg.ring_bytes, n.stream, jdir)) {
     r.throughput = throughput_case(
-        cfg, "shmq throughput", [&](Control& c) { shmq_producer(cfg, n, jdir, c); },
-        [&](Control& c) { shmq_consumer(cfg, n, jdir, c); });
+        cfg, cfg.tp_warmup, r.name + " throughput", [&](PairControl& c) { shmq_producer(cfg, n, jdir, wait, c); },
+        [&](PairControl& c) { shmq_consumer(cfg, n, jdir, wait, c); });
   }
   for (const auto& name : {n.ping, n.pong, n.stream})
     if (shmq::Channel::exists(name)) cleanup_ok = remove_channel(name, jdir) && cleanup_ok;
@@ -1008,152 +716,549 @@ Transport run_shmq(const Config& cfg, const std::filesystem::path& jdir, bool& c
 }
 
 // ---------------------------------------------------------------------------------------------
-// Report
+// POSIX message queues. The parent creates the queues (O_EXCL) and unlinks them at the end; the
+// children open them by name. Blocking mq_send / mq_receive: the kernel queue's natural use.
+// Queue length: /proc/sys/fs/mqueue/msg_max caps mq_maxmsg for an unprivileged process; as root
+// we raise it for the run if it is below --mq-depth (and put the old value back at the end).
 
-std::string fmt(double v, int decimals) {
-  char b[64];
-  std::snprintf(b, sizeof b, "%.*f", decimals, v);
-  return b;
-}
-
-struct Row {
-  std::string name;
-  bool ok;
-  double shmq, floor;
-  int decimals;
+struct MqLimits {
+  long msg_max = -1, msgsize_max = -1, queues_max = -1;
+  long old_msg_max = -1;  // to restore, when we raised it
 };
 
-std::vector<Row> rows(const Transport& s, const Transport& f) {
-  const bool lat = s.latency.ok && f.latency.ok;
-  const bool tp = s.throughput.ok && f.throughput.ok;
-  return {
-      {"one-way latency p50 (ns)", lat, s.latency.p50, f.latency.p50, 0},
-      {"one-way latency p99 (ns)", lat, s.latency.p99, f.latency.p99, 0},
-      {"one-way latency p99.9 (ns)", lat, s.latency.p999, f.latency.p999, 0},
-      {"one-way latency max (ns)", lat, s.latency.max, f.latency.max, 0},
-      {"throughput 64 B (M msgs/s)", tp, s.throughput.msgs_per_s / 1e6, f.throughput.msgs_per_s / 1e6, 2},
-      {"throughput 64 B (MB/s)", tp, s.throughput.mb_per_s, f.throughput.mb_per_s, 0},
-  };
-}
-
-void print_table(const Transport& s, const Transport& f) {
-  std::printf("| case | shmq | floor | ratio (shmq/floor) |\n|---|---:|---:|---:|\n");
-  const bool each_ok[2][2] = {{s.latency.ok, f.latency.ok}, {s.throughput.ok, f.throughput.ok}};
-  int i = 0;
-  for (const Row& r : rows(s, f)) {
-    const bool* ok = each_ok[i++ < 4 ? 0 : 1];
-    const std::string a = ok[0] ? fmt(r.shmq, r.decimals) : "FAILED";
-    const std::string b = ok[1] ? fmt(r.floor, r.decimals) : "FAILED";
-    const std::string ratio = r.ok && r.floor > 0 ? fmt(r.shmq / r.floor, 2) : "-";
-    std::printf("| %s | %s | %s | %s |\n", r.name.c_str(), a.c_str(), b.c_str(), ratio.c_str());
-  }
-}
-
-void json_latency(FILE* f, const Latency& l) {
-  if (!l.ok) {
-    std::fprintf(f, "null");
-    return;
-  }
-  std::fprintf(f,
-               "{\"samples\": %" PRIu64 ", \"stopped_early\": %s, \"p50_ns\": %.1f, \"p99_ns\": %.1f, "
-               "\"p999_ns\": %.1f, \"max_ns\": %.1f, \"mean_ns\": %.1f, \"others_cpu_pct\": %.1f, \"steal_pct\": %.1f}",
-               l.samples, l.stopped_early ? "true" : "false", l.p50, l.p99, l.p999, l.max, l.mean,
-               l.disturbance.others_cpu_pct, l.disturbance.steal_pct);
-}
-
-void json_throughput(FILE* f, const Throughput& t) {
-  if (!t.ok) {
-    std::fprintf(f, "null");
-    return;
-  }
-  std::fprintf(f,
-               "{\"messages\": %" PRIu64 ", \"stopped_early\": %s, \"seconds\": %.6f, \"msgs_per_s\": %.1f, "
-               "\"mb_per_s\": %.1f, \"others_cpu_pct\": %.1f, \"steal_pct\": %.1f}",
-               t.messages, t.stopped_early ? "true" : "false", t.seconds, t.msgs_per_s, t.mb_per_s,
-               t.disturbance.others_cpu_pct, t.disturbance.steal_pct);
-}
-
-bool write_json(const Config& cfg, const Transport& s, const Transport& f, bool ok, const std::string& cpu_model,
-                double load1) {
-  FILE* out = std::fopen(cfg.json_path.c_str(), "w");
-  if (out == nullptr) {
-    std::fprintf(stderr, "*** FAIL: cannot write %s: %s\n", cfg.json_path.c_str(), std::strerror(errno));
-    return false;
-  }
-  std::string model;
-  for (char ch : cpu_model)
-    if (ch != '"' && ch != '\\') model += ch;
-  std::fprintf(out, "{\n  \"tool\": \"shmq_pingpong\",\n  \"ok\": %s,\n", ok ? "true" : "false");
-  std::fprintf(out,
-               "  \"config\": {\"quick\": %s, \"warmup\": %" PRIu64 ", \"rtt\": %" PRIu64 ", \"messages\": %" PRIu64
-               ", \"tp_warmup\": %" PRIu64 ", \"message_bytes\": %zu, \"ring_bytes\": %zu, \"lat_ring_bytes\": %zu, \"budget_s\": %.1f, \"cpus\": [%d, %d], "
-               "\"durability\": \"Memory\", \"wait\": \"Spin\"},\n",
-               cfg.quick ? "true" : "false", cfg.warmup, cfg.rtt, cfg.messages, cfg.tp_warmup, sizeof(Msg), cfg.ring_bytes, cfg.lat_ring_bytes,
-               cfg.budget_s, cfg.cpu_a, cfg.cpu_b);
-  std::fprintf(out, "  \"host\": {\"cpu\": \"%s\", \"load1_at_start\": %.2f, \"timer\": \"%s\", \"ns_per_tick\": %.6f},\n",
-               model.c_str(), load1, g_ticks.name(), g_ticks.ns_per_tick);
-  std::fprintf(out, "  \"shmq\": {\"latency\": ");
-  json_latency(out, s.latency);
-  std::fprintf(out, ", \"throughput\": ");
-  json_throughput(out, s.throughput);
-  std::fprintf(out, "},\n  \"floor\": {\"latency\": ");
-  json_latency(out, f.latency);
-  std::fprintf(out, ", \"throughput\": ");
-  json_throughput(out, f.throughput);
-  std::fprintf(out, "},\n  \"ratios_shmq_over_floor\": {");
-  bool first = true;
-  const char* keys[] = {"latency_p50", "latency_p99", "latency_p999", "latency_max", "msgs_per_s", "mb_per_s"};
-  int i = 0;
-  for (const Row& r : rows(s, f)) {
-    if (r.ok && r.floor > 0) {
-      std::fprintf(out, "%s\"%s\": %.3f", first ? "" : ", ", keys[i], r.shmq / r.floor);
-      first = false;
-    }
-    ++i;
-  }
-  std::fprintf(out, "}\n}\n");
-  const bool closed = std::fclose(out) == 0;
-  if (!closed) std::fprintf(stderr, "*** FAIL: writing %s: %s\n", cfg.json_path.c_str(), std::strerror(errno));
-  return closed;
-}
-
-std::string cpu_model() {
-  FILE* f = std::fopen("/proc/cpuinfo", "r");
-  if (f == nullptr) return "unknown";
-  char line[512];
-  std::string model = "unknown";
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    if (std::strncmp(line, "model name", 10) == 0) {
-      const char* colon = std::strchr(line, ':');
-      if (colon != nullptr) {
-        model = colon + 2;
-        while (!model.empty() && (model.back() == '\n' || model.back() == ' ')) model.pop_back();
-      }
-      break;
-    }
-  }
-  std::fclose(f);
-  return model;
-}
-
-double load1() {
-  double l = -1;
-  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+long read_long(const char* path) {
+  long v = -1;
+  if (FILE* f = std::fopen(path, "r")) {
+    if (std::fscanf(f, "%ld", &v) != 1) v = -1;
     std::fclose(f);
   }
-  return l;
+  return v;
+}
+
+bool write_long(const char* path, long v) {
+  FILE* f = std::fopen(path, "w");
+  if (f == nullptr) return false;
+  const bool ok = std::fprintf(f, "%ld\n", v) > 0;
+  return std::fclose(f) == 0 && ok;
+}
+
+MqLimits mq_limits() {
+  return {read_long("/proc/sys/fs/mqueue/msg_max"), read_long("/proc/sys/fs/mqueue/msgsize_max"),
+          read_long("/proc/sys/fs/mqueue/queues_max"), -1};
+}
+
+// Opens (creates) a queue of DEPTH messages of 64 B. Returns -1 and sets WHY when it cannot.
+mqd_t mq_create(const std::string& name, long depth, std::string& why) {
+  mq_attr attr{};
+  attr.mq_maxmsg = depth;
+  attr.mq_msgsize = sizeof(Msg);
+  ::mq_unlink(name.c_str());
+  const mqd_t q = ::mq_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600, &attr);
+  if (q == static_cast<mqd_t>(-1)) why = "mq_open(" + name + ", maxmsg " + std::to_string(depth) + "): " + std::strerror(errno);
+  return q;
+}
+
+struct MqEnd {
+  mqd_t q;
+  explicit MqEnd(const std::string& name) : q(::mq_open(name.c_str(), O_RDWR)) {
+    if (q == static_cast<mqd_t>(-1)) die("mq_open(%s): %s", name.c_str(), std::strerror(errno));
+  }
+  ~MqEnd() { ::mq_close(q); }
+  MqEnd(const MqEnd&) = delete;
+  MqEnd& operator=(const MqEnd&) = delete;
+  void send(const Msg& m) {
+    while (::mq_send(q, reinterpret_cast<const char*>(&m), sizeof m, 0) != 0)
+      if (errno != EINTR) die("mq_send of sequence %" PRIu64 ": %s", m.seq, std::strerror(errno));
+  }
+  void recv(Msg& out, std::uint64_t seq, Waiter&) {
+    for (;;) {
+      const ssize_t n = ::mq_receive(q, reinterpret_cast<char*>(&out), sizeof out, nullptr);
+      if (n == static_cast<ssize_t>(sizeof out)) return;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) die("mq_receive at sequence %" PRIu64 ": %s", seq, std::strerror(errno));
+      die("mq_receive at sequence %" PRIu64 " returned %zd bytes, expected %zu", seq, n, sizeof out);
+    }
+  }
+};
+
+Transport run_posix_mq(const Config& cfg, std::string& note) {
+  Transport r{"mq", "POSIX mq", "blocking mq_receive", "", {}, {}};
+  MqLimits lim = mq_limits();
+  const long want = static_cast<long>(cfg.mq_depth);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "POSIX mq: /proc/sys/fs/mqueue msg_max %ld, msgsize_max %ld, queues_max %ld", lim.msg_max,
+                lim.msgsize_max, lim.queues_max);
+  note = buf;
+  if (lim.msg_max >= 0 && lim.msg_max < want && ::geteuid() == 0) {
+    if (write_long("/proc/sys/fs/mqueue/msg_max", want)) {
+      lim.old_msg_max = lim.msg_max;
+      note += "; raised msg_max to " + std::to_string(want) + " for this run (root)";
+    }
+  }
+  const std::string base = "/shmqpp-" + std::to_string(::getpid());
+  const std::string ping = base + "-ping", pong = base + "-pong", stream = base + "-stream";
+  std::string why;
+  mqd_t qs[3] = {mq_create(ping, 1, why), mq_create(pong, 1, why), static_cast<mqd_t>(-1)};
+  long depth = want;
+  if (qs[0] != static_cast<mqd_t>(-1) && qs[1] != static_cast<mqd_t>(-1)) {
+    qs[2] = mq_create(stream, depth, why);
+    if (qs[2] == static_cast<mqd_t>(-1) && lim.msg_max > 0 && lim.msg_max < depth) {  // not root: what we may
+      depth = lim.msg_max;
+      qs[2] = mq_create(stream, depth, why);
+    }
+  }
+  if (qs[0] == static_cast<mqd_t>(-1) || qs[1] == static_cast<mqd_t>(-1) || qs[2] == static_cast<mqd_t>(-1)) {
+    r.skipped = why;
+  } else {
+    note += "; queues: ping/pong maxmsg 1, throughput maxmsg " + std::to_string(depth) + ", msgsize 64";
+    r.latency = latency_case(
+        cfg, "POSIX mq latency",
+        [&](PairControl& c, std::uint64_t* s) {
+          MqEnd out(ping), in(pong);
+          run_pinger(cfg, c, s, out, in);
+        },
+        [&](PairControl& c) {
+          MqEnd out(pong), in(ping);
+          run_ponger(cfg, c, out, in);
+        });
+    r.throughput = throughput_case(
+        cfg, peer_warmup(cfg), "POSIX mq throughput",
+        [&](PairControl& c) {
+          MqEnd out(stream);
+          run_producer(cfg, peer_warmup(cfg), c, out);
+        },
+        [&](PairControl& c) {
+          MqEnd in(stream);
+          run_consumer(cfg, peer_warmup(cfg), c, in);
+        });
+  }
+  for (mqd_t q : qs)
+    if (q != static_cast<mqd_t>(-1)) ::mq_close(q);
+  for (const auto& name : {ping, pong, stream}) ::mq_unlink(name.c_str());
+  if (lim.old_msg_max >= 0 && !write_long("/proc/sys/fs/mqueue/msg_max", lim.old_msg_max))
+    note += "; could NOT restore msg_max to " + std::to_string(lim.old_msg_max);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unix domain socket: a SOCK_SEQPACKET pair made before fork (message boundaries kept; one
+// message per send, as every transport here). Blocking send / recv, default buffer sizes.
+
+struct SockEnd {
+  int fd;
+  void send(const Msg& m) {
+    for (;;) {
+      const ssize_t n = ::send(fd, &m, sizeof m, MSG_NOSIGNAL);
+      if (n == static_cast<ssize_t>(sizeof m)) return;
+      if (n < 0 && errno == EINTR) continue;
+      die("send of sequence %" PRIu64 ": %s", m.seq, n < 0 ? std::strerror(errno) : "short send");
+    }
+  }
+  void recv(Msg& out, std::uint64_t seq, Waiter&) {
+    for (;;) {
+      const ssize_t n = ::recv(fd, &out, sizeof out, 0);
+      if (n == static_cast<ssize_t>(sizeof out)) return;
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0) die("recv at sequence %" PRIu64 ": the other end closed", seq);
+      if (n < 0) die("recv at sequence %" PRIu64 ": %s", seq, std::strerror(errno));
+      die("recv at sequence %" PRIu64 " returned %zd bytes, expected %zu", seq, n, sizeof out);
+    }
+  }
+};
+
+Transport run_unix_socket(const Config& cfg, std::string& note) {
+  Transport r{"uds", "Unix socket (SEQPACKET)", "blocking recv", "", {}, {}};
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    r.skipped = std::string("socketpair(AF_UNIX, SOCK_SEQPACKET): ") + std::strerror(errno);
+    return r;
+  }
+  int sndbuf = 0;
+  socklen_t len = sizeof sndbuf;
+  ::getsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, &len);
+  note = "Unix socket: socketpair(AF_UNIX, SOCK_SEQPACKET), SO_SNDBUF " + std::to_string(sndbuf) + " B (default)";
+  r.latency = latency_case(
+      cfg, "Unix socket latency",
+      [&](PairControl& c, std::uint64_t* s) {
+        SockEnd end{sv[0]};
+        run_pinger(cfg, c, s, end, end);
+      },
+      [&](PairControl& c) {
+        SockEnd end{sv[1]};
+        run_ponger(cfg, c, end, end);
+      });
+  ::close(sv[0]);
+  ::close(sv[1]);
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    std::fprintf(stderr, "*** FAIL [Unix socket]: socketpair: %s\n", std::strerror(errno));
+    return r;
+  }
+  r.throughput = throughput_case(
+      cfg, peer_warmup(cfg), "Unix socket throughput",
+      [&](PairControl& c) {
+        SockEnd out{sv[0]};
+        run_producer(cfg, peer_warmup(cfg), c, out);
+      },
+      [&](PairControl& c) {
+        SockEnd in{sv[1]};
+        run_consumer(cfg, peer_warmup(cfg), c, in);
+      });
+  ::close(sv[0]);
+  ::close(sv[1]);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Boost.Interprocess message_queue (header-only): a queue in a named shared-memory segment,
+// guarded by a process-shared mutex and conditions. The parent creates it; the children open it.
+
+namespace bip = boost::interprocess;
+
+struct BoostEnd {
+  bip::message_queue q;
+  explicit BoostEnd(const std::string& name) : q(bip::open_only, name.c_str()) {}
+  void send(const Msg& m) { q.send(&m, sizeof m, 0); }
+  void recv(Msg& out, std::uint64_t seq, Waiter&) {
+    bip::message_queue::size_type got = 0;
+    unsigned int prio = 0;
+    q.receive(&out, sizeof out, got, prio);
+    if (got != sizeof out) die("receive at sequence %" PRIu64 " returned %zu bytes, expected %zu", seq, static_cast<std::size_t>(got), sizeof out);
+  }
+};
+
+Transport run_boost_mq(const Config& cfg, std::string& note) {
+  Transport r{"boost", "Boost.Interprocess mq", "blocking receive", "", {}, {}};
+  const std::string base = "shmqpp-boost-" + std::to_string(::getpid());
+  const std::string ping = base + "-ping", pong = base + "-pong", stream = base + "-stream";
+  auto remove_all = [&] {
+    for (const auto& name : {ping, pong, stream}) bip::message_queue::remove(name.c_str());
+  };
+  remove_all();
+  try {
+    bip::message_queue a(bip::create_only, ping.c_str(), 1, sizeof(Msg));
+    bip::message_queue b(bip::create_only, pong.c_str(), 1, sizeof(Msg));
+    bip::message_queue s(bip::create_only, stream.c_str(), cfg.queue_depth, sizeof(Msg));
+  } catch (const std::exception& e) {
+    r.skipped = std::string("creating the queues: ") + e.what();
+    remove_all();
+    return r;
+  }
+  note = "Boost.Interprocess message_queue (Boost " + std::to_string(BOOST_VERSION / 100000) + "." +
+         std::to_string(BOOST_VERSION / 100 % 1000) + "): ping/pong max_num_msg 1, throughput max_num_msg " +
+         std::to_string(cfg.queue_depth) + ", msg size 64";
+  r.latency = latency_case(
+      cfg, "Boost mq latency",
+      [&](PairControl& c, std::uint64_t* s) {
+        BoostEnd out(ping), in(pong);
+        run_pinger(cfg, c, s, out, in);
+      },
+      [&](PairControl& c) {
+        BoostEnd out(pong), in(ping);
+        run_ponger(cfg, c, out, in);
+      });
+  r.throughput = throughput_case(
+      cfg, peer_warmup(cfg), "Boost mq throughput",
+      [&](PairControl& c) {
+        BoostEnd out(stream);
+        run_producer(cfg, peer_warmup(cfg), c, out);
+      },
+      [&](PairControl& c) {
+        BoostEnd in(stream);
+        run_consumer(cfg, peer_warmup(cfg), c, in);
+      });
+  remove_all();
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// iceoryx 2 (zero-copy publish / subscribe). RouDi, its broker, must run: we start iox-roudi for
+// the run (its output goes to a log file beside the JSON, or /dev/null) unless one already runs,
+// and stop it at the end. Each child registers its own runtime (unique name), makes its
+// publisher and subscriber, and waits until both are connected before it says ready.
+// Publisher: loan 64 B, copy the message in, publish (ConsumerTooSlowPolicy::WAIT_FOR_CONSUMER);
+// subscriber: busy-polls take() (QueueFullPolicy::BLOCK_PRODUCER, so nothing is ever dropped),
+// copies the message out, releases the chunk.
+
+#if defined(SHMQ_BENCH_ICEORYX)
+constexpr bool kHaveIceoryx = true;
+
+struct IoxEnds {
+  iox::popo::UntypedPublisher pub;
+  iox::popo::UntypedSubscriber sub;
+  static iox::popo::PublisherOptions pub_options() {
+    iox::popo::PublisherOptions o;
+    o.historyCapacity = 0;
+    o.subscriberTooSlowPolicy = iox::popo::ConsumerTooSlowPolicy::WAIT_FOR_CONSUMER;
+    return o;
+  }
+  static iox::popo::SubscriberOptions sub_options(std::uint64_t depth) {
+    iox::popo::SubscriberOptions o;
+    o.queueCapacity = depth;
+    o.historyRequest = 0;
+    o.queueFullPolicy = iox::popo::QueueFullPolicy::BLOCK_PRODUCER;
+    return o;
+  }
+  static iox::capro::IdString_t id(const std::string& s) { return iox::capro::IdString_t(iox::cxx::TruncateToCapacity, s.c_str()); }
+  // Publishes on topic OUT, subscribes to topic IN (either may be empty: not used).
+  IoxEnds(const std::string& instance, const std::string& out, const std::string& in, std::uint64_t depth)
+      : pub({id("shmqpp"), id(instance), id(out.empty() ? "unused-out" : out)}, pub_options()),
+        sub({id("shmqpp"), id(instance), id(in.empty() ? "unused-in" : in)}, sub_options(depth)) {}
+
+  // Waits until our subscriber is subscribed and our publisher has its subscriber.
+  void connect(bool need_pub, bool need_sub, double stall_s) {
+    Waiter w(stall_s, "waiting for iceoryx to connect publisher and subscriber");
+    while ((need_sub && sub.getSubscriptionState() != iox::SubscribeState::SUBSCRIBED) ||
+           (need_pub && !pub.hasSubscribers())) {
+      ::usleep(1000);
+      w.check(0);
+    }
+  }
+  void send(const Msg& m) {
+    auto loaned = pub.loan(sizeof(Msg), alignof(Msg));
+    if (loaned.has_error()) die("iceoryx loan of sequence %" PRIu64 " failed (AllocationError %d)", m.seq, static_cast<int>(loaned.get_error()));
+    void* chunk = loaned.value();
+    std::memcpy(chunk, &m, sizeof m);
+    pub.publish(chunk);
+  }
+  void recv(Msg& out, std::uint64_t seq, Waiter& w) {
+    w.reset();
+    for (;;) {
+      auto taken = sub.take();
+      if (!taken.has_error()) {
+        const void* chunk = taken.value();
+        std::memcpy(&out, chunk, sizeof out);
+        sub.release(chunk);
+        return;
+      }
+      if (taken.get_error() != iox::popo::ChunkReceiveResult::NO_CHUNK_AVAILABLE)
+        die("iceoryx take at sequence %" PRIu64 " failed (ChunkReceiveResult %d)", seq, static_cast<int>(taken.get_error()));
+      w.spin(seq);
+    }
+  }
+};
+
+void iox_init(const char* role) {
+  // Its clients log at Debug level by default: keep the tables readable.
+  iox::log::LogManager::GetLogManager().SetDefaultLogLevel(iox::log::LogLevel::kWarn,
+                                                           iox::log::LogLevelOutput::kHideLogLevel);
+  const std::string name = std::string("shmqpp-") + role + "-" + std::to_string(::getpid());
+  iox::runtime::PoshRuntime::initRuntime(iox::RuntimeName_t(iox::cxx::TruncateToCapacity, name.c_str()));
+}
+
+// A child that used iceoryx ends with exit(), not _exit(): the runtime's destructor (a static)
+// deregisters the process from RouDi, which otherwise reports it "not responding" and, at its
+// own shutdown, fails to kill it.
+[[noreturn]] void iox_exit() {
+  std::fflush(nullptr);
+  std::exit(0);
+}
+
+// iox-roudi, started for the run (pid > 0) or found running (pid 0, started false).
+struct Roudi {
+  pid_t pid = -1;
+  std::string why;  // when it could not be had
+};
+
+bool roudi_running() {
+  for (const auto& e : std::filesystem::directory_iterator("/proc", std::filesystem::directory_options::skip_permission_denied)) {
+    std::ifstream comm(e.path() / "comm");
+    std::string name;
+    if (comm && std::getline(comm, name) && name == "iox-roudi") return true;
+  }
+  return false;
+}
+
+Roudi start_roudi(const std::string& log_path) {
+  Roudi r;
+  if (roudi_running()) {
+    r.pid = 0;
+    return r;
+  }
+  const char* candidates[] = {"/usr/bin/iox-roudi", "/usr/local/bin/iox-roudi"};
+  const char* exe = nullptr;
+  for (const char* c : candidates)
+    if (::access(c, X_OK) == 0) exe = c;
+  if (exe == nullptr) {
+    r.why = "iox-roudi not found (Debian package iceoryx)";
+    return r;
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    r.why = std::string("fork: ") + std::strerror(errno);
+    return r;
+  }
+  if (pid == 0) {
+    const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    ::execl(exe, exe, static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Ready once its management segment exists; it may still need a moment for its IPC channel,
+  // which initRuntime in the children waits for.
+  const std::uint64_t t0 = mono_ns();
+  while (mono_ns() - t0 < 10'000'000'000u) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      r.why = "iox-roudi exited at start (status " + std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
+              "); see " + log_path;
+      return r;
+    }
+    if (::access("/dev/shm/iceoryx_mgmt", F_OK) == 0) {
+      ::usleep(200'000);
+      r.pid = pid;
+      return r;
+    }
+    ::usleep(10'000);
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  r.why = "iox-roudi did not come up within 10 s; see " + log_path;
+  return r;
+}
+
+void stop_roudi(Roudi& r) {
+  if (r.pid <= 0) return;
+  ::kill(r.pid, SIGTERM);
+  for (int i = 0; i < 500; ++i) {
+    if (::waitpid(r.pid, nullptr, WNOHANG) == r.pid) {
+      r.pid = -1;
+      return;
+    }
+    ::usleep(10'000);
+  }
+  ::kill(r.pid, SIGKILL);
+  ::waitpid(r.pid, nullptr, 0);
+  r.pid = -1;
+}
+
+Transport run_iceoryx(const Config& cfg, const std::string& roudi_log, std::string& note) {
+  Transport r{"iceoryx", "iceoryx 2 (untyped pub/sub)", "spin (take)", "", {}, {}};
+  Roudi roudi = start_roudi(roudi_log);
+  if (roudi.pid < 0) {
+    r.skipped = roudi.why;
+    return r;
+  }
+  const std::uint64_t depth = iox::MAX_SUBSCRIBER_QUEUE_CAPACITY;
+  note = std::string("iceoryx ") + "2.0: RouDi " + (roudi.pid > 0 ? "started for this run" : "already running") +
+         " with its default memory pools; subscriber queueCapacity 1 (latency) and " + std::to_string(depth) +
+         " (throughput, the maximum), BLOCK_PRODUCER / WAIT_FOR_CONSUMER";
+  const std::string inst = std::to_string(::getpid());
+  r.latency = latency_case(
+      cfg, "iceoryx latency",
+      [&](PairControl& c, std::uint64_t* s) {
+        iox_init("pinger");
+        {
+          IoxEnds e(inst, "ping", "pong", 1);
+          e.connect(true, true, cfg.stall_s);
+          run_pinger(cfg, c, s, e, e);
+        }
+        iox_exit();
+      },
+      [&](PairControl& c) {
+        iox_init("ponger");
+        {
+          IoxEnds e(inst, "pong", "ping", 1);
+          e.connect(true, true, cfg.stall_s);
+          run_ponger(cfg, c, e, e);
+        }
+        iox_exit();
+      });
+  r.throughput = throughput_case(
+      cfg, peer_warmup(cfg), "iceoryx throughput",
+      [&](PairControl& c) {
+        iox_init("producer");
+        {
+          IoxEnds e(inst, "stream", "", depth);
+          e.connect(true, false, cfg.stall_s);
+          run_producer(cfg, peer_warmup(cfg), c, e);
+        }
+        iox_exit();
+      },
+      [&](PairControl& c) {
+        iox_init("consumer");
+        {
+          IoxEnds e(inst, "", "stream", depth);
+          e.connect(false, true, cfg.stall_s);
+          run_consumer(cfg, peer_warmup(cfg), c, e);
+        }
+        iox_exit();
+      });
+  stop_roudi(roudi);
+  return r;
+}
+#else
+constexpr bool kHaveIceoryx = false;
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+const Transport* find(const std::vector<Transport>& all, const char* key) {
+  for (const auto& t : all)
+    if (t.key == key && t.ran()) return &t;
+  return nullptr;
+}
+
+Table make_table(const std::vector<Transport>& all) {
+  Table t({"transport", "receiver waits by", "p50 (ns)", "p99 (ns)", "p99.9 (ns)", "max (ns)", "M msgs/s", "MB/s",
+           "ratio Spin: p50", "ratio Spin: p99", "ratio Spin: msgs/s", "ratio Block: p50", "ratio Block: msgs/s"},
+          {false, false});
+  const Transport* spin = find(all, "shmq");
+  const Transport* block = find(all, "shmq-block");
+  for (const auto& x : all) {
+    if (!x.ran()) {
+      t.add({txt(x.name), txt(x.wait), txt("SKIPPED: " + x.skipped)});
+      continue;
+    }
+    const Latency& l = x.latency;
+    const Throughput& p = x.throughput;
+    auto lat = [&](double v) { return l.ok ? num(v, 0) : txt("FAILED"); };
+    auto ratio = [](bool ok, double a, double b) { return ok && b > 0 ? num(a / b, 2) : txt("-"); };
+    const bool sl = spin && spin->latency.ok && l.ok, st = spin && spin->throughput.ok && p.ok;
+    const bool bl = block && block->latency.ok && l.ok, bt = block && block->throughput.ok && p.ok;
+    t.add({txt(x.name), txt(x.wait), lat(l.p50), lat(l.p99), lat(l.p999), lat(l.max),
+           p.ok ? num(p.msgs_per_s / 1e6, 2) : txt("FAILED"), p.ok ? num(p.mb_per_s, 0) : txt("FAILED"),
+           ratio(sl, spin ? spin->latency.p50 : 0, l.p50), ratio(sl, spin ? spin->latency.p99 : 0, l.p99),
+           ratio(st, spin ? spin->throughput.msgs_per_s : 0, p.msgs_per_s),
+           ratio(bl, block ? block->latency.p50 : 0, l.p50),
+           ratio(bt, block ? block->throughput.msgs_per_s : 0, p.msgs_per_s)});
+  }
+  return t;
+}
+
+// The same figures, one row per (transport, measurement), for CSV and JSON.
+Table make_detail(const std::vector<Transport>& all) {
+  Table t({"transport", "key", "kind", "ok", "stopped_early", "samples_or_messages", "p50_ns", "p99_ns", "p999_ns",
+           "max_ns", "mean_ns", "seconds", "msgs_per_s", "mb_per_s", "others_cpu_pct", "steal_pct", "skipped"});
+  for (const auto& x : all) {
+    if (!x.ran()) {
+      t.add({txt(x.name), txt(x.key), txt("-"), txt("false"), txt(""), txt(""), txt(""), txt(""), txt(""), txt(""),
+             txt(""), txt(""), txt(""), txt(""), txt(""), txt(""), txt(x.skipped)});
+      continue;
+    }
+    const Latency& l = x.latency;
+    const Throughput& p = x.throughput;
+    t.add({txt(x.name), txt(x.key), txt("latency"), txt(l.ok ? "true" : "false"), txt(l.stopped_early ? "true" : "false"),
+           num(static_cast<double>(l.samples), 0), num(l.p50, 1), num(l.p99, 1), num(l.p999, 1), num(l.max, 1),
+           num(l.mean, 1), txt(""), txt(""), txt(""), num(l.disturbance.others_cpu_pct, 1),
+           num(l.disturbance.steal_pct, 1), txt("")});
+    t.add({txt(x.name), txt(x.key), txt("throughput"), txt(p.ok ? "true" : "false"),
+           txt(p.stopped_early ? "true" : "false"), num(static_cast<double>(p.messages), 0), txt(""), txt(""), txt(""),
+           txt(""), txt(""), num(p.seconds, 6), num(p.msgs_per_s, 1), num(p.mb_per_s, 1),
+           num(p.disturbance.others_cpu_pct, 1), num(p.disturbance.steal_pct, 1), txt("")});
+  }
+  return t;
 }
 
 // The first two CPUs this process may run on (unless --cpus said).
 void choose_cpus(Config& cfg) {
   if (cfg.cpu_a >= 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) != 0) return;
-  std::vector<int> cpus;
-  for (int i = 0; i < CPU_SETSIZE; ++i)
-    if (CPU_ISSET(i, &set)) cpus.push_back(i);
+  const std::vector<int> cpus = usable_cpus();
   if (cpus.size() >= 2) {
     cfg.cpu_a = cpus[0];
     cfg.cpu_b = cpus[1];
@@ -1163,16 +1268,15 @@ void choose_cpus(Config& cfg) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  g_argv0 = argv[0];
   Config cfg = parse_args(argc, argv);
   choose_cpus(cfg);
   calibrate_ticks();
-  ::signal(SIGINT, on_signal);
-  ::signal(SIGTERM, on_signal);
+  install_signal_handlers();
 
   const std::string model = cpu_model();
   const double load = load1();
-  std::printf("shmq_pingpong%s: %zu-byte messages, Durability::Memory, Wait::Spin\n", cfg.quick ? " (--quick)" : "",
-              sizeof(Msg));
+  std::printf("shmq_pingpong%s: %zu-byte messages; shmq Durability::Memory\n", cfg.quick ? " (--quick)" : "", sizeof(Msg));
   std::printf("host: %s, %ld CPUs online, load average %.2f at start\n", model.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN),
               load);
   if (cfg.cpu_a >= 0)
@@ -1180,10 +1284,11 @@ int main(int argc, char** argv) {
   else
     std::printf("WARNING: fewer than 2 CPUs available: processes NOT pinned; spinning ping-pong on one CPU "
                 "measures the scheduler, not the queue\n");
-  std::printf("latency: %" PRIu64 " round trips after %" PRIu64 " warm-up, rings of %zu KiB, timer %s (%.4f ns/tick)\n",
+  std::printf("latency: %" PRIu64 " round trips after %" PRIu64 " warm-up, shmq and floor rings of %zu KiB, timer %s "
+              "(%.4f ns/tick)\n",
               cfg.rtt, cfg.warmup, cfg.lat_ring_bytes >> 10, g_ticks.name(), g_ticks.ns_per_tick);
   std::printf("throughput: %" PRIu64 " messages (the first %" PRIu64 " untimed), each checked for order and "
-              "checksum, ring of %zu MiB\nbudget: %.0f s per case\n",
+              "checksum, shmq and floor rings of %zu MiB\nbudget: %.0f s per case\n",
               cfg.messages, cfg.tp_warmup, cfg.ring_bytes >> 20, cfg.budget_s);
 
   char dir[] = "/tmp/shmq-pingpong-XXXXXX";
@@ -1192,55 +1297,97 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::filesystem::path jdir = dir;
+  const std::string roudi_log =
+      cfg.json_path.empty() ? std::string("/dev/null")
+                            : (std::filesystem::path(cfg.json_path).parent_path() / "iox-roudi.log").string();
 
   bool cleanup_ok = true;
-  const Transport floor = run_floor(cfg);
-  const Transport shmq = g_interrupted ? Transport{} : run_shmq(cfg, jdir, cleanup_ok);
+  std::vector<Transport> all;
+  std::vector<std::string> notes;
+  auto go = [&](const char* key) { return cfg.wants(key) && !g_interrupted; };
+  if (go("shmq")) all.push_back(run_shmq(cfg, jdir, shmq::Wait::Spin, cleanup_ok));
+  if (go("shmq-block")) all.push_back(run_shmq(cfg, jdir, shmq::Wait::Block, cleanup_ok));
+  if (go("floor")) all.push_back(run_floor(cfg));
+  std::string note;
+  if (go("mq")) {
+    all.push_back(run_posix_mq(cfg, note));
+    notes.push_back(note);
+  }
+  if (go("uds")) {
+    all.push_back(run_unix_socket(cfg, note));
+    notes.push_back(note);
+  }
+  if (go("boost")) {
+    all.push_back(run_boost_mq(cfg, note));
+    notes.push_back(note);
+  }
+  if (go("iceoryx")) {
+#if defined(SHMQ_BENCH_ICEORYX)
+    all.push_back(run_iceoryx(cfg, roudi_log, note));
+    notes.push_back(note);
+#else
+    all.push_back({"iceoryx", "iceoryx", "-",
+                   "not built: libiceoryx-posh-dev was not found at configure time (Debian: apt-get install "
+                   "libiceoryx-posh-dev iceoryx; then re-run cmake)",
+                   {}, {}});
+#endif
+  }
+  (void)kHaveIceoryx;
   std::error_code ec;
   std::filesystem::remove_all(jdir, ec);
 
-  const bool ok = floor.latency.ok && floor.throughput.ok && shmq.latency.ok && shmq.throughput.ok && cleanup_ok &&
-                  !g_interrupted;
+  bool ok = cleanup_ok && !g_interrupted;
+  for (const auto& t : all) ok = ok && t.ok();
   std::printf("\n");
-  print_table(shmq, floor);
-  for (const auto* t : {&shmq.latency, &floor.latency})
-    if (t->ok && t->stopped_early)
-      std::printf("note: %s latency stopped early by the time budget: %" PRIu64 " samples\n",
-                  t == &shmq.latency ? "shmq" : "floor", t->samples);
-  for (const auto* t : {&shmq.throughput, &floor.throughput})
-    if (t->ok && t->stopped_early)
-      std::printf("note: %s throughput stopped early by the time budget: %" PRIu64 " messages\n",
-                  t == &shmq.throughput ? "shmq" : "floor", t->messages);
-  std::printf("ratio = shmq / floor: above 1 is slower for latency, below 1 is slower for throughput.\n");
-  // Others' CPU use while each case ran: on a shared machine, the figures' context.
-  struct Case {
-    const char* name;
-    bool ok;
-    Disturbance d;
-  };
-  const Case cases[] = {{"floor latency", floor.latency.ok, floor.latency.disturbance},
-                        {"floor throughput", floor.throughput.ok, floor.throughput.disturbance},
-                        {"shmq latency", shmq.latency.ok, shmq.latency.disturbance},
-                        {"shmq throughput", shmq.throughput.ok, shmq.throughput.disturbance}};
-  std::printf("CPU taken by other processes / stolen by the hypervisor while each case ran (%% of all CPUs):");
-  bool disturbed = false;
-  for (const Case& k : cases) {
-    if (!k.ok) continue;
-    std::printf(" %s %.0f/%.0f;", k.name, k.d.others_cpu_pct, k.d.steal_pct);
-    disturbed = disturbed || k.d.others_cpu_pct + k.d.steal_pct > 10;
+  const Table table = make_table(all);
+  table.print_markdown();
+  for (const auto& t : all) {
+    if (t.ran() && t.latency.ok && t.latency.stopped_early)
+      std::printf("note: %s latency stopped early by the time budget: %" PRIu64 " samples\n", t.name.c_str(),
+                  t.latency.samples);
+    if (t.ran() && t.throughput.ok && t.throughput.stopped_early)
+      std::printf("note: %s throughput stopped early by the time budget: %" PRIu64 " messages\n", t.name.c_str(),
+                  t.throughput.messages);
   }
-  std::printf("\n");
-  if (disturbed)
-    std::printf("WARNING: other work took more than 10%% of the CPUs during a case: those figures are disturbed; "
-                "run again on a quieter machine.\n");
+  std::printf("latency: one-way = round trip / 2. ratio Spin = shmq (Wait::Spin) / this, ratio Block = shmq "
+              "(Wait::Block) / this:\nabove 1 shmq is slower for latency, below 1 shmq is slower for throughput. "
+              "Ratio Block is the like-for-like one for a peer whose receiver blocks in the kernel.\n");
+  for (const auto& n : notes)
+    if (!n.empty()) std::printf("%s\n", n.c_str());
+  std::vector<std::pair<std::string, Disturbance>> dist;
+  for (const auto& t : all) {
+    if (!t.ran()) continue;
+    if (t.latency.ok) dist.push_back({t.key + " latency", t.latency.disturbance});
+    if (t.throughput.ok) dist.push_back({t.key + " throughput", t.throughput.disturbance});
+  }
+  print_disturbance(dist);
 
-  bool json_ok = true;
-  if (!cfg.json_path.empty()) json_ok = write_json(cfg, shmq, floor, ok, model, load);
+  bool files_ok = true;
+  if (!cfg.json_path.empty() || !cfg.csv_path.empty()) {
+    const Table detail = make_detail(all);
+    Report rep;
+    char b[64];
+    std::snprintf(b, sizeof b, "%.2f", load);
+    rep.context = {{"cpu", model},
+                   {"load1_at_start", b},
+                   {"timer", g_ticks.name()},
+                   {"cpus", std::to_string(cfg.cpu_a) + "," + std::to_string(cfg.cpu_b)},
+                   {"quick", cfg.quick ? "true" : "false"},
+                   {"rtt", std::to_string(cfg.rtt)},
+                   {"warmup", std::to_string(cfg.warmup)},
+                   {"messages", std::to_string(cfg.messages)},
+                   {"tp_warmup", std::to_string(cfg.tp_warmup)},
+                   {"message_bytes", std::to_string(sizeof(Msg))},
+                   {"budget_s", fmt(cfg.budget_s, 1)}};
+    for (std::size_t i = 0; i < notes.size(); ++i) rep.context.push_back({"note" + std::to_string(i), notes[i]});
+    rep.tables = {{"pingpong", &table}, {"pingpong_detail", &detail}};
+    files_ok = rep.write(cfg.csv_path, cfg.json_path, "shmq_pingpong", ok);
+  }
   std::fflush(stdout);
   if (!ok) {
     std::fprintf(stderr, "\n*** shmq_pingpong FAILED: see the *** FAIL lines above; no figure is reported for a "
                          "failed case.\n");
     return 1;
   }
-  return json_ok ? 0 : 1;
+  return files_ok ? 0 : 1;
 }
