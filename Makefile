@@ -68,11 +68,18 @@ test: deps
 demo: build
 	./build/tools/shmq demo
 
-bench: build
-	@if [[ -x bench/run.sh ]]; then ./bench/run.sh; \
-	elif [[ -f bench/run.sh ]]; then bash bench/run.sh; \
-	elif [[ -x build/bench/shmq_bench_pipeline ]]; then ./build/bench/shmq_bench_pipeline; \
-	else echo "no benchmark yet: neither bench/run.sh nor build/bench/shmq_bench_pipeline"; exit 1; fi
+# The benchmarks build in their own directory (Release, no sanitizer, no tests) and print their
+# tables; CSV and JSON go to results/. iceoryx, a peer, is installed if apt has it (else it is
+# reported as not built).
+bench: deps
+	@dpkg-query -W -f='$${Status}' libiceoryx-posh-dev 2>/dev/null | grep -q 'install ok installed' || \
+	  { apt-cache show libiceoryx-posh-dev >/dev/null 2>&1 && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libiceoryx-posh-dev iceoryx; } || \
+	  echo "bench: iceoryx (libiceoryx-posh-dev) not available: shmq_pingpong will say it was not built"
+	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_BENCH=ON -DSHMQ_BUILD_TESTS=OFF \
+	  -DSHMQ_BUILD_TOOLS=OFF -DSHMQ_SANITIZE=
+	cmake --build build-bench -j$(JOBS) --target bench
+	./bench/run.sh build-bench/bench
 
 clean:
 	rm -rf build build-asan build-tsan
