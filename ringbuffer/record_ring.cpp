@@ -57,7 +57,8 @@ RecordRing::RecordRing(void* region)
       data_(static_cast<std::byte*>(region) + hdr_->data_offset),
       capacity_(hdr_->capacity),
       mask_(hdr_->capacity - 1),
-      max_frame_(hdr_->max_frame) {}
+      max_frame_(hdr_->max_frame),
+      claimer_count_(hdr_->claimers) {}
 
 void RecordRing::adopt_claimer(std::uint32_t i, std::uint64_t owner) noexcept {
   ClaimerSlot& c = claimers_[i];
@@ -84,10 +85,12 @@ bool RecordRing::unblock(std::uint64_t pos, AliveFn alive) noexcept {
   if (pos >= t) return false;
 
   if (f.length < 0) {  // claimed, length known: dead if its claimer's slot changed owner or died
-    if (f.claimer < hdr_->claimers) {
+    if (f.claimer < claimer_count_) {
       ClaimerSlot& c = claimers_[f.claimer];
       const std::uint64_t owner = c.owner.load(std::memory_order_acquire);
-      if (c.epoch.load(std::memory_order_acquire) == f.epoch && owner != 0 && alive(owner)) return false;
+      // The frame keeps the low 16 bits of the epoch.
+      if (static_cast<std::uint16_t>(c.epoch.load(std::memory_order_acquire)) == f.epoch && owner != 0 && alive(owner))
+        return false;
     }
     const std::uint64_t len = align_up(static_cast<std::uint32_t>(-static_cast<std::int64_t>(f.length)));
     if (len < kAlign || pos + len > lap_end(pos)) return false;  // not ours to guess; read() reports it
@@ -101,7 +104,7 @@ bool RecordRing::unblock(std::uint64_t pos, AliveFn alive) noexcept {
   // whose intent is POS may be that one: wait. Live intents above POS are boundaries of live claims
   // that the scan below must not enter.
   std::uint64_t bound = t;
-  for (std::uint32_t i = 0; i < hdr_->claimers; ++i) {
+  for (std::uint32_t i = 0; i < claimer_count_; ++i) {
     ClaimerSlot& c = claimers_[i];
     const std::uint64_t intent = c.intent.load(std::memory_order_acquire);
     if (intent == kNoIntent || intent < pos || intent >= bound) continue;
@@ -136,13 +139,21 @@ RecordHeader* RecordRing::place(std::uint64_t pos, std::uint32_t frame_len) noex
   if (pos < t || pos % kAlign != 0 || frame_len < kHeaderBytes || frame_len > max_frame_ || end > lap_end(pos) ||
       end >= hdr_->cleaned.load(std::memory_order_relaxed) + capacity_)
     return nullptr;
-  while (t < pos) {  // the gap (padding or a dead claim in the old ring) becomes padding, lap by lap
-    const std::uint64_t to = std::min(pos, lap_end(t));
+  pad_to(pos);  // the gap (padding or a dead claim in the old ring) becomes padding
+  hdr_->tail.store(end, std::memory_order_relaxed);
+  return reinterpret_cast<RecordHeader*>(at(pos));
+}
+
+bool RecordRing::pad_to(std::uint64_t end) noexcept {
+  std::uint64_t t = hdr_->tail.load(std::memory_order_relaxed);
+  if (end < t || end % kAlign != 0 || end >= hdr_->cleaned.load(std::memory_order_relaxed) + capacity_) return false;
+  while (t < end) {  // lap by lap: padding never crosses the end of the ring
+    const std::uint64_t to = std::min(end, lap_end(t));
     frame_at(t).store(Frame::pack(static_cast<std::int32_t>(to - t), RecordType::Padding, 0, 0), std::memory_order_relaxed);
     t = to;
   }
   hdr_->tail.store(end, std::memory_order_relaxed);
-  return reinterpret_cast<RecordHeader*>(at(pos));
+  return true;
 }
 
 void lock_owner_word(std::atomic<std::uint64_t>& word, std::uint64_t owner, AliveFn alive) noexcept {
@@ -161,6 +172,19 @@ void lock_owner_word(std::atomic<std::uint64_t>& word, std::uint64_t owner, Aliv
       if (word.compare_exchange_strong(holder, owner, std::memory_order_acquire, std::memory_order_relaxed)) return;
     }
     sched_yield();
+  }
+}
+
+void RecordRing::lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept {
+  lock_owner_word(hdr_->clean_lock, owner, alive);
+  // A holder that died while zeroing left [cleaned, cleaning_to) partly zeroed: its record frames
+  // can no longer be walked, nor a group start there. Its target was a record boundary below the
+  // gate: finish its work first.
+  const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);
+  if (const std::uint64_t unfinished = hdr_->cleaning_to.load(std::memory_order_relaxed);
+      unfinished > c && unfinished - c <= capacity_) {
+    zero(c, unfinished);
+    hdr_->cleaned.store(unfinished, std::memory_order_release);  // pairs with the acquire in try_claim()
   }
 }
 
@@ -184,15 +208,7 @@ void RecordRing::zero(std::uint64_t from, std::uint64_t to) noexcept {
 
 bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept {
   lock_cleaning(owner, alive);
-  std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
-  // A holder that died while zeroing left [c, cleaning_to) partly zeroed: its record frames can no
-  // longer be walked. Its target was a record boundary below the gate: finish its work first.
-  if (const std::uint64_t unfinished = hdr_->cleaning_to.load(std::memory_order_relaxed);
-      unfinished > c && unfinished - c <= capacity_) {
-    zero(c, unfinished);
-    hdr_->cleaned.store(unfinished, std::memory_order_release);  // pairs with the acquire in try_claim()
-    c = unfinished;
-  }
+  const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
   if (c + capacity_ > need_end) {
     unlock_cleaning();
     return true;

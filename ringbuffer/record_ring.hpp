@@ -153,7 +153,7 @@ class RecordRing {
   std::uint64_t capacity() const noexcept { return capacity_; }
   std::uint64_t max_frame() const noexcept { return max_frame_; }
   RingHeader& header() const noexcept { return *hdr_; }
-  std::uint32_t claimers() const noexcept { return hdr_->claimers; }
+  std::uint32_t claimers() const noexcept { return claimer_count_; }
   ClaimerSlot& claimer(std::uint32_t i) const noexcept { return claimers_[i]; }
   std::byte* at(std::uint64_t position) const noexcept { return data_ + (position & mask_); }
   std::uint64_t tail() const noexcept { return hdr_->tail.load(std::memory_order_acquire); }
@@ -265,10 +265,13 @@ class RecordRing {
   // tail, not aligned, or the record would cross the end of the ring or not fit.
   void start(std::uint64_t pos) noexcept;
   RecordHeader* place(std::uint64_t pos, std::uint32_t frame_len) noexcept;
+  // Pads from the tail up to END (an aligned position within a ring of the tail); false if not.
+  bool pad_to(std::uint64_t end) noexcept;
 
   // clean_lock also serialises joiners that must pick a start position nobody will zero under
   // them (a new reader registers its position while holding it).
-  void lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept { lock_owner_word(hdr_->clean_lock, owner, alive); }
+  // Takes clean_lock and first finishes what a holder that died was zeroing.
+  void lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept;
   void unlock_cleaning() noexcept { unlock_owner_word(hdr_->clean_lock); }
 
  private:
@@ -287,6 +290,7 @@ class RecordRing {
   std::uint64_t capacity_ = 0;
   std::uint64_t mask_ = 0;
   std::uint64_t max_frame_ = 0;
+  std::uint32_t claimer_count_ = 0;  // validated at attach; the live header field is not trusted again
 };
 
 }  // namespace shmq::ring

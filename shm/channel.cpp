@@ -45,7 +45,7 @@ std::uint64_t ChannelState::gate() const noexcept {
   std::uint64_t g = ring->tail();
   // A durable channel reuses ring space only once the journal holds it.
   if (durable()) g = std::min(g, header->durable_position.load(std::memory_order_acquire));
-  for (std::uint32_t i = 0; i < header->max_groups; ++i) {
+  for (std::uint32_t i = 0; i < options.max_groups; ++i) {
     // acquire: pairs with the release store of kActive in ensure_group(); its cursor is set.
     if (groups[i].state.load(std::memory_order_acquire) != kActive) continue;
     // acquire: pairs with the consumers' release CAS of `next`, made after they recorded the
@@ -57,12 +57,12 @@ std::uint64_t ChannelState::gate() const noexcept {
   // entry cleared, count lowered). Reading the lists before and after the tables sees each
   // message in one of the three reads whichever move runs meanwhile (all of them seq_cst).
   auto lists = [&] {
-    for (std::uint32_t i = 0; i < header->max_groups; ++i)
+    for (std::uint32_t i = 0; i < options.max_groups; ++i)
       if (groups[i].state.load(std::memory_order_acquire) != kFree) g = std::min(g, lowest_given_back(groups[i]));
   };
   lists();
   // What consumers hold stays in the ring until acked, whatever the state of their group.
-  for (std::uint32_t c = 0; c < header->max_consumers; ++c) {
+  for (std::uint32_t c = 0; c < options.max_consumers; ++c) {
     ConsumerSlot& slot = consumers[c];
     if (slot.state.load(std::memory_order_acquire) != kActive) continue;
     const std::uint32_t n = std::min(slot.max_in_flight.load(std::memory_order_relaxed), kMaxInFlight);
@@ -119,9 +119,12 @@ Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t e
     // hold it again already: then it is on neither, and it is in that consumer's entry.)
     const std::uint64_t pos = held_position(v);
     bool elsewhere = on_given_back(g, pos);
-    for (std::uint32_t o = 0; o < header->max_consumers && !elsewhere; ++o)
+    for (std::uint32_t o = 0; o < options.max_consumers && !elsewhere; ++o) {
+      // Only a consumer of the same group: with publish/subscribe, other groups hold P too.
+      if (consumers[o].state.load(std::memory_order_acquire) != kActive || consumers[o].group != slot.group) continue;
       for (std::uint32_t j = 0; j < kMaxInFlight && !elsewhere; ++j)
         elsewhere = (o != c || j != k) && consumers[o].in_flight[j].load(std::memory_order_seq_cst) == pos + 1;
+    }
     if (elsewhere || push_given_back(g, pos, slot.deliveries[k].load(std::memory_order_relaxed), 0))
       slot.in_flight[k].compare_exchange_strong(v, 0, std::memory_order_seq_cst);
     v = slot.in_flight[k].load(std::memory_order_seq_cst);
@@ -144,7 +147,7 @@ Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t e
 
 bool ChannelState::release_consumer(std::uint32_t c) noexcept {
   ConsumerSlot& slot = consumers[c];
-  if (slot.group >= header->max_groups) return false;
+  if (slot.group >= options.max_groups) return false;
   const bool group_alive = groups[slot.group].state.load(std::memory_order_acquire) == kActive;
   for (std::uint32_t k = 0; k < kMaxInFlight; ++k) {
     if (!slot.in_flight[k].load(std::memory_order_seq_cst)) continue;
@@ -168,13 +171,13 @@ void ChannelState::reap_dead_consumers(bool force) noexcept {
   if (!force && (now - last < every || !header->last_reap_ns.compare_exchange_strong(last, now))) return;
   if (force) header->last_reap_ns.store(now, std::memory_order_relaxed);
   bool any = false;
-  for (std::uint32_t c = 0; c < header->max_consumers; ++c) {
+  for (std::uint32_t c = 0; c < options.max_consumers; ++c) {
     ConsumerSlot& slot = consumers[c];
     if (slot.state.load(std::memory_order_acquire) != kActive) continue;
     const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
     if (owner != 0 && token_alive(owner)) {
       // Alive: only what it held past its visibility timeout goes back.
-      if (slot.visibility_timeout_ns == 0 || slot.group >= header->max_groups) continue;
+      if (slot.visibility_timeout_ns == 0 || slot.group >= options.max_groups) continue;
       for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), kMaxInFlight); ++k) {
         const std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
         if (!v) continue;
@@ -201,7 +204,7 @@ void ChannelState::wake_consumers() noexcept {
 }
 
 int ChannelState::find_group(std::string_view group) const noexcept {
-  for (std::uint32_t i = 0; i < header->max_groups; ++i)
+  for (std::uint32_t i = 0; i < options.max_groups; ++i)
     if (groups[i].state.load(std::memory_order_acquire) == kActive && slot_name(groups[i].name) == group)
       return static_cast<int>(i);
   return -1;
@@ -209,12 +212,18 @@ int ChannelState::find_group(std::string_view group) const noexcept {
 
 int ChannelState::ensure_group(std::string_view group, Start start) {
   if (int i = find_group(group); i >= 0) return i;
-  for (std::uint32_t i = 0; i < header->max_groups; ++i) {
+  for (std::uint32_t i = 0; i < options.max_groups; ++i) {
     GroupSlot& g = groups[i];
     if (g.state.load(std::memory_order_relaxed) != kFree) continue;
     set_slot_name(g.name, group);
     g.start = static_cast<std::uint32_t>(start);
     g.delivered.store(0, std::memory_order_relaxed);
+    g.dead_lettered.store(0, std::memory_order_relaxed);
+    // A slot used before by a removed group: nothing of its give-back list carries over, and its
+    // consumers (who still point here) see another generation and stop.
+    for (GiveBackEntry& e : g.give_back) e.position_plus1.store(0, std::memory_order_relaxed);
+    g.given_back.store(0, std::memory_order_relaxed);
+    g.generation.fetch_add(1, std::memory_order_relaxed);
     // Under the cleaning lock no reclaim runs: the start position cannot be zeroed under us, and
     // the next reclaim sees the group (it takes the same lock, then reads the table).
     ring->lock_cleaning(self_token(), &ChannelState::alive);
@@ -227,7 +236,7 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     return static_cast<int>(i);
   }
   fail(std::errc::no_space_on_device,
-       "the group table is full (" + std::to_string(header->max_groups) + " groups); cannot add group '" +
+       "the group table is full (" + std::to_string(options.max_groups) + " groups); cannot add group '" +
            std::string(group) + "'");
 }
 
@@ -252,7 +261,8 @@ void check_options(std::string_view name, const ChannelOptions& o) {
   if (o.flush_interval.count() < 0) bad("flush_interval must not be negative");
 }
 
-std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOptions& requested, bool create) {
+std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOptions& requested, bool create,
+                                         bool run_journaler = true) {
   check_channel_name(name);
   if (create) check_options(name, requested);
   auto st = std::make_unique<ChannelState>();
@@ -303,7 +313,7 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   if (st->durable()) {
     st->journal_dir = std::filesystem::path(h.journal_path);  // the creator's: every process journals there
     st->options.journal_dir = st->journal_dir;
-    st->journaler = std::make_unique<Journaler>(*st);
+    if (run_journaler) st->journaler = std::make_unique<Journaler>(*st);
   }
   return st;
 }
@@ -320,10 +330,10 @@ Channel Channel::open(std::string_view name, const ChannelOptions& options) {
   return Channel(detail::make_state(name, options, true));
 }
 
-Channel Channel::attach(std::string_view name) {
+Channel Channel::attach(std::string_view name, bool run_journaler) {
   ChannelOptions none;
   none.durability = Durability::Memory;
-  return Channel(detail::make_state(name, none, false));
+  return Channel(detail::make_state(name, none, false, run_journaler));
 }
 
 void Channel::remove(std::string_view name, const std::filesystem::path& journal_dir) {
@@ -402,12 +412,12 @@ ChannelStats Channel::stats() const {
   const std::uint64_t gate = s.gate();
   out.depth_bytes = out.write_position - std::min(gate, out.write_position);
 
-  std::vector<std::uint32_t> consumers_of(s.header->max_groups, 0), held_by(s.header->max_groups, 0);
-  for (std::uint32_t c = 0; c < s.header->max_consumers; ++c) {
+  std::vector<std::uint32_t> consumers_of(s.options.max_groups, 0), held_by(s.options.max_groups, 0);
+  for (std::uint32_t c = 0; c < s.options.max_consumers; ++c) {
     detail::ConsumerSlot& slot = s.consumers[c];
     if (slot.state.load(std::memory_order_acquire) != detail::kActive) continue;
     const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
-    if (slot.group >= s.header->max_groups) continue;
+    if (slot.group >= s.options.max_groups) continue;
     std::uint32_t held = 0;
     for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), detail::kMaxInFlight); ++k)
       held += slot.in_flight[k].load(std::memory_order_relaxed) != 0;
@@ -417,14 +427,14 @@ ChannelStats Channel::stats() const {
       ++out.live_consumers;
     }
   }
-  for (std::uint32_t i = 0; i < s.header->max_groups; ++i) {
+  for (std::uint32_t i = 0; i < s.options.max_groups; ++i) {
     detail::GroupSlot& g = s.groups[i];
     if (g.state.load(std::memory_order_acquire) != detail::kActive) continue;
     GroupStats gs{};
     gs.name = std::string(detail::slot_name(g.name));
     gs.next_position = g.next.load(std::memory_order_acquire);
     gs.low_water_mark = gs.next_position;
-    for (std::uint32_t c = 0; c < s.header->max_consumers; ++c) {
+    for (std::uint32_t c = 0; c < s.options.max_consumers; ++c) {
       detail::ConsumerSlot& slot = s.consumers[c];
       if (slot.state.load(std::memory_order_acquire) != detail::kActive || slot.group != i) continue;
       for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), detail::kMaxInFlight); ++k)
@@ -452,14 +462,14 @@ ChannelStats Channel::stats() const {
     }
     s.ring->unlock_cleaning();
     gs.delivered = g.delivered.load(std::memory_order_relaxed);
-    for (std::uint32_t c = 0; c < s.header->max_consumers; ++c)
+    for (std::uint32_t c = 0; c < s.options.max_consumers; ++c)
       if (s.consumers[c].state.load(std::memory_order_acquire) == detail::kActive && s.consumers[c].group == i)
         gs.delivered += s.consumers[c].delivered.load(std::memory_order_relaxed);
     gs.consumers = consumers_of[i];
     gs.in_flight = held_by[i];
     out.groups.push_back(std::move(gs));
   }
-  for (std::uint32_t i = 0; i < s.header->max_producers; ++i) {
+  for (std::uint32_t i = 0; i < s.options.max_producers; ++i) {
     detail::ProducerSlot& p = s.producers[i];
     if (p.state.load(std::memory_order_acquire) != detail::kActive) continue;
     ProducerStats ps{};

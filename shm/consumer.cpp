@@ -28,6 +28,7 @@ struct ConsumerState {
   std::uint64_t held[kMaxInFlight] = {};
   static constexpr std::uint64_t kAway = ~0ull;
   std::uint32_t polls = 0;
+  std::uint32_t generation = 0;               // of the group slot when we joined
   std::uint64_t delivered = 0;
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
@@ -41,7 +42,8 @@ struct ConsumerState {
   // Takes the lowest eligible message of the group's give-back list into entry K; ~0 if none.
   std::uint64_t take_given_back(std::uint32_t k) noexcept;
   // Copies a message delivered max_deliveries times to NAME.dlq and acks it here.
-  void dead_letter(const Message& m);
+  // False when NAME.dlq has no room (its ring is full): the message stays in this channel.
+  bool dead_letter(const Message& m);
   // Entries taken from us are free again once the mover let go of them.
   void reclaim_away() noexcept {
     for (std::uint32_t k = 0; k < options.max_in_flight; ++k)
@@ -50,7 +52,14 @@ struct ConsumerState {
         free_stack[free_top++] = k;
       }
   }
+  // With a visibility timeout, the delivery time is stamped before the entry is published (a
+  // reaper must never pair a new entry with an old time), and cleared when the entry is let go.
+  void stamp(std::uint32_t k) noexcept {
+    if (slot->visibility_timeout_ns.load(std::memory_order_relaxed))
+      slot->delivered_at[k].store(now_ns(), std::memory_order_relaxed);
+  }
   void let_go(std::uint32_t k) noexcept {
+    slot->delivered_at[k].store(0, std::memory_order_relaxed);
     held[k] = 0;
     free_stack[free_top++] = k;
   }
@@ -110,9 +119,11 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
 Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries) {
   --free_top;
   held[k] = pos + 1;
-  if (slot->visibility_timeout_ns.load(std::memory_order_relaxed)) slot->delivered_at[k].store(now_ns(), std::memory_order_relaxed);
   slot->delivered.store(++delivered, std::memory_order_relaxed);  // our own line: no locked op
   if (const char* why = ring::RecordRing::check_record(r)) {
+    // The caller never gets this message: let go of the entry before reporting the record.
+    slot->in_flight[k].store(0, std::memory_order_release);
+    let_go(k);
     last = Status::Corrupt;
     throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
                 "shmq channel '" + ch->name + "', group '" + group_name + "': corrupt record at position " +
@@ -147,6 +158,7 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
   }
   if (best) {
     slot->deliveries[k].store(best->deliveries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    stamp(k);
     // Held first, then off the list (see ChannelState::gate()).
     slot->in_flight[k].store(best_pos + 1, std::memory_order_seq_cst);
     best->position_plus1.store(0, std::memory_order_seq_cst);
@@ -156,7 +168,7 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
   return best ? best_pos : ~0ull;
 }
 
-void ConsumerState::dead_letter(const Message& m) {
+bool ConsumerState::dead_letter(const Message& m) {
   if (!dlq) {
     ChannelOptions o;
     o.durability = Durability::Memory;
@@ -170,11 +182,9 @@ void ConsumerState::dead_letter(const Message& m) {
   }
   constexpr std::uint32_t kReasonMaxDeliveries = 1;
   const Published p = publish_copy(*dlq_producer, m, kReasonMaxDeliveries);
-  if (p.status != Status::Ok)
-    throw Error(std::make_error_code(std::errc::no_buffer_space),
-                "shmq channel '" + ch->name + "': cannot move message at position " + std::to_string(m.position()) +
-                    " to " + ch->name + ".dlq: " + to_string(p.status));
+  if (p.status != Status::Ok) return false;
   group->dead_lettered.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
 }  // namespace detail
@@ -194,10 +204,10 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   detail::RegistryLock lock(s);
   const int g = s.ensure_group(group, options.start);
   int free = -1;
-  for (std::uint32_t i = 0; i < s.header->max_consumers && free < 0; ++i)
+  for (std::uint32_t i = 0; i < s.options.max_consumers && free < 0; ++i)
     if (s.consumers[i].state.load(std::memory_order_acquire) == detail::kFree) free = static_cast<int>(i);
   if (free < 0)
-    s.fail(std::errc::no_space_on_device, "the consumer table is full (" + std::to_string(s.header->max_consumers) +
+    s.fail(std::errc::no_space_on_device, "the consumer table is full (" + std::to_string(s.options.max_consumers) +
                                               " consumers); cannot add a consumer to group '" + std::string(group) + "'");
   detail::ConsumerSlot& slot = s.consumers[free];
   for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
@@ -213,6 +223,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   c.index = static_cast<std::uint32_t>(free);
   c.slot = &slot;
   c.group = &s.groups[g];
+  c.generation = c.group->generation.load(std::memory_order_relaxed);
   for (std::uint32_t k = 0; k < options.max_in_flight; ++k) c.free_stack[k] = options.max_in_flight - 1 - k;
   c.free_top = options.max_in_flight;
 }
@@ -249,7 +260,8 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
   std::uint64_t deadline = 0;  // read the clock only once there is something to wait for
   unsigned spins = 0;
   for (;;) {
-    if (c.group->state.load(std::memory_order_relaxed) != detail::kActive) {
+    if (c.group->state.load(std::memory_order_relaxed) != detail::kActive ||
+        c.group->generation.load(std::memory_order_relaxed) != c.generation) {  // removed (and maybe reused)
       c.last = Status::Closed;
       return std::nullopt;
     }
@@ -266,8 +278,15 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
         }
         Message m = c.hold(pos, r, k, c.slot->deliveries[k].load(std::memory_order_relaxed));
         if (m.deliveries() <= c.ch->options.max_deliveries) return m;
-        c.dead_letter(m);  // delivered max_deliveries times already: out of the line
-        ack(m);
+        // Delivered max_deliveries times already: out of the line. If NAME.dlq is full (nobody
+        // reads it), it waits here a second and is tried again; the line keeps moving meanwhile.
+        if (c.dead_letter(m)) {
+          ack(m);
+        } else {
+          // If even the give-back list is full, it stays held here (gating, never lost) and goes
+          // back to the group when this consumer leaves.
+          (void)nack(m, std::chrono::seconds(1));
+        }
         continue;
       }
     }
@@ -277,8 +296,9 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
     switch (r.kind) {
       case ring::ReadResult::Record: {
         const std::uint32_t k = c.free_stack[c.free_top - 1];
+        c.stamp(k);
         // Held first, then taken: a reclaim that sees the new cursor sees the held entry too.
-        c.slot->in_flight[k].store(pos + 1, std::memory_order_relaxed);
+        c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
         // release: publishes the in-flight entry above to a reclaim that acquires the cursor.
         if (!c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_acquire)) {
           c.slot->in_flight[k].store(0, std::memory_order_relaxed);

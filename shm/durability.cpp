@@ -167,12 +167,12 @@ State capture(ChannelState& ch, std::uint64_t durable) {
   State s;
   s.durable_position = durable;
   s.next_producer_id = ch.header->next_producer_id.load(std::memory_order_relaxed);
-  for (std::uint32_t i = 0; i < ch.header->max_producers; ++i) {
+  for (std::uint32_t i = 0; i < ch.options.max_producers; ++i) {
     ProducerSlot& p = ch.producers[i];
     if (p.state.load(std::memory_order_acquire) != kActive) continue;
     s.producers.push_back({std::string(slot_name(p.name)), p.id, p.next_seq.load(std::memory_order_relaxed)});
   }
-  for (std::uint32_t i = 0; i < ch.header->max_groups; ++i) {
+  for (std::uint32_t i = 0; i < ch.options.max_groups; ++i) {
     GroupSlot& g = ch.groups[i];
     if (g.state.load(std::memory_order_acquire) != kActive) continue;
     SavedGroup gs;
@@ -183,7 +183,7 @@ State capture(ChannelState& ch, std::uint64_t durable) {
     for (const GiveBackEntry& e : g.give_back)
       if (const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed))
         gs.held.push_back({p - 1, e.deliveries.load(std::memory_order_relaxed)});
-    for (std::uint32_t c = 0; c < ch.header->max_consumers; ++c) {
+    for (std::uint32_t c = 0; c < ch.options.max_consumers; ++c) {
       ConsumerSlot& slot = ch.consumers[c];
       if (slot.state.load(std::memory_order_acquire) != kActive || slot.group != i) continue;
       for (std::uint32_t k = 0; k < kMaxInFlight; ++k)
@@ -210,6 +210,7 @@ std::string encode_meta(const ChannelOptions& o) {
   m.put(o.max_consumers);
   m.put(o.dedup_window);
   m.put(o.max_deliveries);
+  m.put(static_cast<std::uint32_t>(o.durability));
   return std::move(m.bytes);
 }
 
@@ -251,6 +252,11 @@ void adopt_journal_geometry(std::string_view channel, const std::filesystem::pat
   j.max_consumers = in.get<std::uint32_t>();
   j.dedup_window = in.get<std::uint32_t>();
   j.max_deliveries = in.get<std::uint32_t>();
+  const auto durability = in.get<std::uint32_t>();
+  // Durability: the stronger of the journal's and the one asked (a Sync channel stays Sync after
+  // a restart that asked Async; a restart may ask for more).
+  if (in.ok && durability >= static_cast<std::uint32_t>(Durability::Async) && durability <= static_cast<std::uint32_t>(Durability::Sync))
+    j.durability = std::max(o.durability, static_cast<Durability>(durability));
   if (!in.ok || version != kCheckpointVersion)
     fail(channel, std::errc::illegal_byte_sequence, (dir / kMetaCheckpoint).string() + " does not decode");
   if (o.strict_geometry && (j.ring_bytes != o.ring_bytes || j.max_message_bytes != o.max_message_bytes))
@@ -307,9 +313,9 @@ void prepare(Segment& seg, RecoveryContext& rc) {
 
   // Pass 2: back into the ring, at their positions, from the lowest one a group still needs (or
   // as much of the end as the ring holds: what lies below was acked before the crash, or the ring
-  // could not have moved on past it). Without a checkpoint no group is known: as much of the
-  // journal as the ring holds goes back, for groups that start at the earliest message.
-  const std::uint64_t need = state ? state->low_water_mark(end) : first_record;
+  // could not have moved on past it). When no group is known, as much of the journal as the ring
+  // holds goes back, for groups that start at the earliest message.
+  const std::uint64_t need = state && !state->groups.empty() ? state->low_water_mark(end) : std::min(first_record, end);
   const std::uint64_t from = std::max(need, end > cap - ring::kAlign ? end - cap + ring::kAlign : 0);
   ring.start(from);
   {
@@ -334,8 +340,12 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       ++rc.report.records;
     }
   }
-  if (ring.tail() < end) ring.place(end, 0);  // nothing to place: only pads up to the end
-  if (ring.tail() != end) ring.start(end);
+  // Up to the end (a padding or dead claim may follow the last record). Never start() again
+  // here: the records just placed sit below it and must stay gated.
+  if (ring.tail() < end && !ring.pad_to(end))
+    fail(rc.name, std::errc::illegal_byte_sequence,
+         "the journal in " + rc.dir.string() + " ends at position " + std::to_string(end) +
+             ", beyond what a ring of this size can hold after position " + std::to_string(from));
   h.durable_position.store(end, std::memory_order_relaxed);
   rc.report.recovered = true;
   rc.report.from_position = from;
@@ -439,10 +449,14 @@ void Journaler::run() noexcept {
   wo.segment_bytes = ch_.options.journal_segment_bytes;
   wo.file_mode = ch_.options.mode;
   wo.verify_on_open = false;  // the last two files; recovery and `shmq verify` read them all
-  while (!stopping()) {
+  for (;;) {
+    // Closing: one last try. If nobody journals, this process copies what is left in the ring,
+    // syncs and checkpoints before it goes (else a reboot would lose it, however old).
+    const bool last_chance = stopping();
     try {
       writer_ = std::make_unique<journal::Writer>(journal::Writer::open(ch_.journal_dir, wo));
     } catch (const Error& e) {
+      if (last_chance) return;  // another process holds the lock: it journals the rest
       if (e.code() != std::errc::resource_unavailable_try_again && e.code() != std::errc::operation_would_block)
         ch_.header->journal_errors.fetch_add(1, std::memory_order_relaxed);
       const std::uint32_t v = ch_.header->durable_seq.load(std::memory_order_acquire);
@@ -452,11 +466,18 @@ void Journaler::run() noexcept {
     try {
       journal(*writer_);
     } catch (const std::exception&) {
-      // An I/O error failed the Writer (it refuses to go on after a failed fdatasync): count it,
-      // give up the lock, and try again with a fresh Writer.
+      // An I/O error failed the Writer (it refuses to go on after a failed fdatasync), or the ring
+      // holds a record that breaks the layout: count it, give up the lock, and try again with a
+      // fresh Writer after a second (stats and `shmq stat` show the count).
       ch_.header->journal_errors.fetch_add(1, std::memory_order_relaxed);
+      writer_.reset();
+      if (stopping()) return;
+      const std::uint32_t v = ch_.header->durable_seq.load(std::memory_order_acquire);
+      futex_wait(ch_.header->durable_seq, v, std::chrono::seconds(1));
+      continue;
     }
     writer_.reset();
+    if (stopping()) return;
   }
 }
 
@@ -472,6 +493,8 @@ void Journaler::journal(journal::Writer& w) {
   std::uint64_t last_sync = now_ns();
   bool dirty = false;
   std::uint64_t pending_pos = ~0ull, pending_since = 0;
+  std::uint64_t stop_seen = 0;  // when a stop was first seen
+  bool caught_up = false;       // the last read found nothing at the tail
 
   auto publish = [&] {
     h.durable_position.store(cursor, std::memory_order_seq_cst);  // pairs with wait_durable()
@@ -501,13 +524,21 @@ void Journaler::journal(journal::Writer& w) {
   };
 
   for (unsigned n = 0;; ++n) {
+    // Closing: copy what the ring holds up to its tail first (at most 200 ms more, if producers
+    // of other processes keep it busy: they have journalers of their own).
     if (stopping()) {
-      if (dirty) sync();
-      checkpoint(h.durable_position.load(std::memory_order_acquire));
-      w.close();
-      h.journaler_token.store(0, std::memory_order_relaxed);
-      return;
+      const std::uint64_t now = now_ns();
+      if (stop_seen == 0) stop_seen = now;
+      if (caught_up || now - stop_seen > 200'000'000) {
+        if (dirty) sync();
+        else if (cursor != h.durable_position.load(std::memory_order_relaxed)) publish();
+        checkpoint(h.durable_position.load(std::memory_order_acquire));
+        w.close();
+        h.journaler_token.store(0, std::memory_order_relaxed);
+        return;
+      }
     }
+    caught_up = false;
     const ring::ReadResult r = ring.read(cursor);
     if (r.kind == ring::ReadResult::Record) {
       if (cursor >= journaled_below) {
@@ -553,6 +584,8 @@ void Journaler::journal(journal::Writer& w) {
       sched_yield();
       continue;
     }
+    caught_up = true;
+    if (stopping()) continue;  // finish now
     // Sleep until the next flush is due, or a Sync publisher wakes us (wait_durable), or data
     // comes (polled: publishers do not wake the journaler, so an Async publish makes no syscall).
     const std::uint32_t v = h.durable_seq.load(std::memory_order_acquire);

@@ -14,16 +14,22 @@
 namespace shmq::detail {
 namespace {
 
-// Start time (clock ticks since boot) of PID from /proc/PID/stat; 0 if it has none or is a zombie.
+constexpr std::uint64_t kUnknown = ~0ull;  // /proc could not be read: not evidence of death
+
+// Start time (clock ticks since boot) of PID from /proc/PID/stat; 0 if it has none (no such
+// process, or a zombie); kUnknown when /proc fails for another reason (fd exhaustion, EINTR...):
+// a lock is never stolen, nor a claim padded, on such an error.
 std::uint64_t start_time_of(int pid) noexcept {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0) return errno == ENOENT || errno == ESRCH ? 0 : kUnknown;
   char buf[1024];
   const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  const int err = errno;
   ::close(fd);
-  if (n <= 0) return 0;
+  if (n < 0) return err == ESRCH ? 0 : kUnknown;  // ESRCH: it exited while we read
+  if (n == 0) return 0;
   buf[n] = '\0';
   // The command name (field 2) is in parentheses and may hold spaces: fields resume after the last ')'.
   const char* p = std::strrchr(buf, ')');
@@ -41,7 +47,8 @@ std::uint64_t start_time_of(int pid) noexcept {
 }
 
 std::uint64_t make_token(int pid) noexcept {
-  const std::uint64_t start = start_time_of(pid);
+  std::uint64_t start = start_time_of(pid);
+  for (int i = 0; i < 100 && start == kUnknown; ++i) start = start_time_of(pid);  // a passing failure
   return static_cast<std::uint32_t>(pid) | (static_cast<std::uint64_t>(static_cast<std::uint32_t>(start)) << 32);
 }
 
@@ -64,6 +71,7 @@ bool token_alive(std::uint64_t token) noexcept {
   if (pid <= 0) return false;
   if (pid == ::getpid()) return token == self_token();
   const std::uint64_t start = start_time_of(pid);
+  if (start == kUnknown) return true;
   return start != 0 && static_cast<std::uint32_t>(start) == static_cast<std::uint32_t>(token >> 32);
 }
 

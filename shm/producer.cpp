@@ -110,7 +110,7 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   detail::calibrate_wall_clock();  // once per process, here rather than in a publish
   detail::RegistryLock lock(s);
   int found = -1, free = -1;
-  for (std::uint32_t i = 0; i < s.header->max_producers; ++i) {
+  for (std::uint32_t i = 0; i < s.options.max_producers; ++i) {
     detail::ProducerSlot& slot = s.producers[i];
     const std::uint32_t st = slot.state.load(std::memory_order_acquire);
     if (st == detail::kActive && detail::slot_name(slot.name) == name) {
@@ -134,7 +134,7 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
     s.header->registry_version.fetch_add(1, std::memory_order_release);
     found = free;
   } else {
-    s.fail(std::errc::no_space_on_device, "the producer table is full (" + std::to_string(s.header->max_producers) +
+    s.fail(std::errc::no_space_on_device, "the producer table is full (" + std::to_string(s.options.max_producers) +
                                               " producers); cannot add producer '" + std::string(name) + "'");
   }
   p.index = static_cast<std::uint32_t>(found);
@@ -190,6 +190,7 @@ Published detail::publish_copy(Producer& producer, const Message& m, std::uint32
   detail::ProducerState& p = *producer.state_;
   PublishOptions opts;
   opts.key = m.key();
+  opts.timeout = std::chrono::milliseconds(10);  // a full NAME.dlq must not stall the consumer
   if (Status st = p.check(m.payload().size(), opts); st != Status::Ok) return {st, m.id(), 0};
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + m.key().size() + m.payload().size());
   const std::uint64_t pos = p.claim_space(frame_len, opts);

@@ -62,7 +62,7 @@ std::uint32_t layout_fingerprint() noexcept {
       offsetof(SegmentHeader, ring_offset), offsetof(SegmentHeader, registry_lock),
       offsetof(SegmentHeader, next_producer_id), sizeof(ProducerSlot), offsetof(ProducerSlot, name),
       offsetof(ProducerSlot, owner), offsetof(ProducerSlot, next_seq), sizeof(GroupSlot), offsetof(GroupSlot, next),
-      offsetof(GroupSlot, delivered), offsetof(GroupSlot, given_back), offsetof(GroupSlot, give_back),
+      offsetof(GroupSlot, delivered), offsetof(GroupSlot, generation), offsetof(GroupSlot, given_back), offsetof(GroupSlot, give_back),
       sizeof(GiveBackEntry), kGiveBackEntries, sizeof(ConsumerSlot), offsetof(ConsumerSlot, in_flight),
       offsetof(ConsumerSlot, deliveries), offsetof(ConsumerSlot, delivered_at), offsetof(ConsumerSlot, delivered), kMovingBit, kMaxInFlight, offsetof(SegmentHeader, last_reap_ns), offsetof(SegmentHeader, durable_position), offsetof(SegmentHeader, journal_path),
       offsetof(SegmentHeader, registry_version),
@@ -256,7 +256,10 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
 
   bool init = false;
   if (file_bytes == 0) {
-    init = true;  // new, or its creator died before sizing it
+    // New (its creator has not taken the lock yet), or its creator died before sizing it. Only a
+    // creator initialises it: an attacher must not make a channel with default options.
+    if (!create) fail(std::errc::no_such_file_or_directory, name, path + " is being created, or its creator died");
+    init = true;
   } else if (file_bytes < sizeof(SegmentHeader)) {
     fail(std::errc::invalid_argument, name, path + " is not a shmq segment (" + std::to_string(file_bytes) + " bytes, too short for a header)");
   } else {

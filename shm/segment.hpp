@@ -116,6 +116,7 @@ struct alignas(64) GroupSlot {
   std::uint32_t start;                    // Start the group was created with
   char name[kMaxSlotName + 1];
   std::uint64_t created_position;
+  std::atomic<std::uint32_t> generation;  // bumped each time the slot is given to a new group
   // One line for the delivery cursor: consumers of the group CAS it, and look at given_back.
   alignas(64) std::atomic<std::uint64_t> next;       // next position to deliver
   std::atomic<std::uint64_t> delivered;              // deliveries made by consumers that left (live ones count in their slot)

@@ -234,6 +234,32 @@ TEST_F(Journaled, SyncPublishesSurviveProducersAndConsumersKilledAtRandom) {
   ::munmap(b, sizeof(Board));
 }
 
+// A process publishes Async and closes the channel without flush, long before its flush interval:
+// closing journals what the ring holds, so a reboot right after loses nothing.
+TEST_F(Journaled, AnAsyncPublisherThatClosesLeavesEverythingInTheJournal) {
+  const auto name = channel_name();
+  ChannelOptions o = durable(D::Async);
+  o.flush_interval = std::chrono::milliseconds(60'000);
+  const pid_t child = fork_child([&] {
+    auto c2 = Channel::open(name, o);
+    c2.ensure_group("g");
+    Producer p(c2, "p");
+    for (int i = 0; i < 2000; ++i) CHILD_CHECK(p.publish(text_of(0, i)).status == Status::Ok);
+    return kChildOk;  // Producer and Channel are closed here, no flush
+  });
+  ASSERT_TRUE(wait_child(child, 60s).ok());
+  EXPECT_EQ(journaled(dir_ / name).size(), 2000u);
+  ::unlink(segment_path(name).c_str());
+  auto ch = Channel::open(name, o);
+  Consumer c(ch, "g");
+  int got = 0;
+  while (auto m = c.poll(100ms)) {
+    ++got;
+    ASSERT_EQ(c.ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(got, 2000);
+}
+
 // The journaler's process is SIGKILLed while a producer publishes: another process takes over
 // and nothing published is lost.
 TEST_F(Journaled, AnotherProcessTakesOverFromAJournalerThatDied) {

@@ -142,7 +142,7 @@ std::optional<std::filesystem::path> find_journal(const char* command, const std
     if (fs::is_directory(journal, ec)) return journal;
     // Not under the default base: a live segment knows where its creator put the journal.
     if (journal_dir.empty() && Channel::exists(target)) {
-      const ChannelStats s = Channel::attach(target).stats();
+      const ChannelStats s = Channel::attach(target, /*run_journaler=*/false).stats();
       if (!s.journal_dir.empty() && fs::is_directory(s.journal_dir, ec)) return fs::path(s.journal_dir);
       if (s.durability == Durability::Memory) {
         std::fprintf(stderr, "shmq %s: channel '%s' is a Memory channel: it has no journal\n", command, target.c_str());
@@ -195,7 +195,7 @@ int cmd_ls(bool json) {
   for (const std::string& name : Channel::list()) {
     Row row{name, std::nullopt, {}};
     try {
-      row.stats = Channel::attach(name).stats();
+      row.stats = Channel::attach(name, /*run_journaler=*/false).stats();
     } catch (const std::exception& e) {
       row.error = e.what();
       // The row names the channel already.
@@ -258,7 +258,7 @@ int cmd_ls(bool json) {
 // ---- stat ----------------------------------------------------------------------------------------
 
 int cmd_stat(const std::string& channel, bool json) {
-  const ChannelStats s = Channel::attach(channel).stats();
+  const ChannelStats s = Channel::attach(channel, /*run_journaler=*/false).stats();
   if (json) {
     std::printf("%s\n", stats_json(s).c_str());
     return kExitOk;
@@ -685,7 +685,7 @@ int cmd_rm(const RmArgs& a) {
     std::filesystem::path base = a.journal_dir;
     if (base.empty() && segment) {
       try {
-        const std::string dir = Channel::attach(channel).stats().journal_dir;
+        const std::string dir = Channel::attach(channel, /*run_journaler=*/false).stats().journal_dir;
         if (!dir.empty()) base = std::filesystem::path(dir).parent_path();
       } catch (const Error&) {
         // Removed meanwhile, or unreadable: the default below.

@@ -236,7 +236,7 @@ bool has_journal(const fs::path& dir) {
 int cmd_recover(const RecoverArgs& a) {
   const fs::path dir = detail::journal_path_for(a.channel, a.journal_dir);  // throws for a bad name
   if (Channel::exists(a.channel)) {
-    Channel ch = Channel::attach(a.channel);
+    Channel ch = Channel::attach(a.channel, /*run_journaler=*/false);
     const ChannelStats s = ch.stats();
     if (a.json) {
       print_recovery(ch, ch.recovery(), true);

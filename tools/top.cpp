@@ -183,7 +183,7 @@ class Watch {
       Sample s{Clock::now(), std::nullopt, {}};
       try {
         auto it = open_.find(name);
-        if (it == open_.end()) it = open_.emplace(name, Channel::attach(name)).first;
+        if (it == open_.end()) it = open_.emplace(name, Channel::attach(name, /*run_journaler=*/false)).first;
         s.stats = it->second.stats();
         s.at = Clock::now();
       } catch (const std::exception& e) {

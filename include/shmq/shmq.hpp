@@ -138,7 +138,8 @@ class Channel {  // movable, not copyable
   // that is not a shmq segment, a header that breaks the layout's rules, missing permissions.
   static Channel open(std::string_view name, const ChannelOptions& = {});
   // Attach only: Error (errc::no_such_file_or_directory) if the channel does not exist.
-  static Channel attach(std::string_view name);
+  // RUN_JOURNALER false: this process never journals the channel (for tools that only look).
+  static Channel attach(std::string_view name, bool run_journaler = true);
   // Removes the segment (and, once journals exist, the journal directory). Processes that have it
   // open keep their mapping until they close it. Error (errc::no_such_file_or_directory) if there
   // is no such channel.
