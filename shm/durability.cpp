@@ -290,7 +290,11 @@ void prepare(Segment& seg, RecoveryContext& rc) {
   if (auto bytes = journal::read_checkpoint(rc.dir, kStateCheckpoint)) state = decode_state(rc.name, rc.dir, *bytes);
 
   // Pass 1: where the journal ends in ring terms, and the producers' highest sequences.
-  const std::uint64_t scan_from = state ? std::min(state->durable_position, state->low_water_mark(~0ull)) : 0;
+  // With no group known, what the ring can hold below the end is put back: scan from there.
+  const std::uint64_t scan_from =
+      !state ? 0
+      : state->groups.empty() ? (state->durable_position > cap ? state->durable_position - cap : 0)
+                              : std::min(state->durable_position, state->low_water_mark(~0ull));
   std::uint64_t end = state ? state->durable_position : 0;
   std::uint64_t first_record = ~0ull;
   std::map<std::uint64_t, std::uint64_t> max_seq;
@@ -528,7 +532,12 @@ void Journaler::journal(journal::Writer& w) {
     // of other processes keep it busy: they have journalers of their own).
     if (stopping()) {
       const std::uint64_t now = now_ns();
-      if (stop_seen == 0) stop_seen = now;
+      if (stop_seen == 0) {
+        // A catch-up found before the stop was seen does not count: the closing process may have
+        // published since. Read up to the tail once more.
+        stop_seen = now;
+        caught_up = false;
+      }
       if (caught_up || now - stop_seen > 200'000'000) {
         if (dirty) sync();
         else if (cursor != h.durable_position.load(std::memory_order_relaxed)) publish();

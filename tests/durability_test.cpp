@@ -260,6 +260,31 @@ TEST_F(Journaled, AnAsyncPublisherThatClosesLeavesEverythingInTheJournal) {
   EXPECT_EQ(got, 2000);
 }
 
+// No group existed when the segment was lost: the recovery puts back what the ring can hold, so
+// that a group starting at the earliest message still finds it (the checkpoint's durable position
+// is not where the records begin).
+TEST_F(Journaled, WithNoGroupARecoveryPutsBackWhatTheRingHolds) {
+  const auto name = channel_name();
+  ChannelOptions o = durable(D::Async);
+  {
+    auto ch = Channel::open(name, o);
+    Producer p(ch, "p");
+    for (int i = 0; i < 500; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+    ASSERT_TRUE(p.flush(10s));
+  }
+  ::unlink(segment_path(name).c_str());
+  auto ch = Channel::open(name, o);
+  EXPECT_EQ(ch.recovery().records, 500u);
+  Consumer c(ch, "late", {Start::Earliest});
+  int got = 0;
+  while (auto m = c.poll(100ms)) {
+    EXPECT_EQ(m->text(), text_of(0, got));
+    ++got;
+    ASSERT_EQ(c.ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(got, 500);
+}
+
 // The journaler's process is SIGKILLed while a producer publishes: another process takes over
 // and nothing published is lost.
 TEST_F(Journaled, AnotherProcessTakesOverFromAJournalerThatDied) {
