@@ -94,6 +94,15 @@ bool RecordRing::unblock(std::uint64_t pos, AliveFn alive) noexcept {
     }
     const std::uint64_t len = align_up(static_cast<std::uint32_t>(-static_cast<std::int64_t>(f.length)));
     if (len < kAlign || pos + len > lap_end(pos)) return false;  // not ours to guess; read() reports it
+    if (f.claimer < claimer_count_) {
+      // Before the padding frame (the release CAS below orders it): once the space is reclaimed,
+      // `padded` is what says this claim was never committed. Claims are padded in position order,
+      // so the value only grows; the CAS loop keeps it so when two readers race.
+      std::atomic<std::uint64_t>& padded = claimers_[f.claimer].padded;
+      std::uint64_t seen = padded.load(std::memory_order_relaxed);
+      while (seen < pos + 1 && !padded.compare_exchange_weak(seen, pos + 1, std::memory_order_relaxed)) {
+      }
+    }
     // CAS: another reader may be turning the same claim into padding; either of us may win.
     word.compare_exchange_strong(w, Frame::pack(static_cast<std::int32_t>(len), RecordType::Padding, 0, 0),
                                  std::memory_order_release, std::memory_order_relaxed);
@@ -228,7 +237,12 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
   std::uint64_t target = c;
   while (target < limit) {
     const Frame f = Frame::unpack(frame_at(target).load(std::memory_order_acquire));
-    if (f.length < static_cast<std::int32_t>(kAlign)) break;  // not a committed frame: never past the gate
+    if (f.length < static_cast<std::int32_t>(kAlign)) {
+      // A claim not committed. Below every reader's position there is nobody else to find it: if
+      // its claimer is dead, it is padding now, and zeroing goes on past it.
+      if (f.length <= 0 && unblock(target, alive)) continue;
+      break;  // a live claim, or a corrupt frame: never past it
+    }
     const std::uint64_t next = target + align_up(static_cast<std::uint32_t>(f.length));
     if (next > g) break;
     target = next;

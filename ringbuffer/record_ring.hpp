@@ -43,7 +43,7 @@
 namespace shmq::ring {
 
 inline constexpr std::uint64_t kRingMagic = 0x474e4952514d4853ull;  // "SHMQRING"
-inline constexpr std::uint32_t kRingVersion = 1;
+inline constexpr std::uint32_t kRingVersion = 2;
 inline constexpr std::size_t kAlign = 8;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kMaxClaimers = 4096;  // 12 bits in the frame word
@@ -112,6 +112,11 @@ struct alignas(kCacheLine) ClaimerSlot {
   std::atomic<std::uint64_t> intent;  // tail value this claimer is about to CAS from; kNoIntent when idle
   std::atomic<std::uint64_t> owner;   // owner token of the process using this slot; 0 when unowned
   std::atomic<std::uint32_t> epoch;   // bumped at every change of owner
+  std::uint32_t reserved;
+  // Position + 1 of the highest claim of this slot that a reader turned into padding because its
+  // claimer was dead (0: none). Stored before the padding frame, so that whoever finds the space
+  // reclaimed can tell a dead claim from a committed record (the producer's takeover does).
+  std::atomic<std::uint64_t> padded;
 };
 static_assert(sizeof(ClaimerSlot) == kCacheLine);
 

@@ -255,6 +255,8 @@ void check_options(std::string_view name, const ChannelOptions& o) {
     bad("max_producers must be between 1 and " + std::to_string(ring::kMaxClaimers));
   if (o.max_groups == 0 || o.max_groups > 4096) bad("max_groups must be between 1 and 4096");
   if (o.max_consumers == 0 || o.max_consumers > 4096) bad("max_consumers must be between 1 and 4096");
+  if (o.dedup_window == 0 || o.dedup_window > kMaxDedupWindow)
+    bad("dedup_window " + std::to_string(o.dedup_window) + " must be between 1 and " + std::to_string(kMaxDedupWindow));
   if (o.mode & ~0777u) bad("mode has bits outside 0777");
   if ((o.mode & 0600u) != 0600u) bad("mode must give the owner read and write (0600)");
   if (o.journal_segment_bytes < 4096) bad("journal_segment_bytes must be at least 4096");
@@ -301,6 +303,7 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
     differs("max_producers", requested.max_producers, h.max_producers);
     differs("max_groups", requested.max_groups, h.max_groups);
     differs("max_consumers", requested.max_consumers, h.max_consumers);
+    differs("dedup_window", requested.dedup_window, h.dedup_window);
   }
   if (create && requested.durability != eff.durability)
     st->fail(std::errc::invalid_argument, "the existing segment has another durability than the one asked");

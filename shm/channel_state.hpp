@@ -67,6 +67,11 @@ struct ChannelState {
   void wake_consumers() noexcept;
 };
 
+// Crash tests: a hook called inside every Producer::publish after the space is claimed (and the
+// publish announced in the slot), after the commit, and after the dedup window recorded it.
+enum class PublishStage { Claimed, Committed, Accepted };
+void set_publish_hook(void (*hook)(PublishStage));
+
 // Lowest position in G's give-back list (~0 when empty).
 std::uint64_t lowest_given_back(const GroupSlot& g) noexcept;
 

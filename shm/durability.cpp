@@ -11,6 +11,7 @@
 
 #include "journal/journal.hpp"
 #include "shm/channel_state.hpp"
+#include "shm/dedup.hpp"
 
 namespace shmq::detail {
 namespace {
@@ -19,7 +20,8 @@ using journal::RecordView;
 
 constexpr std::string_view kStateCheckpoint = "state";  // groups and producers
 constexpr std::string_view kMetaCheckpoint = "meta";    // the channel's geometry
-constexpr std::uint32_t kCheckpointVersion = 1;
+constexpr std::uint32_t kCheckpointVersion = 2;  // 2: producers' dedup windows; 1 is still read
+constexpr std::uint32_t kMetaVersion = 1;
 constexpr std::uint64_t kCheckpointEveryNs = 200'000'000;
 constexpr std::uint64_t kElectionRetryNs = 100'000'000;
 
@@ -76,16 +78,25 @@ struct SavedGroup {
   std::uint64_t next = 0;
   std::vector<Held> held;  // given back or held by a consumer: to deliver again
 };
+// A run of sequences a producer had accepted and that were durable: first, first + 1, ...
+struct SeqRun {
+  std::uint64_t first;
+  std::uint32_t count;
+};
 struct SavedProducer {
   std::string name;
   std::uint64_t id = 0;
   std::uint64_t next_seq = 1;
+  std::vector<SeqRun> accepted;  // within its dedup window
 };
 struct State {
   std::uint64_t durable_position = 0;
   std::uint64_t next_producer_id = 0;
   std::vector<SavedProducer> producers;
   std::vector<SavedGroup> groups;
+  // The lowest position of a publish that was under way when the windows were read: its record
+  // may be durable without its window entry. Recovery reads the journal from here at least.
+  std::uint64_t windows_from = ~0ull;
 
   // The lowest position a group still needs; DEFAULT when there is no group.
   std::uint64_t low_water_mark(std::uint64_t otherwise) const {
@@ -108,6 +119,11 @@ std::string encode(const State& s) {
     o.str(p.name);
     o.put(p.id);
     o.put(p.next_seq);
+    o.put(static_cast<std::uint32_t>(p.accepted.size()));
+    for (const SeqRun& r : p.accepted) {
+      o.put(r.first);
+      o.put(r.count);
+    }
   }
   o.put(static_cast<std::uint32_t>(s.groups.size()));
   for (const SavedGroup& g : s.groups) {
@@ -120,6 +136,7 @@ std::string encode(const State& s) {
       o.put(h.deliveries);
     }
   }
+  o.put(s.windows_from);
   return std::move(o.bytes);
 }
 
@@ -127,10 +144,10 @@ State decode_state(std::string_view channel, const std::filesystem::path& dir, s
   In in{bytes};
   State s;
   const auto version = in.get<std::uint32_t>();
-  if (in.ok && version != kCheckpointVersion)
+  if (in.ok && version != kCheckpointVersion && version != 1)
     fail(channel, std::errc::invalid_argument,
-         (dir / kStateCheckpoint).string() + " is checkpoint version " + std::to_string(version) + "; this build reads " +
-             std::to_string(kCheckpointVersion));
+         (dir / kStateCheckpoint).string() + " is checkpoint version " + std::to_string(version) +
+             "; this build reads versions 1 and " + std::to_string(kCheckpointVersion));
   s.durable_position = in.get<std::uint64_t>();
   s.next_producer_id = in.get<std::uint64_t>();
   const auto np = in.get<std::uint32_t>();
@@ -139,6 +156,15 @@ State decode_state(std::string_view channel, const std::filesystem::path& dir, s
     p.name = in.str();
     p.id = in.get<std::uint64_t>();
     p.next_seq = in.get<std::uint64_t>();
+    if (version >= 2) {
+      const auto runs = in.get<std::uint32_t>();
+      for (std::uint32_t k = 0; in.ok && k < runs && k <= kMaxDedupWindow; ++k) {
+        SeqRun r{};
+        r.first = in.get<std::uint64_t>();
+        r.count = in.get<std::uint32_t>();
+        p.accepted.push_back(r);
+      }
+    }
     s.producers.push_back(std::move(p));
   }
   const auto ng = in.get<std::uint32_t>();
@@ -156,6 +182,7 @@ State decode_state(std::string_view channel, const std::filesystem::path& dir, s
     }
     s.groups.push_back(std::move(g));
   }
+  if (version >= 2) s.windows_from = in.get<std::uint64_t>();
   if (!in.ok || in.at != bytes.size() || np > ring::kMaxClaimers || ng > 4096)
     fail(channel, std::errc::illegal_byte_sequence,
          (dir / kStateCheckpoint).string() + " passed its CRC but does not decode (written by another build?)");
@@ -170,7 +197,24 @@ State capture(ChannelState& ch, std::uint64_t durable) {
   for (std::uint32_t i = 0; i < ch.options.max_producers; ++i) {
     ProducerSlot& p = ch.producers[i];
     if (p.state.load(std::memory_order_acquire) != kActive) continue;
-    s.producers.push_back({std::string(slot_name(p.name)), p.id, p.next_seq.load(std::memory_order_relaxed)});
+    // acquire: pairs with the release stores of the owner's begin() and accepted(): the window
+    // entries of every publish finished before the one announced (or before none) are visible.
+    const std::uint64_t pending = p.pending_entry.load(std::memory_order_acquire);
+    if (pending >= 2) s.windows_from = std::min(s.windows_from, pending - 2);
+    SavedProducer sp{std::string(slot_name(p.name)), p.id, p.next_seq.load(std::memory_order_acquire), {}};
+    // The accepted sequences whose records are durable (or were restored as accepted).
+    const DedupWindow w(ch.segment->dedup_entries(i), ch.options.dedup_window, &p.next_seq);
+    const std::uint64_t top = sp.next_seq - 1;
+    const std::uint64_t low = top >= w.size() ? top - w.size() + 1 : 1;
+    for (std::uint64_t q = low; q <= top; ++q) {
+      const std::uint64_t e = w.find(q);
+      if (e == 0 || (e != kAcceptedSomewhere && e - 2 >= durable)) continue;
+      if (!sp.accepted.empty() && sp.accepted.back().first + sp.accepted.back().count == q)
+        ++sp.accepted.back().count;
+      else
+        sp.accepted.push_back({q, 1});
+    }
+    s.producers.push_back(std::move(sp));
   }
   for (std::uint32_t i = 0; i < ch.options.max_groups; ++i) {
     GroupSlot& g = ch.groups[i];
@@ -202,7 +246,7 @@ State capture(ChannelState& ch, std::uint64_t durable) {
 
 std::string encode_meta(const ChannelOptions& o) {
   Out m;
-  m.put(kCheckpointVersion);
+  m.put(kMetaVersion);
   m.put(static_cast<std::uint64_t>(o.ring_bytes));
   m.put(static_cast<std::uint64_t>(o.max_message_bytes));
   m.put(o.max_producers);
@@ -213,6 +257,35 @@ std::string encode_meta(const ChannelOptions& o) {
   m.put(static_cast<std::uint32_t>(o.durability));
   return std::move(m.bytes);
 }
+
+// Recovery: per producer id, the (sequence, position) pairs of the journal's records among its
+// WINDOW highest sequences. Sorted and cut down now and then, so its size stays within 2 x WINDOW.
+class RecentSeqs {
+ public:
+  explicit RecentSeqs(std::uint32_t window) : window_(window) {}
+  void add(std::uint64_t producer, std::uint64_t seq, std::uint64_t position) {
+    auto& v = by_producer_[producer];
+    v.emplace_back(seq, position);
+    if (v.size() >= 2 * static_cast<std::size_t>(window_)) trim(v);
+  }
+  // Ascending by sequence, at most WINDOW of them.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> of(std::uint64_t producer) {
+    const auto it = by_producer_.find(producer);
+    if (it == by_producer_.end()) return {};
+    trim(it->second);
+    std::sort(it->second.begin(), it->second.end());
+    return it->second;
+  }
+
+ private:
+  void trim(std::vector<std::pair<std::uint64_t, std::uint64_t>>& v) const {
+    if (v.size() <= window_) return;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() - window_), v.end());
+    v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() - window_));
+  }
+  std::uint32_t window_;
+  std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> by_producer_;
+};
 
 // Live journalers of this process, for the fork handler (no lock: the handler runs in a child).
 constexpr int kMaxJournalers = 256;
@@ -257,7 +330,7 @@ void adopt_journal_geometry(std::string_view channel, const std::filesystem::pat
   // a restart that asked Async; a restart may ask for more).
   if (in.ok && durability >= static_cast<std::uint32_t>(Durability::Async) && durability <= static_cast<std::uint32_t>(Durability::Sync))
     j.durability = std::max(o.durability, static_cast<Durability>(durability));
-  if (!in.ok || version != kCheckpointVersion)
+  if (!in.ok || version != kMetaVersion)
     fail(channel, std::errc::illegal_byte_sequence, (dir / kMetaCheckpoint).string() + " does not decode");
   if (o.strict_geometry && (j.ring_bytes != o.ring_bytes || j.max_message_bytes != o.max_message_bytes))
     fail(channel, std::errc::invalid_argument,
@@ -291,13 +364,17 @@ void prepare(Segment& seg, RecoveryContext& rc) {
 
   // Pass 1: where the journal ends in ring terms, and the producers' highest sequences.
   // With no group known, what the ring can hold below the end is put back: scan from there.
-  const std::uint64_t scan_from =
+  // Producers' windows: from the durable position of the checkpoint (what it did not see), or
+  // lower where a publish was under way when it was taken.
+  const std::uint64_t scan_from = std::min(
       !state ? 0
       : state->groups.empty() ? (state->durable_position > cap ? state->durable_position - cap : 0)
-                              : std::min(state->durable_position, state->low_water_mark(~0ull));
+                              : std::min(state->durable_position, state->low_water_mark(~0ull)),
+      state ? state->windows_from : 0);
   std::uint64_t end = state ? state->durable_position : 0;
   std::uint64_t first_record = ~0ull;
   std::map<std::uint64_t, std::uint64_t> max_seq;
+  RecentSeqs recent(rc.options.dedup_window);  // per producer id, the sequences the journal holds near its top
   std::uint64_t max_id = 0;
   journal::ReadReport scan_report;
   {
@@ -307,6 +384,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       first_record = std::min(first_record, v.position);
       end = std::max(end, v.position + ring::align_up(ring::kHeaderBytes + v.key.size() + v.payload.size()));
       max_seq[v.producer] = std::max(max_seq[v.producer], v.seq);
+      recent.add(v.producer, v.seq, v.position);
       max_id = std::max(max_id, v.producer);
     }
     scan_report = r.report();
@@ -364,7 +442,15 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       set_slot_name(slot.name, p.name);
       slot.id = p.id;
       const auto it = max_seq.find(p.id);
-      slot.next_seq.store(std::max(p.next_seq, it == max_seq.end() ? 0 : it->second + 1), std::memory_order_relaxed);
+      // The window: what the checkpoint knew was accepted and durable, and what the journal holds
+      // after it. A sequence the journal lost (Async, a host crash) is not in either: its retry is
+      // accepted again, which is right, since no copy of it is left.
+      DedupWindow w(seg.dedup_entries(static_cast<std::uint32_t>(i)), h.dedup_window, &slot.next_seq);
+      w.reset(std::max(p.next_seq, it == max_seq.end() ? 0 : it->second + 1) - 1);
+      for (const SeqRun& r : p.accepted)
+        for (std::uint64_t q = r.first; q < r.first + r.count; ++q) w.accept(q, kAcceptedSomewhere);
+      for (const auto& [seq, position] : recent.of(p.id)) w.accept(seq, dedup_entry_for(position));
+      slot.pending_entry.store(0, std::memory_order_relaxed);
       slot.state.store(kActive, std::memory_order_relaxed);
       next_id = std::max(next_id, p.id);
       ++rc.report.producers;

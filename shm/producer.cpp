@@ -4,10 +4,26 @@
 #include <cstring>
 
 #include "shm/channel_state.hpp"
+#include "shm/dedup.hpp"
 #include "shm/durability.hpp"
 
 namespace shmq {
 namespace detail {
+
+namespace {
+void (*g_publish_hook)(PublishStage) = nullptr;
+// An address unique to the calling thread: who holds a producer's publish lock.
+std::uintptr_t this_thread_tag() noexcept {
+  static thread_local char tag;
+  return reinterpret_cast<std::uintptr_t>(&tag);
+}
+}  // namespace
+
+void set_publish_hook(void (*hook)(PublishStage)) { g_publish_hook = hook; }
+
+inline void publish_hook(PublishStage stage) noexcept {
+  if (__builtin_expect(g_publish_hook != nullptr, 0)) g_publish_hook(stage);
+}
 
 struct ProducerState {
   ChannelState* ch = nullptr;
@@ -16,10 +32,56 @@ struct ProducerState {
   std::string name;
   std::uint32_t index = 0;         // producer slot = claimer slot in the ring
   std::uint64_t id = 0;
-  std::uint64_t next_seq = 1;
+  std::uint64_t next_seq = 1;      // default sequence of the next publish (>= the window's top + 1)
   std::uint64_t published = 0;
   std::uint64_t cleaned_hint = 0;  // cached ring `cleaned`
   InnerId last{};
+  DedupWindow window;
+  // The publish lock: the dedup check, the claim, the commit and the window update of one publish
+  // happen under it, so that threads sharing this Producer neither both accept one sequence nor
+  // use the claimer slot at once. Holds this_thread_tag() of the holder; 0 when free. A Claim
+  // holds it until commit() or abandon().
+  std::atomic<std::uintptr_t> lock{0};
+
+  // Takes the publish lock; false if this thread holds it already (an open Claim).
+  bool lock_publish() noexcept {
+    const std::uintptr_t me = this_thread_tag();
+    std::uintptr_t free = 0;
+    // acquire: pairs with the release in unlock_publish(); the previous holder's state is visible.
+    if (lock.compare_exchange_strong(free, me, std::memory_order_acquire, std::memory_order_relaxed)) return true;
+    if (free == me) return false;
+    for (;;) {
+      for (int i = 0; i < 32 && lock.load(std::memory_order_relaxed) != 0; ++i) __builtin_ia32_pause();
+      if (lock.load(std::memory_order_relaxed) != 0) sched_yield();
+      free = 0;
+      if (lock.compare_exchange_weak(free, me, std::memory_order_acquire, std::memory_order_relaxed)) return true;
+    }
+  }
+  void unlock_publish() noexcept { lock.store(0, std::memory_order_release); }  // pairs with lock_publish()
+
+  // The dedup check of SEQ: Ok if new; otherwise Duplicate with the original's position in *POS.
+  Status check_seq(std::uint64_t seq, std::uint64_t* pos) const noexcept {
+    const std::uint64_t e = window.find(seq);
+    if (e == 0) return Status::Ok;
+    *pos = e >= 2 ? e - 2 : kNoPosition;
+    return Status::Duplicate;
+  }
+  // Announces that SEQ is about to be committed at POS (for a successor, if this process dies).
+  void begin(std::uint64_t seq, std::uint64_t pos) noexcept {
+    slot->pending_seq.store(seq, std::memory_order_relaxed);
+    // release: orders pending_seq before; the commit that follows is a release store too, so a
+    // successor that finds the record committed finds this first.
+    slot->pending_entry.store(dedup_entry_for(pos), std::memory_order_release);
+  }
+  // SEQ was committed at POS: the window records it, then the pending fields are cleared.
+  void accepted(std::uint64_t seq, std::uint64_t pos) noexcept {
+    window.accept(seq, dedup_entry_for(pos));
+    slot->pending_entry.store(0, std::memory_order_release);
+    if (seq >= next_seq) next_seq = seq + 1;
+  }
+  // After an owner died: whether the publish it announced was committed decides whether the
+  // window records it. Called before this process adopts the claimer slot.
+  void finish_dead_owners_publish() noexcept;
 
   // Reserves FRAME_LEN bytes, waiting on a full ring as OPTS says. Returns the position, or
   // ring::kNoIntent when the ring stayed full for the whole timeout.
@@ -85,6 +147,30 @@ std::byte* ProducerState::write_header(std::uint64_t pos, std::uint64_t seq, std
   return body + key.size();
 }
 
+void ProducerState::finish_dead_owners_publish() noexcept {
+  const std::uint64_t entry = slot->pending_entry.load(std::memory_order_acquire);  // pairs with begin()
+  if (entry < 2) return;
+  const std::uint64_t seq = slot->pending_seq.load(std::memory_order_relaxed);
+  const std::uint64_t pos = entry - 2;
+  // Under the cleaning lock nobody zeroes or reuses the space at POS while we look at it.
+  ring->lock_cleaning(self_token(), &ChannelState::alive);
+  bool committed;
+  if (ring->claimer(index).padded.load(std::memory_order_acquire) == pos + 1) {
+    committed = false;  // a reader found the claim dead and padded it
+  } else if (pos >= ring->cleaned()) {
+    // Still in the ring: committed if the record there is ours; a claim not committed yet is dead
+    // (its owner is) and will be padded.
+    const ring::ReadResult r = ring->read(pos);
+    committed = r.kind == ring::ReadResult::Record && r.header->producer == id && r.header->seq == seq;
+  } else {
+    // Reclaimed, so every group was past it, and not padded as a dead claim: it was committed.
+    committed = true;
+  }
+  ring->unlock_cleaning();
+  if (committed) window.accept(seq, entry);
+  slot->pending_entry.store(0, std::memory_order_release);
+}
+
 void ProducerState::committed(std::uint64_t seq) noexcept {
   last = InnerId{id, seq};
   slot->published.store(++published, std::memory_order_relaxed);
@@ -140,6 +226,8 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   p.index = static_cast<std::uint32_t>(found);
   p.slot = &s.producers[found];
   p.id = p.slot->id;
+  p.window = detail::DedupWindow(s.segment->dedup_entries(p.index), s.options.dedup_window, &p.slot->next_seq);
+  p.finish_dead_owners_publish();  // before adopt_claimer(): the dead owner's claim must still read as its own
   p.next_seq = p.slot->next_seq.load(std::memory_order_relaxed);
   p.published = p.slot->published.load(std::memory_order_relaxed);
   p.cleaned_hint = p.ring->cleaned();
@@ -168,17 +256,29 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   if (!state_) return {Status::Closed, {}, 0};
   detail::ProducerState& p = *state_;
   if (Status st = p.check(payload.size(), opts); st != Status::Ok) return {st, {}, 0};
+  if (!p.lock_publish()) return {Status::Closed, {}, 0};  // this thread has a Claim open on it
   const std::uint64_t seq = opts.seq.value_or(p.next_seq);
-  if (seq < p.next_seq) return {Status::Duplicate, {p.id, seq}, 0};
+  std::uint64_t original = 0;
+  if (p.check_seq(seq, &original) == Status::Duplicate) {
+    p.unlock_publish();
+    return {Status::Duplicate, {p.id, seq}, original};
+  }
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + opts.key.size() + payload.size());
   const std::uint64_t pos = p.claim_space(frame_len, opts);
-  if (pos == ring::kNoIntent) return {Status::WouldBlock, {p.id, seq}, 0};
-  p.next_seq = seq + 1;
-  p.slot->next_seq.store(p.next_seq, std::memory_order_relaxed);
+  if (pos == ring::kNoIntent) {
+    p.unlock_publish();
+    return {Status::WouldBlock, {p.id, seq}, 0};
+  }
+  p.begin(seq, pos);
+  detail::publish_hook(detail::PublishStage::Claimed);
   std::byte* body = p.write_header(pos, seq, opts.key);
   if (!payload.empty()) std::memcpy(body, payload.data(), payload.size());
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
+  detail::publish_hook(detail::PublishStage::Committed);
+  p.accepted(seq, pos);
   p.committed(seq);
+  p.unlock_publish();
+  detail::publish_hook(detail::PublishStage::Accepted);
   if (opts.durability.value_or(p.ch->options.durability) == Durability::Sync &&
       !detail::wait_durable(*p.ch, pos + ring::align_up(frame_len), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0))))
     return {Status::Timeout, {p.id, seq}, pos};  // published; not yet known durable
@@ -192,9 +292,13 @@ Published detail::publish_copy(Producer& producer, const Message& m, std::uint32
   opts.key = m.key();
   opts.timeout = std::chrono::milliseconds(10);  // a full NAME.dlq must not stall the consumer
   if (Status st = p.check(m.payload().size(), opts); st != Status::Ok) return {st, m.id(), 0};
+  if (!p.lock_publish()) return {Status::Closed, m.id(), 0};
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + m.key().size() + m.payload().size());
   const std::uint64_t pos = p.claim_space(frame_len, opts);
-  if (pos == ring::kNoIntent) return {Status::WouldBlock, m.id(), 0};
+  if (pos == ring::kNoIntent) {
+    p.unlock_publish();
+    return {Status::WouldBlock, m.id(), 0};
+  }
   std::byte* body = p.write_header(pos, m.id().seq, m.key());
   auto* h = reinterpret_cast<ring::RecordHeader*>(p.ring->at(pos));
   h->producer = m.id().producer;  // the copy keeps the original inner id
@@ -202,6 +306,7 @@ Published detail::publish_copy(Producer& producer, const Message& m, std::uint32
   if (!m.payload().empty()) std::memcpy(body, m.payload().data(), m.payload().size());
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
   p.committed(m.id().seq);
+  p.unlock_publish();
   return {Status::Ok, m.id(), pos};
 }
 
@@ -217,21 +322,27 @@ Claim Producer::claim(std::size_t bytes, const PublishOptions& opts) {
     c.status_ = st;
     return c;
   }
+  if (!p.lock_publish()) return c;  // Closed: this thread has a Claim open on this Producer already
   const std::uint64_t seq = opts.seq.value_or(p.next_seq);
-  if (seq < p.next_seq) {
+  std::uint64_t original = 0;
+  if (p.check_seq(seq, &original) == Status::Duplicate) {
+    p.unlock_publish();
     c.status_ = Status::Duplicate;
     c.id_ = {p.id, seq};
+    c.position_ = original;
     return c;
   }
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + opts.key.size() + bytes);
   const std::uint64_t pos = p.claim_space(frame_len, opts);
   if (pos == ring::kNoIntent) {
+    p.unlock_publish();
     c.status_ = Status::WouldBlock;
     return c;
   }
-  // The sequence is taken now: an abandoned claim leaves a gap, never a reused inner id.
-  p.next_seq = seq + 1;
-  p.slot->next_seq.store(p.next_seq, std::memory_order_relaxed);
+  // The default sequence moves on now: in this process an abandoned claim leaves a gap, never a
+  // reused inner id. The window records the sequence only at commit().
+  if (seq >= p.next_seq) p.next_seq = seq + 1;
+  p.begin(seq, pos);
   c.data_ = p.write_header(pos, seq, opts.key);
   c.size_ = bytes;
   c.position_ = pos;
@@ -279,10 +390,12 @@ Claim& Claim::operator=(Claim&& o) noexcept {
 Claim::~Claim() { abandon(); }
 
 Published Claim::commit() noexcept {
-  if (!producer_) return {status_ == Status::Ok ? Status::Closed : status_, id_, 0};
+  if (!producer_) return {status_ == Status::Ok ? Status::Closed : status_, id_, status_ == Status::Duplicate ? position_ : 0};
   detail::ProducerState& p = *producer_;
   p.ring->commit(position_, frame_len_, ring::RecordType::Data, p.index);
+  p.accepted(id_.seq, position_);
   p.committed(id_.seq);
+  p.unlock_publish();
   producer_ = nullptr;
   status_ = Status::Closed;
   return {Status::Ok, id_, position_};
@@ -290,8 +403,12 @@ Published Claim::commit() noexcept {
 
 void Claim::abandon() noexcept {
   if (!producer_) return;
+  // Not accepted: the pending fields go first, so that a death right after cannot make a
+  // successor take the padding for a committed record.
+  producer_->slot->pending_entry.store(0, std::memory_order_release);
   // Padding: consumers skip it; the ring space is reused like any other.
   producer_->ring->commit(position_, frame_len_, ring::RecordType::Padding, producer_->index);
+  producer_->unlock_publish();
   producer_ = nullptr;
   status_ = Status::Closed;
 }

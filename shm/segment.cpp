@@ -35,17 +35,19 @@ bool name_char_ok(char c) {
 }
 
 struct Layout {
-  std::uint64_t producers, groups, consumers, ring, total;
+  std::uint64_t producers, groups, consumers, dedup, ring, total;
 };
 
 std::uint64_t round_up(std::uint64_t n, std::uint64_t to) { return (n + to - 1) / to * to; }
 
-Layout layout_for(std::uint64_t ring_bytes, std::uint32_t producers, std::uint32_t groups, std::uint32_t consumers) {
+Layout layout_for(std::uint64_t ring_bytes, std::uint32_t producers, std::uint32_t groups, std::uint32_t consumers,
+                  std::uint32_t dedup_window) {
   Layout l{};
   l.producers = round_up(sizeof(SegmentHeader), 4096);
   l.groups = round_up(l.producers + std::uint64_t(producers) * sizeof(ProducerSlot), 4096);
   l.consumers = round_up(l.groups + std::uint64_t(groups) * sizeof(GroupSlot), 4096);
-  l.ring = round_up(l.consumers + std::uint64_t(consumers) * sizeof(ConsumerSlot), 4096);
+  l.dedup = round_up(l.consumers + std::uint64_t(consumers) * sizeof(ConsumerSlot), 4096);
+  l.ring = round_up(l.dedup + std::uint64_t(producers) * dedup_window * sizeof(std::uint64_t), 4096);
   l.total = l.ring + ring::RecordRing::region_bytes(ring_bytes, producers);
   return l;
 }
@@ -65,7 +67,8 @@ std::uint32_t layout_fingerprint() noexcept {
       offsetof(GroupSlot, delivered), offsetof(GroupSlot, generation), offsetof(GroupSlot, given_back), offsetof(GroupSlot, give_back),
       sizeof(GiveBackEntry), kGiveBackEntries, sizeof(ConsumerSlot), offsetof(ConsumerSlot, in_flight),
       offsetof(ConsumerSlot, deliveries), offsetof(ConsumerSlot, delivered_at), offsetof(ConsumerSlot, delivered), kMovingBit, kMaxInFlight, offsetof(SegmentHeader, last_reap_ns), offsetof(SegmentHeader, durable_position), offsetof(SegmentHeader, journal_path),
-      offsetof(SegmentHeader, registry_version),
+      offsetof(SegmentHeader, registry_version), offsetof(SegmentHeader, dedup_offset), offsetof(ProducerSlot, pending_seq),
+      offsetof(ProducerSlot, pending_entry), offsetof(ring::ClaimerSlot, padded),
       sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned), offsetof(ring::RingHeader, cleaning_to),
       offsetof(ring::RingHeader, data_seq), offsetof(ring::RingHeader, space_seq), sizeof(ring::ClaimerSlot),
       sizeof(ring::RecordHeader), ring::kRingVersion};
@@ -125,6 +128,10 @@ GroupSlot* Segment::groups() const noexcept {
 ConsumerSlot* Segment::consumers() const noexcept {
   return reinterpret_cast<ConsumerSlot*>(reinterpret_cast<char*>(header_) + header_->consumers_offset);
 }
+std::atomic<std::uint64_t>* Segment::dedup_entries(std::uint32_t i) const noexcept {
+  return reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<char*>(header_) + header_->dedup_offset) +
+         std::uint64_t(i) * header_->dedup_window;
+}
 
 namespace {
 
@@ -168,6 +175,7 @@ void initialize(SegmentHeader* h, const Layout& l, const ChannelOptions& o) {
   h->groups_offset = l.groups;
   h->consumers_offset = l.consumers;
   h->ring_offset = l.ring;
+  h->dedup_offset = l.dedup;
   h->created_ns = wall_clock_ns();
   h->creator_token = self_token();
   if (g_init_hook) g_init_hook();
@@ -190,12 +198,13 @@ std::string validate(const SegmentHeader* h, std::uint64_t file_bytes) {
   if (h->max_producers == 0 || h->max_producers > ring::kMaxClaimers || h->max_groups == 0 || h->max_groups > 4096 ||
       h->max_consumers == 0 || h->max_consumers > 4096)
     return "segment header has table sizes out of range";
+  if (h->dedup_window == 0 || h->dedup_window > kMaxDedupWindow) return "segment header has a dedup window out of range";
   if (!std::memchr(h->journal_path, 0, sizeof h->journal_path)) return "segment header's journal path is not terminated";
   if (h->durability != static_cast<std::uint32_t>(Durability::Memory) && h->journal_path[0] != '/')
     return "segment header of a durable channel has no absolute journal path";
-  const Layout l = layout_for(h->ring_bytes, h->max_producers, h->max_groups, h->max_consumers);
+  const Layout l = layout_for(h->ring_bytes, h->max_producers, h->max_groups, h->max_consumers, h->dedup_window);
   if (h->producers_offset != l.producers || h->groups_offset != l.groups || h->consumers_offset != l.consumers ||
-      h->ring_offset != l.ring || h->segment_bytes != l.total)
+      h->dedup_offset != l.dedup || h->ring_offset != l.ring || h->segment_bytes != l.total)
     return "segment header offsets do not match its geometry";
   if (file_bytes != l.total)
     return "segment file is " + std::to_string(file_bytes) + " bytes, its header says " + std::to_string(l.total);
@@ -279,7 +288,8 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
   }
 
   if (init) {
-    const Layout l = layout_for(options.ring_bytes, options.max_producers, options.max_groups, options.max_consumers);
+    const Layout l = layout_for(options.ring_bytes, options.max_producers, options.max_groups, options.max_consumers,
+                                options.dedup_window);
     m.region = bip::mapped_region();
     // Fresh zeroed pages: shrink to 0 first so that a half-written earlier attempt leaves nothing.
     if (::ftruncate(m.fd(), 0) != 0 || ::ftruncate(m.fd(), static_cast<off_t>(l.total)) != 0)

@@ -10,6 +10,8 @@
 //   | GroupSlot[]    |  max_groups: name, delivery cursor
 //   +----------------+  consumers_offset
 //   | ConsumerSlot[] |  max_consumers: owner, group, heartbeat, in-flight positions
+//   +----------------+  dedup_offset
+//   | dedup windows  |  max_producers x dedup_window entries (u64): which sequences were accepted
 //   +----------------+  ring_offset
 //   | RecordRing     |  ring header, claimer table (one per producer slot), data (ring_bytes)
 //   +----------------+  segment_bytes
@@ -36,12 +38,13 @@
 namespace shmq::detail {
 
 inline constexpr char kMagicBytes[8] = {'S', 'H', 'M', 'Q', 'S', 'E', 'G', '1'};
-inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::uint32_t kInitializing = 0x494e4954;  // "INIT"
 inline constexpr std::uint32_t kReady = 0x52454459;         // "REDY"
 inline constexpr std::size_t kMaxChannelName = 200;
 inline constexpr std::size_t kMaxSlotName = 63;
 inline constexpr std::uint32_t kMaxInFlight = 256;
+inline constexpr std::uint32_t kMaxDedupWindow = 1u << 20;  // sequences per producer
 
 // The longest key a record may carry: 65535 bytes, and no more than the payload limit.
 constexpr std::uint64_t max_key_bytes(std::uint64_t max_message_bytes) { return max_message_bytes < 65535 ? max_message_bytes : 65535; }
@@ -73,6 +76,7 @@ struct alignas(64) SegmentHeader {
   std::uint64_t groups_offset;
   std::uint64_t consumers_offset;
   std::uint64_t ring_offset;
+  std::uint64_t dedup_offset;
   std::uint64_t created_ns;
   std::uint64_t creator_token;
   alignas(64) std::atomic<std::uint64_t> registry_lock;     // owner token; serialises table changes
@@ -94,8 +98,15 @@ struct alignas(64) ProducerSlot {
   char name[kMaxSlotName + 1];
   std::uint64_t id;                       // stable producer id
   std::atomic<std::uint64_t> owner;       // owner token of the process using it; 0 when none
-  alignas(64) std::atomic<std::uint64_t> next_seq;   // written by the owner on every publish
+  // The owner's line. next_seq is one above the highest sequence accepted (the dedup window's top,
+  // and the default sequence of the next publish).
+  alignas(64) std::atomic<std::uint64_t> next_seq;
   std::atomic<std::uint64_t> published;              // records appended
+  // The publish in progress, for a successor that takes over from an owner that died: sequence
+  // pending_seq is being committed at position pending_entry - 2 (0: none). Set once the space is
+  // claimed, cleared once the dedup window records it (shm/dedup.hpp).
+  std::atomic<std::uint64_t> pending_seq;
+  std::atomic<std::uint64_t> pending_entry;
 };
 
 // A message given back to its group (nack, or held by a consumer that died or left): delivered
@@ -147,7 +158,7 @@ static_assert(std::is_standard_layout_v<SegmentHeader> && std::is_standard_layou
               std::is_standard_layout_v<GroupSlot> && std::is_standard_layout_v<ConsumerSlot>);
 static_assert(offsetof(SegmentHeader, layout_version) == 8);  // documented: tools and tests rely on it
 static_assert(offsetof(SegmentHeader, registry_lock) % 64 == 0);
-static_assert(offsetof(ProducerSlot, next_seq) % 64 == 0);
+static_assert(offsetof(ProducerSlot, next_seq) % 64 == 0 && offsetof(ProducerSlot, pending_entry) < offsetof(ProducerSlot, next_seq) + 64);
 static_assert(offsetof(GroupSlot, next) % 64 == 0 && offsetof(GroupSlot, given_back) < offsetof(GroupSlot, next) + 64);
 static_assert(offsetof(GroupSlot, give_back_lock) % 64 == 0);
 static_assert(offsetof(ConsumerSlot, in_flight) % 64 == 0);
@@ -184,6 +195,8 @@ class Segment {
   ProducerSlot* producers() const noexcept;
   GroupSlot* groups() const noexcept;
   ConsumerSlot* consumers() const noexcept;
+  // The dedup window entries of producer slot I (dedup_window of them).
+  std::atomic<std::uint64_t>* dedup_entries(std::uint32_t i) const noexcept;
   ring::RecordRing& ring() noexcept { return ring_; }
   bool created() const noexcept { return created_; }
 

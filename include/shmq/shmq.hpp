@@ -28,7 +28,7 @@ namespace shmq {
 
 enum class Status {
   Ok,
-  Duplicate,   // the inner id was already accepted (a retry); nothing was appended
+  Duplicate,   // the inner id was already accepted (a retry), or is older than the dedup window; nothing was appended
   WouldBlock,  // the ring stayed full for the whole timeout
   Timeout,     // a wait (flush) did not finish in time
   TooLarge,    // the payload or key is larger than the channel allows
@@ -55,7 +55,9 @@ struct ChannelOptions {
   Durability durability = Durability::Async;
   std::filesystem::path journal_dir;        // empty: $SHMQ_DIR, else ./shmq-data
   std::chrono::milliseconds flush_interval{5};
-  std::uint32_t dedup_window = 4096;        // per producer, in sequence numbers
+  // Per producer: how many sequence numbers below its highest accepted one a retry is still
+  // recognised (1 to 2^20; 8 bytes each in the segment). Fixed when the segment is created.
+  std::uint32_t dedup_window = 4096;
   std::uint32_t max_deliveries = 5;         // then NAME.dlq
   unsigned mode = 0600;
   // Table sizes of the segment (fixed when it is created).
@@ -182,15 +184,20 @@ struct PublishOptions {
   std::string_view key;                     // biz id, carried untouched (at most 65535 bytes, and
                                             // at most max_message_bytes)
   std::optional<Durability> durability;     // default: the channel's
-  std::optional<std::uint64_t> seq;         // set to retry, or to publish from an outbox; default: next
+  // Set to retry, or to publish from an outbox with your own numbering (from 1, in any order within
+  // the dedup window); default: one above the highest sequence this producer has used.
+  std::optional<std::uint64_t> seq;
   std::chrono::nanoseconds timeout{std::chrono::seconds(1)};  // how long a full ring is waited on
   Wait wait = Wait::Spin;
 };
 
+// Published::position of a Duplicate whose original the dedup window no longer places.
+inline constexpr std::uint64_t kNoPosition = ~0ull;
+
 struct Published {
   Status status;
   InnerId id;
-  std::uint64_t position;
+  std::uint64_t position;  // Ok: where the record is; Duplicate: where the original is, or kNoPosition
 };
 
 class Producer;
