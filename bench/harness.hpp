@@ -41,6 +41,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -236,6 +237,126 @@ inline std::string check_sized(const std::byte* p, std::size_t size, SizedHead& 
   }
   return {};
 }
+
+// Frames: the messages of shmq_pingpong, of any size from 48 bytes (64 B, 1 KiB, 64 KiB there).
+//
+//   +-------------------------------+---------------------------------------+-----------+
+//   | FrameHead: seq, flags, size,  | body: template (seq % kTemplates),    | tail word |
+//   | tail, checksum (32 bytes)     | size - 40 bytes, fixed per template   | f(seq)    |
+//   +-------------------------------+---------------------------------------+-----------+
+//
+// The sender keeps kTemplates frames of SIZE bytes and, per message, stamps the head and the tail
+// word of the one picked by seq into place (two cache lines) and sends it: one copy of SIZE bytes,
+// as an application that sends a buffer does. The receiver checks every word: the head (sequence,
+// flags, size, checksum formula), the tail word (the sequence again: a torn or stale end), and the
+// sum of all the body words against the template's (a corrupt middle, or a stale one: a slot one
+// ring lap old carries another template unless the lap is a multiple of kTemplates messages).
+// Checking reads all SIZE bytes, so it is on every receiver's path, the floor's included.
+
+struct FrameHead {
+  std::uint64_t seq;
+  std::uint32_t flags;  // kEnd on the last message
+  std::uint32_t size;   // bytes of the whole frame
+  std::uint64_t tail;   // the value of the frame's last word
+  std::uint64_t checksum;
+};
+static_assert(sizeof(FrameHead) == 32);
+
+// The sum of N 8-byte words at P (unaligned loads; the compiler vectorises it).
+inline std::uint64_t sum_words(const std::byte* p, std::size_t n) {
+  std::uint64_t s = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint64_t w;
+    std::memcpy(&w, p + 8 * i, sizeof w);
+    s += w;
+  }
+  return s;
+}
+
+class Frames {
+ public:
+  static constexpr std::size_t kTemplates = 7;  // prime: ring laps of a power of two rarely align with it
+  static constexpr std::size_t kMinSize = sizeof(FrameHead) + 16;
+
+  // SIZE: a multiple of 8, at least kMinSize.
+  explicit Frames(std::size_t size) : size_(size), words_((size - sizeof(FrameHead)) / 8) {
+    for (std::size_t k = 0; k < kTemplates; ++k) {
+      buffers_[k].assign(size, std::byte{0});
+      std::byte* body = buffers_[k].data() + sizeof(FrameHead);
+      std::uint64_t sum = 0;
+      for (std::size_t i = 0; i + 1 < words_; ++i) {  // all but the tail word
+        const std::uint64_t w = mix((k + 1) * 0x9e3779b97f4a7c15u + i);
+        std::memcpy(body + 8 * i, &w, sizeof w);
+        sum += w;
+      }
+      body_sum_[k] = sum;
+    }
+  }
+  std::size_t size() const { return size_; }
+
+  // The frame for SEQ, stamped; valid until the next make() with a seq of the same template.
+  std::span<const std::byte> make(std::uint64_t seq, std::uint32_t flags = 0) {
+    std::byte* f = buffers_[seq % kTemplates].data();
+    const FrameHead h = head(seq, flags);
+    std::memcpy(f, &h, sizeof h);
+    std::memcpy(f + size_ - 8, &h.tail, sizeof h.tail);
+    return {f, size_};
+  }
+
+  // "" when F is the intact frame SEQ (FLAGS then tells kEnd or 0), else what is wrong with it.
+  std::string check(std::span<const std::byte> f, std::uint64_t seq, std::uint32_t& flags) const {
+    char why[200];
+    if (f.size() != size_) {
+      std::snprintf(why, sizeof why, "a message of %zu bytes where %zu were due (sequence %" PRIu64 ")", f.size(), size_,
+                    seq);
+      return why;
+    }
+    FrameHead got;
+    std::memcpy(&got, f.data(), sizeof got);
+    if (got.seq != seq) {
+      std::snprintf(why, sizeof why, "sequence %" PRIu64 " where %" PRIu64 " was due (%s)", got.seq, seq,
+                    got.seq < seq ? "duplicate or reordered" : "lost or reordered");
+      return why;
+    }
+    flags = got.flags;
+    const FrameHead want = head(seq, got.flags);
+    if ((got.flags != 0 && got.flags != kEnd) || got.size != want.size || got.tail != want.tail ||
+        got.checksum != want.checksum) {
+      std::snprintf(why, sizeof why, "head of sequence %" PRIu64 " corrupt", seq);
+      return why;
+    }
+    std::uint64_t tail;
+    std::memcpy(&tail, f.data() + size_ - 8, sizeof tail);
+    if (tail != want.tail) {
+      std::snprintf(why, sizeof why, "tail word of sequence %" PRIu64 " wrong (torn or stale message)", seq);
+      return why;
+    }
+    if (sum_words(f.data() + sizeof(FrameHead), words_ - 1) != body_sum_[seq % kTemplates]) {
+      std::snprintf(why, sizeof why, "body of sequence %" PRIu64 " corrupt or stale (checksum mismatch)", seq);
+      return why;
+    }
+    return {};
+  }
+
+  // Only the head: the sequence and flags of a frame, for a receiver that checks the rest later.
+  static FrameHead peek(std::span<const std::byte> f) {
+    FrameHead h{};
+    if (f.size() >= sizeof h) std::memcpy(&h, f.data(), sizeof h);
+    return h;
+  }
+
+ private:
+  FrameHead head(std::uint64_t seq, std::uint32_t flags) const {
+    FrameHead h{seq, flags, static_cast<std::uint32_t>(size_), mix(seq ^ 0x7461696c00000000u), 0};
+    h.checksum = mix(seq ^ (static_cast<std::uint64_t>(flags) << 32) ^ size_) + body_sum_[seq % kTemplates] + h.tail;
+    return h;
+  }
+
+  std::size_t size_;
+  std::size_t words_;  // body words, the tail included
+  std::vector<std::byte> buffers_[kTemplates];
+  std::uint64_t body_sum_[kTemplates] = {};
+};
 
 // ---------------------------------------------------------------------------------------------
 // Shared state of one case, mapped before fork. A binary derives its per-case fields from Control.
@@ -755,6 +876,54 @@ struct Report {
     return fine;
   }
 };
+
+// ---------------------------------------------------------------------------------------------
+// The run's summary. Each binary writes its headline figures with --summary FILE, one row per
+// (case, system), each beside what it is compared with; run.sh prints all of them as one markdown
+// table and plots them. Tab-separated, a header line first; an empty field is "no such figure".
+//   section case system p50_ns p99_ns p999_ns max_ns msgs_per_s mb_per_s vs goal
+// vs: the ratios, text ("shmq / this" unless it says otherwise); goal: each goal and met / MISSED.
+
+struct SummaryRow {
+  std::string section, case_name, system;
+  std::optional<double> p50_ns, p99_ns, p999_ns, max_ns, msgs_per_s, mb_per_s;
+  std::string vs, goal;
+};
+
+inline const char* verdict(bool met) { return met ? "met" : "MISSED"; }
+
+// "0.92x" (two decimals; three below 0.1)
+inline std::string times(double ratio) { return fmt(ratio, ratio < 0.1 ? 3 : 2) + "x"; }
+
+inline bool write_summary(const std::string& path, const std::vector<SummaryRow>& rows) {
+  if (path.empty()) return true;
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) {
+    std::fprintf(stderr, "*** FAIL: cannot write %s: %s\n", path.c_str(), std::strerror(errno));
+    return false;
+  }
+  const auto field = [](const std::string& s) {  // no tabs or newlines inside a field
+    std::string out = s;
+    for (char& c : out)
+      if (c == '\t' || c == '\n') c = ' ';
+    return out;
+  };
+  const auto figure = [](const std::optional<double>& v) {
+    if (!v || !std::isfinite(*v)) return std::string();
+    char b[64];
+    std::snprintf(b, sizeof b, "%.6g", *v);
+    return std::string(b);
+  };
+  std::fprintf(f, "section\tcase\tsystem\tp50_ns\tp99_ns\tp999_ns\tmax_ns\tmsgs_per_s\tmb_per_s\tvs\tgoal\n");
+  for (const auto& r : rows)
+    std::fprintf(f, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", field(r.section).c_str(), field(r.case_name).c_str(),
+                 field(r.system).c_str(), figure(r.p50_ns).c_str(), figure(r.p99_ns).c_str(), figure(r.p999_ns).c_str(),
+                 figure(r.max_ns).c_str(), figure(r.msgs_per_s).c_str(), figure(r.mb_per_s).c_str(), field(r.vs).c_str(),
+                 field(r.goal).c_str());
+  const bool ok = std::fclose(f) == 0;
+  if (!ok) std::fprintf(stderr, "*** FAIL: writing %s: %s\n", path.c_str(), std::strerror(errno));
+  return ok;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Host
