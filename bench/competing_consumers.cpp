@@ -1,28 +1,34 @@
-// shmq_competing_consumers: one group's throughput with 1, 2 and 4 competing consumer processes.
+// shmq_competing_consumers: one channel's throughput with P producer processes, G groups (fan-out:
+// every group receives every message) and C competing consumer processes in each group.
 //
-// What it measures (64-byte messages, Durability::Memory, one channel, one group "workers"):
-//   One producer process publishes --messages messages (sequence number, five derived words,
-//   checksum), then one END message per consumer. N consumer processes join the group and share
-//   its messages: each polls, checks the message (checksum, its sequence above the one it saw
-//   before, inner id = the producer's and (seq + base), delivered once), acks it, and marks the
-//   sequence in its own bitmap; it stops at its END. msgs/s = messages from sequence --tp-warmup
-//   (one lap of the ring, so that its pages are touched) to the last, over the time from the first
-//   consumer's receipt of a message at or past that sequence to the last consumer's END.
-//   The parent then checks the bitmaps: every sequence the producer sent was acked by exactly one
-//   consumer (none lost, none twice), the consumers' counts add up, every consumer saw the same
-//   producer id and base. Any failure is printed with "*** FAIL", that case's figure is not
-//   reported, and the exit status is 1.
+// What it measures (64-byte messages, Durability::Memory, one channel). Cases are P x G x C
+// (--topologies; default 1x1x1, 1x1x2, 1x1x4: competing consumers; 4x1x1: four producers;
+// 1x2x1, 1x4x1: fan-out to 2 and 4 groups):
+//   Each producer process publishes its share of --messages (its own sequence numbers, five
+//   derived words, a checksum); when the last producer is done it publishes C END messages, which
+//   every group receives, one for each of its consumers. Each consumer joins its group and
+//   shares its messages with the group's other consumers: it polls, checks the message (checksum,
+//   each producer's sequences rising, inner id = that producer's id and (seq + a fixed base),
+//   delivered once), acks it, and marks it in its own bitmap; it stops at its END.
+//   msgs/s = messages published from each producer's share of --tp-warmup on (one lap of the
+//   ring, so that its pages are touched) to the last, over the time from the first consumer's
+//   receipt of such a message to the last consumer's END; deliveries/s = msgs/s x G.
+//   The parent then checks the bitmaps, group by group: every message a producer sent was acked
+//   by exactly one consumer of the group (none lost, none twice), the consumers' counts add up.
+//   Any failure is printed with "*** FAIL", that case's figure is not reported, and the exit
+//   status is 1.
 //   ack ns: the median time of Consumer::ack, sampled on every 64th message (fenced TSC stamps).
 //
 // Waiting. With more processes than CPUs (2 CPUs here: 1 producer + 2 consumers already make 3),
-// a spinning consumer takes a CPU from the process it waits for, and the figure measures the
+// a spinning process takes a CPU from the process it waits for, and the figure measures the
 // scheduler. So Wait::Spin runs only where every process has its own CPU (and then each is
-// pinned); otherwise consumers and producer wait by Wait::Yield or Wait::Block, unpinned, and the
-// output says so. "vs 1" compares with one consumer waiting the same way.
+// pinned); otherwise consumers and producers wait by Wait::Block (or Yield, with --waits),
+// unpinned, and the output says so. "vs 1x1x1" compares with one producer, one group, one
+// consumer waiting the same way.
 //
-// Usage: shmq_competing_consumers [--quick] [--consumers 1,2,4] [--waits spin,yield,block]
-//          [--messages N] [--tp-warmup N] [--ring-mib N] [--repeat N] [--budget S] [--stall S]
-//          [--json FILE] [--csv FILE]
+// Usage: shmq_competing_consumers [--quick] [--topologies PxGxC,...] [--consumers 1,2,4]
+//          [--waits spin,yield,block] [--messages N] [--tp-warmup N] [--ring-mib N] [--repeat N]
+//          [--budget S] [--stall S] [--json FILE] [--csv FILE] [--summary FILE]
 
 #include <shmq/shmq.hpp>
 
@@ -36,14 +42,26 @@ namespace {
 using namespace std::chrono_literals;
 using namespace bench;
 
-constexpr std::uint32_t kMaxConsumers = 16;
+constexpr std::uint32_t kMaxConsumers = 16;  // over all groups
+constexpr std::uint32_t kMaxProducers = 8;
+constexpr unsigned kProducerShift = 40;      // Msg::seq = producer << 40 | the producer's own sequence
+
+// One case's shape: P producers, G groups, C consumers in each group.
+struct Topology {
+  std::uint32_t producers = 1, groups = 1, consumers = 1;
+  std::uint32_t processes() const { return producers + groups * consumers; }
+  std::string name() const {
+    return std::to_string(producers) + "x" + std::to_string(groups) + "x" + std::to_string(consumers);
+  }
+  bool operator==(const Topology&) const = default;
+};
 
 struct Config {
   bool quick = false;
-  std::string json_path, csv_path;
-  std::vector<std::uint64_t> consumers{1, 2, 4};
-  std::vector<shmq::Wait> waits{shmq::Wait::Spin, shmq::Wait::Yield, shmq::Wait::Block};
-  std::uint64_t messages = 4'000'000;
+  std::string json_path, csv_path, summary_path;
+  std::vector<Topology> topologies{{1, 1, 1}, {1, 1, 2}, {1, 1, 4}, {4, 1, 1}, {1, 2, 1}, {1, 4, 1}};
+  std::vector<shmq::Wait> waits{shmq::Wait::Spin, shmq::Wait::Block};
+  std::uint64_t messages = 4'000'000;  // over all producers
   std::uint64_t tp_warmup = 0;  // 0: one lap of the ring
   std::size_t ring_bytes = std::size_t{64} << 20;
   std::uint64_t repeat = 3;
@@ -56,8 +74,10 @@ const char* g_argv0 = "shmq_competing_consumers";
 [[noreturn]] void usage_exit(const char* why) {
   if (why != nullptr) std::fprintf(stderr, "%s: %s\n", g_argv0, why);
   std::fprintf(why != nullptr ? stderr : stdout,
-               "usage: %s [--quick] [--consumers 1,2,4] [--waits spin,yield,block] [--messages N] [--tp-warmup N]\n"
-               "       [--ring-mib N] [--repeat N] [--budget SECONDS] [--stall SECONDS] [--json FILE] [--csv FILE]\n",
+               "usage: %s [--quick] [--topologies PxGxC,...] [--consumers 1,2,4] [--waits spin,yield,block]\n"
+               "       [--messages N] [--tp-warmup N] [--ring-mib N] [--repeat N] [--budget SECONDS]\n"
+               "       [--stall SECONDS] [--json FILE] [--csv FILE] [--summary FILE]\n"
+               "  PxGxC: P producers (at most 8), G groups of C consumers (G x C at most 16)\n",
                g_argv0);
   std::exit(why != nullptr ? 2 : 0);
 }
@@ -70,6 +90,28 @@ const char* wait_name(shmq::Wait w) {
     case shmq::Wait::Block: return "Block";
   }
   return "?";
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  for (std::size_t at = 0; at <= s.size();) {
+    const std::size_t comma = s.find(',', at);
+    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+Topology parse_topology(const std::string& text) {
+  Topology t;
+  char tail = 0;
+  if (std::sscanf(text.c_str(), "%ux%ux%u%c", &t.producers, &t.groups, &t.consumers, &tail) != 3)
+    usage("a topology is PxGxC, e.g. 1x2x1");
+  if (t.producers < 1 || t.producers > kMaxProducers || t.groups < 1 || t.consumers < 1 ||
+      t.groups * t.consumers > kMaxConsumers)
+    usage("topology out of range: 1-8 producers, groups x consumers at most 16");
+  return t;
 }
 
 Config parse_args(int argc, char** argv) {
@@ -87,22 +129,24 @@ Config parse_args(int argc, char** argv) {
       c.json_path = value();
     } else if (a == "--csv") {
       c.csv_path = value();
-    } else if (a == "--consumers") {
-      c.consumers = parse_list(value(), usage);
-      for (auto n : c.consumers)
+    } else if (a == "--summary") {
+      c.summary_path = value();
+    } else if (a == "--topologies") {
+      c.topologies.clear();
+      for (const auto& t : split(value())) c.topologies.push_back(parse_topology(t));
+    } else if (a == "--consumers") {  // one producer, one group of N consumers
+      c.topologies.clear();
+      for (auto n : parse_list(value(), usage)) {
         if (n > kMaxConsumers) usage("at most 16 consumers");
+        c.topologies.push_back({1, 1, static_cast<std::uint32_t>(n)});
+      }
     } else if (a == "--waits") {
       c.waits.clear();
-      std::string s = value();
-      for (std::size_t at = 0; at <= s.size();) {
-        const std::size_t comma = s.find(',', at);
-        const std::string w = s.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+      for (const auto& w : split(value())) {
         if (w == "spin") c.waits.push_back(shmq::Wait::Spin);
         else if (w == "yield") c.waits.push_back(shmq::Wait::Yield);
         else if (w == "block") c.waits.push_back(shmq::Wait::Block);
         else usage("--waits takes spin, yield, block");
-        if (comma == std::string::npos) break;
-        at = comma + 1;
       }
     } else if (a == "--messages") {
       c.messages = parse_count(value(), usage);
@@ -142,18 +186,27 @@ Config parse_args(int argc, char** argv) {
 
 struct alignas(64) ConsumerReport {
   std::uint64_t received = 0;      // data messages acked (END excluded)
-  std::uint64_t start_ns = 0;      // first receipt of a sequence >= tp_warmup (0: none)
+  std::uint64_t start_ns = 0;      // first receipt of a message past its producer's warm-up (0: none)
   std::uint64_t end_ns = 0;        // receipt of its END
-  std::uint64_t producer_id = 0;   // inner id's producer, the same on every message
-  std::uint64_t base = 0;          // inner id seq - message seq, the same on every message
   std::uint32_t got_end = 0;
   Histogram ack;                   // sampled Consumer::ack times, ns
 };
 
 struct CaseControl : Control {
-  alignas(64) std::uint64_t sent = 0;  // data messages published with Ok (END excluded)
+  alignas(64) std::atomic<std::uint32_t> producers_done{0};  // the last one publishes the ENDs
+  std::uint64_t sent[kMaxProducers] = {};  // data messages published with Ok, per producer (END excluded)
   std::uint32_t stopped_early = 0;
-  ConsumerReport consumers[kMaxConsumers];
+  ConsumerReport consumers[kMaxConsumers];  // group g's consumer i at g * C + i
+};
+
+// What one case is: its shape, its wait, and each producer's share of the messages.
+struct Case {
+  Topology t;
+  shmq::Wait wait;
+  std::string channel;
+  std::uint64_t per_producer = 0;  // messages each producer publishes, at most
+  std::uint64_t warmup = 0;        // of them, untimed
+  std::string group(std::uint32_t g) const { return "workers-" + std::to_string(g); }
 };
 
 shmq::ChannelOptions channel_options(const Config& cfg, const std::filesystem::path& jdir) {
@@ -167,14 +220,17 @@ shmq::ChannelOptions channel_options(const Config& cfg, const std::filesystem::p
 
 std::span<const std::byte> bytes_of(const Msg& m) { return std::as_bytes(std::span<const Msg, 1>(&m, 1)); }
 
-void producer(const Config& cfg, const std::string& name, const std::filesystem::path& jdir, shmq::Wait wait,
-              std::uint32_t consumers, CaseControl& c) {
-  shmq::Channel ch = shmq::Channel::open(name, channel_options(cfg, jdir));
-  shmq::Producer out(ch, "producer");
+std::uint64_t tagged(std::uint32_t producer, std::uint64_t seq) {
+  return static_cast<std::uint64_t>(producer) << kProducerShift | seq;
+}
+
+void producer(const Config& cfg, const Case& k, const std::filesystem::path& jdir, std::uint32_t me, CaseControl& c) {
+  shmq::Channel ch = shmq::Channel::open(k.channel, channel_options(cfg, jdir));
+  shmq::Producer out(ch, "producer-" + std::to_string(me));
   shmq::PublishOptions popts;
   popts.timeout = std::chrono::nanoseconds(static_cast<std::int64_t>(cfg.stall_s * 1e9));
-  popts.wait = wait;
-  wait_all_ready(c, consumers + 1, cfg.stall_s);
+  popts.wait = k.wait;
+  wait_all_ready(c, k.t.processes(), cfg.stall_s);
 
   const auto budget_ns = static_cast<std::uint64_t>(cfg.budget_s * 1e9);
   const std::uint64_t t_start = mono_ns();
@@ -185,30 +241,39 @@ void producer(const Config& cfg, const std::string& name, const std::filesystem:
     if (r.status != shmq::Status::Ok)
       die("publish of sequence %" PRIu64 " returned %s", m.seq, shmq::to_string(r.status));
   };
-  for (; seq < cfg.messages; ++seq) {
-    if ((seq & 4095u) == 0 && seq > cfg.tp_warmup && mono_ns() - t_start > budget_ns) {
+  for (; seq < k.per_producer; ++seq) {
+    if ((seq & 4095u) == 0 && seq > k.warmup && mono_ns() - t_start > budget_ns) {
       c.stopped_early = 1;
       break;
     }
-    fill(m, seq);
+    fill(m, tagged(me, seq));
     publish();
   }
-  c.sent = seq;
-  for (std::uint32_t i = 0; i < consumers; ++i) {  // one END each: a consumer stops at its first
-    fill(m, seq + i, kEnd);
+  c.sent[me] = seq;
+  // acq_rel: the last producer's ENDs follow every producer's data; pairs with the other producers' increments.
+  if (c.producers_done.fetch_add(1, std::memory_order_acq_rel) + 1 != k.t.producers) return;
+  for (std::uint32_t i = 0; i < k.t.consumers; ++i) {  // each group gets them all; a consumer stops at its first
+    fill(m, tagged(me, seq + i), kEnd);
     publish();
   }
 }
 
-void consumer(const Config& cfg, const std::string& name, const std::filesystem::path& jdir, shmq::Wait wait,
-              std::uint32_t consumers, std::uint32_t me, std::uint8_t* bitmap, CaseControl& c) {
-  shmq::Channel ch = shmq::Channel::open(name, channel_options(cfg, jdir));
-  shmq::Consumer in(ch, "workers", {.start = shmq::Start::Earliest, .wait = wait, .max_in_flight = 64});
-  ConsumerReport& rep = c.consumers[me];
-  wait_all_ready(c, consumers + 1, cfg.stall_s);
+// What a consumer expects of one producer's messages: rising sequences, a fixed inner-id base.
+struct ProducerTrack {
+  bool seen = false;
+  std::uint64_t last = 0;  // the producer's own sequence
+  std::uint64_t id = 0, base = 0;
+};
+
+void consumer(const Config& cfg, const Case& k, const std::filesystem::path& jdir, std::uint32_t g, std::uint32_t me,
+              std::uint8_t* bitmap, CaseControl& c) {
+  shmq::Channel ch = shmq::Channel::open(k.channel, channel_options(cfg, jdir));
+  shmq::Consumer in(ch, k.group(g), {.start = shmq::Start::Earliest, .wait = k.wait, .max_in_flight = 64});
+  ConsumerReport& rep = c.consumers[g * k.t.consumers + me];
+  wait_all_ready(c, k.t.processes(), cfg.stall_s);
 
   Waiter w(cfg.stall_s, "waiting for the next message");
-  std::optional<std::uint64_t> last;
+  ProducerTrack track[kMaxProducers];
   std::uint64_t received = 0;
   for (;;) {
     std::optional<shmq::Message> got = in.poll(10ms);
@@ -216,7 +281,7 @@ void consumer(const Config& cfg, const std::string& name, const std::filesystem:
       const shmq::Status s = in.status();
       if (s != shmq::Status::Timeout && s != shmq::Status::WouldBlock)
         die("poll returned nothing with status %s after %" PRIu64 " messages", shmq::to_string(s), received);
-      w.check(last.value_or(0));
+      w.check(received);
       continue;
     }
     w.reset();
@@ -225,33 +290,39 @@ void consumer(const Config& cfg, const std::string& name, const std::filesystem:
     Msg m;
     std::memcpy(&m, msg.payload().data(), sizeof m);
     if (auto why = check_intact(m); !why.empty()) die("%s", why.c_str());
-    if (last && m.seq <= *last)
-      die("sequence %" PRIu64 " after %" PRIu64 ": a group hands out its messages in order", m.seq, *last);
-    if (msg.deliveries() != 1) die("sequence %" PRIu64 " delivered %u times", m.seq, msg.deliveries());
+    const auto p = static_cast<std::uint32_t>(m.seq >> kProducerShift);
+    const std::uint64_t seq = m.seq & ((std::uint64_t{1} << kProducerShift) - 1);
+    if (p >= k.t.producers) die("a message from producer %u; there are %u", p, k.t.producers);
+    ProducerTrack& tr = track[p];
+    if (tr.seen && seq <= tr.last)
+      die("producer %u's sequence %" PRIu64 " after %" PRIu64 ": a group hands out its messages in order", p, seq, tr.last);
+    if (msg.deliveries() != 1) die("producer %u's sequence %" PRIu64 " delivered %u times", p, seq, msg.deliveries());
     const shmq::InnerId id = msg.id();
-    if (!last) {
-      rep.producer_id = id.producer;
-      rep.base = id.seq - m.seq;
-    } else if (id.producer != rep.producer_id || id.seq - m.seq != rep.base) {
-      die("inner id (%" PRIu64 ", %" PRIu64 ") on sequence %" PRIu64 ": expected producer %" PRIu64 " and seq %" PRIu64,
-          id.producer, id.seq, m.seq, rep.producer_id, m.seq + rep.base);
+    if (!tr.seen) {
+      tr.id = id.producer;
+      tr.base = id.seq - seq;
+    } else if (id.producer != tr.id || id.seq - seq != tr.base) {
+      die("inner id (%" PRIu64 ", %" PRIu64 ") on producer %u's sequence %" PRIu64 ": expected (%" PRIu64 ", %" PRIu64 ")",
+          id.producer, id.seq, p, seq, tr.id, seq + tr.base);
     }
-    last = m.seq;
+    tr.seen = true;
+    tr.last = seq;
     const bool end = m.flags == kEnd;
     const bool sample = (received & 63u) == 0;
     const std::uint64_t t0 = sample ? ticks() : 0;
     const shmq::Status s = in.ack(msg);
     if (sample) rep.ack.add(static_cast<std::uint64_t>(ticks_to_ns(ticks() - t0)));
-    if (s != shmq::Status::Ok) die("ack of sequence %" PRIu64 " returned %s", m.seq, shmq::to_string(s));
+    if (s != shmq::Status::Ok) die("ack of producer %u's sequence %" PRIu64 " returned %s", p, seq, shmq::to_string(s));
     if (end) {
       rep.end_ns = mono_ns();
       rep.received = received;
       rep.got_end = 1;
       return;
     }
-    if (m.seq >= cfg.messages) die("sequence %" PRIu64 " is beyond the %" PRIu64 " messages of the run", m.seq, cfg.messages);
-    bitmap[m.seq >> 3] = static_cast<std::uint8_t>(bitmap[m.seq >> 3] | (1u << (m.seq & 7)));  // our own bitmap
-    if (rep.start_ns == 0 && m.seq >= cfg.tp_warmup) rep.start_ns = mono_ns();
+    if (seq >= k.per_producer) die("producer %u's sequence %" PRIu64 " is beyond its share of the run", p, seq);
+    const std::uint64_t bit = p * k.per_producer + seq;
+    bitmap[bit >> 3] = static_cast<std::uint8_t>(bitmap[bit >> 3] | (1u << (bit & 7)));  // our own bitmap
+    if (rep.start_ns == 0 && seq >= k.warmup) rep.start_ns = mono_ns();
     ++received;
   }
 }
@@ -261,110 +332,119 @@ void consumer(const Config& cfg, const std::string& name, const std::filesystem:
 struct Run {
   bool ok = false;
   double msgs_per_s = 0;
-  std::uint64_t messages = 0;  // timed
+  std::uint64_t messages = 0;  // timed, over all producers
   bool stopped_early = false;
-  double share_min = 0, share_max = 0;  // % of the messages, over the consumers
+  double share_min = 0, share_max = 0;  // % of its group's messages, over the consumers
   double ack_ns = 0;
   Disturbance disturbance;
 };
 
-// Checks the bitmaps and the reports; "" when every message was acked exactly once.
-std::string verify(const CaseControl& c, std::uint32_t n, const std::uint8_t* bitmaps, std::size_t stride) {
+// "" when, in group G, every message each producer sent was acked by exactly one consumer.
+std::string verify_group(const Case& k, const CaseControl& c, std::uint32_t g, const std::uint8_t* bitmaps,
+                         std::size_t stride) {
   char why[300];
-  std::uint64_t total = 0;
+  const std::uint32_t n = k.t.consumers;
+  std::uint64_t total = 0, sent = 0;
+  for (std::uint32_t p = 0; p < k.t.producers; ++p) sent += c.sent[p];
   for (std::uint32_t i = 0; i < n; ++i) {
-    const ConsumerReport& r = c.consumers[i];
+    const ConsumerReport& r = c.consumers[g * n + i];
     if (r.got_end != 1) {
-      std::snprintf(why, sizeof why, "consumer %u ended without its END message", i);
-      return why;
-    }
-    if (i > 0 && r.received > 0 && c.consumers[0].received > 0 &&
-        (r.producer_id != c.consumers[0].producer_id || r.base != c.consumers[0].base)) {
-      std::snprintf(why, sizeof why, "consumers 0 and %u saw different inner ids for the same producer", i);
+      std::snprintf(why, sizeof why, "group %u's consumer %u ended without its END message", g, i);
       return why;
     }
     total += r.received;
   }
-  if (total != c.sent) {
-    std::snprintf(why, sizeof why, "the producer published %" PRIu64 " messages with Ok; the consumers acked %" PRIu64
-                  " (%s)", c.sent, total, total < c.sent ? "LOST" : "DUPLICATED");
+  if (total != sent) {
+    std::snprintf(why, sizeof why, "the producers published %" PRIu64 " messages with Ok; group %u acked %" PRIu64 " (%s)",
+                  sent, g, total, total < sent ? "LOST" : "DUPLICATED");
     return why;
   }
-  // Every sequence below `sent`: in exactly one bitmap; none at or above it.
-  const std::size_t bytes = (c.sent + 7) / 8;
-  for (std::size_t b = 0; b < stride; ++b) {
-    unsigned seen = 0, twice = 0;
-    for (std::uint32_t i = 0; i < n; ++i) {
-      const unsigned v = bitmaps[i * stride + b];
-      twice |= seen & v;
-      seen |= v;
-    }
-    unsigned want = 0;
-    if (b + 1 < bytes) want = 0xff;
-    else if (b + 1 == bytes) want = c.sent % 8 == 0 ? 0xffu : (1u << (c.sent % 8)) - 1;
-    if (twice != 0 || seen != want) {
-      const unsigned bad = twice != 0 ? twice : (seen ^ want);
-      const std::uint64_t seq = b * 8 + static_cast<std::uint64_t>(std::countr_zero(bad));
-      std::snprintf(why, sizeof why, "sequence %" PRIu64 " was %s", seq,
-                    twice != 0 ? "acked by two consumers" : (seen & ~want) ? "acked but never sent" : "never acked (LOST)");
-      return why;
+  const std::uint8_t* mine = bitmaps + static_cast<std::size_t>(g) * n * stride;
+  auto bit = [&](std::uint32_t i, std::uint64_t b) { return (mine[i * stride + (b >> 3)] >> (b & 7)) & 1u; };
+  for (std::uint32_t p = 0; p < k.t.producers; ++p) {
+    for (std::uint64_t seq = 0; seq < k.per_producer; ++seq) {
+      const std::uint64_t b = p * k.per_producer + seq;
+      unsigned count = 0;
+      for (std::uint32_t i = 0; i < n; ++i) count += bit(i, b);
+      const unsigned want = seq < c.sent[p] ? 1 : 0;
+      if (count != want) {
+        std::snprintf(why, sizeof why, "group %u: producer %u's sequence %" PRIu64 " was %s", g, p, seq,
+                      count > 1 ? "acked by two consumers" : want == 0 ? "acked but never sent" : "never acked (LOST)");
+        return why;
+      }
     }
   }
   return {};
 }
 
-Run run_case(const Config& cfg, const std::filesystem::path& jdir, std::uint32_t n, shmq::Wait wait, bool pin,
-             const std::vector<int>& cpus, const std::string& label) {
+Run run_case(const Config& cfg, const std::filesystem::path& jdir, Case& k, bool pin, const std::vector<int>& cpus,
+             const std::string& label) {
   Run run;
-  const std::string name = "shmqcc_" + std::to_string(::getpid()) + "_" + std::to_string(n) + wait_name(wait);
+  k.channel = "shmqcc_" + std::to_string(::getpid()) + "_" + k.t.name() + wait_name(k.wait);
+  k.per_producer = cfg.messages / k.t.producers;
+  k.warmup = cfg.tp_warmup / k.t.producers;
   try {
-    if (shmq::Channel::exists(name)) shmq::Channel::remove(name, jdir);
-    shmq::Channel ch = shmq::Channel::open(name, channel_options(cfg, jdir));
-    ch.ensure_group("workers", shmq::Start::Earliest);  // from the first message, whoever joins first
+    if (shmq::Channel::exists(k.channel)) shmq::Channel::remove(k.channel, jdir);
+    shmq::Channel ch = shmq::Channel::open(k.channel, channel_options(cfg, jdir));
+    for (std::uint32_t g = 0; g < k.t.groups; ++g)
+      ch.ensure_group(k.group(g), shmq::Start::Earliest);  // from the first message, whoever joins first
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "*** FAIL [%s]: creating channel %s: %s\n", label.c_str(), name.c_str(), e.what());
+    std::fprintf(stderr, "*** FAIL [%s]: creating channel %s: %s\n", label.c_str(), k.channel.c_str(), e.what());
     return run;
   }
   Shared<CaseControl> control;
   CaseControl& c = *control;
-  const std::size_t stride = (cfg.messages + 7) / 8 + 1;
-  SharedMap bitmaps(stride * n);
+  const std::size_t stride = (k.per_producer * k.t.producers + 7) / 8 + 1;
+  const std::uint32_t n_consumers = k.t.groups * k.t.consumers;
+  SharedMap bitmaps(stride * n_consumers);
   auto* bits = static_cast<std::uint8_t*>(bitmaps.data());
   std::vector<Child> children;
-  children.push_back({"producer", pin ? cpus[0] : -1, [&] { producer(cfg, name, jdir, wait, n, c); }});
-  for (std::uint32_t i = 0; i < n; ++i)
-    children.push_back({"consumer " + std::to_string(i), pin ? cpus[(i + 1) % cpus.size()] : -1,
-                        [&, i] { consumer(cfg, name, jdir, wait, n, i, bits + i * stride, c); }});
+  std::size_t next_cpu = 0;
+  auto cpu = [&] { return pin ? cpus[next_cpu++ % cpus.size()] : -1; };
+  for (std::uint32_t p = 0; p < k.t.producers; ++p)
+    children.push_back({"producer " + std::to_string(p), cpu(), [&, p] { producer(cfg, k, jdir, p, c); }});
+  for (std::uint32_t g = 0; g < k.t.groups; ++g)
+    for (std::uint32_t i = 0; i < k.t.consumers; ++i) {
+      std::uint8_t* mine = bits + (g * k.t.consumers + i) * stride;
+      children.push_back({"group " + std::to_string(g) + " consumer " + std::to_string(i), cpu(),
+                          [&, g, i, mine] { consumer(cfg, k, jdir, g, i, mine, c); }});
+    }
   const bool ok = run_children({cfg.budget_s, cfg.stall_s}, label.c_str(), c, children);
   try {
-    shmq::Channel::remove(name, jdir);
+    shmq::Channel::remove(k.channel, jdir);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "*** FAIL [%s]: removing channel %s: %s\n", label.c_str(), name.c_str(), e.what());
+    std::fprintf(stderr, "*** FAIL [%s]: removing channel %s: %s\n", label.c_str(), k.channel.c_str(), e.what());
     return run;
   }
   if (!ok) return run;
-  if (auto why = verify(c, n, bits, stride); !why.empty()) {
-    std::fprintf(stderr, "\n*** FAIL [%s]: %s\n", label.c_str(), why.c_str());
-    return run;
+  for (std::uint32_t g = 0; g < k.t.groups; ++g) {
+    if (auto why = verify_group(k, c, g, bits, stride); !why.empty()) {
+      std::fprintf(stderr, "\n*** FAIL [%s]: %s\n", label.c_str(), why.c_str());
+      return run;
+    }
   }
-  std::uint64_t start = ~0ull, end = 0;
+  std::uint64_t start = ~0ull, end = 0, sent = 0, warm = 0;
   Histogram ack;
   double lo = 100, hi = 0;
-  for (std::uint32_t i = 0; i < n; ++i) {
+  for (std::uint32_t p = 0; p < k.t.producers; ++p) {
+    sent += c.sent[p];
+    warm += std::min(c.sent[p], k.warmup);
+  }
+  for (std::uint32_t i = 0; i < n_consumers; ++i) {
     const ConsumerReport& r = c.consumers[i];
     if (r.start_ns != 0) start = std::min(start, r.start_ns);
     end = std::max(end, r.end_ns);
     ack.merge(r.ack);
-    const double share = c.sent ? 100.0 * static_cast<double>(r.received) / static_cast<double>(c.sent) : 0;
+    const double share = sent ? 100.0 * static_cast<double>(r.received) / static_cast<double>(sent) : 0;
     lo = std::min(lo, share);
     hi = std::max(hi, share);
   }
-  if (start == ~0ull || end <= start || c.sent <= cfg.tp_warmup) {
+  if (start == ~0ull || end <= start || sent <= warm) {
     std::fprintf(stderr, "*** FAIL [%s]: no measurable interval\n", label.c_str());
     return run;
   }
   run.ok = true;
-  run.messages = c.sent - cfg.tp_warmup;
+  run.messages = sent - warm;
   run.msgs_per_s = static_cast<double>(run.messages) / (static_cast<double>(end - start) / 1e9);
   run.stopped_early = c.stopped_early != 0;
   run.share_min = lo;
@@ -372,6 +452,106 @@ Run run_case(const Config& cfg, const std::filesystem::path& jdir, std::uint32_t
   run.ack_ns = ack.percentile(0.5);
   run.disturbance = {c.others_cpu_pct, c.steal_pct};
   return run;
+}
+
+// One line of the table: a topology waiting one way, its runs and their median.
+struct Row {
+  Topology t;
+  shmq::Wait wait;
+  bool pinned;
+  std::vector<Run> runs;
+  bool ok = true;
+  double median = 0;
+};
+
+const Row* baseline(const std::vector<Row>& rows, shmq::Wait wait) {
+  for (const Row& o : rows)
+    if (o.t == Topology{1, 1, 1} && o.wait == wait && o.ok && o.median > 0) return &o;
+  return nullptr;
+}
+
+std::string procs_text(const Row& r, std::size_t cpus) {
+  return std::to_string(r.t.processes()) + " / " + std::to_string(cpus) + (r.pinned ? " (pinned)" : " (not pinned)");
+}
+
+Table make_table(std::vector<Row>& rows, std::size_t cpus, std::vector<SummaryRow>& summary,
+                 std::vector<std::pair<std::string, Disturbance>>& dist) {
+  Table table({"producers", "groups", "consumers / group", "processes / CPUs", "wait", "M msgs/s (median)",
+               "M deliveries/s", "min - max", "vs 1x1x1", "share per consumer %", "ack ns (p50)", "verified"},
+              {true, true, true, true, false, true, true, true, true, true, true, false});
+  for (Row& r : rows) {
+    std::vector<double> v, acks;
+    double lo = 1e300, hi = 0, share_lo = 100, share_hi = 0;
+    bool early = false;
+    for (const Run& run : r.runs) {
+      if (!run.ok) continue;
+      v.push_back(run.msgs_per_s);
+      lo = std::min(lo, run.msgs_per_s);
+      hi = std::max(hi, run.msgs_per_s);
+      share_lo = std::min(share_lo, run.share_min);
+      share_hi = std::max(share_hi, run.share_max);
+      acks.push_back(run.ack_ns);
+      early = early || run.stopped_early;
+      dist.push_back({r.t.name() + wait_name(r.wait), run.disturbance});
+    }
+    const Cell p = num(r.t.producers, 0), g = num(r.t.groups, 0), n = num(r.t.consumers, 0);
+    SummaryRow s{"topology (shmq, 64 B, Memory): producers x groups x consumers per group",
+                 r.t.name() + ", Wait::" + wait_name(r.wait) + (r.pinned ? ", pinned" : ", not pinned"),
+                 "shmq", {}, {}, {}, {}, {}, {}, "", ""};
+    if (!r.ok || v.empty()) {
+      table.add({p, g, n, txt(procs_text(r, cpus)), txt(wait_name(r.wait)), txt("FAILED"), txt("-"), txt("-"), txt("-"),
+                 txt("-"), txt("-"), txt("FAILED")});
+      s.vs = "FAILED: see the *** FAIL lines";
+      summary.push_back(s);
+      continue;
+    }
+    r.median = median(v);
+    const Row* one = baseline(rows, r.wait);
+    table.add({p, g, n, txt(procs_text(r, cpus)), txt(wait_name(r.wait)), num(r.median / 1e6, 2),
+               num(r.median * r.t.groups / 1e6, 2),
+               txt(fmt(lo / 1e6, 2) + " - " + fmt(hi / 1e6, 2) + (early ? " (budget cut)" : "")),
+               one ? num(r.median / one->median, 2) : txt("-"),
+               r.t.groups * r.t.consumers > 1 ? txt(fmt(share_lo, 0) + " - " + fmt(share_hi, 0)) : txt("100"),
+               num(median(acks), 0), txt(std::to_string(r.runs.size()) + " run(s): every message acked once per group")});
+    s.msgs_per_s = r.median;
+    s.mb_per_s = r.median * static_cast<double>(sizeof(Msg)) / 1e6;
+    s.vs = "deliveries/s " + fmt(r.median * r.t.groups / 1e6, 2) + " M";
+    if (one && one != &r) s.vs += "; / 1x1x1 (same wait): " + times(r.median / one->median);
+    summary.push_back(s);
+  }
+  return table;
+}
+
+Table make_detail(const std::vector<Row>& rows) {
+  Table detail({"producers", "groups", "consumers_per_group", "wait", "run", "ok", "msgs_per_s", "messages",
+                "stopped_early", "share_min_pct", "share_max_pct", "ack_ns", "others_cpu_pct", "steal_pct"});
+  for (const Row& r : rows)
+    for (std::size_t k = 0; k < r.runs.size(); ++k) {
+      const Run& run = r.runs[k];
+      detail.add({num(r.t.producers, 0), num(r.t.groups, 0), num(r.t.consumers, 0), txt(wait_name(r.wait)),
+                  num(static_cast<double>(k + 1), 0), txt(run.ok ? "true" : "false"), num(run.msgs_per_s, 1),
+                  num(static_cast<double>(run.messages), 0), txt(run.stopped_early ? "true" : "false"),
+                  num(run.share_min, 2), num(run.share_max, 2), num(run.ack_ns, 1),
+                  num(run.disturbance.others_cpu_pct, 1), num(run.disturbance.steal_pct, 1)});
+    }
+  return detail;
+}
+
+// The rows to run: Wait::Spin only where every process has its own CPU.
+std::vector<Row> plan_rows(const Config& cfg, std::size_t cpus, std::vector<std::string>& skipped) {
+  std::vector<Row> rows;
+  for (shmq::Wait wait : cfg.waits) {
+    for (const Topology& t : cfg.topologies) {
+      const bool fits = t.processes() <= cpus;
+      if (wait == shmq::Wait::Spin && !fits) {
+        skipped.push_back(t.name() + " with Wait::Spin: " + std::to_string(t.processes()) + " processes on " +
+                          std::to_string(cpus) + " CPUs would measure the scheduler");
+        continue;
+      }
+      rows.push_back({t, wait, fits, {}});
+    }
+  }
+  return rows;
 }
 
 }  // namespace
@@ -385,13 +565,13 @@ int main(int argc, char** argv) {
   const std::string model = cpu_model();
   const double load = load1();
 
-  std::printf("shmq_competing_consumers%s: one producer process, N consumer processes in one group; 64-byte "
-              "messages, Durability::Memory, ring %zu MiB\n",
+  std::printf("shmq_competing_consumers%s: P producer processes, G groups (each gets every message) of C consumer "
+              "processes (they share the group's messages); 64-byte messages, Durability::Memory, ring %zu MiB\n",
               cfg.quick ? " (--quick)" : "", cfg.ring_bytes >> 20);
   std::printf("host: %s, %zu CPUs usable, load average %.2f at start\n", model.c_str(), cpus.size(), load);
-  std::printf("each case: %" PRIu64 " messages (the first %" PRIu64 " untimed), every one checked and acked, then "
-              "each sequence checked acked exactly once across the consumers; %" PRIu64 " run(s) a case, median "
-              "reported; budget %.0f s a run\n",
+  std::printf("each case: %" PRIu64 " messages over the producers (the first %" PRIu64 " untimed), every one checked "
+              "and acked in every group, then each checked acked exactly once per group; %" PRIu64 " run(s) a case, "
+              "median reported; budget %.0f s a run\n",
               cfg.messages, cfg.tp_warmup, cfg.repeat, cfg.budget_s);
 
   char dir[] = "/tmp/shmq-competing-XXXXXX";
@@ -401,35 +581,14 @@ int main(int argc, char** argv) {
   }
   const std::filesystem::path jdir = dir;
 
-  struct Row {
-    std::uint32_t n;
-    shmq::Wait wait;
-    bool pinned;
-    std::vector<Run> runs;
-    bool ok = true;
-    double median = 0;
-  };
-  std::vector<Row> rows;
   std::vector<std::string> skipped;
-  for (shmq::Wait wait : cfg.waits) {
-    for (std::uint64_t n64 : cfg.consumers) {
-      const auto n = static_cast<std::uint32_t>(n64);
-      const bool fits = n + 1 <= cpus.size();
-      if (wait == shmq::Wait::Spin && !fits) {
-        skipped.push_back(std::to_string(n) + " consumer(s) with Wait::Spin: " + std::to_string(n + 1) +
-                          " processes on " + std::to_string(cpus.size()) + " CPUs would measure the scheduler");
-        continue;
-      }
-      rows.push_back({n, wait, fits, {}});
-    }
-  }
-
+  std::vector<Row> rows = plan_rows(cfg, cpus.size(), skipped);
   bool ok = true;
   for (Row& r : rows) {
     for (std::uint64_t k = 0; k < cfg.repeat && !g_interrupted; ++k) {
-      const std::string label = std::to_string(r.n) + " consumer(s), Wait::" + wait_name(r.wait) + ", run " +
-                                std::to_string(k + 1);
-      Run run = run_case(cfg, jdir, r.n, r.wait, r.pinned, cpus, label);
+      const std::string label = r.t.name() + ", Wait::" + wait_name(r.wait) + ", run " + std::to_string(k + 1);
+      Case c{r.t, r.wait, "", 0, 0};
+      Run run = run_case(cfg, jdir, c, r.pinned, cpus, label);
       r.ok = r.ok && run.ok;
       r.runs.push_back(run);
     }
@@ -440,69 +599,25 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(jdir, ec);
   ok = ok && !g_interrupted;
 
-  Table table({"consumers", "processes / CPUs", "wait", "M msgs/s (median)", "min - max", "vs 1 consumer",
-               "share per consumer %", "ack ns (p50)", "verified"},
-              {true, true, false, true, true, true, true, true, false});
+  std::vector<SummaryRow> summary;
   std::vector<std::pair<std::string, Disturbance>> dist;
-  for (Row& r : rows) {
-    std::vector<double> v;
-    double lo = 1e300, hi = 0, share_lo = 100, share_hi = 0;
-    std::vector<double> acks;
-    std::uint64_t verified = 0;
-    bool early = false;
-    for (const Run& run : r.runs) {
-      if (!run.ok) continue;
-      v.push_back(run.msgs_per_s);
-      lo = std::min(lo, run.msgs_per_s);
-      hi = std::max(hi, run.msgs_per_s);
-      share_lo = std::min(share_lo, run.share_min);
-      share_hi = std::max(share_hi, run.share_max);
-      acks.push_back(run.ack_ns);
-      verified += run.messages;
-      early = early || run.stopped_early;
-      dist.push_back({std::to_string(r.n) + "x" + wait_name(r.wait), run.disturbance});
-    }
-    const std::string procs = std::to_string(r.n + 1) + " / " + std::to_string(cpus.size()) +
-                              (r.pinned ? " (pinned)" : " (not pinned)");
-    if (!r.ok || v.empty()) {
-      table.add({num(r.n, 0), txt(procs), txt(wait_name(r.wait)), txt("FAILED"), txt("-"), txt("-"), txt("-"), txt("-"),
-                 txt("FAILED")});
-      continue;
-    }
-    r.median = median(v);
-    const Row* one = nullptr;
-    for (const Row& o : rows)
-      if (o.n == 1 && o.wait == r.wait && o.ok && o.median > 0) one = &o;
-    table.add({num(r.n, 0), txt(procs), txt(wait_name(r.wait)), num(r.median / 1e6, 2),
-               txt(fmt(lo / 1e6, 2) + " - " + fmt(hi / 1e6, 2) + (early ? " (budget cut)" : "")),
-               one ? num(r.median / one->median, 2) : txt("-"),
-               r.n > 1 ? txt(fmt(share_lo, 0) + " - " + fmt(share_hi, 0)) : txt("100"), num(median(acks), 0),
-               txt(std::to_string(r.runs.size()) + " run(s): every message acked once")});
-  }
+  const Table table = make_table(rows, cpus.size(), summary, dist);
   std::printf("\n");
   table.print_markdown();
-  std::printf("msgs/s: consumer side, the group's total. vs 1 consumer: this median / the median of 1 consumer "
-              "waiting the same way.\nshare: each consumer's part of the messages (min - max over consumers and "
-              "runs). ack ns: median of Consumer::ack, sampled every 64th message.\n");
+  std::printf("PxGxC: P producers, G groups, C consumers in each. msgs/s: messages published, as the consumers took "
+              "them; deliveries/s = msgs/s x G.\nvs 1x1x1: this median / the median of one producer, one group, one "
+              "consumer waiting the same way. share: each consumer's part of its group's messages\n(min - max over "
+              "consumers and runs). ack ns: median of Consumer::ack, sampled every 64th message.\n");
   for (const auto& s : skipped) std::printf("not run: %s\n", s.c_str());
   if (cpus.size() < 5)
-    std::printf("NOTE: %zu CPUs: with 2 or 4 consumers the processes outnumber the CPUs; consumers (and the producer, "
-                "on a full ring) wait by Yield or Block, unpinned; more consumers cannot add CPU here, they share it.\n",
+    std::printf("NOTE: %zu CPUs: with more processes than CPUs every process waits by Block (or Yield), unpinned; more "
+                "consumers, producers or groups cannot add CPU here, they share it.\n",
                 cpus.size());
   print_disturbance(dist);
 
-  bool files_ok = true;
+  bool files_ok = write_summary(cfg.summary_path, summary);
   if (!cfg.json_path.empty() || !cfg.csv_path.empty()) {
-    Table detail({"consumers", "wait", "run", "ok", "msgs_per_s", "messages", "stopped_early", "share_min_pct",
-                  "share_max_pct", "ack_ns", "others_cpu_pct", "steal_pct"});
-    for (const Row& r : rows)
-      for (std::size_t k = 0; k < r.runs.size(); ++k) {
-        const Run& run = r.runs[k];
-        detail.add({num(r.n, 0), txt(wait_name(r.wait)), num(static_cast<double>(k + 1), 0), txt(run.ok ? "true" : "false"),
-                    num(run.msgs_per_s, 1), num(static_cast<double>(run.messages), 0),
-                    txt(run.stopped_early ? "true" : "false"), num(run.share_min, 2), num(run.share_max, 2),
-                    num(run.ack_ns, 1), num(run.disturbance.others_cpu_pct, 1), num(run.disturbance.steal_pct, 1)});
-      }
+    const Table detail = make_detail(rows);
     Report rep;
     rep.context = {{"cpu", model},
                    {"cpus", std::to_string(cpus.size())},
@@ -513,7 +628,7 @@ int main(int argc, char** argv) {
                    {"repeat", std::to_string(cfg.repeat)},
                    {"quick", cfg.quick ? "true" : "false"}};
     rep.tables = {{"competing_consumers", &table}, {"competing_consumers_runs", &detail}};
-    files_ok = rep.write(cfg.csv_path, cfg.json_path, "shmq_competing_consumers", ok);
+    files_ok = rep.write(cfg.csv_path, cfg.json_path, "shmq_competing_consumers", ok) && files_ok;
   }
   std::fflush(stdout);
   if (!ok) {
