@@ -30,7 +30,7 @@
 //
 // Usage: shmq_durability [--quick] [--seconds S] [--warmup S] [--repeat N] [--producers 1,4]
 //          [--sizes 64,1024] [--modes memory,async,sync] [--fsync-seconds S] [--dir DIR]
-//          [--ring-mib N] [--stall S] [--json FILE] [--csv FILE]
+//          [--ring-mib N] [--stall S] [--json FILE] [--csv FILE] [--summary FILE]
 
 #include <shmq/shmq.hpp>
 
@@ -56,7 +56,7 @@ constexpr std::size_t kJournalHeaderBytes = 48;
 
 struct Config {
   bool quick = false;
-  std::string json_path, csv_path;
+  std::string json_path, csv_path, summary_path;
   double seconds = 2.0;       // per case, warm-up included
   double warmup_s = 0.4;      // excluded from the figures
   std::uint64_t repeat = 3;
@@ -76,7 +76,7 @@ const char* g_argv0 = "shmq_durability";
   std::fprintf(why != nullptr ? stderr : stdout,
                "usage: %s [--quick] [--seconds S] [--warmup S] [--repeat N] [--producers 1,4] [--sizes 64,1024]\n"
                "       [--modes memory,async,sync] [--fsync-seconds S] [--dir DIR] [--ring-mib N] [--stall S]\n"
-               "       [--json FILE] [--csv FILE]\n",
+               "       [--json FILE] [--csv FILE] [--summary FILE]\n",
                g_argv0);
   std::exit(why != nullptr ? 2 : 0);
 }
@@ -106,6 +106,8 @@ Config parse_args(int argc, char** argv) {
       c.json_path = value();
     } else if (a == "--csv") {
       c.csv_path = value();
+    } else if (a == "--summary") {
+      c.summary_path = value();
     } else if (a == "--seconds") {
       c.seconds = parse_seconds(value(), usage);
       seconds_set = true;
@@ -647,6 +649,11 @@ int main(int argc, char** argv) {
                "publish p50 (us)", "publish p99 (us)", "vs Memory", "vs 1 producer", "p50 / fdatasync p50", "goal"},
               {false, true, true, true, true, true, true, true, true, true, true, false});
   std::vector<std::string> goals_summary;
+  std::vector<SummaryRow> summary;  // the run's one table (run.sh): the references, then shmq's figures
+  const std::string section = "durability: P producer processes, 1 checking consumer; publish latency";
+  if (!stream_mb.empty())
+    summary.push_back({section, "Async reference", "bare 1 MiB writes + fdatasync every 5 ms", {}, {}, {}, {}, {},
+                       median(stream_mb), "", ""});
   if (!stream_mb.empty())
     table.add({txt("bare 1 MiB writes + fdatasync every 5 ms"), num(1, 0), txt("-"), txt("-"), txt("-"),
                num(median(stream_mb), 0), txt("-"), txt("-"), txt("-"), txt("-"), txt("-"),
@@ -663,6 +670,9 @@ int main(int argc, char** argv) {
             f99.push_back(r.fsync.p99_ns);
           }
     if (!fr.empty())
+      summary.push_back({section, size_name(size) + ", Sync reference", "bare write + fdatasync", median(f50), median(f99),
+                         {}, {}, median(fr), median(fr) * static_cast<double>(size) / 1e6, "", ""});
+    if (!fr.empty())
       table.add({txt("bare write + fdatasync"), num(1, 0), txt(size_name(size)), {rate_text(median(fr)), median(fr)},
                  txt("-"), num(median(fr) * static_cast<double>(size) / 1e6, 2), {us_text(median(f50)), median(f50) / 1e3},
                  {us_text(median(f99)), median(f99) / 1e3}, txt("-"), txt("-"), txt("1.00"), txt("the physical reference")});
@@ -672,9 +682,11 @@ int main(int argc, char** argv) {
         const Key key{mode, p, size};
         if (runs.find(key) == runs.end()) continue;
         const Med* m = find(mode, p, size);
+        const std::string case_name = size_name(size) + ", " + std::to_string(p) + " producer(s), " + mode_name(mode);
         if (m == nullptr) {
           table.add({txt(mode_name(mode)), num(p, 0), txt(size_name(size)), txt("FAILED"), txt("FAILED"), txt("-"),
                      txt("FAILED"), txt("FAILED"), txt("-"), txt("-"), txt("-"), txt("-")});
+          summary.push_back({section, case_name, "shmq", {}, {}, {}, {}, {}, {}, "FAILED: see the *** FAIL lines", ""});
           continue;
         }
         const Med* mem = find(shmq::Durability::Memory, p, size);
@@ -682,7 +694,6 @@ int main(int argc, char** argv) {
         const double vs_mem = mem ? m->pub / mem->pub : 0;
         const double vs_one = one ? m->pub / one->pub : 0;
         std::string goal = "-";
-        auto verdict = [](bool met) { return met ? "met" : "MISSED"; };
         if (mode == shmq::Durability::Async && mem) {
           goal = "vs Memory >= 0.7: " + std::string(verdict(vs_mem >= 0.7));
         } else if (mode == shmq::Durability::Sync) {
@@ -693,6 +704,13 @@ int main(int argc, char** argv) {
           goals_summary.push_back(std::string(mode_name(mode)) + ", " + std::to_string(p) + " producer(s), " +
                                   size_name(size) + ": " + goal);
         const double journal_mb = m->pub * static_cast<double>(kJournalHeaderBytes + size) / 1e6;
+        std::string vs;
+        if (mem && mode != shmq::Durability::Memory) vs = "/ Memory: " + times(vs_mem);
+        if (one) vs += (vs.empty() ? "" : "; ") + std::string("/ 1 producer: ") + times(vs_one);
+        if (mode == shmq::Durability::Sync)
+          vs += (vs.empty() ? "" : "; ") + std::string("p50 / bare fdatasync p50: ") + times(m->fs_ratio);
+        summary.push_back({section, case_name, "shmq", m->p50, m->p99, {}, {}, m->pub,
+                           m->pub * static_cast<double>(size) / 1e6, vs, goal == "-" ? "" : goal});
         table.add({txt(mode_name(mode)), num(p, 0), txt(size_name(size)), {rate_text(m->pub), m->pub},
                    {m->del > 0 ? rate_text(m->del) : "-", m->del},
                    mode == shmq::Durability::Memory ? txt("-") : num(journal_mb, journal_mb < 10 ? 2 : 0),
@@ -722,7 +740,7 @@ int main(int argc, char** argv) {
                         r.disturbance});
   print_disturbance(dist);
 
-  bool files_ok = true;
+  bool files_ok = write_summary(cfg.summary_path, summary);
   if (!cfg.json_path.empty() || !cfg.csv_path.empty()) {
     Table detail({"durability", "producers", "payload_bytes", "run", "ok", "published_per_s", "delivered_per_s",
                   "publish_p50_ns", "publish_p99_ns", "latency_samples", "verified_messages", "fdatasync_per_s",
@@ -751,7 +769,7 @@ int main(int argc, char** argv) {
                    {"quick", cfg.quick ? "true" : "false"}};
     for (std::size_t i = 0; i < goals_summary.size(); ++i) rep.context.push_back({"goal" + std::to_string(i), goals_summary[i]});
     rep.tables = {{"durability", &table}, {"durability_runs", &detail}};
-    files_ok = rep.write(cfg.csv_path, cfg.json_path, "shmq_durability", ok);
+    files_ok = rep.write(cfg.csv_path, cfg.json_path, "shmq_durability", ok) && files_ok;
   }
   std::fflush(stdout);
   if (!ok) {
