@@ -1,0 +1,125 @@
+// shmq_callgrind_driver: publish, poll and ack of 64-byte messages in one thread, made to be
+// counted by valgrind --tool=callgrind (bench/callgrind.sh runs it; it measures nothing itself).
+//
+// Channel: Durability::Memory, 1 MiB ring, one producer, one consumer (Wait::Spin), in this
+// process. It first sends a warm-up of --warmup messages (several laps of the ring, so the ring's
+// batched zeroing of freed space is in the steady state it counts), then --messages more, each one
+// through cg::publish_poll (publish it, poll it back) and cg::ack (ack it). Those two functions
+// exist so that callgrind can count them alone: --toggle-collect='cg::publish_poll*' collects the
+// instructions inside publish + poll only; divided by --messages, that is the cost of one message.
+// Every message polled is checked (its size and an 8-byte sequence tag); a wrong one exits 1.
+//
+// Usage: shmq_callgrind_driver [--messages N] [--warmup N]
+
+#include <shmq/shmq.hpp>
+
+#include <unistd.h>
+
+#include <array>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace cg {
+
+// What callgrind counts: one publish and the poll that takes the message back.
+[[gnu::noinline]] std::optional<shmq::Message> publish_poll(shmq::Producer& p, shmq::Consumer& c,
+                                                            std::span<const std::byte> payload) {
+  const shmq::Published r = p.publish(payload);
+  if (r.status != shmq::Status::Ok) return std::nullopt;
+  return c.poll();
+}
+
+[[gnu::noinline]] shmq::Status ack(shmq::Consumer& c, const shmq::Message& m) { return c.ack(m); }
+
+}  // namespace cg
+
+namespace {
+
+[[noreturn]] void fail(const char* what, std::uint64_t seq) {
+  std::fprintf(stderr, "*** FAIL shmq_callgrind_driver: %s at message %" PRIu64 "\n", what, seq);
+  std::exit(1);
+}
+
+// Publishes, polls back, checks and acks message SEQ; through cg:: only when MEASURED.
+void one_message(shmq::Producer& p, shmq::Consumer& c, std::uint64_t seq, bool measured) {
+  std::array<std::byte, 64> payload{};
+  std::memcpy(payload.data(), &seq, sizeof seq);
+  std::optional<shmq::Message> m;
+  if (measured) {
+    m = cg::publish_poll(p, c, payload);
+  } else if (p.publish(std::span<const std::byte>(payload)).status == shmq::Status::Ok) {
+    m = c.poll();
+  }
+  if (!m) fail("publish or poll failed", seq);
+  std::uint64_t tag = 0;
+  if (m->payload().size() != payload.size()) fail("wrong size", seq);
+  std::memcpy(&tag, m->payload().data(), sizeof tag);
+  if (tag != seq) fail("wrong message", seq);
+  if ((measured ? cg::ack(c, *m) : c.ack(*m)) != shmq::Status::Ok) fail("ack failed", seq);
+}
+
+std::uint64_t count_arg(const char* text) {
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(text, &end, 10);
+  if (end == text || *end != '\0' || v == 0) {
+    std::fprintf(stderr, "shmq_callgrind_driver: expected a positive count, got %s\n", text);
+    std::exit(2);
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::uint64_t messages = 100'000, warmup = 30'000;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--messages" && i + 1 < argc) {
+      messages = count_arg(argv[++i]);
+    } else if (a == "--warmup" && i + 1 < argc) {
+      warmup = count_arg(argv[++i]);
+    } else {
+      std::fprintf(a == "--help" ? stdout : stderr, "usage: %s [--messages N] [--warmup N]\n", argv[0]);
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  char dir[] = "/tmp/shmq-callgrind-XXXXXX";
+  if (::mkdtemp(dir) == nullptr) {
+    std::perror("*** FAIL shmq_callgrind_driver: mkdtemp");
+    return 1;
+  }
+  const std::string name = "shmqcg_" + std::to_string(::getpid());
+  int rc = 0;
+  try {
+    shmq::ChannelOptions o;
+    o.ring_bytes = std::size_t{1} << 20;
+    o.max_message_bytes = o.ring_bytes / 4;  // the channel's limit
+    o.durability = shmq::Durability::Memory;
+    o.journal_dir = dir;
+    shmq::Channel ch = shmq::Channel::open(name, o);
+    shmq::Consumer consumer(ch, "callgrind", {.start = shmq::Start::Earliest, .wait = shmq::Wait::Spin, .max_in_flight = 64});
+    shmq::Producer producer(ch, "callgrind");
+    for (std::uint64_t s = 0; s < warmup; ++s) one_message(producer, consumer, s, false);
+    for (std::uint64_t s = warmup; s < warmup + messages; ++s) one_message(producer, consumer, s, true);
+    std::printf("shmq_callgrind_driver: %" PRIu64 " messages of 64 B through cg::publish_poll and cg::ack after %" PRIu64
+                " warm-up\n", messages, warmup);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "*** FAIL shmq_callgrind_driver: %s\n", e.what());
+    rc = 1;
+  }
+  try {
+    shmq::Channel::remove(name, dir);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "*** FAIL shmq_callgrind_driver: removing %s: %s\n", name.c_str(), e.what());
+    rc = 1;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return rc;
+}
