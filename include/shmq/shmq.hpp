@@ -321,3 +321,5 @@ class Consumer {
 };
 
 }  // namespace shmq
+
+#include "shmq/keyed.hpp"  // KeyedConsumer

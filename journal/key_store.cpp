@@ -1,0 +1,280 @@
+#include "journal/key_store.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "journal/crc32c.hpp"
+
+namespace shmq::journal {
+namespace {
+
+[[noreturn]] void fail(const std::filesystem::path& path, std::errc code, const std::string& what) {
+  throw Error(std::make_error_code(code), "shmq key store '" + path.string() + "': " + what);
+}
+[[noreturn]] void fail_errno(const std::filesystem::path& path, int err, const std::string& what) {
+  throw Error(std::error_code(err, std::generic_category()),
+              "shmq key store '" + path.string() + "': " + what + ": " + std::strerror(err));
+}
+
+std::uint64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+std::uint32_t record_crc(const std::byte* len_and_key, std::size_t n) noexcept {
+  return mask_crc(crc32c(0, len_and_key, n));
+}
+
+// The record of KEY, as it goes into the file.
+std::vector<std::byte> encode_record(std::string_view key) {
+  std::vector<std::byte> r(kKeyRecordHeaderBytes + key.size());
+  const auto len = static_cast<std::uint16_t>(key.size());
+  std::memcpy(r.data() + 4, &len, 2);
+  if (!key.empty()) std::memcpy(r.data() + 6, key.data(), key.size());
+  const std::uint32_t crc = record_crc(r.data() + 4, 2 + key.size());
+  std::memcpy(r.data(), &crc, 4);
+  return r;
+}
+
+// The record at the start of BYTES: its key and size, or size 0 if BYTES does not begin with a
+// whole valid record (too short, or the CRC does not match).
+struct Decoded {
+  std::string_view key;
+  std::size_t size = 0;
+};
+Decoded decode_record(std::span<const std::byte> bytes) noexcept {
+  if (bytes.size() < kKeyRecordHeaderBytes) return {};
+  std::uint32_t crc;
+  std::uint16_t len;
+  std::memcpy(&crc, bytes.data(), 4);
+  std::memcpy(&len, bytes.data() + 4, 2);
+  if (bytes.size() - kKeyRecordHeaderBytes < len) return {};
+  if (record_crc(bytes.data() + 4, 2 + std::size_t{len}) != crc) return {};
+  return {{reinterpret_cast<const char*>(bytes.data() + 6), len}, kKeyRecordHeaderBytes + len};
+}
+
+std::vector<std::byte> header_bytes() {
+  std::vector<std::byte> h(kKeyStoreHeaderBytes);
+  std::memcpy(h.data(), kKeyStoreMagic, 8);
+  std::memcpy(h.data() + 8, &kKeyStoreVersion, 4);
+  return h;
+}
+
+void write_all(int fd, std::span<const std::byte> b, const std::filesystem::path& path) {
+  while (!b.empty()) {
+    const ssize_t n = ::write(fd, b.data(), b.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_errno(path, errno, "write failed");
+    b = b.subspan(static_cast<std::size_t>(n));
+  }
+}
+
+void sync_parent(const std::filesystem::path& path) {
+  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) fail_errno(path, errno, "cannot open its directory");
+  const int rc = ::fsync(d);
+  const int err = errno;
+  ::close(d);
+  if (rc != 0) fail_errno(path, err, "fsync of its directory failed");
+}
+
+}  // namespace
+
+KeyStore::KeyStore(KeyStore&&) noexcept = default;
+KeyStore& KeyStore::operator=(KeyStore&&) noexcept = default;
+
+KeyStore::~KeyStore() {
+  if (!fd_.valid()) return;
+  try {
+    if (options_.sync != Durability::Memory) sync();
+  } catch (const std::exception&) {
+    // A destructor cannot report it; the keys not synced are at worst handled once more.
+  }
+}
+
+KeyStore KeyStore::open(const std::filesystem::path& path, const KeyStoreOptions& options) {
+  if (options.max_keys == 0) fail(path, std::errc::invalid_argument, "max_keys must be at least 1");
+  KeyStore s;
+  s.path_ = path;
+  s.options_ = options;
+  s.open_file(true);
+  return s;
+}
+
+void KeyStore::open_file(bool create) {
+  for (;;) {
+    const int fd = ::open(path_.c_str(), O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0), options_.mode);
+    if (fd < 0) fail_errno(path_, errno, "cannot open");
+    fd_ = detail::Fd(fd);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) fail_errno(path_, errno, "fstat failed");
+    if (!S_ISREG(st.st_mode)) fail(path_, std::errc::invalid_argument, "is not a regular file");
+    // Alone (nobody else has it open): this opener may repair and compact. Otherwise share it.
+    const bool alone = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+    if (!alone) {
+      if (errno != EWOULDBLOCK) fail_errno(path_, errno, "flock failed");
+      while (::flock(fd, LOCK_SH) != 0)
+        if (errno != EINTR) fail_errno(path_, errno, "flock failed");
+    }
+    // A compaction by another process may have renamed a new file over PATH while we waited.
+    struct stat now {};
+    if (::stat(path_.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
+      fd_.reset();
+      continue;
+    }
+    if (st.st_size == 0) {
+      if (!alone) {  // its creator is writing the header: wait for it
+        fd_.reset();
+        ::usleep(1000);
+        continue;
+      }
+      write_all(fd, header_bytes(), path_);
+      if (::fdatasync(fd) != 0) fail_errno(path_, errno, "fdatasync failed");
+      sync_parent(path_);
+    }
+    read_to_ = 0;
+    file_records_ = 0;
+    keys_.clear();
+    order_.clear();
+    // The header.
+    std::byte h[kKeyStoreHeaderBytes];
+    const ssize_t n = ::pread(fd, h, sizeof h, 0);
+    if (n != static_cast<ssize_t>(sizeof h) || std::memcmp(h, kKeyStoreMagic, 8) != 0)
+      fail(path_, std::errc::illegal_byte_sequence, "is not a shmq key store (its first 16 bytes are not a key store header)");
+    std::uint32_t version;
+    std::memcpy(&version, h + 8, 4);
+    if (version != kKeyStoreVersion)
+      fail(path_, std::errc::illegal_byte_sequence,
+           "is key store version " + std::to_string(version) + "; this build reads version " + std::to_string(kKeyStoreVersion));
+    read_to_ = kKeyStoreHeaderBytes;
+    // The records, up to a torn tail (not corruption: read_new() throws for that).
+    read_new();
+    const auto size = static_cast<std::uint64_t>(::lseek(fd, 0, SEEK_END));
+    if (size > read_to_) {
+      if (!alone) {
+        // Another process has it open: these bytes may be its append in progress; read_new()
+        // takes them once they are whole.
+      } else {
+        torn_bytes_ = size - read_to_;
+        if (::ftruncate(fd, static_cast<off_t>(read_to_)) != 0) fail_errno(path_, errno, "cannot cut its torn tail");
+        if (::fdatasync(fd) != 0) fail_errno(path_, errno, "fdatasync failed");
+      }
+    }
+    if (alone && file_records_ > 2 * options_.max_keys) {
+      compact();
+      fd_.reset();
+      continue;  // open the compacted file
+    }
+    if (alone && ::flock(fd, LOCK_SH) != 0) fail_errno(path_, errno, "flock failed");  // downgrade
+    last_sync_ns_ = monotonic_ns();
+    return;
+  }
+}
+
+void KeyStore::read_new() {
+  const int fd = fd_.get();
+  for (;;) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) fail_errno(path_, errno, "fstat failed");
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    if (size <= read_to_) return;
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(size - read_to_, 1 << 20));
+    buf_.resize(want);
+    ssize_t n;
+    do n = ::pread(fd, buf_.data(), want, static_cast<off_t>(read_to_));
+    while (n < 0 && errno == EINTR);
+    if (n < 0) fail_errno(path_, errno, "read failed");
+    std::span<const std::byte> b(buf_.data(), static_cast<std::size_t>(n));
+    std::size_t at = 0;
+    while (at < b.size()) {
+      const Decoded d = decode_record(b.subspan(at));
+      if (d.size == 0) break;
+      remember(std::string(d.key));
+      at += d.size;
+      ++file_records_;
+    }
+    if (at == 0) {
+      // Not a whole record here. If a valid record follows somewhere, this is corruption (a torn
+      // append would be the last thing in the file); otherwise a torn tail or an append that is
+      // still being written: stop here.
+      for (std::size_t o = 1; o + kKeyRecordHeaderBytes <= b.size(); ++o)
+        if (decode_record(b.subspan(o)).size != 0)
+          fail(path_, std::errc::illegal_byte_sequence,
+               "corrupt record at offset " + std::to_string(read_to_) + ": a valid record follows at offset " +
+                   std::to_string(read_to_ + o) + ", so it is not a torn tail; nothing was changed");
+      return;
+    }
+    read_to_ += at;
+    if (static_cast<std::size_t>(n) < want || at < static_cast<std::size_t>(n)) continue;  // look again from here
+  }
+}
+
+void KeyStore::remember(std::string key) {
+  if (keys_.count(key) != 0) return;
+  order_.push_back(std::move(key));
+  keys_.insert(order_.back());
+  while (order_.size() > options_.max_keys) {
+    keys_.erase(order_.front());
+    order_.pop_front();
+  }
+}
+
+bool KeyStore::contains(std::string_view key) {
+  read_new();
+  maybe_sync();
+  return keys_.count(key) != 0;
+}
+
+void KeyStore::add(std::string_view key) {
+  if (key.size() > kMaxStoredKeyBytes)
+    fail(path_, std::errc::value_too_large,
+         "a key of " + std::to_string(key.size()) + " bytes; at most " + std::to_string(kMaxStoredKeyBytes));
+  read_new();
+  if (keys_.count(key) != 0) return;
+  write_all(fd_.get(), encode_record(key), path_);  // one write: O_APPEND keeps it whole
+  dirty_ = true;
+  if (options_.sync == Durability::Sync) sync();
+  // What we wrote is the end of the file, unless others appended meanwhile: read it back in order.
+  read_new();
+  maybe_sync();
+}
+
+void KeyStore::sync() {
+  if (!dirty_) return;
+  if (::fdatasync(fd_.get()) != 0) fail_errno(path_, errno, "fdatasync failed");
+  dirty_ = false;
+  last_sync_ns_ = monotonic_ns();
+}
+
+void KeyStore::maybe_sync() {
+  if (!dirty_ || options_.sync != Durability::Async) return;
+  const auto interval = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(options_.flush_interval).count());
+  if (monotonic_ns() - last_sync_ns_ >= interval) sync();
+}
+
+void KeyStore::compact() {
+  const std::filesystem::path tmp = path_.string() + ".tmp";
+  ::unlink(tmp.c_str());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, options_.mode);
+  if (fd < 0) fail_errno(tmp, errno, "cannot create");
+  detail::Fd out(fd);
+  std::vector<std::byte> bytes = header_bytes();
+  for (const std::string& k : order_) {
+    const std::vector<std::byte> r = encode_record(k);
+    bytes.insert(bytes.end(), r.begin(), r.end());
+  }
+  write_all(fd, bytes, tmp);
+  if (::fdatasync(fd) != 0) fail_errno(tmp, errno, "fdatasync failed");
+  if (::rename(tmp.c_str(), path_.c_str()) != 0) fail_errno(path_, errno, "cannot rename the compacted file over it");
+  sync_parent(path_);
+}
+
+}  // namespace shmq::journal
