@@ -68,18 +68,34 @@ test: deps
 demo: build
 	./build/tools/shmq demo
 
-# The benchmarks build in their own directory (Release, no sanitizer, no tests) and print their
-# tables; CSV and JSON go to results/. iceoryx, a peer, is installed if apt has it (else it is
-# reported as not built).
+# The benchmarks build in their own directory (Release, no sanitizer, no tests), run (bench/run.sh:
+# one summary table, CSV / JSON / logs / plot in results/), and put the table and the plot in the
+# README (bench/update_readme.sh: README.md's "## Benchmarks", bench/latest.png). The packages they
+# need and the build does not: gnuplot-nox (the plot), valgrind (bench/callgrind.sh), iceoryx (a
+# peer: reported as not built when apt does not have it).
+BENCH_DEPS := gnuplot-nox valgrind libiceoryx-posh-dev iceoryx
 bench: deps
-	@dpkg-query -W -f='$${Status}' libiceoryx-posh-dev 2>/dev/null | grep -q 'install ok installed' || \
-	  { apt-cache show libiceoryx-posh-dev >/dev/null 2>&1 && \
-	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libiceoryx-posh-dev iceoryx; } || \
-	  echo "bench: iceoryx (libiceoryx-posh-dev) not available: shmq_pingpong will say it was not built"
+	@missing=""; \
+	for p in $(BENCH_DEPS); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [[ -n "$$missing" ]]; then \
+	  $(SUDO) apt-get update; \
+	  have=""; \
+	  for p in $$missing; do \
+	    if apt-cache show "$$p" >/dev/null 2>&1; then have="$$have $$p"; \
+	    else echo "bench: $$p is not in apt: the run says what it could not measure without it"; fi; \
+	  done; \
+	  if [[ -n "$$have" ]]; then \
+	    echo "bench: installing:$$have"; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$have; \
+	  fi; \
+	fi
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_BENCH=ON -DSHMQ_BUILD_TESTS=OFF \
 	  -DSHMQ_BUILD_TOOLS=OFF -DSHMQ_SANITIZE=
 	cmake --build build-bench -j$(JOBS) --target bench
 	./bench/run.sh build-bench/bench
+	./bench/update_readme.sh results README.md
 
 clean:
 	rm -rf build build-asan build-tsan

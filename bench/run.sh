@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
-# Runs the built benchmarks, prints one markdown table per section, writes CSV and JSON. It builds
-# nothing: `make bench` builds them (in build-bench/) and runs this; or by hand
-#   cmake -S . -B build-bench -DSHMQ_BUILD_BENCH=ON -DSHMQ_BUILD_TESTS=OFF && cmake --build build-bench -j2 --target bench
+# Runs the built benchmarks and prints ONE markdown table: every headline figure of shmq beside its
+# floor and its peers from the same run, the ratios, and each speed goal as met / MISSED; then a
+# PNG plot. It builds nothing: `make bench` builds them (in build-bench/) and runs this; or by hand
+#   cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_BENCH=ON -DSHMQ_BUILD_TESTS=OFF \
+#     -DSHMQ_BUILD_TOOLS=OFF && cmake --build build-bench -j2 --target bench
 #
-# usage: bench/run.sh [BENCH_DIR] [--quick] [--out DIR] [--only SECTIONS]
+# usage: bench/run.sh [BENCH_DIR] [--quick] [--out DIR] [--only SECTIONS] [--verbose]
 #   BENCH_DIR  where the binaries are (default: build-bench/bench, else build/bench, beside this repo)
 #   --quick    short runs (about a minute in all): a smoke test, not figures to quote
-#   --out      where the CSV / JSON go (default: results/ at the top of the repo, which git ignores):
-#              pingpong, competing_consumers, durability, micro_bench (.csv, .json), summary.md
-#              (everything printed), micro_bench.gbench.json (Google Benchmark's own), iox-roudi.log
-#   --only     a comma-separated subset of: pingpong, consumers, durability, micro
+#   --out      where results go (default: results/ at the top of the repo, which git ignores):
+#              summary.md (what is printed), bench.png (the plot), run.env (date, machine, commit:
+#              for bench/update_readme.sh), per benchmark NAME.log (all it
+#              printed, its own tables), NAME.csv / NAME.json, NAME.summary.tsv (its summary rows);
+#              micro_bench.gbench.json (Google Benchmark's own), iox-roudi.log
+#   --only     a comma-separated subset of: pingpong, consumers, durability, micro, callgrind
+#   --verbose  also print each benchmark's own output (its tables, notes, disturbance)
 #
 # Exit status: 0 only if every benchmark ran and checked what it measured; a failure is printed
-# with "*** FAIL" by the binary and summarised at the end here. A goal missed is not a failure.
+# with "*** FAIL" (the lines are repeated here from the logs). A goal missed is not a failure.
 set -u -o pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 bench_dir=""
 quick=0
+verbose=0
 out_dir=""
 only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --verbose) verbose=1 ;;
     --out|--json)  # --json: the old name
       [ $# -ge 2 ] || { echo "run.sh: $1 needs a directory" >&2; exit 2; }
       out_dir=$2
@@ -32,7 +39,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "run.sh: --only needs a list" >&2; exit 2; }
       only=$2
       shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) bench_dir=$1 ;;
   esac
@@ -55,6 +62,7 @@ done
 mkdir -p "$out_dir" || exit 2
 out_dir="$(cd "$out_dir" && pwd)"
 summary="$out_dir/summary.md"
+rm -f "$out_dir"/*.summary.tsv
 
 wants() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
@@ -70,8 +78,12 @@ finish() {
 trap finish EXIT
 
 started=$SECONDS
-echo "# shmq benchmarks ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -r), $(nproc) CPUs, load average: $(cut -d' ' -f1-3 /proc/loadavg))"
-echo "# binaries: $bench_dir; git: $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown); results: $out_dir"
+machine="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(nproc) CPUs, $(uname -r)"
+when="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+commit="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
+printf 'when=%q\nmachine=%q\ncommit=%q\nquick=%q\n' "$when" "$machine" "$commit" "$quick" >"$out_dir/run.env"
+echo "# shmq benchmarks: $when, $machine, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# binaries: $bench_dir; git: $commit; results: $out_dir"
 [ "$quick" = 1 ] && echo "# --quick: short runs, a smoke test; do not quote these figures"
 echo
 
@@ -79,42 +91,89 @@ failed=()
 q=()
 [ "$quick" = 1 ] && q=(--quick)
 
-section() {
-  echo "## $1"
-  echo
+# run_section NAME WHAT CMD...: runs CMD with its output in NAME.log, says how it went.
+run_section() {
+  local name=$1 what=$2 t0=$SECONDS rc=0
+  shift 2
+  printf '%-11s %s ... ' "$name" "$what"
+  "$@" >"$out_dir/$name.log" 2>&1 || rc=$?
+  if [ "$rc" = 0 ]; then
+    echo "ok, $((SECONDS - t0)) s"
+  else
+    echo "FAILED (exit $rc), $((SECONDS - t0)) s:"
+    grep -F '*** ' "$out_dir/$name.log" | sed 's/^/    /' | head -20
+    failed+=("$name")
+  fi
+  if [ "$verbose" = 1 ]; then
+    sed 's/^/    /' "$out_dir/$name.log"
+  fi
+  grep -h '^WARNING' "$out_dir/$name.log" | sort -u | sed 's/^/    /'
+  return "$rc"
 }
 
 if wants pingpong; then
-  section "Cross-process latency and throughput: shmq, the floor and the peers (shmq_pingpong)"
-  "$bench_dir/shmq_pingpong" "${q[@]}" --json "$out_dir/pingpong.json" --csv "$out_dir/pingpong.csv" \
-    || failed+=("shmq_pingpong (exit $?)")
-  echo
+  run_section pingpong "latency and throughput, 64 B / 1 KiB / 64 KiB, shmq beside the floor, memcpy and the peers" \
+    "$bench_dir/shmq_pingpong" "${q[@]}" --json "$out_dir/pingpong.json" --csv "$out_dir/pingpong.csv" \
+    --summary "$out_dir/pingpong.summary.tsv"
 fi
-
 if wants consumers; then
-  section "Competing consumers: one group, 1 / 2 / 4 consumer processes (shmq_competing_consumers)"
-  "$bench_dir/shmq_competing_consumers" "${q[@]}" --json "$out_dir/competing_consumers.json" \
-    --csv "$out_dir/competing_consumers.csv" || failed+=("shmq_competing_consumers (exit $?)")
-  echo
+  run_section consumers "producers x groups x competing consumers" \
+    "$bench_dir/shmq_competing_consumers" "${q[@]}" --json "$out_dir/competing_consumers.json" \
+    --csv "$out_dir/competing_consumers.csv" --summary "$out_dir/consumers.summary.tsv"
 fi
-
 if wants durability; then
-  section "Durability: Memory vs Async vs Sync, beside this disk's fdatasync (shmq_durability)"
-  "$bench_dir/shmq_durability" "${q[@]}" --json "$out_dir/durability.json" --csv "$out_dir/durability.csv" \
-    || failed+=("shmq_durability (exit $?)")
-  echo
+  run_section durability "Memory vs Async vs Sync, 1 and 4 producers, beside this disk's fdatasync" \
+    "$bench_dir/shmq_durability" "${q[@]}" --json "$out_dir/durability.json" --csv "$out_dir/durability.csv" \
+    --summary "$out_dir/durability.summary.tsv"
 fi
-
 if wants micro; then
-  section "One process: publish, poll, ack, and the cost of an ack (shmq_micro_bench)"
   mb=(--benchmark_out="$out_dir/micro_bench.gbench.json" --benchmark_out_format=json)
   if [ "$quick" = 1 ]; then mb+=(--benchmark_min_time=0.05); else mb+=(--benchmark_repetitions=3); fi
-  "$bench_dir/shmq_micro_bench" "${mb[@]}" --json "$out_dir/micro_bench.json" --csv "$out_dir/micro_bench.csv" \
-    || failed+=("shmq_micro_bench (exit $?)")
+  if run_section micro "one thread: publish, poll, ack (Google Benchmark)" \
+    "$bench_dir/shmq_micro_bench" "${mb[@]}" --json "$out_dir/micro_bench.json" --csv "$out_dir/micro_bench.csv" &&
+    [ -f "$out_dir/micro_bench.csv" ]; then
+    awk -f "$here/micro_summary.awk" "$out_dir/micro_bench.csv" >"$out_dir/micro.summary.tsv"
+  fi
+fi
+if wants callgrind; then
+  if command -v valgrind >/dev/null && [ -x "$bench_dir/shmq_callgrind_driver" ]; then
+    run_section callgrind "instructions per 64 B publish + poll (valgrind --tool=callgrind)" \
+      "$here/callgrind.sh" --driver "$bench_dir/shmq_callgrind_driver" --summary "$out_dir/callgrind.summary.tsv"
+  else
+    echo "callgrind   SKIPPED: needs valgrind and $bench_dir/shmq_callgrind_driver (bench/callgrind.sh installs and builds them)"
+  fi
+fi
+echo
+
+tables=()
+for s in pingpong consumers durability micro callgrind; do
+  [ -s "$out_dir/$s.summary.tsv" ] && tables+=("$out_dir/$s.summary.tsv")
+done
+if [ ${#tables[@]} -gt 0 ]; then
+  awk -f "$here/summary_table.awk" "${tables[@]}"
   echo
+  echo "Ratios are shmq / this at the same size unless the cell says otherwise: for latency below 1 means shmq is"
+  echo "lower, for throughput above 1 means shmq is higher. Latency: one-way (ping-pong round trip / 2); durability"
+  echo "rows: the time of Producer::publish. Every message was checked by its receiver (sequence, every byte,"
+  echo "inner id for shmq); a case that lost, duplicated or corrupted one is FAILED and has no figure."
+  echo "Each benchmark's own tables, notes and the CPU other processes took meanwhile: $out_dir/NAME.log."
 fi
 
-echo "run.sh: $((SECONDS - started)) s; load average now: $(cut -d' ' -f1-3 /proc/loadavg); CSV, JSON and this summary in $out_dir"
+if [ -s "$out_dir/pingpong.summary.tsv" ]; then
+  if command -v gnuplot >/dev/null; then
+    if "$here/plot.sh" "$out_dir/pingpong.summary.tsv" "$out_dir/bench.png" \
+      "shmq_pingpong: $when, $machine, git $commit" 2> >(grep -v 'Skipping data file' >&2); then
+      echo "plot: $out_dir/bench.png"
+    else
+      echo "plot: gnuplot failed (see above)"
+    fi
+  else
+    echo "plot: SKIPPED: gnuplot is not installed (apt-get install gnuplot-nox; make bench does)"
+  fi
+fi
+
+echo
+echo "run.sh: $((SECONDS - started)) s; load average now: $(cut -d' ' -f1-3 /proc/loadavg); results in $out_dir"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "*** run.sh: FAILED: ${failed[*]}: see the *** FAIL lines above; those figures are not results."
   exit 1
