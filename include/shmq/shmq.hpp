@@ -6,8 +6,10 @@
 // its records, each held by exactly one consumer until it is acked. Ring space is reused only when
 // every group is past it: a slow group is back-pressure, never loss.
 //
-// Threads: a Channel may be shared by the threads of a process. A Producer or a Consumer is used
-// by one thread at a time (make one per thread; they are cheap). Setup calls (open, constructors,
+// Threads: a Channel may be shared by the threads of a process. A Consumer is used by one thread
+// at a time (make one per thread; they are cheap). A Producer may be shared: each publish (dedup
+// check, append, window update) runs under its publish lock, and an open Claim holds that lock
+// until commit() or abandon(). Setup calls (open, constructors,
 // stats) throw shmq::Error; the hot path (publish, claim, poll, ack) returns a Status, does not
 // allocate and makes no system call unless it has to wait.
 #pragma once
