@@ -892,8 +892,13 @@ struct SummaryRow {
 
 inline const char* verdict(bool met) { return met ? "met" : "MISSED"; }
 
-// "0.92x" (two decimals; three below 0.1)
-inline std::string times(double ratio) { return fmt(ratio, ratio < 0.1 ? 3 : 2) + "x"; }
+// "0.92x": two decimals from 0.1 to 100, none above, two significant digits below ("0.0042x").
+inline std::string times(double ratio) {
+  if (ratio >= 0.1) return fmt(ratio, ratio >= 100 ? 0 : 2) + "x";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2gx", ratio);
+  return b;
+}
 
 inline bool write_summary(const std::string& path, const std::vector<SummaryRow>& rows) {
   if (path.empty()) return true;

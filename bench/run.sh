@@ -145,6 +145,19 @@ if wants callgrind; then
 fi
 echo
 
+# The CPU that other processes took while the cases ran (each binary prints it per case, as
+# "name others/steal;" in its "CPU taken by" line): the median and the worst over all cases.
+disturbance() {
+  grep -h '^CPU taken by' "$out_dir"/*.log 2>/dev/null | sed 's/^[^:]*: //' | tr ';' '\n' |
+    awk '$NF ~ /^[0-9]+\/[0-9]+$/ { split($NF, v, "/"); x[++n] = v[1] + v[2] }
+      END {
+        if (n == 0) exit
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] < x[i]) { t = x[i]; x[i] = x[j]; x[j] = t }
+        printf "CPU taken by other processes (and the hypervisor) while the cases ran: median %d%%, worst %d%% of all CPUs", x[int((n + 1) / 2)], x[n]
+        print (x[int((n + 1) / 2)] > 10 ? ": DISTURBED, these figures are not to be quoted." : ".")
+      }'
+}
+
 tables=()
 for s in pingpong consumers durability micro callgrind; do
   [ -s "$out_dir/$s.summary.tsv" ] && tables+=("$out_dir/$s.summary.tsv")
@@ -157,6 +170,7 @@ if [ ${#tables[@]} -gt 0 ]; then
   echo "rows: the time of Producer::publish. Every message was checked by its receiver (sequence, every byte,"
   echo "inner id for shmq); a case that lost, duplicated or corrupted one is FAILED and has no figure."
   echo "Each benchmark's own tables, notes and the CPU other processes took meanwhile: $out_dir/NAME.log."
+  disturbance
 fi
 
 if [ -s "$out_dir/pingpong.summary.tsv" ]; then
@@ -173,6 +187,7 @@ if [ -s "$out_dir/pingpong.summary.tsv" ]; then
 fi
 
 echo
+echo "seconds=$((SECONDS - started))" >>"$out_dir/run.env"
 echo "run.sh: $((SECONDS - started)) s; load average now: $(cut -d' ' -f1-3 /proc/loadavg); results in $out_dir"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "*** run.sh: FAILED: ${failed[*]}: see the *** FAIL lines above; those figures are not results."

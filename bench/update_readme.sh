@@ -21,7 +21,8 @@ trap 'rm -f "$section"' EXIT
 {
   echo "## Benchmarks"
   echo
-  echo "The latest full run of \`make bench\` (about 8 minutes): $when, $machine, commit \`$commit\`."
+  echo "The latest full run of \`make bench\` ($((${seconds:-0} / 60)) min $((${seconds:-0} % 60)) s of benchmarks after the build): $when,"
+  echo "$machine, commit \`$commit\`."
   echo "Every figure comes from that one run: shmq beside a bare shared-memory ring (the floor), one"
   echo "core's memcpy, and its peers (POSIX mq, a Unix socket, Boost.Interprocess message_queue, iceoryx);"
   echo "every message was checked by its receiver. What each row measures and how: [bench/README.md](bench/README.md)."
