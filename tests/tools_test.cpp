@@ -472,6 +472,20 @@ TEST_F(ToolTest, MissingChannelExitsOneNamingIt) {
 
 // ---- pub, sub, stat, ls --------------------------------------------------------------------------
 
+// pub --seq: a re-run of the same input publishes only what was not accepted before.
+TEST_F(ToolTest, PubWithSeqDropsWhatARerunPublishedBefore) {
+  const std::string n = name();
+  const Result first = run({"pub", n, "--create", "--seq", "1"}, "alpha\nbeta\n");
+  ASSERT_EQ(first.code, 0) << first;
+  EXPECT_TRUE(contains(first.err, "2 messages (9 B, 0 dropped as duplicates)")) << first;
+  const Result again = run({"pub", n, "--seq", "1"}, "alpha\nbeta\ngamma\n");
+  ASSERT_EQ(again.code, 0) << again;
+  EXPECT_TRUE(contains(again.err, "1 messages (5 B, 2 dropped as duplicates)")) << again;
+  const Result sub = run({"sub", n, "--group", "g", "--count", "3", "--timeout-ms", "5000"});
+  EXPECT_EQ(sub.out, "alpha\nbeta\ngamma\n") << sub;
+  EXPECT_EXIT_CODE(run({"pub", n, "--seq", "0"}, "x\n"), 2);
+}
+
 TEST_F(ToolTest, PubThenSubRoundTrip) {
   const std::string n = name();
   const Result pub = run({"pub", n, "--create", "--key", "k-1", "--ring-bytes", "1048576"}, "alpha\nbeta\ngamma\n");

@@ -320,8 +320,13 @@ class Publisher {
   // journal as long). Prints why on failure.
   bool publish(std::string_view payload) {
     const auto give_up = Clock::now() + milliseconds(args_.full_timeout_ms);
+    if (args_.seq) options_.seq = *args_.seq + count_ + duplicates_;
     for (;;) {
       const Published p = producer_.publish(payload, options_);
+      if (p.status == Status::Duplicate) {  // --seq: accepted before (a re-run): nothing appended
+        ++duplicates_;
+        return true;
+      }
       if (p.status == Status::Timeout) {
         // Sync: appended, not durable yet. Never publish it again (that would be a second
         // message): wait for the journal.
@@ -356,8 +361,9 @@ class Publisher {
   void summary(Clock::time_point t0) const {
     const double secs = seconds_since(t0);
     const Durability d = options_.durability.value_or(ch_.options().durability);
-    std::fprintf(stderr, "shmq pub: %llu messages (%s) to '%s' as producer '%s' in %s s: %s msgs/s, %s/s%s\n",
-                 static_cast<unsigned long long>(count_), human_bytes(bytes_).c_str(), args_.channel.c_str(),
+    const std::string dups = args_.seq ? ", " + std::to_string(duplicates_) + " dropped as duplicates" : "";
+    std::fprintf(stderr, "shmq pub: %llu messages (%s%s) to '%s' as producer '%s' in %s s: %s msgs/s, %s/s%s\n",
+                 static_cast<unsigned long long>(count_), human_bytes(bytes_).c_str(), dups.c_str(), args_.channel.c_str(),
                  args_.producer.c_str(), fixed(secs, 3).c_str(),
                  human_rate(secs > 0 ? static_cast<double>(count_) / secs : 0).c_str(),
                  human_bytes(secs > 0 ? static_cast<std::uint64_t>(static_cast<double>(bytes_) / secs) : 0).c_str(),
@@ -417,6 +423,7 @@ class Publisher {
   Producer producer_;
   PublishOptions options_;
   std::uint64_t count_ = 0;
+  std::uint64_t duplicates_ = 0;  // with --seq
   std::uint64_t bytes_ = 0;
 };
 

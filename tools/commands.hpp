@@ -65,6 +65,7 @@ struct PubArgs {
   std::string journal_dir;                   // with create and a durable channel
   bool sync = false;                         // PublishOptions::durability = Sync
   std::uint64_t full_timeout_ms = 10'000;    // how long a full ring (or a Sync publish) is waited on
+  std::optional<std::uint64_t> seq;          // message i gets sequence seq + i (a retry is a Duplicate)
 };
 
 struct SubArgs {

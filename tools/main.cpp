@@ -80,6 +80,10 @@ int main(int argc, char** argv) {
   pub->add_option("NAME", pub_args.channel, "Channel name")->required();
   pub->add_option("--producer", pub_args.producer, "Producer name (one live process per name)")->capture_default_str();
   pub->add_option("--key", pub_args.key, "Key (biz id) carried by every message");
+  pub->add_option("--seq", pub_args.seq,
+                  "Publish message i (from 0) with sequence SEQ+i; run again, the ones already accepted are dropped "
+                  "as duplicates (within the channel's dedup window)")
+      ->check(at_least(1));
   pub_count.add(pub, "--count", "Publish N generated messages instead of stdin")->check(at_least(1));
   pub_size.add(pub, "--size", "Payload bytes of each generated message")->check(at_least(0));
   pub_count.option->needs(pub_size.option);
