@@ -169,7 +169,7 @@ if [ ${#tables[@]} -gt 0 ]; then
   echo "lower, for throughput above 1 means shmq is higher. Latency: one-way (ping-pong round trip / 2); durability"
   echo "rows: the time of Producer::publish. Every message was checked by its receiver (sequence, every byte,"
   echo "inner id for shmq); a case that lost, duplicated or corrupted one is FAILED and has no figure."
-  echo "Each benchmark's own tables, notes and the CPU other processes took meanwhile: $out_dir/NAME.log."
+  echo "Each benchmark's own tables, notes and the CPU other processes took meanwhile: ${out_dir#"$repo"/}/NAME.log."
   disturbance
 fi
 
