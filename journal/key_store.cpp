@@ -35,29 +35,28 @@ std::uint32_t record_crc(const std::byte* len_and_key, std::size_t n) noexcept {
 // The record of KEY, as it goes into the file.
 std::vector<std::byte> encode_record(std::string_view key) {
   std::vector<std::byte> r(kKeyRecordHeaderBytes + key.size());
-  const auto len = static_cast<std::uint16_t>(key.size());
-  std::memcpy(r.data() + 4, &len, 2);
-  if (!key.empty()) std::memcpy(r.data() + 6, key.data(), key.size());
-  const std::uint32_t crc = record_crc(r.data() + 4, 2 + key.size());
+  const auto len = static_cast<std::uint32_t>(key.size());
+  std::memcpy(r.data() + 4, &len, 4);
+  if (!key.empty()) std::memcpy(r.data() + 8, key.data(), key.size());
+  const std::uint32_t crc = record_crc(r.data() + 4, 4 + key.size());
   std::memcpy(r.data(), &crc, 4);
   return r;
 }
 
 // The record at the start of BYTES: its key and size, or size 0 if BYTES does not begin with a
-// whole valid record (too short, or the CRC does not match).
+// whole valid record (too short, a length over the limit, or the CRC does not match).
 struct Decoded {
   std::string_view key;
   std::size_t size = 0;
 };
 Decoded decode_record(std::span<const std::byte> bytes) noexcept {
   if (bytes.size() < kKeyRecordHeaderBytes) return {};
-  std::uint32_t crc;
-  std::uint16_t len;
+  std::uint32_t crc, len;
   std::memcpy(&crc, bytes.data(), 4);
-  std::memcpy(&len, bytes.data() + 4, 2);
-  if (bytes.size() - kKeyRecordHeaderBytes < len) return {};
-  if (record_crc(bytes.data() + 4, 2 + std::size_t{len}) != crc) return {};
-  return {{reinterpret_cast<const char*>(bytes.data() + 6), len}, kKeyRecordHeaderBytes + len};
+  std::memcpy(&len, bytes.data() + 4, 4);
+  if (len > kMaxStoredKeyBytes || bytes.size() - kKeyRecordHeaderBytes < len) return {};
+  if (record_crc(bytes.data() + 4, 4 + std::size_t{len}) != crc) return {};
+  return {{reinterpret_cast<const char*>(bytes.data() + 8), len}, kKeyRecordHeaderBytes + len};
 }
 
 std::vector<std::byte> header_bytes() {
@@ -105,18 +104,15 @@ KeyStore KeyStore::open(const std::filesystem::path& path, const KeyStoreOptions
   KeyStore s;
   s.path_ = path;
   s.options_ = options;
-  s.open_file(true);
+  s.open_file();
   return s;
 }
 
-void KeyStore::open_file(bool create) {
+void KeyStore::open_file() {
   for (;;) {
-    const int fd = ::open(path_.c_str(), O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0), options_.mode);
+    const int fd = ::open(path_.c_str(), O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_CREAT, options_.mode);
     if (fd < 0) fail_errno(path_, errno, "cannot open");
     fd_ = detail::Fd(fd);
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) fail_errno(path_, errno, "fstat failed");
-    if (!S_ISREG(st.st_mode)) fail(path_, std::errc::invalid_argument, "is not a regular file");
     // Alone (nobody else has it open): this opener may repair and compact. Otherwise share it.
     const bool alone = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
     if (!alone) {
@@ -124,19 +120,31 @@ void KeyStore::open_file(bool create) {
       while (::flock(fd, LOCK_SH) != 0)
         if (errno != EINTR) fail_errno(path_, errno, "flock failed");
     }
-    // A compaction by another process may have renamed a new file over PATH while we waited.
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) fail_errno(path_, errno, "fstat failed");
+    if (!S_ISREG(st.st_mode)) fail(path_, std::errc::invalid_argument, "is not a regular file");
+    // A compaction by another process may have renamed a new file over PATH before we had the lock.
     struct stat now {};
     if (::stat(path_.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
       fd_.reset();
       continue;
     }
-    if (st.st_size == 0) {
-      if (!alone) {  // its creator is writing the header: wait for it
+    const std::vector<std::byte> header = header_bytes();
+    if (static_cast<std::uint64_t>(st.st_size) < kKeyStoreHeaderBytes) {
+      // New, or its creator died before the header was whole: (re)write it, if this opener is alone
+      // and what is there is the start of a header; else wait for the creator, or refuse.
+      std::vector<std::byte> start(static_cast<std::size_t>(st.st_size));
+      if (!start.empty() && ::pread(fd, start.data(), start.size(), 0) != static_cast<ssize_t>(start.size()))
+        fail_errno(path_, errno, "read failed");
+      if (std::memcmp(start.data(), header.data(), start.size()) != 0)
+        fail(path_, std::errc::illegal_byte_sequence, "is not a shmq key store (it does not begin with a key store header)");
+      if (!alone) {
         fd_.reset();
         ::usleep(1000);
         continue;
       }
-      write_all(fd, header_bytes(), path_);
+      if (::ftruncate(fd, 0) != 0) fail_errno(path_, errno, "cannot truncate");
+      write_all(fd, header, path_);
       if (::fdatasync(fd) != 0) fail_errno(path_, errno, "fdatasync failed");
       sync_parent(path_);
     }
@@ -144,10 +152,8 @@ void KeyStore::open_file(bool create) {
     file_records_ = 0;
     keys_.clear();
     order_.clear();
-    // The header.
     std::byte h[kKeyStoreHeaderBytes];
-    const ssize_t n = ::pread(fd, h, sizeof h, 0);
-    if (n != static_cast<ssize_t>(sizeof h) || std::memcmp(h, kKeyStoreMagic, 8) != 0)
+    if (::pread(fd, h, sizeof h, 0) != static_cast<ssize_t>(sizeof h) || std::memcmp(h, kKeyStoreMagic, 8) != 0)
       fail(path_, std::errc::illegal_byte_sequence, "is not a shmq key store (its first 16 bytes are not a key store header)");
     std::uint32_t version;
     std::memcpy(&version, h + 8, 4);
@@ -155,18 +161,16 @@ void KeyStore::open_file(bool create) {
       fail(path_, std::errc::illegal_byte_sequence,
            "is key store version " + std::to_string(version) + "; this build reads version " + std::to_string(kKeyStoreVersion));
     read_to_ = kKeyStoreHeaderBytes;
-    // The records, up to a torn tail (not corruption: read_new() throws for that).
+    alone_ = alone;  // nobody appends meanwhile: bad bytes are what they are
     read_new();
     const auto size = static_cast<std::uint64_t>(::lseek(fd, 0, SEEK_END));
-    if (size > read_to_) {
-      if (!alone) {
-        // Another process has it open: these bytes may be its append in progress; read_new()
-        // takes them once they are whole.
-      } else {
-        torn_bytes_ = size - read_to_;
-        if (::ftruncate(fd, static_cast<off_t>(read_to_)) != 0) fail_errno(path_, errno, "cannot cut its torn tail");
-        if (::fdatasync(fd) != 0) fail_errno(path_, errno, "fdatasync failed");
-      }
+    // Bytes after the last record: a torn tail, cut when alone (otherwise they may be another
+    // process's append in progress, which read_new() takes once it is whole).
+    alone_ = false;
+    if (alone && size > read_to_) {
+      torn_bytes_ = size - read_to_;
+      if (::ftruncate(fd, static_cast<off_t>(read_to_)) != 0) fail_errno(path_, errno, "cannot cut its torn tail");
+      if (::fdatasync(fd) != 0) fail_errno(path_, errno, "fdatasync failed");
     }
     if (alone && file_records_ > 2 * options_.max_keys) {
       compact();
@@ -174,6 +178,7 @@ void KeyStore::open_file(bool create) {
       continue;  // open the compacted file
     }
     if (alone && ::flock(fd, LOCK_SH) != 0) fail_errno(path_, errno, "flock failed");  // downgrade
+    next_compaction_try_ = std::max<std::uint64_t>(file_records_, 2 * options_.max_keys) + 1;
     last_sync_ns_ = monotonic_ns();
     return;
   }
@@ -202,15 +207,36 @@ void KeyStore::read_new() {
       ++file_records_;
     }
     if (at == 0) {
-      // Not a whole record here. If a valid record follows somewhere, this is corruption (a torn
-      // append would be the last thing in the file); otherwise a torn tail or an append that is
-      // still being written: stop here.
-      for (std::size_t o = 1; o + kKeyRecordHeaderBytes <= b.size(); ++o)
-        if (decode_record(b.subspan(o)).size != 0)
-          fail(path_, std::errc::illegal_byte_sequence,
-               "corrupt record at offset " + std::to_string(read_to_) + ": a valid record follows at offset " +
-                   std::to_string(read_to_ + o) + ", so it is not a torn tail; nothing was changed");
-      return;
+      // Not a whole record here. If a valid record follows, the bytes up to it are damage: skip
+      // and report them. Otherwise this is a torn tail, or an append still being written: stop.
+      // While others may be appending, bytes are damage only once they have stayed bad for a
+      // second: a reader can see an append half copied, and a key's bytes may hold a record.
+      if (!alone_) {
+        const std::uint64_t now = monotonic_ns();
+        if (suspect_at_ != read_to_) {
+          suspect_at_ = read_to_;
+          suspect_since_ns_ = now;
+        }
+        if (now - suspect_since_ns_ < 1'000'000'000) return;
+      }
+      std::size_t o = 1;
+      while (o + kKeyRecordHeaderBytes <= b.size() && decode_record(b.subspan(o)).size == 0) ++o;
+      if (o + kKeyRecordHeaderBytes > b.size()) {
+        // None in this chunk. If the file goes on past it, skip what cannot begin a record that
+        // ends in the file (all but the last record's worth) and look on; else stop here.
+        const std::size_t longest = kKeyRecordHeaderBytes + kMaxStoredKeyBytes;
+        if (want == static_cast<std::size_t>(n) && want < size - read_to_ && b.size() > longest) {
+          if (first_damage_ == 0) first_damage_ = read_to_;
+          damaged_bytes_ += b.size() - longest;
+          read_to_ += b.size() - longest;
+          continue;
+        }
+        return;
+      }
+      if (first_damage_ == 0) first_damage_ = read_to_;
+      damaged_bytes_ += o;
+      read_to_ += o;
+      continue;
     }
     read_to_ += at;
     if (static_cast<std::size_t>(n) < want || at < static_cast<std::size_t>(n)) continue;  // look again from here
@@ -229,7 +255,7 @@ void KeyStore::remember(std::string key) {
 
 bool KeyStore::contains(std::string_view key) {
   read_new();
-  maybe_sync();
+  sync_if_due();
   return keys_.count(key) != 0;
 }
 
@@ -239,12 +265,47 @@ void KeyStore::add(std::string_view key) {
          "a key of " + std::to_string(key.size()) + " bytes; at most " + std::to_string(kMaxStoredKeyBytes));
   read_new();
   if (keys_.count(key) != 0) return;
-  write_all(fd_.get(), encode_record(key), path_);  // one write: O_APPEND keeps it whole
+  const std::vector<std::byte> record = encode_record(key);
+  // One write: O_APPEND keeps it whole against other appenders. A short one (a full disk) is not
+  // continued, since the rest would land after somebody else's record: readers skip the piece.
+  ssize_t n;
+  do n = ::write(fd_.get(), record.data(), record.size());
+  while (n < 0 && errno == EINTR);
+  if (n < 0) fail_errno(path_, errno, "appending a key failed");
+  if (static_cast<std::size_t>(n) != record.size())
+    fail(path_, std::errc::no_space_on_device,
+         "appending a key wrote " + std::to_string(n) + " of " + std::to_string(record.size()) + " bytes (disk full?)");
   dirty_ = true;
   if (options_.sync == Durability::Sync) sync();
   // What we wrote is the end of the file, unless others appended meanwhile: read it back in order.
   read_new();
-  maybe_sync();
+  sync_if_due();
+  if (file_records_ >= next_compaction_try_) compact_if_alone();
+}
+
+void KeyStore::compact_if_alone() {
+  next_compaction_try_ = file_records_ + options_.max_keys;
+  sync();
+  if (::flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+    // Not alone. A failed conversion may have dropped our shared lock: take it again.
+    reshare();
+    return;
+  }
+  compact();
+  open_file();  // the compacted file, shared
+}
+
+void KeyStore::reshare() {
+  while (::flock(fd_.get(), LOCK_SH) != 0)
+    if (errno != EINTR) fail_errno(path_, errno, "flock failed");
+  struct stat mine {}, now {};
+  if (::fstat(fd_.get(), &mine) != 0) fail_errno(path_, errno, "fstat failed");
+  if (::stat(path_.c_str(), &now) == 0 && now.st_ino == mine.st_ino && now.st_dev == mine.st_dev) return;
+  // Another process compacted it while we held no lock: open the new file (what we remember
+  // stays remembered; the new file holds the newest keys, ours among them).
+  auto keep_keys = std::move(order_);
+  open_file();
+  for (std::string& k : keep_keys) remember(std::move(k));
 }
 
 void KeyStore::sync() {
@@ -254,10 +315,12 @@ void KeyStore::sync() {
   last_sync_ns_ = monotonic_ns();
 }
 
-void KeyStore::maybe_sync() {
-  if (!dirty_ || options_.sync != Durability::Async) return;
+bool KeyStore::sync_if_due() {
+  if (!dirty_) return false;
+  if (options_.sync != Durability::Async) return options_.sync == Durability::Sync && dirty_;
   const auto interval = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(options_.flush_interval).count());
   if (monotonic_ns() - last_sync_ns_ >= interval) sync();
+  return dirty_;
 }
 
 void KeyStore::compact() {

@@ -8,6 +8,8 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cstring>
 
+#include <bit>
+
 #include "shm/channel_state.hpp"
 #include "shm/durability.hpp"
 
@@ -23,6 +25,7 @@ const char* to_string(Status s) noexcept {
     case Status::Closed: return "Closed";
     case Status::Corrupt: return "Corrupt";
     case Status::NotHeld: return "NotHeld";
+    case Status::InvalidSeq: return "InvalidSeq";
   }
   return "unknown Status";
 }
@@ -255,8 +258,8 @@ void check_options(std::string_view name, const ChannelOptions& o) {
     bad("max_producers must be between 1 and " + std::to_string(ring::kMaxClaimers));
   if (o.max_groups == 0 || o.max_groups > 4096) bad("max_groups must be between 1 and 4096");
   if (o.max_consumers == 0 || o.max_consumers > 4096) bad("max_consumers must be between 1 and 4096");
-  if (o.dedup_window == 0 || o.dedup_window > kMaxDedupWindow)
-    bad("dedup_window " + std::to_string(o.dedup_window) + " must be between 1 and " + std::to_string(kMaxDedupWindow));
+  if (!std::has_single_bit(o.dedup_window) || o.dedup_window > kMaxDedupWindow)
+    bad("dedup_window " + std::to_string(o.dedup_window) + " must be a power of two between 1 and " + std::to_string(kMaxDedupWindow));
   if (o.mode & ~0777u) bad("mode has bits outside 0777");
   if ((o.mode & 0600u) != 0600u) bad("mode must give the owner read and write (0600)");
   if (o.journal_segment_bytes < 4096) bad("journal_segment_bytes must be at least 4096");

@@ -67,6 +67,11 @@ struct ChannelState {
   void wake_consumers() noexcept;
 };
 
+// Producer slot INDEX announced a publish (pending_seq at pending_entry - 1) and its owner died:
+// records the sequence in the slot's dedup window if the record was committed, then clears the
+// announcement. Call with the registry lock held (a takeover of the name holds it too).
+void settle_dead_publish(ChannelState& ch, std::uint32_t index) noexcept;
+
 // Crash tests: a hook called inside every Producer::publish after the space is claimed (and the
 // publish announced in the slot), after the commit, and after the dedup window recorded it.
 enum class PublishStage { Claimed, Committed, Accepted };

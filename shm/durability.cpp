@@ -21,7 +21,7 @@ using journal::RecordView;
 constexpr std::string_view kStateCheckpoint = "state";  // groups and producers
 constexpr std::string_view kMetaCheckpoint = "meta";    // the channel's geometry
 constexpr std::uint32_t kCheckpointVersion = 2;  // 2: producers' dedup windows; 1 is still read
-constexpr std::uint32_t kMetaVersion = 1;
+constexpr std::uint32_t kMetaVersion = 2;  // 2: the channel's incarnation; 1 is still read
 constexpr std::uint64_t kCheckpointEveryNs = 200'000'000;
 constexpr std::uint64_t kElectionRetryNs = 100'000'000;
 
@@ -86,8 +86,9 @@ struct SeqRun {
 struct SavedProducer {
   std::string name;
   std::uint64_t id = 0;
-  std::uint64_t next_seq = 1;
-  std::vector<SeqRun> accepted;  // within its dedup window
+  std::uint64_t next_seq = 1;    // its default sequence: every sequence below may have been used
+  std::uint64_t top = 0;         // the highest accepted sequence whose record is durable (0: none)
+  std::vector<SeqRun> accepted;  // the durable accepted ones in (top - window, top]
 };
 struct State {
   std::uint64_t durable_position = 0;
@@ -119,6 +120,7 @@ std::string encode(const State& s) {
     o.str(p.name);
     o.put(p.id);
     o.put(p.next_seq);
+    o.put(p.top);
     o.put(static_cast<std::uint32_t>(p.accepted.size()));
     for (const SeqRun& r : p.accepted) {
       o.put(r.first);
@@ -157,13 +159,25 @@ State decode_state(std::string_view channel, const std::filesystem::path& dir, s
     p.id = in.get<std::uint64_t>();
     p.next_seq = in.get<std::uint64_t>();
     if (version >= 2) {
+      p.top = in.get<std::uint64_t>();
       const auto runs = in.get<std::uint32_t>();
       for (std::uint32_t k = 0; in.ok && k < runs && k <= kMaxDedupWindow; ++k) {
         SeqRun r{};
         r.first = in.get<std::uint64_t>();
         r.count = in.get<std::uint32_t>();
+        // Inside (top - window, top], within the sequences a producer may use.
+        if (r.count == 0 || r.count > kMaxDedupWindow || r.first == 0 || r.first > p.top || p.top - r.first >= kMaxDedupWindow ||
+            r.count - 1 > p.top - r.first)
+          in.ok = false;
         p.accepted.push_back(r);
       }
+      if (p.top > kMaxSeq || p.next_seq == 0) in.ok = false;
+    } else if (p.next_seq > 1) {
+      // Version 1 kept no window: every sequence below next_seq counted as accepted then, and
+      // still does (the window's worth of them that can be told apart).
+      p.top = std::min(p.next_seq - 1, kMaxSeq);
+      const std::uint64_t first = p.top >= kMaxDedupWindow ? p.top - kMaxDedupWindow + 1 : 1;
+      p.accepted.push_back({first, static_cast<std::uint32_t>(p.top - first + 1)});
     }
     s.producers.push_back(std::move(p));
   }
@@ -197,22 +211,35 @@ State capture(ChannelState& ch, std::uint64_t durable) {
   for (std::uint32_t i = 0; i < ch.options.max_producers; ++i) {
     ProducerSlot& p = ch.producers[i];
     if (p.state.load(std::memory_order_acquire) != kActive) continue;
+    // A publish announced by an owner that died, and nobody took the name over: settle it now, so
+    // that it neither holds windows_from (and so the journal) down for good, nor is forgotten.
+    if (p.pending_entry.load(std::memory_order_acquire) != 0) {
+      RegistryLock lock(ch);
+      const std::uint64_t owner = p.owner.load(std::memory_order_acquire);
+      if (owner == 0 || !token_alive(owner)) settle_dead_publish(ch, i);
+    }
     // acquire: pairs with the release stores of the owner's begin() and accepted(): the window
     // entries of every publish finished before the one announced (or before none) are visible.
     const std::uint64_t pending = p.pending_entry.load(std::memory_order_acquire);
-    if (pending >= 2) s.windows_from = std::min(s.windows_from, pending - 2);
-    SavedProducer sp{std::string(slot_name(p.name)), p.id, p.next_seq.load(std::memory_order_acquire), {}};
-    // The accepted sequences whose records are durable (or were restored as accepted).
+    if (pending != 0) s.windows_from = std::min(s.windows_from, pending - 1);
+    SavedProducer sp{std::string(slot_name(p.name)), p.id, 1, 0, {}};
+    // The accepted sequences whose records are durable (or were restored as accepted), against
+    // one reading of the top. An entry taken over meanwhile by a newer sequence is left out: that
+    // newer publish began after `durable` was read (this is the journaler's thread), so either its
+    // record reaches the journal and a recovery puts the top past the one left out, or a retry of
+    // that one may be accepted again (a duplicate, never a loss).
     const DedupWindow w(ch.segment->dedup_entries(i), ch.options.dedup_window, &p.next_seq);
-    const std::uint64_t top = sp.next_seq - 1;
+    const std::uint64_t top = w.top();
+    sp.next_seq = std::max(top + 1, p.reserved_seq.load(std::memory_order_relaxed));
     const std::uint64_t low = top >= w.size() ? top - w.size() + 1 : 1;
-    for (std::uint64_t q = low; q <= top; ++q) {
-      const std::uint64_t e = w.find(q);
-      if (e == 0 || (e != kAcceptedSomewhere && e - 2 >= durable)) continue;
+    for (std::uint64_t q = low; q != 0 && q <= top; ++q) {
+      std::uint64_t position_plus1 = 0;
+      if (!w.read_entry(q, &position_plus1) || (position_plus1 != 0 && position_plus1 - 1 >= durable)) continue;
       if (!sp.accepted.empty() && sp.accepted.back().first + sp.accepted.back().count == q)
         ++sp.accepted.back().count;
       else
         sp.accepted.push_back({q, 1});
+      sp.top = q;
     }
     s.producers.push_back(std::move(sp));
   }
@@ -244,7 +271,7 @@ State capture(ChannelState& ch, std::uint64_t durable) {
   return s;
 }
 
-std::string encode_meta(const ChannelOptions& o) {
+std::string encode_meta(const ChannelOptions& o, std::uint64_t incarnation) {
   Out m;
   m.put(kMetaVersion);
   m.put(static_cast<std::uint64_t>(o.ring_bytes));
@@ -255,7 +282,17 @@ std::string encode_meta(const ChannelOptions& o) {
   m.put(o.dedup_window);
   m.put(o.max_deliveries);
   m.put(static_cast<std::uint32_t>(o.durability));
+  m.put(incarnation);
   return std::move(m.bytes);
+}
+
+// The incarnation a meta checkpoint records (0 for version 1, which had none).
+std::uint64_t meta_incarnation(std::span<const std::byte> bytes) {
+  In in{bytes};
+  if (in.get<std::uint32_t>() != 2) return 0;
+  in.at = bytes.size() >= 8 ? bytes.size() - 8 : bytes.size();
+  const auto v = in.get<std::uint64_t>();
+  return in.ok ? v : 0;
 }
 
 // Recovery: per producer id, the (sequence, position) pairs of the journal's records among its
@@ -326,11 +363,12 @@ void adopt_journal_geometry(std::string_view channel, const std::filesystem::pat
   j.dedup_window = in.get<std::uint32_t>();
   j.max_deliveries = in.get<std::uint32_t>();
   const auto durability = in.get<std::uint32_t>();
+  if (version == 2) in.get<std::uint64_t>();  // the incarnation: prepare() takes it
   // Durability: the stronger of the journal's and the one asked (a Sync channel stays Sync after
   // a restart that asked Async; a restart may ask for more).
   if (in.ok && durability >= static_cast<std::uint32_t>(Durability::Async) && durability <= static_cast<std::uint32_t>(Durability::Sync))
     j.durability = std::max(o.durability, static_cast<Durability>(durability));
-  if (!in.ok || version != kMetaVersion)
+  if (!in.ok || (version != kMetaVersion && version != 1) || in.at != bytes->size())
     fail(channel, std::errc::illegal_byte_sequence, (dir / kMetaCheckpoint).string() + " does not decode");
   if (o.strict_geometry && (j.ring_bytes != o.ring_bytes || j.max_message_bytes != o.max_message_bytes))
     fail(channel, std::errc::invalid_argument,
@@ -351,11 +389,13 @@ void prepare_durable_segment(Segment& seg, void* ctx) {
 void prepare(Segment& seg, RecoveryContext& rc) {
   std::filesystem::create_directories(rc.dir);
   const auto meta = journal::read_checkpoint(rc.dir, kMetaCheckpoint);
-  if (!meta) {
-    const std::string m = encode_meta(rc.options);
-    journal::write_checkpoint(rc.dir, kMetaCheckpoint, std::as_bytes(std::span(m.data(), m.size())), rc.options.mode);
-  }
   SegmentHeader& h = seg.header();
+  if (!meta) {  // a new journal: the segment's fresh incarnation becomes the channel's
+    const std::string m = encode_meta(rc.options, h.incarnation);
+    journal::write_checkpoint(rc.dir, kMetaCheckpoint, std::as_bytes(std::span(m.data(), m.size())), rc.options.mode);
+  } else {
+    h.incarnation = meta_incarnation(*meta);  // the same channel, rebuilt: its inner ids go on
+  }
   ring::RecordRing& ring = seg.ring();
   const std::uint64_t cap = ring.capacity();
 
@@ -433,7 +473,12 @@ void prepare(Segment& seg, RecoveryContext& rc) {
   rc.report.from_position = from;
   rc.report.end_position = end;
 
-  // Producers keep their ids and go on after the highest sequence the journal holds.
+  // Producers keep their ids. Their windows: what the checkpoint knew was accepted and durable,
+  // and what the journal holds after it; the top is the highest of those. A sequence the journal
+  // lost (Async, a host crash) is in neither: its retry is accepted again, which is right, since no
+  // copy of it is left. Default sequences go on above anything a lost record may have used: at
+  // most a ring's worth of records was not journaled, so a ring's worth of sequences is skipped.
+  const std::uint64_t lost_at_most = cap / ring::kHeaderBytes;
   std::uint64_t next_id = std::max(state ? state->next_producer_id : 0, max_id);
   if (state) {
     for (std::size_t i = 0; i < state->producers.size() && i < h.max_producers; ++i) {
@@ -442,14 +487,15 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       set_slot_name(slot.name, p.name);
       slot.id = p.id;
       const auto it = max_seq.find(p.id);
-      // The window: what the checkpoint knew was accepted and durable, and what the journal holds
-      // after it. A sequence the journal lost (Async, a host crash) is not in either: its retry is
-      // accepted again, which is right, since no copy of it is left.
+      const std::uint64_t top = std::min(std::max(p.top, it == max_seq.end() ? 0 : it->second), kMaxSeq);
       DedupWindow w(seg.dedup_entries(static_cast<std::uint32_t>(i)), h.dedup_window, &slot.next_seq);
-      w.reset(std::max(p.next_seq, it == max_seq.end() ? 0 : it->second + 1) - 1);
+      w.reset(top);
       for (const SeqRun& r : p.accepted)
-        for (std::uint64_t q = r.first; q < r.first + r.count; ++q) w.accept(q, kAcceptedSomewhere);
-      for (const auto& [seq, position] : recent.of(p.id)) w.accept(seq, dedup_entry_for(position));
+        for (std::uint64_t k = 0; k < r.count; ++k) w.accept(r.first + k, 0);
+      for (const auto& [seq, position] : recent.of(p.id))
+        if (valid_seq(seq)) w.accept(seq, position + 1);
+      const std::uint64_t reserved = std::max(p.next_seq, top + 1);
+      slot.reserved_seq.store(reserved > kMaxSeq - lost_at_most ? kMaxSeq : reserved + lost_at_most, std::memory_order_relaxed);
       slot.pending_entry.store(0, std::memory_order_relaxed);
       slot.state.store(kActive, std::memory_order_relaxed);
       next_id = std::max(next_id, p.id);

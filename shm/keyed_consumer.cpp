@@ -20,11 +20,14 @@ void set_keyed_hook(void (*hook)(KeyedStage)) { g_keyed_hook = hook; }
 struct KeyedState {
   Consumer consumer;
   journal::KeyStore store;
+  std::uint64_t incarnation = 0;  // the channel's: inner ids are unique within one
+  std::chrono::milliseconds flush_interval{5};
   std::uint64_t skipped = 0;
   std::string key;  // scratch: the store key of the message at hand
 
-  // The store key of M: 'k' + its biz key, or 'i' + its inner id when it has none (so that the two
-  // never collide).
+  // The store key of M: 'k' + its biz key, or 'i' + the channel's incarnation + its inner id when it
+  // has none (the prefixes keep the two apart; the incarnation keeps a channel made again, whose
+  // producer ids and sequences start over, from finding the old one's keys).
   const std::string& key_of(const Message& m) {
     key.clear();
     if (!m.key().empty()) {
@@ -33,6 +36,7 @@ struct KeyedState {
     } else {
       const InnerId id = m.id();
       key.push_back('i');
+      key.append(reinterpret_cast<const char*>(&incarnation), sizeof incarnation);
       key.append(reinterpret_cast<const char*>(&id.producer), sizeof id.producer);
       key.append(reinterpret_cast<const char*>(&id.seq), sizeof id.seq);
     }
@@ -63,7 +67,8 @@ KeyedConsumer::KeyedConsumer(Channel& ch, std::string_view group, const KeyedCon
   so.mode = ch.options().mode;
   const std::filesystem::path path = o.store.empty() ? detail::default_store(ch, group) : o.store;
   journal::KeyStore store = journal::KeyStore::open(path, so);
-  state_ = std::unique_ptr<detail::KeyedState>(new detail::KeyedState{Consumer(ch, group, o.consumer), std::move(store), 0, {}});
+  state_ = std::unique_ptr<detail::KeyedState>(new detail::KeyedState{Consumer(ch, group, o.consumer), std::move(store),
+                                                                       ch.state().header->incarnation, o.flush_interval, 0, {}});
 }
 
 KeyedConsumer::KeyedConsumer(KeyedConsumer&&) noexcept = default;
@@ -75,11 +80,24 @@ std::optional<Message> KeyedConsumer::poll(std::chrono::nanoseconds timeout) {
   detail::KeyedState& s = *state_;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    const auto left = std::max(std::chrono::nanoseconds(0), std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                                deadline - std::chrono::steady_clock::now()));
+    auto left = std::max(std::chrono::nanoseconds(0),
+                         std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - std::chrono::steady_clock::now()));
+    // Async: keys appended and not synced yet are synced within flush_interval, also while idle.
+    const bool unsynced = s.store.sync_if_due();
+    if (unsynced) left = std::min<std::chrono::nanoseconds>(left, s.flush_interval);
     std::optional<Message> m = s.consumer.poll(left);
-    if (!m) return m;
-    if (!s.store.contains(s.key_of(*m))) return m;
+    if (!m) {
+      if (unsynced && s.consumer.status() == Status::Timeout && std::chrono::steady_clock::now() < deadline) continue;
+      return m;
+    }
+    bool seen;
+    try {
+      seen = s.store.contains(s.key_of(*m));
+    } catch (...) {
+      s.consumer.nack(*m);  // not handled, not acked: delivered again
+      throw;
+    }
+    if (!seen) return m;
     // Processed before (by this consumer or another of the group) and not acked: ack it now.
     s.consumer.ack(*m);
     ++s.skipped;
@@ -89,7 +107,12 @@ std::optional<Message> KeyedConsumer::poll(std::chrono::nanoseconds timeout) {
 Status KeyedConsumer::done(const Message& m) {
   if (!state_) return Status::Closed;
   detail::KeyedState& s = *state_;
-  s.store.add(s.key_of(m));
+  try {
+    s.store.add(s.key_of(m));
+  } catch (...) {
+    s.consumer.nack(m);  // the key is not recorded: not acked, delivered again
+    throw;
+  }
   detail::keyed_hook(detail::KeyedStage::KeyRecorded);
   return s.consumer.ack(m);
 }
@@ -113,12 +136,7 @@ Handled KeyedConsumer::process(const std::function<bool(const Message&)>& handle
     return Handled::Nacked;
   }
   detail::keyed_hook(detail::KeyedStage::HandlerDone);
-  try {
-    done(*m);
-  } catch (...) {
-    nack(*m);  // the key could not be recorded: not acked, delivered again
-    throw;
-  }
+  done(*m);  // if the key cannot be recorded, done() nacks and throws
   return Handled::Processed;
 }
 

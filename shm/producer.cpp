@@ -35,7 +35,7 @@ struct ProducerState {
   std::uint64_t next_seq = 1;      // default sequence of the next publish (>= the window's top + 1)
   std::uint64_t published = 0;
   std::uint64_t cleaned_hint = 0;  // cached ring `cleaned`
-  InnerId last{};
+  std::atomic<std::uint64_t> last_seq{0};  // of the last publish (last_id() may be asked from any thread)
   DedupWindow window;
   // The publish lock: the dedup check, the claim, the commit and the window update of one publish
   // happen under it, so that threads sharing this Producer neither both accept one sequence nor
@@ -59,11 +59,13 @@ struct ProducerState {
   }
   void unlock_publish() noexcept { lock.store(0, std::memory_order_release); }  // pairs with lock_publish()
 
-  // The dedup check of SEQ: Ok if new; otherwise Duplicate with the original's position in *POS.
+  // The dedup check of SEQ: Ok if new; InvalidSeq; or Duplicate with the original's position (or
+  // kNoPosition) in *POS.
   Status check_seq(std::uint64_t seq, std::uint64_t* pos) const noexcept {
-    const std::uint64_t e = window.find(seq);
-    if (e == 0) return Status::Ok;
-    *pos = e >= 2 ? e - 2 : kNoPosition;
+    if (!valid_seq(seq)) return Status::InvalidSeq;
+    const std::optional<std::uint64_t> original = window.find(seq);
+    if (!original) return Status::Ok;
+    *pos = *original;
     return Status::Duplicate;
   }
   // Announces that SEQ is about to be committed at POS (for a successor, if this process dies).
@@ -71,17 +73,14 @@ struct ProducerState {
     slot->pending_seq.store(seq, std::memory_order_relaxed);
     // release: orders pending_seq before; the commit that follows is a release store too, so a
     // successor that finds the record committed finds this first.
-    slot->pending_entry.store(dedup_entry_for(pos), std::memory_order_release);
+    slot->pending_entry.store(pos + 1, std::memory_order_release);
   }
   // SEQ was committed at POS: the window records it, then the pending fields are cleared.
   void accepted(std::uint64_t seq, std::uint64_t pos) noexcept {
-    window.accept(seq, dedup_entry_for(pos));
+    window.accept(seq, pos + 1);
     slot->pending_entry.store(0, std::memory_order_release);
     if (seq >= next_seq) next_seq = seq + 1;
   }
-  // After an owner died: whether the publish it announced was committed decides whether the
-  // window records it. Called before this process adopts the claimer slot.
-  void finish_dead_owners_publish() noexcept;
 
   // Reserves FRAME_LEN bytes, waiting on a full ring as OPTS says. Returns the position, or
   // ring::kNoIntent when the ring stayed full for the whole timeout.
@@ -147,32 +146,39 @@ std::byte* ProducerState::write_header(std::uint64_t pos, std::uint64_t seq, std
   return body + key.size();
 }
 
-void ProducerState::finish_dead_owners_publish() noexcept {
-  const std::uint64_t entry = slot->pending_entry.load(std::memory_order_acquire);  // pairs with begin()
-  if (entry < 2) return;
-  const std::uint64_t seq = slot->pending_seq.load(std::memory_order_relaxed);
-  const std::uint64_t pos = entry - 2;
+void settle_dead_publish(ChannelState& ch, std::uint32_t index) noexcept {
+  ProducerSlot& slot = ch.producers[index];
+  ring::RecordRing& ring = *ch.ring;
+  const std::uint64_t entry = slot.pending_entry.load(std::memory_order_acquire);  // pairs with begin()
+  if (entry == 0) return;
+  const std::uint64_t seq = slot.pending_seq.load(std::memory_order_relaxed);
+  const std::uint64_t pos = entry - 1;
   // Under the cleaning lock nobody zeroes or reuses the space at POS while we look at it.
-  ring->lock_cleaning(self_token(), &ChannelState::alive);
+  ring.lock_cleaning(self_token(), &ChannelState::alive);
+  // acquire, `cleaned` first: if the space was reclaimed, the reclaimer had read the padding frame
+  // there, which a dead claim's unblock() stored after `padded` (so the load below sees it).
+  const std::uint64_t cleaned = ring.cleaned();
   bool committed;
-  if (ring->claimer(index).padded.load(std::memory_order_acquire) == pos + 1) {
+  if (pos % ring::kAlign != 0 || pos >= ring.tail() || !valid_seq(seq)) {
+    committed = false;  // not something begin() wrote: nothing to record
+  } else if (ring.claimer(index).padded.load(std::memory_order_acquire) == pos + 1) {
     committed = false;  // a reader found the claim dead and padded it
-  } else if (pos >= ring->cleaned()) {
+  } else if (pos >= cleaned) {
     // Still in the ring: committed if the record there is ours; a claim not committed yet is dead
     // (its owner is) and will be padded.
-    const ring::ReadResult r = ring->read(pos);
-    committed = r.kind == ring::ReadResult::Record && r.header->producer == id && r.header->seq == seq;
+    const ring::ReadResult r = ring.read(pos);
+    committed = r.kind == ring::ReadResult::Record && r.header->producer == slot.id && r.header->seq == seq;
   } else {
     // Reclaimed, so every group was past it, and not padded as a dead claim: it was committed.
     committed = true;
   }
-  ring->unlock_cleaning();
-  if (committed) window.accept(seq, entry);
-  slot->pending_entry.store(0, std::memory_order_release);
+  ring.unlock_cleaning();
+  if (committed) DedupWindow(ch.segment->dedup_entries(index), ch.options.dedup_window, &slot.next_seq).accept(seq, entry);
+  slot.pending_entry.store(0, std::memory_order_release);
 }
 
 void ProducerState::committed(std::uint64_t seq) noexcept {
-  last = InnerId{id, seq};
+  last_seq.store(seq, std::memory_order_relaxed);
   slot->published.store(++published, std::memory_order_relaxed);
   ring::RingHeader& h = ring->header();
   // seq_cst load after the seq_cst claim CAS: a reader that counted itself a waiter before it read
@@ -227,8 +233,8 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   p.slot = &s.producers[found];
   p.id = p.slot->id;
   p.window = detail::DedupWindow(s.segment->dedup_entries(p.index), s.options.dedup_window, &p.slot->next_seq);
-  p.finish_dead_owners_publish();  // before adopt_claimer(): the dead owner's claim must still read as its own
-  p.next_seq = p.slot->next_seq.load(std::memory_order_relaxed);
+  detail::settle_dead_publish(s, p.index);  // before adopt_claimer(): the dead owner's claim must still read as its own
+  p.next_seq = std::max(p.slot->next_seq.load(std::memory_order_relaxed), p.slot->reserved_seq.load(std::memory_order_relaxed));
   p.published = p.slot->published.load(std::memory_order_relaxed);
   p.cleaned_hint = p.ring->cleaned();
   p.slot->owner.store(me, std::memory_order_release);
@@ -259,9 +265,9 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   if (!p.lock_publish()) return {Status::Closed, {}, 0};  // this thread has a Claim open on it
   const std::uint64_t seq = opts.seq.value_or(p.next_seq);
   std::uint64_t original = 0;
-  if (p.check_seq(seq, &original) == Status::Duplicate) {
+  if (const Status st = p.check_seq(seq, &original); st != Status::Ok) {
     p.unlock_publish();
-    return {Status::Duplicate, {p.id, seq}, original};
+    return {st, {p.id, seq}, st == Status::Duplicate ? original : 0};
   }
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + opts.key.size() + payload.size());
   const std::uint64_t pos = p.claim_space(frame_len, opts);
@@ -325,11 +331,11 @@ Claim Producer::claim(std::size_t bytes, const PublishOptions& opts) {
   if (!p.lock_publish()) return c;  // Closed: this thread has a Claim open on this Producer already
   const std::uint64_t seq = opts.seq.value_or(p.next_seq);
   std::uint64_t original = 0;
-  if (p.check_seq(seq, &original) == Status::Duplicate) {
+  if (const Status st = p.check_seq(seq, &original); st != Status::Ok) {
     p.unlock_publish();
-    c.status_ = Status::Duplicate;
+    c.status_ = st;
     c.id_ = {p.id, seq};
-    c.position_ = original;
+    c.position_ = st == Status::Duplicate ? original : 0;
     return c;
   }
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + opts.key.size() + bytes);
@@ -361,7 +367,9 @@ bool Producer::flush(std::chrono::nanoseconds timeout) {
   return detail::wait_durable(ch, ch.ring->tail(), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(timeout.count(), 0)));
 }
 
-InnerId Producer::last_id() const noexcept { return state_ ? state_->last : InnerId{}; }
+InnerId Producer::last_id() const noexcept {
+  return state_ ? InnerId{state_->id, state_->last_seq.load(std::memory_order_relaxed)} : InnerId{};
+}
 std::string_view Producer::name() const noexcept { return state_ ? std::string_view(state_->name) : std::string_view(); }
 
 Claim::Claim(Claim&& o) noexcept

@@ -11,6 +11,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <random>
 #include <thread>
 
 #include "shm/process.hpp"
@@ -47,7 +48,7 @@ Layout layout_for(std::uint64_t ring_bytes, std::uint32_t producers, std::uint32
   l.groups = round_up(l.producers + std::uint64_t(producers) * sizeof(ProducerSlot), 4096);
   l.consumers = round_up(l.groups + std::uint64_t(groups) * sizeof(GroupSlot), 4096);
   l.dedup = round_up(l.consumers + std::uint64_t(consumers) * sizeof(ConsumerSlot), 4096);
-  l.ring = round_up(l.dedup + std::uint64_t(producers) * dedup_window * sizeof(std::uint64_t), 4096);
+  l.ring = round_up(l.dedup + std::uint64_t(producers) * dedup_window * sizeof(DedupEntry), 4096);
   l.total = l.ring + ring::RecordRing::region_bytes(ring_bytes, producers);
   return l;
 }
@@ -68,7 +69,8 @@ std::uint32_t layout_fingerprint() noexcept {
       sizeof(GiveBackEntry), kGiveBackEntries, sizeof(ConsumerSlot), offsetof(ConsumerSlot, in_flight),
       offsetof(ConsumerSlot, deliveries), offsetof(ConsumerSlot, delivered_at), offsetof(ConsumerSlot, delivered), kMovingBit, kMaxInFlight, offsetof(SegmentHeader, last_reap_ns), offsetof(SegmentHeader, durable_position), offsetof(SegmentHeader, journal_path),
       offsetof(SegmentHeader, registry_version), offsetof(SegmentHeader, dedup_offset), offsetof(ProducerSlot, pending_seq),
-      offsetof(ProducerSlot, pending_entry), offsetof(ring::ClaimerSlot, padded),
+      offsetof(ProducerSlot, pending_entry), offsetof(ProducerSlot, reserved_seq), offsetof(ring::ClaimerSlot, padded),
+      sizeof(DedupEntry), offsetof(SegmentHeader, incarnation),
       sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned), offsetof(ring::RingHeader, cleaning_to),
       offsetof(ring::RingHeader, data_seq), offsetof(ring::RingHeader, space_seq), sizeof(ring::ClaimerSlot),
       sizeof(ring::RecordHeader), ring::kRingVersion};
@@ -128,8 +130,8 @@ GroupSlot* Segment::groups() const noexcept {
 ConsumerSlot* Segment::consumers() const noexcept {
   return reinterpret_cast<ConsumerSlot*>(reinterpret_cast<char*>(header_) + header_->consumers_offset);
 }
-std::atomic<std::uint64_t>* Segment::dedup_entries(std::uint32_t i) const noexcept {
-  return reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<char*>(header_) + header_->dedup_offset) +
+DedupEntry* Segment::dedup_entries(std::uint32_t i) const noexcept {
+  return reinterpret_cast<DedupEntry*>(reinterpret_cast<char*>(header_) + header_->dedup_offset) +
          std::uint64_t(i) * header_->dedup_window;
 }
 
@@ -178,6 +180,8 @@ void initialize(SegmentHeader* h, const Layout& l, const ChannelOptions& o) {
   h->dedup_offset = l.dedup;
   h->created_ns = wall_clock_ns();
   h->creator_token = self_token();
+  std::random_device entropy;
+  h->incarnation = (std::uint64_t{entropy()} << 32) ^ entropy() ^ h->created_ns;
   if (g_init_hook) g_init_hook();
   ring::RecordRing::initialize(reinterpret_cast<char*>(h) + l.ring, o.ring_bytes, o.max_producers,
                                max_frame_for(o.max_message_bytes));
@@ -198,7 +202,8 @@ std::string validate(const SegmentHeader* h, std::uint64_t file_bytes) {
   if (h->max_producers == 0 || h->max_producers > ring::kMaxClaimers || h->max_groups == 0 || h->max_groups > 4096 ||
       h->max_consumers == 0 || h->max_consumers > 4096)
     return "segment header has table sizes out of range";
-  if (h->dedup_window == 0 || h->dedup_window > kMaxDedupWindow) return "segment header has a dedup window out of range";
+  if (!std::has_single_bit(h->dedup_window) || h->dedup_window > kMaxDedupWindow)
+    return "segment header has a dedup window that is not a power of two up to 65536";
   if (!std::memchr(h->journal_path, 0, sizeof h->journal_path)) return "segment header's journal path is not terminated";
   if (h->durability != static_cast<std::uint32_t>(Durability::Memory) && h->journal_path[0] != '/')
     return "segment header of a durable channel has no absolute journal path";

@@ -11,7 +11,7 @@
 //   +----------------+  consumers_offset
 //   | ConsumerSlot[] |  max_consumers: owner, group, heartbeat, in-flight positions
 //   +----------------+  dedup_offset
-//   | dedup windows  |  max_producers x dedup_window entries (u64): which sequences were accepted
+//   | dedup windows  |  max_producers x dedup_window DedupEntry (16 B): which sequences were accepted
 //   +----------------+  ring_offset
 //   | RecordRing     |  ring header, claimer table (one per producer slot), data (ring_bytes)
 //   +----------------+  segment_bytes
@@ -33,6 +33,7 @@
 #include <string_view>
 
 #include "ringbuffer/record_ring.hpp"
+#include "shm/dedup.hpp"
 #include "shmq/shmq.hpp"
 
 namespace shmq::detail {
@@ -44,7 +45,7 @@ inline constexpr std::uint32_t kReady = 0x52454459;         // "REDY"
 inline constexpr std::size_t kMaxChannelName = 200;
 inline constexpr std::size_t kMaxSlotName = 63;
 inline constexpr std::uint32_t kMaxInFlight = 256;
-inline constexpr std::uint32_t kMaxDedupWindow = 1u << 20;  // sequences per producer
+inline constexpr std::uint32_t kMaxDedupWindow = 1u << 16;  // sequences per producer (a power of two)
 
 // The longest key a record may carry: 65535 bytes, and no more than the payload limit.
 constexpr std::uint64_t max_key_bytes(std::uint64_t max_message_bytes) { return max_message_bytes < 65535 ? max_message_bytes : 65535; }
@@ -79,6 +80,9 @@ struct alignas(64) SegmentHeader {
   std::uint64_t dedup_offset;
   std::uint64_t created_ns;
   std::uint64_t creator_token;
+  // Random, made when the channel is made (a Memory segment, or a durable channel's journal; a
+  // recovery keeps the journal's): inner ids are unique within one incarnation.
+  std::uint64_t incarnation;
   alignas(64) std::atomic<std::uint64_t> registry_lock;     // owner token; serialises table changes
   std::atomic<std::uint64_t> next_producer_id;              // ids handed out so far
   std::atomic<std::uint64_t> last_reap_ns;                  // when a process last looked for dead consumers
@@ -103,10 +107,14 @@ struct alignas(64) ProducerSlot {
   alignas(64) std::atomic<std::uint64_t> next_seq;
   std::atomic<std::uint64_t> published;              // records appended
   // The publish in progress, for a successor that takes over from an owner that died: sequence
-  // pending_seq is being committed at position pending_entry - 2 (0: none). Set once the space is
+  // pending_seq is being committed at position pending_entry - 1 (0: none). Set once the space is
   // claimed, cleared once the dedup window records it (shm/dedup.hpp).
   std::atomic<std::uint64_t> pending_seq;
   std::atomic<std::uint64_t> pending_entry;
+  // Default sequences below this may have been used by an incarnation of the producer that a
+  // recovery from the journal could not see (Async records lost with the host): the default
+  // sequence goes on from max(next_seq, reserved_seq), so an inner id is never used twice.
+  std::atomic<std::uint64_t> reserved_seq;
 };
 
 // A message given back to its group (nack, or held by a consumer that died or left): delivered
@@ -196,7 +204,7 @@ class Segment {
   GroupSlot* groups() const noexcept;
   ConsumerSlot* consumers() const noexcept;
   // The dedup window entries of producer slot I (dedup_window of them).
-  std::atomic<std::uint64_t>* dedup_entries(std::uint32_t i) const noexcept;
+  DedupEntry* dedup_entries(std::uint32_t i) const noexcept;
   ring::RecordRing& ring() noexcept { return ring_; }
   bool created() const noexcept { return created_; }
 

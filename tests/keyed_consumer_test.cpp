@@ -14,6 +14,7 @@
 #include <random>
 
 #include "journal/key_store.hpp"
+#include "shm/channel_state.hpp"
 #include "support.hpp"
 
 namespace shmq::test {
@@ -189,10 +190,7 @@ TEST_F(KeyedConsumerTest, ADeathBetweenTheHandlerAndTheKeyCostsExactlyOneExtraCa
   run_until_drained(name, static_cast<int>(detail::KeyedStage::HandlerDone), 100, false);
   expect_drained(name);
   int total = 0;
-  for (int c : calls_per_key(n)) {
-    EXPECT_LE(c, 2);
-    total += c;
-  }
+  for (int c : calls_per_key(n)) total += c;  // a message redelivered may be killed on again
   std::printf("%d consumers killed between handler and key, %d extra calls\n", board_->kills.load(), total - n);
   EXPECT_GT(board_->kills.load(), 0);
   EXPECT_EQ(total - n, board_->kills.load()) << "seed " << seed_;
@@ -253,7 +251,7 @@ TEST_F(KeyedConsumerTest, AMessageWithoutAKeyIsRecognisedByItsInnerId) {
     auto m = kc.poll(1s);
     ASSERT_TRUE(m);
     EXPECT_FALSE(kc.processed(*m));
-    // Recorded, then the consumer leaves without acking: the message goes back to the group.
+    // Recorded and acked.
     ASSERT_EQ(kc.done(*m), Status::Ok);
     EXPECT_TRUE(kc.processed(*m));
   }
@@ -268,8 +266,10 @@ TEST_F(KeyedConsumerTest, AMessageWithoutAKeyIsRecognisedByItsInnerId) {
   ASSERT_TRUE(m);
   {
     journal::KeyStore s = journal::KeyStore::open(ko.store);
-    std::string k = "i";
+    std::string k = "i";  // as KeyedConsumer makes it: 'i', the channel's incarnation, the inner id
     const InnerId id = m->id();
+    const std::uint64_t incarnation = ch.state().header->incarnation;
+    k.append(reinterpret_cast<const char*>(&incarnation), 8);
     k.append(reinterpret_cast<const char*>(&id.producer), 8).append(reinterpret_cast<const char*>(&id.seq), 8);
     s.add(k);
   }
@@ -277,6 +277,27 @@ TEST_F(KeyedConsumerTest, AMessageWithoutAKeyIsRecognisedByItsInnerId) {
   KeyedConsumer kc(ch, "g", ko);
   EXPECT_FALSE(kc.poll(300ms));
   EXPECT_EQ(kc.skipped(), 1u);
+}
+
+// A Memory channel made again (a reboot) starts its producer ids and sequences over: the keys of
+// the old one's keyless messages must not make the new one's look processed.
+TEST_F(KeyedConsumerTest, AChannelMadeAgainDoesNotInheritTheKeysOfItsInnerIds) {
+  const auto name = channel_name();
+  KeyedConsumerOptions ko;
+  ko.store = dir_ / "keys";
+  for (int life = 0; life < 2; ++life) {
+    auto ch = Channel::open(name, options());
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    ASSERT_EQ(p.publish("life " + std::to_string(life)).id, (InnerId{1, 1}));
+    KeyedConsumer kc(ch, "g", ko);
+    int handled = 0;
+    while (kc.process([&](const Message&) { return ++handled, true; }, 200ms) != Handled::Nothing) {
+    }
+    EXPECT_EQ(handled, 1) << "life " << life;
+    EXPECT_EQ(kc.skipped(), 0u);
+    Channel::remove(name);
+  }
 }
 
 TEST_F(KeyedConsumerTest, ABadStoreIsAClearErrorAndJoinsNothing) {

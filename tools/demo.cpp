@@ -949,7 +949,9 @@ class Demo {
       wrong.push_back("orders never delivered before came with deliveries > 1");
     if (const std::string p = problems_text(after); !p.empty()) wrong.push_back(p);
 
-    // The producer goes on where it was: next seq after the last, and a retry is still a duplicate.
+    // The producer goes on above every sequence it used (after a recovery, a ring's worth above:
+    // numbers a lost record may have had are never given out again), and a retry is still a
+    // duplicate.
     Producer p(*ch, "demo-restart-producer");
     const std::string next_key = order_key(kRestartProducer, kRestartMessages + 1);
     PublishOptions po;
@@ -958,9 +960,9 @@ class Demo {
     PublishOptions retry;
     retry.seq = kRestartMessages;
     const Published again = p.publish(order_payload(kRestartProducer, kRestartMessages), retry);
-    if (next.status != Status::Ok || next.id.seq != kRestartMessages + 1)
+    if (next.status != Status::Ok || next.id.seq <= kRestartMessages)
       wrong.push_back(std::string("the producer's next publish: ") + to_string(next.status) + ", seq " +
-                      std::to_string(next.id.seq) + " (" + std::to_string(kRestartMessages + 1) + " expected)");
+                      std::to_string(next.id.seq) + " (above " + std::to_string(kRestartMessages) + " expected)");
     if (again.status != Status::Duplicate)
       wrong.push_back(std::string("a retry of seq ") + std::to_string(kRestartMessages) + ": " + to_string(again.status) +
                       " (Duplicate expected)");
@@ -969,11 +971,11 @@ class Demo {
     const std::size_t expected = kRestartMessages - kRestartAcked;
     if (wrong.empty()) {
       std::printf("[6] group %s got %zu orders = the %zu unacked: order %u again with deliveries 2, %zu never "
-                  "delivered before; none of the %u acked; producer went on at seq %llu, a retry of seq %u: %s\n",
+                  "delivered before; none of the %u acked; producer went on above its old sequences (at %llu), a retry of seq %u: %s\n",
                   kRestartGroup, after.size(), expected, held, first_delivery_ok, kRestartAcked,
                   static_cast<unsigned long long>(next.id.seq), kRestartMessages, to_string(again.status));
       pass(6, std::to_string(r.records) + " msgs back in " + fixed(open_ms, 1) + " ms, " + std::to_string(after.size()) +
-                  " unacked redelivered (held one: deliveries 2), seq went on at " + std::to_string(next.id.seq));
+                  " unacked redelivered (held one: deliveries 2), retry dropped, seq went on");
     } else {
       std::printf("[6] group %s got %zu orders, %zu expected: FAILED: %s\n", kRestartGroup, after.size(), expected,
                   list_some(wrong).c_str());

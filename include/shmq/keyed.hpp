@@ -2,7 +2,9 @@
 //
 // Contract. A KeyedConsumer is a Consumer of GROUP plus a persistent, bounded store of the keys it
 // has processed (a small file of CRC-framed records, journal/key_store.hpp). A message's key is
-// its biz id (PublishOptions::key) or, when it has none, its inner id. poll() returns only messages
+// its biz id (PublishOptions::key) or, when it has none, its inner id together with the channel's
+// incarnation (a channel made again, whose ids start over, does not inherit the old one's keys;
+// a recovery from the journal keeps the incarnation). poll() returns only messages
 // whose key is not in the store; a message whose key is there (a redelivery after a crash, a
 // retry that the producer side could not recognise) is acked on the way and counted in skipped().
 // The consumers of one group may share one store, across processes: a message that a dead
@@ -71,10 +73,11 @@ class KeyedConsumer {
   ~KeyedConsumer();
 
   // The next message whose key is not processed; already-processed ones are acked on the way.
-  // Waits up to TIMEOUT in all. Throws Error if the store cannot be read.
+  // Waits up to TIMEOUT in all. Throws Error if the store cannot be read (the message polled is
+  // nacked first).
   std::optional<Message> poll(std::chrono::nanoseconds timeout = {});
   // The message is handled: records its key, then acks it. Throws Error if the key cannot be
-  // recorded (the message is then not acked: it is delivered again).
+  // recorded (the message is then nacked: it is delivered again).
   Status done(const Message&);
   Status nack(const Message&, std::chrono::nanoseconds delay = {});
   // poll(), then HANDLER: true means done(), false means nack(). A handler that throws has its

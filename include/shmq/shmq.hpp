@@ -34,9 +34,11 @@ enum class Status {
   WouldBlock,  // the ring stayed full for the whole timeout
   Timeout,     // a wait (flush) did not finish in time
   TooLarge,    // the payload or key is larger than the channel allows
-  Closed,      // the object was moved from, or the claim was already committed or abandoned
+  Closed,      // the object was moved from, the claim was already committed or abandoned, or (publish,
+               // claim) this thread holds an open Claim on the same Producer
   Corrupt,     // the shared memory holds something that breaks the layout's rules
   NotHeld,     // ack/nack of a message this consumer does not hold (acked already, or given away)
+  InvalidSeq,  // PublishOptions::seq is 0 or above 2^63 - 1; nothing was appended
 };
 const char* to_string(Status) noexcept;
 
@@ -57,8 +59,9 @@ struct ChannelOptions {
   Durability durability = Durability::Async;
   std::filesystem::path journal_dir;        // empty: $SHMQ_DIR, else ./shmq-data
   std::chrono::milliseconds flush_interval{5};
-  // Per producer: how many sequence numbers below its highest accepted one a retry is still
-  // recognised (1 to 2^20; 8 bytes each in the segment). Fixed when the segment is created.
+  // Per producer: how many sequence numbers, ending at its highest accepted one, a retry is still
+  // recognised in (a power of two up to 65536; 16 bytes each per producer slot in the segment).
+  // Fixed when the segment (or the journal) is created.
   std::uint32_t dedup_window = 4096;
   std::uint32_t max_deliveries = 5;         // then NAME.dlq
   unsigned mode = 0600;
@@ -186,8 +189,8 @@ struct PublishOptions {
   std::string_view key;                     // biz id, carried untouched (at most 65535 bytes, and
                                             // at most max_message_bytes)
   std::optional<Durability> durability;     // default: the channel's
-  // Set to retry, or to publish from an outbox with your own numbering (from 1, in any order within
-  // the dedup window); default: one above the highest sequence this producer has used.
+  // Set to retry, or to publish from an outbox with your own numbering (1 to 2^63 - 1, in any order
+  // within the dedup window); default: one above the highest sequence this producer has used.
   std::optional<std::uint64_t> seq;
   std::chrono::nanoseconds timeout{std::chrono::seconds(1)};  // how long a full ring is waited on
   Wait wait = Wait::Spin;
