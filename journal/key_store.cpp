@@ -136,7 +136,7 @@ void KeyStore::open_file() {
       std::vector<std::byte> start(static_cast<std::size_t>(st.st_size));
       if (!start.empty() && ::pread(fd, start.data(), start.size(), 0) != static_cast<ssize_t>(start.size()))
         fail_errno(path_, errno, "read failed");
-      if (std::memcmp(start.data(), header.data(), start.size()) != 0)
+      if (!start.empty() && std::memcmp(start.data(), header.data(), start.size()) != 0)
         fail(path_, std::errc::illegal_byte_sequence, "is not a shmq key store (it does not begin with a key store header)");
       if (!alone) {
         fd_.reset();

@@ -402,7 +402,7 @@ TEST_F(DurableDedup, AnOutboxRepublishedAfterRandomKillsLeavesEveryInnerIdOnce) 
       // Half the children die inside one of their publishes, at a stage chosen at random.
       if (r() % 2 == 0) {
         g_kill_stage = static_cast<int>(r() % 3);
-        g_kill_after = 1 + r() % 8000;
+        g_kill_after = 1 + r() % (n / 12);
         detail::set_publish_hook(&kill_at_stage);
       }
       auto c2 = Channel::open(name, o);
@@ -412,7 +412,7 @@ TEST_F(DurableDedup, AnOutboxRepublishedAfterRandomKillsLeavesEveryInnerIdOnce) 
         if (sent[s].load()) continue;
         const Published pub = p.publish(payload_of(s), with_seq(s));
         CHILD_CHECK(pub.status == Status::Ok || pub.status == Status::Duplicate);
-        if (r() % 4000 == 0) ::raise(SIGKILL);  // published, not marked sent
+        if (r() % (n / 25) == 0) ::raise(SIGKILL);  // published, not marked sent
         sent[s].store(1);
       }
       CHILD_CHECK(p.flush(10s));

@@ -24,6 +24,10 @@ namespace fs = std::filesystem;
 
 std::string key_of(int i) { return "order-" + std::to_string(i); }
 
+// One message in this many is killed at: about 30 kills over N messages, whatever N (the
+// sanitizer builds run a tenth of the messages), so that a run without any kill is unlikely.
+std::uint64_t kills_one_in(int n) { return static_cast<std::uint64_t>(std::max(n / 30, 2)); }
+
 struct Board {
   std::atomic<int> kills{0};        // children that killed themselves at a hook
   std::atomic<int> skipped{0};      // summed KeyedConsumer::skipped() of children that finished
@@ -175,7 +179,7 @@ class KeyedConsumerTest : public ChannelTest {
 TEST_F(KeyedConsumerTest, ASideEffectHappensOncePerKeyWhenConsumersDieBetweenTheKeyAndTheAck) {
   const int n = static_cast<int>(scaled(3000));
   const auto name = publish(n);
-  run_until_drained(name, static_cast<int>(detail::KeyedStage::KeyRecorded), 100, false);
+  run_until_drained(name, static_cast<int>(detail::KeyedStage::KeyRecorded), kills_one_in(n), false);
   expect_drained(name);
   std::printf("%d consumers killed between key and ack, %d redeliveries skipped\n", board_->kills.load(),
               board_->skipped.load());
@@ -187,7 +191,7 @@ TEST_F(KeyedConsumerTest, ASideEffectHappensOncePerKeyWhenConsumersDieBetweenThe
 TEST_F(KeyedConsumerTest, ADeathBetweenTheHandlerAndTheKeyCostsExactlyOneExtraCall) {
   const int n = static_cast<int>(scaled(3000));
   const auto name = publish(n);
-  run_until_drained(name, static_cast<int>(detail::KeyedStage::HandlerDone), 100, false);
+  run_until_drained(name, static_cast<int>(detail::KeyedStage::HandlerDone), kills_one_in(n), false);
   expect_drained(name);
   int total = 0;
   for (int c : calls_per_key(n)) total += c;  // a message redelivered may be killed on again
@@ -222,7 +226,7 @@ TEST_F(KeyedConsumerTest, APlainConsumerKilledBeforeItsAckRepeatsTheSideEffect) 
       while (auto m = c.poll(500ms)) {
         const std::string line = std::string(m->key()) + "\n";
         CHILD_CHECK(::write(out, line.data(), line.size()) == static_cast<ssize_t>(line.size()));
-        if (rng() % 100 == 0) ::raise(SIGKILL);  // the side effect is done, the ack is not
+        if (rng() % kills_one_in(n) == 0) ::raise(SIGKILL);  // the side effect is done, the ack is not
         CHILD_CHECK(c.ack(*m) == Status::Ok);
       }
       return kChildOk;
