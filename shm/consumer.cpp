@@ -336,11 +336,16 @@ Status Consumer::ack(const Message& m) {
   if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight || c.held[m.slot_] != m.position_ + 1)
     return Status::NotHeld;
   std::uint64_t expected = m.position_ + 1;
-  // release: this consumer's reads of the message happen before a reclaim that sees the entry
-  // empty (acquire in gate()). A CAS, not a store: a message being moved away (visibility
-  // timeout) carries kMovingBit, and then the ack loses.
-  if (!c.slot->in_flight[m.slot_].compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
-                                                          std::memory_order_relaxed)) {
+  if (c.options.visibility_timeout.count() == 0) {
+    // Nobody else moves what a live consumer without a visibility timeout holds (reapers take
+    // only a dead one's, and its own nack runs on this thread): a plain store, no locked op.
+    // release: this consumer's reads of the message happen before a reclaim that sees the entry
+    // empty (acquire in gate()).
+    c.slot->in_flight[m.slot_].store(0, std::memory_order_release);
+  } else if (!c.slot->in_flight[m.slot_].compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
+                                                                 std::memory_order_relaxed)) {
+    // release, as above. A CAS, not a store: a message being moved away past its visibility
+    // timeout carries kMovingBit, and then the ack loses.
     c.held[m.slot_] = detail::ConsumerState::kAway;
     return Status::NotHeld;
   }
