@@ -46,8 +46,10 @@ struct KeyedState {
 
 namespace {
 std::filesystem::path default_store(const Channel& ch, std::string_view group) {
-  const ChannelOptions& o = ch.options();
-  const std::filesystem::path dir = journal_path_for(ch.name(), o.journal_dir);
+  // A durable channel's journal directory (DIR/NAME); for a Memory channel, where its journal
+  // would be.
+  const ChannelState& st = ch.state();
+  const std::filesystem::path dir = st.durable() ? st.journal_dir : journal_path_for(ch.name(), ch.options().journal_dir);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec)

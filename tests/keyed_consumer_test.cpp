@@ -305,6 +305,17 @@ TEST_F(KeyedConsumerTest, AChannelMadeAgainDoesNotInheritTheKeysOfItsInnerIds) {
   }
 }
 
+TEST_F(KeyedConsumerTest, TheDefaultStoreIsInTheChannelsJournalDirectory) {
+  const auto name = channel_name();
+  ChannelOptions o = options();
+  o.durability = Durability::Async;
+  o.journal_dir = dir_ / "journals";
+  auto ch = Channel::open(name, o);
+  KeyedConsumer kc(ch, "billing");
+  EXPECT_EQ(kc.store_path(), fs::absolute(dir_ / "journals" / name / "keys.billing").lexically_normal());
+  EXPECT_TRUE(fs::exists(kc.store_path()));
+}
+
 TEST_F(KeyedConsumerTest, ABadStoreIsAClearErrorAndJoinsNothing) {
   const auto name = channel_name();
   auto ch = Channel::open(name, options());
