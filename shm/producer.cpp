@@ -43,18 +43,25 @@ struct ProducerState {
   // holds it until commit() or abandon().
   std::atomic<std::uintptr_t> lock{0};
 
-  // Takes the publish lock; false if this thread holds it already (an open Claim).
-  bool lock_publish() noexcept {
+  // Takes the publish lock: Ok; Closed if this thread holds it already (an open Claim);
+  // WouldBlock if another thread held it for the whole of OPTS.timeout (an open Claim there).
+  Status lock_publish(const PublishOptions& opts) noexcept {
     const std::uintptr_t me = this_thread_tag();
     std::uintptr_t free = 0;
     // acquire: pairs with the release in unlock_publish(); the previous holder's state is visible.
-    if (lock.compare_exchange_strong(free, me, std::memory_order_acquire, std::memory_order_relaxed)) return true;
-    if (free == me) return false;
-    for (;;) {
+    if (lock.compare_exchange_strong(free, me, std::memory_order_acquire, std::memory_order_relaxed)) return Status::Ok;
+    if (free == me) return Status::Closed;
+    std::uint64_t deadline = 0;  // the clock is read only if the lock stays taken
+    for (unsigned round = 0;; ++round) {
       for (int i = 0; i < 32 && lock.load(std::memory_order_relaxed) != 0; ++i) __builtin_ia32_pause();
       if (lock.load(std::memory_order_relaxed) != 0) sched_yield();
       free = 0;
-      if (lock.compare_exchange_weak(free, me, std::memory_order_acquire, std::memory_order_relaxed)) return true;
+      if (lock.compare_exchange_weak(free, me, std::memory_order_acquire, std::memory_order_relaxed)) return Status::Ok;
+      if ((round & 63) == 63) {
+        const std::uint64_t now = now_ns();
+        if (deadline == 0) deadline = now + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0));
+        else if (now >= deadline) return Status::WouldBlock;
+      }
     }
   }
   void unlock_publish() noexcept { lock.store(0, std::memory_order_release); }  // pairs with lock_publish()
@@ -262,7 +269,7 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   if (!state_) return {Status::Closed, {}, 0};
   detail::ProducerState& p = *state_;
   if (Status st = p.check(payload.size(), opts); st != Status::Ok) return {st, {}, 0};
-  if (!p.lock_publish()) return {Status::Closed, {}, 0};  // this thread has a Claim open on it
+  if (const Status st = p.lock_publish(opts); st != Status::Ok) return {st, {}, 0};  // a Claim open on it
   const std::uint64_t seq = opts.seq.value_or(p.next_seq);
   std::uint64_t original = 0;
   if (const Status st = p.check_seq(seq, &original); st != Status::Ok) {
@@ -298,7 +305,7 @@ Published detail::publish_copy(Producer& producer, const Message& m, std::uint32
   opts.key = m.key();
   opts.timeout = std::chrono::milliseconds(10);  // a full NAME.dlq must not stall the consumer
   if (Status st = p.check(m.payload().size(), opts); st != Status::Ok) return {st, m.id(), 0};
-  if (!p.lock_publish()) return {Status::Closed, m.id(), 0};
+  if (const Status st = p.lock_publish(opts); st != Status::Ok) return {st, m.id(), 0};
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + m.key().size() + m.payload().size());
   const std::uint64_t pos = p.claim_space(frame_len, opts);
   if (pos == ring::kNoIntent) {
@@ -328,7 +335,10 @@ Claim Producer::claim(std::size_t bytes, const PublishOptions& opts) {
     c.status_ = st;
     return c;
   }
-  if (!p.lock_publish()) return c;  // Closed: this thread has a Claim open on this Producer already
+  if (const Status st = p.lock_publish(opts); st != Status::Ok) {  // a Claim open on this Producer
+    c.status_ = st;
+    return c;
+  }
   const std::uint64_t seq = opts.seq.value_or(p.next_seq);
   std::uint64_t original = 0;
   if (const Status st = p.check_seq(seq, &original); st != Status::Ok) {

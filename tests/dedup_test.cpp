@@ -166,6 +166,38 @@ TEST_F(DedupTest, ZeroCopyClaimsAreCheckedAndRecordedLikePublishes) {
   EXPECT_EQ(drain(ch, "g"), (std::vector<std::uint64_t>{7, 8, 10}));
 }
 
+// A Claim holds its producer's publish lock: another thread's publish waits for it up to its
+// timeout, then returns WouldBlock (nothing appended); with a longer timeout it goes through.
+TEST_F(DedupTest, AnOpenClaimInAnotherThreadMakesAPublishWaitUpToItsTimeout) {
+  auto ch = Channel::open(channel_name(), options(64));
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  std::atomic<bool> claimed{false}, release{false};
+  std::thread holder([&] {
+    Claim c = p.claim(4);
+    ASSERT_EQ(c.status(), Status::Ok);
+    std::memcpy(c.data().data(), "held", 4);
+    claimed = true;
+    while (!release) std::this_thread::sleep_for(1ms);
+    c.commit();
+  });
+  while (!claimed) std::this_thread::sleep_for(1ms);
+  PublishOptions quick;
+  quick.timeout = 50ms;
+  EXPECT_EQ(p.publish("quick", quick).status, Status::WouldBlock);
+  EXPECT_EQ(p.claim(4, quick).status(), Status::WouldBlock);
+  std::thread later([&] {
+    std::this_thread::sleep_for(100ms);
+    release = true;
+  });
+  PublishOptions patient;
+  patient.timeout = 10s;
+  EXPECT_EQ(p.publish("patient", patient).status, Status::Ok);
+  holder.join();
+  later.join();
+  EXPECT_EQ(drain(ch, "g"), (std::vector<std::uint64_t>{1, 2}));
+}
+
 // Threads that share one Producer race to publish the same sequences, each in its own order: each
 // sequence is accepted once, and the group receives it once.
 TEST_F(DedupTest, ThreadsSharingAProducerAcceptEachSeqOnce) {

@@ -192,7 +192,8 @@ struct PublishOptions {
   // Set to retry, or to publish from an outbox with your own numbering (1 to 2^63 - 1, in any order
   // within the dedup window); default: one above the highest sequence this producer has used.
   std::optional<std::uint64_t> seq;
-  std::chrono::nanoseconds timeout{std::chrono::seconds(1)};  // how long a full ring is waited on
+  // How long a full ring is waited on (and another thread's open Claim on the same Producer).
+  std::chrono::nanoseconds timeout{std::chrono::seconds(1)};
   Wait wait = Wait::Spin;
 };
 
