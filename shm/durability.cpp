@@ -228,7 +228,7 @@ State capture(ChannelState& ch, std::uint64_t durable) {
     // newer publish began after `durable` was read (this is the journaler's thread), so either its
     // record reaches the journal and a recovery puts the top past the one left out, or a retry of
     // that one may be accepted again (a duplicate, never a loss).
-    const DedupWindow w(ch.segment->dedup_entries(i), ch.options.dedup_window, &p.next_seq);
+    const DedupWindow w = ch.segment->dedup_window(i);
     const std::uint64_t top = w.top();
     sp.next_seq = std::max(top + 1, p.reserved_seq.load(std::memory_order_relaxed));
     const std::uint64_t low = top >= w.size() ? top - w.size() + 1 : 1;
@@ -488,7 +488,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       slot.id = p.id;
       const auto it = max_seq.find(p.id);
       const std::uint64_t top = std::min(std::max(p.top, it == max_seq.end() ? 0 : it->second), kMaxSeq);
-      DedupWindow w(seg.dedup_entries(static_cast<std::uint32_t>(i)), h.dedup_window, &slot.next_seq);
+      DedupWindow w = seg.dedup_window(static_cast<std::uint32_t>(i));
       w.reset(top);
       for (const SeqRun& r : p.accepted)
         for (std::uint64_t k = 0; k < r.count; ++k) w.accept(r.first + k, 0);

@@ -180,7 +180,7 @@ void settle_dead_publish(ChannelState& ch, std::uint32_t index) noexcept {
     committed = true;
   }
   ring.unlock_cleaning();
-  if (committed) DedupWindow(ch.segment->dedup_entries(index), ch.options.dedup_window, &slot.next_seq).accept(seq, entry);
+  if (committed) ch.segment->dedup_window(index).accept(seq, entry);
   slot.pending_entry.store(0, std::memory_order_release);
 }
 
@@ -239,7 +239,7 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   p.index = static_cast<std::uint32_t>(found);
   p.slot = &s.producers[found];
   p.id = p.slot->id;
-  p.window = detail::DedupWindow(s.segment->dedup_entries(p.index), s.options.dedup_window, &p.slot->next_seq);
+  p.window = s.segment->dedup_window(p.index);
   detail::settle_dead_publish(s, p.index);  // before adopt_claimer(): the dead owner's claim must still read as its own
   p.next_seq = std::max(p.slot->next_seq.load(std::memory_order_relaxed), p.slot->reserved_seq.load(std::memory_order_relaxed));
   p.published = p.slot->published.load(std::memory_order_relaxed);

@@ -134,6 +134,9 @@ DedupEntry* Segment::dedup_entries(std::uint32_t i) const noexcept {
   return reinterpret_cast<DedupEntry*>(reinterpret_cast<char*>(header_) + header_->dedup_offset) +
          std::uint64_t(i) * header_->dedup_window;
 }
+DedupWindow Segment::dedup_window(std::uint32_t i) const noexcept {
+  return DedupWindow(dedup_entries(i), header_->dedup_window, &producers()[i].next_seq);
+}
 
 namespace {
 
@@ -203,7 +206,7 @@ std::string validate(const SegmentHeader* h, std::uint64_t file_bytes) {
       h->max_consumers == 0 || h->max_consumers > 4096)
     return "segment header has table sizes out of range";
   if (!std::has_single_bit(h->dedup_window) || h->dedup_window > kMaxDedupWindow)
-    return "segment header has a dedup window that is not a power of two up to 65536";
+    return "segment header has a dedup window that is not a power of two up to " + std::to_string(kMaxDedupWindow);
   if (!std::memchr(h->journal_path, 0, sizeof h->journal_path)) return "segment header's journal path is not terminated";
   if (h->durability != static_cast<std::uint32_t>(Durability::Memory) && h->journal_path[0] != '/')
     return "segment header of a durable channel has no absolute journal path";

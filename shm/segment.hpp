@@ -102,8 +102,8 @@ struct alignas(64) ProducerSlot {
   char name[kMaxSlotName + 1];
   std::uint64_t id;                       // stable producer id
   std::atomic<std::uint64_t> owner;       // owner token of the process using it; 0 when none
-  // The owner's line. next_seq is one above the highest sequence accepted (the dedup window's top,
-  // and the default sequence of the next publish).
+  // The owner's line. next_seq is one above the highest sequence accepted (the dedup window's top;
+  // the default sequence of the next publish is max(next_seq, reserved_seq)).
   alignas(64) std::atomic<std::uint64_t> next_seq;
   std::atomic<std::uint64_t> published;              // records appended
   // The publish in progress, for a successor that takes over from an owner that died: sequence
@@ -205,6 +205,8 @@ class Segment {
   ConsumerSlot* consumers() const noexcept;
   // The dedup window entries of producer slot I (dedup_window of them).
   DedupEntry* dedup_entries(std::uint32_t i) const noexcept;
+  // The dedup window of producer slot I: its entries and its next_seq.
+  DedupWindow dedup_window(std::uint32_t i) const noexcept;
   ring::RecordRing& ring() noexcept { return ring_; }
   bool created() const noexcept { return created_; }
 
