@@ -66,23 +66,19 @@ std::vector<std::byte> header_bytes() {
   return h;
 }
 
-void write_all(int fd, std::span<const std::byte> b, const std::filesystem::path& path) {
-  while (!b.empty()) {
-    const ssize_t n = ::write(fd, b.data(), b.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail_errno(path, errno, "write failed");
-    b = b.subspan(static_cast<std::size_t>(n));
-  }
+std::filesystem::path parent_of(const std::filesystem::path& path) {
+  return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
 }
 
+// BYTES as the whole content of the empty file FD (the header, or a compacted store).
+void write_file(int fd, std::span<const std::byte> bytes, const std::filesystem::path& path) {
+  detail::write_all_at(fd, bytes, 0, parent_of(path), path.filename().string());
+}
+
+// After a create or a rename: the directory entry is durable too.
 void sync_parent(const std::filesystem::path& path) {
-  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-  const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (d < 0) fail_errno(path, errno, "cannot open its directory");
-  const int rc = ::fsync(d);
-  const int err = errno;
-  ::close(d);
-  if (rc != 0) fail_errno(path, err, "fsync of its directory failed");
+  const std::filesystem::path dir = parent_of(path);
+  detail::sync_dir(detail::open_dir(dir).get(), dir);
 }
 
 }  // namespace
@@ -144,7 +140,7 @@ void KeyStore::open_file() {
         continue;
       }
       if (::ftruncate(fd, 0) != 0) fail_errno(path_, errno, "cannot truncate");
-      write_all(fd, header, path_);
+      write_file(fd, header, path_);
       if (::fdatasync(fd) != 0) fail_errno(path_, errno, "fdatasync failed");
       sync_parent(path_);
     }
@@ -334,7 +330,7 @@ void KeyStore::compact() {
     const std::vector<std::byte> r = encode_record(k);
     bytes.insert(bytes.end(), r.begin(), r.end());
   }
-  write_all(fd, bytes, tmp);
+  write_file(fd, bytes, tmp);
   if (::fdatasync(fd) != 0) fail_errno(tmp, errno, "fdatasync failed");
   if (::rename(tmp.c_str(), path_.c_str()) != 0) fail_errno(path_, errno, "cannot rename the compacted file over it");
   sync_parent(path_);
