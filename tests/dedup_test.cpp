@@ -304,15 +304,6 @@ INSTANTIATE_TEST_SUITE_P(EveryStage, DedupKill,
 
 class DurableDedup : public DedupTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("shmq-dedup-" + unique_name());
-    fs::remove_all(dir_);
-  }
-  void TearDown() override {
-    DedupTest::TearDown();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   ChannelOptions durable(Durability d, std::uint32_t window, std::size_t ring = 8 << 20) {
     ChannelOptions o = options(window, ring);
     o.durability = d;
@@ -320,7 +311,8 @@ class DurableDedup : public DedupTest {
     o.flush_interval = std::chrono::milliseconds(2);
     return o;
   }
-  fs::path dir_;
+  TestDir tmp_{"dedup"};
+  const fs::path& dir_ = tmp_.path();
 };
 
 // A producer process publishes Sync from an outbox out of order; a consumer acks the first half,

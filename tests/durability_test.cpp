@@ -20,15 +20,6 @@ namespace fs = std::filesystem;
 
 class Journaled : public ChannelTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("shmq-journal-" + unique_name());
-    fs::remove_all(dir_);
-  }
-  void TearDown() override {
-    ChannelTest::TearDown();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   ChannelOptions durable(shmq::Durability d, std::size_t ring = 1 << 20) {
     ChannelOptions o = memory_options(ring, 4096);
     o.durability = d;
@@ -37,7 +28,8 @@ class Journaled : public ChannelTest {
     o.liveness_interval = std::chrono::milliseconds(100);
     return o;
   }
-  fs::path dir_;
+  TestDir tmp_{"journal"};
+  const fs::path& dir_ = tmp_.path();
 };
 using D = shmq::Durability;
 

@@ -22,16 +22,7 @@ using journal::KeyStoreOptions;
 
 class KeyStoreTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("shmq-keys-" + unique_name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    path_ = dir_ / "keys";
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { path_ = dir_ / "keys"; }
   std::vector<char> bytes() const {
     std::ifstream in(path_, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), {}};
@@ -40,7 +31,9 @@ class KeyStoreTest : public ::testing::Test {
     std::ofstream out(path_, std::ios::binary | std::ios::trunc);
     out.write(b.data(), static_cast<std::streamsize>(b.size()));
   }
-  fs::path dir_, path_;
+  TestDir tmp_{"keys", true};
+  const fs::path& dir_ = tmp_.path();
+  fs::path path_;
 };
 
 std::string key_of(int i) { return "order-" + std::to_string(i); }

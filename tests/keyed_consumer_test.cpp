@@ -47,9 +47,6 @@ void kill_sometimes(detail::KeyedStage stage) {
 class KeyedConsumerTest : public ChannelTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("shmq-keyed-" + unique_name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     board_ = static_cast<Board*>(::mmap(nullptr, sizeof(Board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
     ASSERT_NE(board_, MAP_FAILED);
     new (board_) Board{};
@@ -60,8 +57,6 @@ class KeyedConsumerTest : public ChannelTest {
   void TearDown() override {
     ChannelTest::TearDown();
     ::munmap(board_, sizeof(Board));
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
   }
   ChannelOptions options() {
     ChannelOptions o = memory_options(8 << 20, 4096);
@@ -172,7 +167,8 @@ class KeyedConsumerTest : public ChannelTest {
     EXPECT_EQ(st.groups[0].in_flight, 0u) << "seed " << seed_;
   }
 
-  fs::path dir_;
+  TestDir tmp_{"keyed", true};
+  const fs::path& dir_ = tmp_.path();
   Board* board_ = nullptr;
   std::uint64_t seed_ = 0;
 };

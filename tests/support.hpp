@@ -84,6 +84,29 @@ inline std::string unique_name(std::string_view tag = "") {
   return name;
 }
 
+// A directory for a test's journals and key stores, unique to the process and the test (named
+// after TAG): emptied when the fixture is made (and created, with CREATE), removed with all it holds
+// when the fixture goes, after its TearDown (so after its channels). Forked children leave with
+// _exit() and never remove it.
+class TestDir {
+ public:
+  explicit TestDir(std::string_view tag, bool create = false)
+      : path_(std::filesystem::temp_directory_path() / ("shmq-" + std::string(tag) + "-" + unique_name())) {
+    std::filesystem::remove_all(path_);
+    if (create) std::filesystem::create_directories(path_);
+  }
+  ~TestDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TestDir(const TestDir&) = delete;
+  TestDir& operator=(const TestDir&) = delete;
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
 // Fixture: hands out unique channel names and removes every one of them in TearDown.
 class ChannelTest : public ::testing::Test {
  protected:
