@@ -92,17 +92,6 @@ const char* wait_name(shmq::Wait w) {
   return "?";
 }
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  for (std::size_t at = 0; at <= s.size();) {
-    const std::size_t comma = s.find(',', at);
-    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
-    if (comma == std::string::npos) break;
-    at = comma + 1;
-  }
-  return out;
-}
-
 Topology parse_topology(const std::string& text) {
   Topology t;
   char tail = 0;
@@ -133,7 +122,7 @@ Config parse_args(int argc, char** argv) {
       c.summary_path = value();
     } else if (a == "--topologies") {
       c.topologies.clear();
-      for (const auto& t : split(value())) c.topologies.push_back(parse_topology(t));
+      for (const auto& t : split_list(value())) c.topologies.push_back(parse_topology(t));
     } else if (a == "--consumers") {  // one producer, one group of N consumers
       c.topologies.clear();
       for (auto n : parse_list(value(), usage)) {
@@ -142,7 +131,7 @@ Config parse_args(int argc, char** argv) {
       }
     } else if (a == "--waits") {
       c.waits.clear();
-      for (const auto& w : split(value())) {
+      for (const auto& w : split_list(value())) {
         if (w == "spin") c.waits.push_back(shmq::Wait::Spin);
         else if (w == "yield") c.waits.push_back(shmq::Wait::Yield);
         else if (w == "block") c.waits.push_back(shmq::Wait::Block);

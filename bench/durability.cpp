@@ -127,16 +127,11 @@ Config parse_args(int argc, char** argv) {
         if (s < sizeof(SizedHead) || s % 8 != 0 || s > (1u << 20)) usage("sizes: multiples of 8 from 32 to 1 MiB");
     } else if (a == "--modes") {
       c.modes.clear();
-      std::string s = value();
-      for (std::size_t at = 0; at <= s.size();) {
-        const std::size_t comma = s.find(',', at);
-        const std::string m = s.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+      for (const std::string& m : split_list(value())) {
         if (m == "memory") c.modes.push_back(shmq::Durability::Memory);
         else if (m == "async") c.modes.push_back(shmq::Durability::Async);
         else if (m == "sync") c.modes.push_back(shmq::Durability::Sync);
         else usage("--modes takes memory, async, sync");
-        if (comma == std::string::npos) break;
-        at = comma + 1;
       }
     } else if (a == "--fsync-seconds") {
       c.fsync_s = parse_seconds(value(), usage);

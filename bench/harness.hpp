@@ -991,18 +991,22 @@ inline double parse_seconds(const char* text, void (*usage)(const char*)) {
   return v;
 }
 
-// "1,2,4" -> {1, 2, 4}
-inline std::vector<std::uint64_t> parse_list(const char* text, void (*usage)(const char*)) {
-  std::vector<std::uint64_t> out;
-  std::string s = text;
-  std::size_t at = 0;
-  while (at <= s.size()) {
+// "a,b,,c" -> {"a", "b", "", "c"}
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  for (std::size_t at = 0; at <= s.size();) {
     const std::size_t comma = s.find(',', at);
-    const std::string part = s.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
-    out.push_back(parse_count(part.c_str(), usage));
+    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
     if (comma == std::string::npos) break;
     at = comma + 1;
   }
+  return out;
+}
+
+// "1,2,4" -> {1, 2, 4}
+inline std::vector<std::uint64_t> parse_list(const char* text, void (*usage)(const char*)) {
+  std::vector<std::uint64_t> out;
+  for (const std::string& part : split_list(text)) out.push_back(parse_count(part.c_str(), usage));
   return out;
 }
 

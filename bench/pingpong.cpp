@@ -192,13 +192,7 @@ Config parse_args(int argc, char** argv) {
       if (std::sscanf(v, "%d,%d", &c.cpu_a, &c.cpu_b) != 2 || c.cpu_a < 0 || c.cpu_b < 0)
         usage("--cpus takes two CPU numbers, e.g. 0,1");
     } else if (a == "--only") {
-      std::string s = value();
-      for (std::size_t at = 0; at <= s.size();) {
-        const std::size_t comma = s.find(',', at);
-        c.only.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
-        if (comma == std::string::npos) break;
-        at = comma + 1;
-      }
+      for (std::string& k : split_list(value())) c.only.push_back(std::move(k));
       for (const auto& k : c.only)
         if (std::find(std::begin(kKeys), std::end(kKeys), k) == std::end(kKeys))
           usage("--only takes floor, memcpy, shmq, shmq-block, mq, uds, boost, iceoryx");
