@@ -33,7 +33,7 @@ deps:
 	fi
 
 build: deps
-	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSHMQ_CRASH_POINTS=OFF
 	cmake --build build -j$(JOBS)
 
 # Each suite: configure, build (keep going past errors), ctest. A failed build counts as one failure
@@ -58,9 +58,9 @@ test: deps
 	  passed=$$((passed + t - f)); failed=$$((failed + f)); \
 	}; \
 	start=$$SECONDS; \
-	run_suite build -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_SANITIZE=; \
-	run_suite build-asan -DSHMQ_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON; \
-	run_suite build-tsan -DSHMQ_SANITIZE=thread -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON; \
+	run_suite build -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_SANITIZE= -DSHMQ_CRASH_POINTS=ON; \
+	run_suite build-asan -DSHMQ_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_CRASH_POINTS=ON; \
+	run_suite build-tsan -DSHMQ_SANITIZE=thread -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_CRASH_POINTS=ON; \
 	echo "==== make test took $$((SECONDS - start)) s"; \
 	echo "$$passed passed, $$failed failed"; \
 	[[ $$failed -eq 0 ]]

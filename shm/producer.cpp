@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "shm/channel_state.hpp"
+#include "shm/crash_point.hpp"
 #include "shm/dedup.hpp"
 #include "shm/durability.hpp"
 
@@ -284,14 +285,17 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   }
   p.begin(seq, pos);
   detail::publish_hook(detail::PublishStage::Claimed);
+  SHMQ_CRASH_POINT("publish.after_announce");
   std::byte* body = p.write_header(pos, seq, opts.key);
   if (!payload.empty()) std::memcpy(body, payload.data(), payload.size());
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
   detail::publish_hook(detail::PublishStage::Committed);
+  SHMQ_CRASH_POINT("publish.after_commit");
   p.accepted(seq, pos);
   p.committed(seq);
   p.unlock_publish();
   detail::publish_hook(detail::PublishStage::Accepted);
+  SHMQ_CRASH_POINT("publish.after_accept");
   if (opts.durability.value_or(p.ch->options.durability) == Durability::Sync &&
       !detail::wait_durable(*p.ch, pos + ring::align_up(frame_len), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0))))
     return {Status::Timeout, {p.id, seq}, pos};  // published; not yet known durable

@@ -1,0 +1,67 @@
+// Named crash points: test builds kill the process at a named instruction of a protocol.
+//
+// Contract. SHMQ_CRASH_POINT("name") marks a place in the code where a process may die (after a
+// store to shared memory, between a journal write and its fdatasync, ...). In a build configured
+// with -DSHMQ_CRASH_POINTS=ON (the test builds of `make test`), a process whose environment holds
+// SHMQ_CRASH_AT=name (or name:N, the Nth time the point is passed, counting from 1) sends itself
+// SIGKILL there, the way the kernel would kill it: no destructor, no atexit, no flush. A test may
+// also arm a point in a forked child with arm_crash_point(). In any other build the macro is
+// nothing at all, so Release binaries carry no trace of it.
+//
+// Every name must be listed in kCrashPoints below (a misspelt name does not compile), so that a
+// test can walk all of them: tests/crash_point_test.cpp kills a real process at each one and
+// checks what the survivors see.
+#pragma once
+
+#include <cstddef>
+#include <string_view>
+
+namespace shmq::detail {
+
+inline constexpr std::string_view kCrashPoints[] = {
+    // Producer::publish / Claim::commit (shm/producer.cpp)
+    "publish.after_announce",      // the slot names the claimed position, frame word not written
+    "publish.after_commit",        // frame word committed, dedup window not yet updated
+    "publish.after_accept",        // window updated, announcement not cleared
+    // Consumer::poll (shm/consumer.cpp)
+    "poll.after_in_flight_store",  // entry holds the position, group cursor CAS not done
+    "poll.after_cursor_cas",       // cursor advanced past the record, deliveries not stored
+    "poll.take_given_back.after_hold",    // entry holds a given-back message, list entry not cleared
+    "poll.take_given_back.after_clear",   // list entry cleared, count not lowered
+    // Consumer::ack / nack, reaping (shm/consumer.cpp, shm/channel.cpp)
+    "ack.before_clear",
+    "move_held.after_moving_bit",  // entry marked moving, not yet on the give-back list
+    "move_held.after_push",        // on the give-back list, entry not yet cleared
+    "reap.before_release",         // a reaper holds the registry lock, about to give back
+    // Journaler (shm/durability.cpp)
+    "journal.after_write",         // records written to the file, not yet fdatasync'd
+    "journal.after_sync",          // fdatasync'd, durable_position not yet published
+    "checkpoint.after_write",      // checkpoint written, not yet renamed into place
+};
+
+consteval std::size_t crash_point_id(std::string_view name) {
+  for (std::size_t i = 0; i < std::size(kCrashPoints); ++i)
+    if (kCrashPoints[i] == name) return i;
+  throw "SHMQ_CRASH_POINT: the name is not listed in kCrashPoints (shm/crash_point.hpp)";
+}
+
+// Arms point NAME to kill this process the HIT-th time it is passed (1: the first); replaces
+// whatever SHMQ_CRASH_AT armed. An empty NAME disarms. Test builds only (a no-op elsewhere).
+void arm_crash_point(std::string_view name, unsigned hit = 1) noexcept;
+// Whether this build has crash points compiled in.
+bool crash_points_enabled() noexcept;
+
+#ifdef SHMQ_CRASH_POINTS
+void crash_point_reached(std::size_t id) noexcept;
+#define SHMQ_CRASH_POINT(name)                                                            \
+  do {                                                                                    \
+    constexpr std::size_t shmq_crash_id_ = ::shmq::detail::crash_point_id(name);         \
+    ::shmq::detail::crash_point_reached(shmq_crash_id_);                                  \
+  } while (0)
+#else
+#define SHMQ_CRASH_POINT(name) \
+  do {                         \
+  } while (0)
+#endif
+
+}  // namespace shmq::detail
