@@ -1,7 +1,8 @@
 # A thin wrapper around CMake and CTest.
 #   make deps    install the Debian packages the build needs (only those missing)
 #   make build   Release build in build/
-#   make test    the suite three times: Release (build/), ASan+UBSan (build-asan/), TSan (build-tsan/)
+#   make test    the suite three times: Release (build/), ASan+UBSan (build-asan/), TSan (build-tsan/),
+#                then the libFuzzer targets for 30 s each (build-fuzz/, clang)
 #   make demo    the shmq tool's demo
 #   make bench   the benchmarks
 #   make clean
@@ -10,7 +11,7 @@ SHELL := /bin/bash
 
 JOBS ?= $(shell nproc)
 CTEST_JOBS ?= 2
-DEPS := cmake g++ make libboost-dev libgtest-dev libbenchmark-dev libcli11-dev tmux
+DEPS := cmake g++ make libboost-dev libgtest-dev libbenchmark-dev libcli11-dev tmux clang libclang-rt-14-dev
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Any sanitizer report fails the test that produced it.
@@ -61,6 +62,7 @@ test: deps
 	run_suite build -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_SANITIZE= -DSHMQ_CRASH_POINTS=ON; \
 	run_suite build-asan -DSHMQ_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_CRASH_POINTS=ON; \
 	run_suite build-tsan -DSHMQ_SANITIZE=thread -DSHMQ_BUILD_TESTS=ON -DSHMQ_BUILD_TOOLS=ON -DSHMQ_CRASH_POINTS=ON; \
+	run_suite build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DSHMQ_FUZZ=ON -DSHMQ_BUILD_TESTS=OFF -DSHMQ_BUILD_TOOLS=OFF -DSHMQ_BUILD_BENCH=OFF; \
 	echo "==== make test took $$((SECONDS - start)) s"; \
 	echo "$$passed passed, $$failed failed"; \
 	[[ $$failed -eq 0 ]]
@@ -98,4 +100,4 @@ bench: deps
 	./bench/update_readme.sh results README.md
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz
