@@ -266,9 +266,12 @@ void check_options(std::string_view name, const ChannelOptions& o) {
   if (o.flush_interval.count() < 0) bad("flush_interval must not be negative");
 }
 
-std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOptions& requested, bool create,
+std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOptions& asked, bool create,
                                          bool run_journaler = true) {
   check_channel_name(name);
+  ChannelOptions requested = asked;
+  if (requested.max_message_bytes == 0)  // not set: follows the ring
+    requested.max_message_bytes = std::min<std::size_t>(std::size_t{1} << 20, requested.ring_bytes / 4);
   if (create) check_options(name, requested);
   auto st = std::make_unique<ChannelState>();
   st->name = std::string(name);

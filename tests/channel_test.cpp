@@ -394,5 +394,21 @@ TEST_F(SegmentFile, AttachingAdoptsTheSegmentGeometryByDefault) {
   EXPECT_EQ(s.max_message_bytes, std::size_t{64} << 10);
 }
 
+// A small ring needs no second option: the default message limit follows it (a new user's first
+// Channel::open with ring_bytes = 256 KiB used to throw about max_message_bytes).
+TEST_F(SegmentFile, DefaultMessageLimitFollowsASmallRing) {
+  ChannelOptions o;
+  o.durability = Durability::Memory;
+  o.ring_bytes = 256 << 10;
+  Channel small = Channel::open(channel_name("small"), o);
+  EXPECT_EQ(small.options().max_message_bytes, std::size_t{64} << 10);
+  o.ring_bytes = 64 << 20;
+  Channel big = Channel::open(channel_name("big"), o);
+  EXPECT_EQ(big.options().max_message_bytes, std::size_t{1} << 20);
+  o.ring_bytes = 256 << 10;
+  o.max_message_bytes = 128 << 10;  // set: still checked against the ring
+  EXPECT_THROW(Channel::open(channel_name("bad"), o), Error);
+}
+
 }  // namespace
 }  // namespace shmq::test

@@ -55,7 +55,9 @@ enum class Start { Earliest, Latest };  // where a new group begins
 
 struct ChannelOptions {
   std::size_t ring_bytes = 64 << 20;        // power of two, at least 64 KiB
-  std::size_t max_message_bytes = 1 << 20;  // payload; at most ring_bytes / 4
+  // Payload; at most ring_bytes / 4. 0 (the default): min(1 MiB, ring_bytes / 4), so that a small
+  // ring needs no second option. Channel::options() reports the value in force.
+  std::size_t max_message_bytes = 0;
   Durability durability = Durability::Async;
   std::filesystem::path journal_dir;        // empty: $SHMQ_DIR, else ./shmq-data
   std::chrono::milliseconds flush_interval{5};
@@ -145,11 +147,15 @@ class Channel {  // movable, not copyable
   // that is not a shmq segment, a header that breaks the layout's rules, missing permissions.
   static Channel open(std::string_view name, const ChannelOptions& = {});
   // Attach only: Error (errc::no_such_file_or_directory) if the channel does not exist.
-  // RUN_JOURNALER false: this process never journals the channel (for tools that only look).
+  // RUN_JOURNALER false: this process never journals the channel (for tools that only look). Every
+  // process that opens a durable channel with open(), or attach() with RUN_JOURNALER true, runs a
+  // journaler thread that may be elected to write the journal: a process that only monitors should
+  // attach with false (the CLI's read-only commands do).
   static Channel attach(std::string_view name, bool run_journaler = true);
-  // Removes the segment (and, once journals exist, the journal directory). Processes that have it
-  // open keep their mapping until they close it. Error (errc::no_such_file_or_directory) if there
-  // is no such channel.
+  // Removes the segment. The journal (DIR/NAME) is removed only when JOURNAL_DIR names its DIR: the
+  // journal is the data, and is never removed by default. Processes that have the segment open
+  // keep their mapping until they close it. Error (errc::no_such_file_or_directory) if there is no
+  // such channel.
   static void remove(std::string_view name, const std::filesystem::path& journal_dir = {});
   static bool exists(std::string_view name);
   // Channels that have a segment on this host.
