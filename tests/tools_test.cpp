@@ -540,15 +540,21 @@ TEST_F(ToolTest, StatAndLsJsonParse) {
 
 TEST_F(ToolTest, SyncPublishNeedsADurableChannel) {
   const std::string mem = name("mem");
-  ASSERT_EQ(run({"pub", mem, "--create"}, "one\n").code, 0);
+  ASSERT_EQ(run({"pub", mem, "--create", "--durability", "memory"}, "one\n").code, 0);
   const Result r = run({"pub", mem, "--sync"}, "two\n");
   EXPECT_EXIT_CODE(r, 1);
   EXPECT_TRUE(contains(r.err, "Memory")) << r;
 
   // Not created as a Memory channel just to fail.
   const std::string fresh = name("fresh");
-  EXPECT_EXIT_CODE(run({"pub", fresh, "--create", "--sync"}, "x\n"), 1);
+  EXPECT_EXIT_CODE(run({"pub", fresh, "--create", "--durability", "memory", "--sync"}, "x\n"), 1);
   EXPECT_FALSE(Channel::exists(fresh));
+
+  // --create makes what the library makes by default: an Async channel, so --sync works on it.
+  const std::string dflt = name("default");
+  const Result made = run({"pub", dflt, "--create", "--sync"}, "x\n");
+  EXPECT_EXIT_CODE(made, 0);
+  EXPECT_EQ(Channel::attach(dflt, false).options().durability, Durability::Async);
 
   // On an Async channel --sync works, and attaching adopts the channel's durability.
   const std::string dur = name("async");
@@ -803,7 +809,7 @@ TEST_F(ToolTest, DlqOfAChannelWithoutDeadLetters) {
 
 TEST_F(ToolTest, JournalDaemonJournalsUntilSigterm) {
   const std::string mem = name("mem");
-  ASSERT_EQ(run({"pub", mem, "--create"}, "m\n").code, 0);
+  ASSERT_EQ(run({"pub", mem, "--create", "--durability", "memory"}, "m\n").code, 0);
   const Result refused = run({"journal", mem});
   EXPECT_EXIT_CODE(refused, 1);
   EXPECT_TRUE(contains(refused.err, "Memory")) << refused;

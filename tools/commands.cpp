@@ -467,7 +467,7 @@ std::optional<Channel> open_for_pub(const PubArgs& a) {
     }
   }
   ChannelOptions o;
-  o.durability = parse_durability(a.durability.empty() ? "memory" : a.durability);
+  o.durability = a.durability.empty() ? ChannelOptions{}.durability : parse_durability(a.durability);  // the library's default
   o.journal_dir = a.journal_dir;
   if (a.ring_bytes) o.ring_bytes = *a.ring_bytes;
   // The library's default (1 MiB) is too large for a ring under 4 MiB: take a quarter of the ring.
@@ -487,7 +487,7 @@ std::optional<Channel> open_for_pub(const PubArgs& a) {
 }  // namespace
 
 int cmd_pub(const PubArgs& a) {
-  if (a.sync && a.create && (a.durability == "memory" || (a.durability.empty() && !Channel::exists(a.channel)))) {
+  if (a.sync && a.create && a.durability == "memory") {
     std::fprintf(stderr, "shmq pub: --sync needs a durable channel: create '%s' with --durability async or sync\n",
                  a.channel.c_str());
     return kExitFailure;

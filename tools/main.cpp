@@ -98,16 +98,15 @@ int main(int argc, char** argv) {
   pub_max.add(pub, "--max-message-bytes", "Largest payload of a channel created now (at most a quarter of the ring)")
       ->check(at_least(1))
       ->needs(create);
-  CLI::Option* pub_durability =
+
       pub->add_option("--durability", pub_args.durability,
-                      "Durability of a channel created now: memory (default: the segment only), async (journal, "
-                      "group commit every few ms), sync (every publish waits for the journal)")
+                      "Durability of a channel created now: memory (the segment only), async (the default, as in the "
+                      "library: journal, group commit every few ms), sync (every publish waits for the journal)")
           ->check(CLI::IsMember({"memory", "async", "sync"}))
           ->needs(create);
   pub->add_option("--journal-dir", pub_args.journal_dir,
                       "Where a durable channel created now keeps its journal: DIR/NAME (default $SHMQ_DIR, else ./shmq-data)")
-          ->needs(create)
-          ->needs(pub_durability);
+          ->needs(create);
   pub->add_option("--timeout-ms", pub_args.full_timeout_ms,
                   "How long a full ring, or the journal (--sync, and the end of a durable publish), is waited on")
       ->check(at_least(0))
