@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -131,6 +132,71 @@ struct Writer::Impl {
     synced = next;  // every record below NEXT was in the file just made durable
   }
 
+  // Drops every record at or above POSITION (see truncate() in the header).
+  void drop_from(std::uint64_t position) {
+    buf_used = 0;  // the buffer's bytes were never written: nothing to drop on disk for them
+    fd.reset();
+    const auto files = detail::list_segments(dirfd.get(), dir);
+    bool removed = false;
+    std::size_t keep = files.size();  // files[0, keep) stay
+    while (keep > 0 && files[keep - 1].first > position) {
+      const std::string& name = files[keep - 1].name;
+      if (::unlinkat(dirfd.get(), name.c_str(), 0) != 0 && errno != ENOENT)
+        detail::throw_errno(errno, dir, "cannot remove " + name + " (past the durable position " + std::to_string(position) + ")");
+      removed = true;
+      --keep;
+    }
+    next_file_first.reset();
+    file_name.clear();
+    file_bytes = 0;
+    file_records = 0;
+    end = 0;
+    if (keep > 0) {
+      const std::string name = files[keep - 1].name;
+      Fd f = detail::open_regular(dirfd.get(), dir, name, O_RDWR);
+      const std::uint64_t size = detail::file_size(f.get(), dir, name);
+      // Walk the headers (their lengths checked against the file: it is input like any other)
+      // up to the first record at or above POSITION. Every step moves on by >= kHeaderBytes, so
+      // the loop ends within size / kHeaderBytes steps.
+      std::uint64_t at = 0, records = 0;
+      std::optional<std::uint64_t> last_position, seal_next;
+      while (size - at >= kHeaderBytes) {
+        std::byte raw[kHeaderBytes];
+        detail::read_all_at(f.get(), raw, at, dir, name);
+        RecordHeader h;
+        std::memcpy(&h, raw, sizeof h);
+        if (h.length < kHeaderBytes || h.length > kMaxRecordBytes || align_record(h.length) > size - at)
+          break;  // not a whole record: a torn tail (open() cut it already), nothing to keep after it
+        if (h.position >= position) break;
+        if ((h.flags & kFlagSeal) != 0) {
+          seal_next = h.position;  // a seal below POSITION: the next file (missing) must take its name
+        } else {
+          last_position = h.position;
+          ++records;
+        }
+        at += align_record(h.length);
+        if (seal_next) break;  // nothing follows a seal
+      }
+      if (::ftruncate(f.get(), static_cast<off_t>(at)) != 0)
+        detail::throw_errno(errno, dir, "cannot cut " + name + " at offset " + std::to_string(at) +
+                                            " (the durable position " + std::to_string(position) + ")");
+      if (::fsync(f.get()) != 0) detail::throw_errno(errno, dir, "fsync of " + name + " failed");
+      const std::uint64_t first = files[keep - 1].first;
+      end = last_position ? *last_position + 1 : first;
+      if (seal_next) {
+        next_file_first = *seal_next;
+        end = std::max(end, *seal_next);
+      } else {
+        fd = std::move(f);
+        file_name = name;
+        file_bytes = at;
+        file_records = records;
+      }
+    }
+    if (removed) detail::sync_dir(dirfd.get(), dir);
+    synced = end;
+  }
+
   void recover() {
     const auto files = detail::list_segments(dirfd.get(), dir);
     recovery.files = files.size();
@@ -231,6 +297,18 @@ void Writer::sync() {
     w.datasync();
     w.synced = w.end;
   });
+}
+
+void Writer::write_out() {
+  Impl& w = *impl_;
+  w.check_usable();
+  w.io([&] { w.flush(); });
+}
+
+void Writer::truncate(std::uint64_t position) {
+  Impl& w = *impl_;
+  w.check_usable();
+  w.io([&] { w.drop_from(position); });
 }
 
 void Writer::close() {

@@ -136,7 +136,17 @@ void Journaler::journal(journal::Writer& w) {
   const auto flush_ns = static_cast<std::uint64_t>(std::max<std::int64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(ch_.options.flush_interval).count(), 100'000));
   std::uint64_t cursor = h.durable_position.load(std::memory_order_acquire);
-  const std::uint64_t journaled_below = w.end_position();  // records below are in the journal already
+  // What the journal holds at or past the durable position is not trusted: a predecessor (or this
+  // process, before a failed fdatasync) may have written it without its fdatasync succeeding, and
+  // after a failed fdatasync Linux marks the pages clean, so reading them back proves nothing. The
+  // ring still holds every record from the durable position on (it is part of the gate): cut the
+  // journal back to it and write them again. The position comes from shared memory: it must lie
+  // where the ring still holds records, or cutting to it could drop what nobody can write again.
+  if (cursor % ring::kAlign != 0 || cursor < ring.cleaned() || cursor > ring.tail())
+    fail(ch_.name, std::errc::illegal_byte_sequence,
+         "journaler: durable_position " + std::to_string(cursor) + " is outside the ring's records [" +
+             std::to_string(ring.cleaned()) + ", " + std::to_string(ring.tail()) + ")");
+  if (w.end_position() > cursor) w.truncate(cursor);
   std::uint64_t last_sync = now_ns();
   bool dirty = false;
   std::uint64_t pending_pos = ~0ull, pending_since = 0;
@@ -193,7 +203,7 @@ void Journaler::journal(journal::Writer& w) {
     caught_up = false;
     const ring::ReadResult r = ring.read(cursor);
     if (r.kind == ring::ReadResult::Record) {
-      if (cursor >= journaled_below) {
+      {
         const ring::RecordHeader* rec = r.header;
         if (const char* why = ring::RecordRing::check_record(r))
           fail(ch_.name, std::errc::illegal_byte_sequence, "journaler: corrupt record at position " + std::to_string(cursor) + ": " + why);
