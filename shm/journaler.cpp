@@ -266,9 +266,11 @@ void Journaler::checkpoint(std::uint64_t durable) {
   journal::write_checkpoint(ch_.journal_dir, kStateCheckpoint, std::as_bytes(std::span(bytes.data(), bytes.size())),
                             ch_.options.mode);
   last_checkpoint_ = std::move(bytes);
-  // Retention: whole files below what the checkpoint says is still needed.
-  journal::delete_segments_before(ch_.journal_dir, s.low_water_mark(durable), ch_.options.retention,
-                                  ch_.options.retention_bytes);
+  // Retention: whole files below what the checkpoint says is still needed, older than
+  // `retention` or while the journal is over `retention_bytes` (0: no size budget, not a budget of
+  // 0 bytes, which would delete every acked file at once whatever `retention` says).
+  const std::uint64_t budget = ch_.options.retention_bytes == 0 ? UINT64_MAX : ch_.options.retention_bytes;
+  journal::delete_segments_before(ch_.journal_dir, s.low_water_mark(durable), ch_.options.retention, budget);
 }
 
 }  // namespace shmq::detail

@@ -522,6 +522,47 @@ TEST_F(Journaled, ACorruptRecordInTheMiddleOfTheJournalIsReportedNotSkipped) {
   }
 }
 
+// With the default options (retention one hour, retention_bytes 0 = no size budget), acked files
+// stay: they are young and no budget is exceeded. A size budget, when set, still cuts them down.
+TEST_F(Journaled, WithTheDefaultRetentionAckedJournalFilesStay) {
+  for (const std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{16384}}) {
+    const auto name = channel_name();
+    ChannelOptions o = durable(D::Async);
+    o.journal_segment_bytes = 8192;
+    ASSERT_EQ(o.retention, ChannelOptions{}.retention);
+    ASSERT_EQ(o.retention_bytes, ChannelOptions{}.retention_bytes);
+    o.retention_bytes = budget;
+    std::size_t before = 0;
+    auto files = [&] {
+      std::size_t n = 0;
+      for (const auto& e : fs::directory_iterator(dir_ / name)) n += e.path().extension() == ".log";
+      return n;
+    };
+    {
+      auto ch = Channel::open(name, o);
+      ch.ensure_group("g");
+      Producer p(ch, "p");
+      for (int i = 0; i < 2000; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+      ASSERT_TRUE(p.flush(10s));
+      before = files();
+      ASSERT_GT(before, 5u);
+      Consumer c(ch, "g");
+      int n = 0;
+      while (auto m = c.poll(50ms)) {
+        ASSERT_EQ(c.ack(*m), Status::Ok);
+        ++n;
+      }
+      ASSERT_EQ(n, 2000);
+    }  // the last close writes a checkpoint, and retention runs with it
+    if (budget == 0) {
+      EXPECT_EQ(files(), before) << "no size budget and younger than retention: nothing may go";
+      EXPECT_EQ(journaled(dir_ / name).size(), 2000u);
+    } else {
+      EXPECT_LE(files(), 3u) << "a budget of 16 KiB in files of 8 KiB";
+    }
+  }
+}
+
 TEST_F(Journaled, RetentionDeletesOnlyFilesEveryGroupAcked) {
   const auto name = channel_name();
   ChannelOptions o = durable(D::Async);
