@@ -234,6 +234,8 @@ struct Writer::Impl {
   }
 };
 
+void create_journal_directories(const std::filesystem::path& dir) { detail::create_directories(dir); }
+
 Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Writer::Writer(Writer&&) noexcept = default;
 Writer& Writer::operator=(Writer&&) noexcept = default;
@@ -258,6 +260,7 @@ Writer Writer::open(const std::filesystem::path& dir, const WriterOptions& optio
       const int err = errno;
       detail::throw_errno(err, dir, err == EWOULDBLOCK ? "another Writer holds LOCK" : "flock of LOCK failed");
     }
+    detail::sync_dir(w->dirfd.get(), dir);  // LOCK may be new: every file the journal makes is named durably
   }
   w->buf = std::make_unique<std::byte[]>(options.buffer_bytes);
   w->recover();

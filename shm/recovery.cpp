@@ -340,7 +340,7 @@ void prepare_durable_segment(Segment& seg, void* ctx) {
 }
 
 void prepare(Segment& seg, RecoveryContext& rc) {
-  std::filesystem::create_directories(rc.dir);
+  journal::create_journal_directories(rc.dir);  // each new directory's parent fsync'd
   const auto meta = journal::read_checkpoint(rc.dir, kMetaCheckpoint);
   SegmentHeader& h = seg.header();
   if (!meta) {  // a new journal: the segment's fresh incarnation becomes the channel's

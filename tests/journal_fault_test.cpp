@@ -144,5 +144,51 @@ INSTANTIATE_TEST_SUITE_P(Errnos, FailedFdatasync, ::testing::Values(EIO, ENOSPC)
                            return std::string(param.param == EIO ? "EIO" : "ENOSPC");
                          });
 
+// Every directory the journal creates (the journal_dir itself and its missing parents, DIR/NAME)
+// is followed by an fsync of its parent, and every file created, removed or renamed into place in
+// the journal by an fsync of the directory: after a host crash the path still leads to the files.
+TEST_F(JournalFault, EveryDirectoryAndFileTheJournalCreatesOrRemovesIsFsyncdInItsParent) {
+  const auto name = channel_name();
+  ChannelOptions o = durable(D::Sync);
+  const fs::path base = journal_.path() / "deeper" / "still";
+  o.journal_dir = base;
+  o.journal_segment_bytes = 4096;
+  o.retention = std::chrono::seconds(0);  // acked files go: removals are checked too
+  const pid_t child = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    Consumer c(ch, "g");
+    for (int i = 0; i < 300; ++i) {
+      CHILD_CHECK(p.publish(text_of(i)).status == Status::Ok);
+      auto m = c.poll(1s);
+      CHILD_CHECK(m && c.ack(*m) == Status::Ok);
+    }
+    return kChildOk;  // closes: the last checkpoint and retention run
+  });
+  ASSERT_TRUE(wait_child(child, 60s).ok());
+  const std::string root = fs::weakly_canonical(journal_.path()).string();
+  const auto parent = [](const std::string& p) { return fs::path(p).parent_path().string(); };
+  const auto ev = events();
+  std::map<std::string, std::size_t> counts;
+  for (std::size_t i = 0; i < ev.size(); ++i) {
+    const auto space = ev[i].find(' ');
+    const std::string what = ev[i].substr(0, space);
+    const std::string path = fs::weakly_canonical(ev[i].substr(space + 1)).string();
+    if (path.rfind(root, 0) != 0 || what == "fsyncdir") continue;
+    if (what == "unlink" && path.size() > 4 && path.substr(path.size() - 4) == ".tmp") continue;  // replaced by a rename
+    if (what == "create" && path.size() > 4 && path.substr(path.size() - 4) == ".tmp") continue;  // renamed, then synced
+    ++counts[what];
+    bool synced = false;
+    for (std::size_t k = i + 1; k < ev.size() && !synced; ++k)
+      synced = ev[k].rfind("fsyncdir ", 0) == 0 && fs::weakly_canonical(ev[k].substr(9)).string() == parent(path);
+    EXPECT_TRUE(synced) << ev[i] << ": no fsync of " << parent(path) << " follows";
+  }
+  EXPECT_EQ(counts["mkdir"], 4u) << "the test directory, deeper, still, and still/NAME";
+  EXPECT_GE(counts["create"], 5u) << "LOCK, meta, state, segment files";
+  EXPECT_GE(counts["unlink"], 1u) << "retention removed acked files";
+  EXPECT_GE(counts["rename"], 2u) << "checkpoints";
+}
+
 }  // namespace
 }  // namespace shmq::test
