@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 namespace shmq::journal {
 
@@ -156,15 +157,21 @@ struct Writer::Impl {
       Fd f = detail::open_regular(dirfd.get(), dir, name, O_RDWR);
       const std::uint64_t size = detail::file_size(f.get(), dir, name);
       // Walk the headers (their lengths checked against the file: it is input like any other)
-      // up to the first record at or above POSITION. Every step moves on by >= kHeaderBytes, so
-      // the loop ends within size / kHeaderBytes steps.
+      // up to the first record at or above POSITION, reading the file in chunks. Every step moves
+      // on by >= kHeaderBytes, so the loop ends within size / kHeaderBytes steps.
       std::uint64_t at = 0, records = 0;
       std::optional<std::uint64_t> last_position, seal_next;
+      constexpr std::size_t kChunk = 1 << 20;
+      std::vector<std::byte> chunk;
+      std::uint64_t chunk_at = 0;  // file offset of chunk[0]
       while (size - at >= kHeaderBytes) {
-        std::byte raw[kHeaderBytes];
-        detail::read_all_at(f.get(), raw, at, dir, name);
+        if (at < chunk_at || at + kHeaderBytes > chunk_at + chunk.size()) {
+          chunk.resize(static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, size - at)));
+          chunk_at = at;
+          detail::read_all_at(f.get(), chunk, at, dir, name);
+        }
         RecordHeader h;
-        std::memcpy(&h, raw, sizeof h);
+        std::memcpy(&h, chunk.data() + (at - chunk_at), sizeof h);
         if (h.length < kHeaderBytes || h.length > kMaxRecordBytes || align_record(h.length) > size - at)
           break;  // not a whole record: a torn tail (open() cut it already), nothing to keep after it
         if (h.position >= position) break;
