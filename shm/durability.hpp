@@ -1,5 +1,7 @@
 // Durability of a channel: the journaler (ring -> journal, group commit, durable position,
 // checkpoints, retention), waiting for durability, and recovery of a lost segment from the journal.
+// Implemented in shm/journaler.cpp (the Journaler, wait_durable) and shm/recovery.cpp (journal
+// path and meta, adopt_journal_geometry, prepare_durable_segment, checkpoint encode/decode/capture).
 //
 // The journaler. Every process that opens an Async or Sync channel runs a Journaler thread; the
 // journal directory's LOCK (an flock the kernel frees when its holder dies) elects which one
@@ -7,6 +9,11 @@
 // The writer reads committed records from the ring at its own cursor, appends them to the journal,
 // fdatasyncs (group commit: one sync covers everything appended so far) and then publishes
 // SegmentHeader::durable_position. Ring space is reused only below it (it is part of the gate).
+// A journaler never trusts what the journal holds at or past the durable position: when it takes
+// over (also after its own failed fdatasync, which fails the Writer) it cuts the journal back to
+// the durable position and writes those records again from the ring. After a failed fdatasync
+// Linux marks the pages clean, so a re-read of the page cache proves nothing (PostgreSQL's
+// "fsyncgate"); a publish is Ok only once a later fdatasync covered its bytes.
 // Sync: it syncs as soon as it has caught up with the tail or a publisher waits. Async: at least
 // every flush_interval.
 //

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -54,6 +55,64 @@ TEST_F(Journaled, SyncPublishIsInTheJournalWhenItReturns) {
     EXPECT_GE(ch.stats().durable_position, r.position + 1) << "durable position behind a Sync publish that returned";
   }
   EXPECT_EQ(journaled(dir_ / name).size(), 20u) << "read by another reader, before any close";
+}
+
+// Claim + commit on a Sync channel: Ok means durable, as for publish.
+TEST_F(Journaled, ClaimCommitOnASyncChannelIsOkOnlyOnceDurable) {
+  const auto name = channel_name();
+  auto ch = Channel::open(name, durable(D::Sync));
+  Producer p(ch, "p");
+  for (int i = 0; i < 50; ++i) {
+    const std::string t = text_of(0, i);
+    Claim c = p.claim(t.size());
+    ASSERT_TRUE(c);
+    std::memcpy(c.data().data(), t.data(), t.size());
+    const Published r = c.commit();
+    ASSERT_EQ(r.status, Status::Ok);
+    ASSERT_GT(ch.stats().durable_position, r.position) << "commit " << i << " returned Ok before its record was durable";
+  }
+}
+
+// The same after a reboot: a process that dies right after a Sync commit returned Ok, then the
+// segment is lost; the journal has every committed message.
+TEST_F(Journaled, EveryClaimCommittedWithOkSurvivesARebootRightAfterIt) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Sync);
+  const int n = 30;
+  Pipe oks;
+  const pid_t child = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 0; i < n; ++i) {
+      const std::string t = text_of(0, i);
+      Claim c = p.claim(t.size());
+      CHILD_CHECK(c);
+      std::memcpy(c.data().data(), t.data(), t.size());
+      CHILD_CHECK(c.commit().status == Status::Ok);
+      oks.send(i);
+    }
+    ::raise(SIGKILL);  // the host goes down the instant the last commit returned
+    return kChildOk;
+  });
+  oks.close_write();
+  std::set<std::string> ok;
+  for (int i = 0; i < n; ++i) {
+    int got = -1;
+    if (!oks.receive(got, 30s)) break;
+    ok.insert(text_of(0, got));
+  }
+  ASSERT_TRUE(wait_child(child, 30s).killed_by(SIGKILL));
+  ASSERT_EQ(ok.size(), static_cast<std::size_t>(n));
+  ::unlink(segment_path(name).c_str());
+  auto ch = Channel::open(name, o);
+  Consumer c(ch, "g");
+  std::set<std::string> got;
+  while (auto m = c.poll(200ms)) {
+    got.insert(std::string(m->text()));
+    ASSERT_EQ(c.ack(*m), Status::Ok);
+  }
+  for (const auto& t : ok) EXPECT_TRUE(got.count(t)) << t << " was committed with Ok and is lost";
 }
 
 TEST_F(Journaled, AsyncBecomesDurableWithoutBeingAskedAndFlushWaitsForIt) {
@@ -460,6 +519,47 @@ TEST_F(Journaled, ACorruptRecordInTheMiddleOfTheJournalIsReportedNotSkipped) {
   // Nothing half-recovered can be attached: the segment was never made Ready.
   if (Channel::exists(name)) {
     EXPECT_THROW(Channel::attach(name), Error);
+  }
+}
+
+// With the default options (retention one hour, retention_bytes 0 = no size budget), acked files
+// stay: they are young and no budget is exceeded. A size budget, when set, still cuts them down.
+TEST_F(Journaled, WithTheDefaultRetentionAckedJournalFilesStay) {
+  for (const std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{16384}}) {
+    const auto name = channel_name();
+    ChannelOptions o = durable(D::Async);
+    o.journal_segment_bytes = 8192;
+    ASSERT_EQ(o.retention, ChannelOptions{}.retention);
+    ASSERT_EQ(o.retention_bytes, ChannelOptions{}.retention_bytes);
+    o.retention_bytes = budget;
+    std::size_t before = 0;
+    auto files = [&] {
+      std::size_t n = 0;
+      for (const auto& e : fs::directory_iterator(dir_ / name)) n += e.path().extension() == ".log";
+      return n;
+    };
+    {
+      auto ch = Channel::open(name, o);
+      ch.ensure_group("g");
+      Producer p(ch, "p");
+      for (int i = 0; i < 2000; ++i) ASSERT_EQ(p.publish(text_of(0, i)).status, Status::Ok);
+      ASSERT_TRUE(p.flush(10s));
+      before = files();
+      ASSERT_GT(before, 5u);
+      Consumer c(ch, "g");
+      int n = 0;
+      while (auto m = c.poll(50ms)) {
+        ASSERT_EQ(c.ack(*m), Status::Ok);
+        ++n;
+      }
+      ASSERT_EQ(n, 2000);
+    }  // the last close writes a checkpoint, and retention runs with it
+    if (budget == 0) {
+      EXPECT_EQ(files(), before) << "no size budget and younger than retention: nothing may go";
+      EXPECT_EQ(journaled(dir_ / name).size(), 2000u);
+    } else {
+      EXPECT_LE(files(), 3u) << "a budget of 16 KiB in files of 8 KiB";
+    }
   }
 }
 

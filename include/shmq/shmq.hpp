@@ -228,6 +228,9 @@ class Claim {
   Status status() const noexcept { return status_; }  // Ok when space was reserved
   explicit operator bool() const noexcept { return status_ == Status::Ok && data_ != nullptr; }
   std::span<std::byte> data() const noexcept { return {data_, size_}; }
+  // Ok once the record is committed; with Durability::Sync (the claim's PublishOptions or the
+  // channel's), once it is durable too, as publish() does: Timeout if it is not within the claim's
+  // PublishOptions::timeout (committed all the same; Producer::wait_durable can wait on).
   Published commit() noexcept;
   void abandon() noexcept;
 
