@@ -33,7 +33,7 @@ inline constexpr std::string_view kCrashPoints[] = {
     "move_held.after_moving_bit",  // entry marked moving, not yet on the give-back list
     "move_held.after_push",        // on the give-back list, entry not yet cleared
     "reap.before_release",         // a reaper holds the registry lock, about to give back
-    // Journaler (shm/durability.cpp)
+    // Journaler (shm/journaler.cpp)
     "journal.after_write",         // records written to the file, not yet fdatasync'd
     "journal.after_sync",          // fdatasync'd, durable_position not yet published
     "checkpoint.after_write",      // checkpoint written, not yet renamed into place

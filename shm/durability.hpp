@@ -1,5 +1,7 @@
 // Durability of a channel: the journaler (ring -> journal, group commit, durable position,
 // checkpoints, retention), waiting for durability, and recovery of a lost segment from the journal.
+// Implemented in shm/journaler.cpp (the Journaler, wait_durable) and shm/recovery.cpp (journal
+// path and meta, adopt_journal_geometry, prepare_durable_segment, checkpoint encode/decode/capture).
 //
 // The journaler. Every process that opens an Async or Sync channel runs a Journaler thread; the
 // journal directory's LOCK (an flock the kernel frees when its holder dies) elects which one

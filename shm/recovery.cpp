@@ -1,29 +1,31 @@
+// Recovery of a durable channel, and the checkpoints it reads.
+//
+// Contract. prepare_durable_segment() runs as the Segment::BeforeReady hook, under the segment's
+// creation lock, before any process can attach: on a new journal it records the channel's
+// geometry (the "meta" checkpoint); on an existing one it rebuilds the segment from the journal
+// (records back at their positions from the lowest one a group still needed, group cursors and
+// held messages, producers' ids, sequences and dedup windows). adopt_journal_geometry() makes a
+// reopening process use the geometry the journal was written with. The checkpoint of groups and
+// producers is encoded, decoded and captured here (shm/checkpoint_state.hpp); the journaler
+// (shm/journaler.cpp) writes it. Everything read from the journal directory is checked before use;
+// errors throw shmq::Error naming the channel, the path and the cause.
 #include "shm/durability.hpp"
-
-#include <pthread.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <mutex>
 #include <vector>
 
 #include "journal/journal.hpp"
 #include "shm/channel_state.hpp"
+#include "shm/checkpoint_state.hpp"
 #include "shm/dedup.hpp"
 
 namespace shmq::detail {
 namespace {
 
 using journal::RecordView;
-
-constexpr std::string_view kStateCheckpoint = "state";  // groups and producers
-constexpr std::string_view kMetaCheckpoint = "meta";    // the channel's geometry
-constexpr std::uint32_t kCheckpointVersion = 2;  // 2: producers' dedup windows; 1 is still read
-constexpr std::uint32_t kMetaVersion = 2;  // 2: the channel's incarnation; 1 is still read
-constexpr std::uint64_t kCheckpointEveryNs = 200'000'000;
-constexpr std::uint64_t kElectionRetryNs = 100'000'000;
 
 [[noreturn]] void fail(std::string_view channel, std::errc code, const std::string& what) {
   throw Error(std::make_error_code(code), "shmq channel '" + std::string(channel) + "': " + what);
@@ -68,49 +70,9 @@ struct In {
   }
 };
 
-struct Held {
-  std::uint64_t position;
-  std::uint32_t deliveries;
-};
-struct SavedGroup {
-  std::string name;
-  std::uint32_t start = 0;
-  std::uint64_t next = 0;
-  std::vector<Held> held;  // given back or held by a consumer: to deliver again
-};
-// A run of sequences a producer had accepted and that were durable: first, first + 1, ...
-struct SeqRun {
-  std::uint64_t first;
-  std::uint32_t count;
-};
-struct SavedProducer {
-  std::string name;
-  std::uint64_t id = 0;
-  std::uint64_t next_seq = 1;    // its default sequence: every sequence below may have been used
-  std::uint64_t top = 0;         // the highest accepted sequence whose record is durable (0: none)
-  std::vector<SeqRun> accepted;  // the durable accepted ones in (top - window, top]
-};
-struct State {
-  std::uint64_t durable_position = 0;
-  std::uint64_t next_producer_id = 0;
-  std::vector<SavedProducer> producers;
-  std::vector<SavedGroup> groups;
-  // The lowest position of a publish that was under way when the windows were read: its record
-  // may be durable without its window entry. Recovery reads the journal from here at least.
-  std::uint64_t windows_from = ~0ull;
+}  // namespace
 
-  // The lowest position a group still needs; DEFAULT when there is no group.
-  std::uint64_t low_water_mark(std::uint64_t otherwise) const {
-    std::uint64_t low = otherwise;
-    for (const SavedGroup& g : groups) {
-      low = std::min(low, g.next);
-      for (const Held& h : g.held) low = std::min(low, h.position);
-    }
-    return low;
-  }
-};
-
-std::string encode(const State& s) {
+std::string encode_state(const State& s) {
   Out o;
   o.put(kCheckpointVersion);
   o.put(s.durable_position);
@@ -203,8 +165,7 @@ State decode_state(std::string_view channel, const std::filesystem::path& dir, s
   return s;
 }
 
-// What the segment says now about groups and producers (read while they run: at-least-once).
-State capture(ChannelState& ch, std::uint64_t durable) {
+State capture_state(ChannelState& ch, std::uint64_t durable) {
   State s;
   s.durable_position = durable;
   s.next_producer_id = ch.header->next_producer_id.load(std::memory_order_relaxed);
@@ -271,6 +232,8 @@ State capture(ChannelState& ch, std::uint64_t durable) {
   return s;
 }
 
+namespace {
+
 std::string encode_meta(const ChannelOptions& o, std::uint64_t incarnation) {
   Out m;
   m.put(kMetaVersion);
@@ -323,16 +286,6 @@ class RecentSeqs {
   std::uint32_t window_;
   std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> by_producer_;
 };
-
-// Live journalers of this process, for the fork handler (no lock: the handler runs in a child).
-constexpr int kMaxJournalers = 256;
-std::atomic<Journaler*> g_journalers[kMaxJournalers];
-std::once_flag g_atfork_once;
-
-void forget_journalers_in_child() {
-  for (auto& j : g_journalers)
-    if (Journaler* p = j.load(std::memory_order_acquire)) p->forget_after_fork();
-}
 
 }  // namespace
 
@@ -528,226 +481,6 @@ void prepare(Segment& seg, RecoveryContext& rc) {
     }
   }
   h.next_producer_id.store(next_id, std::memory_order_relaxed);
-}
-
-bool wait_durable(ChannelState& ch, std::uint64_t end, std::uint64_t deadline_ns) noexcept {
-  SegmentHeader& h = *ch.header;
-  if (h.durable_position.load(std::memory_order_acquire) >= end) return true;
-  // seq_cst pair with the journaler: we count ourselves, then look at the position; it stores the
-  // position, then looks at the count. One of us sees the other.
-  h.durable_waiters.fetch_add(1, std::memory_order_seq_cst);
-  h.durable_seq.fetch_add(1, std::memory_order_release);  // a journaler asleep until its next flush comes now
-  futex_wake_all(h.durable_seq);
-  bool ok = false;
-  for (;;) {
-    const std::uint32_t v = h.durable_seq.load(std::memory_order_acquire);
-    if (h.durable_position.load(std::memory_order_seq_cst) >= end) {
-      ok = true;
-      break;
-    }
-    const std::uint64_t now = now_ns();
-    if (now >= deadline_ns) break;
-    futex_wait(h.durable_seq, v, std::chrono::nanoseconds(std::min<std::uint64_t>(deadline_ns - now, 50'000'000)));
-  }
-  h.durable_waiters.fetch_sub(1, std::memory_order_relaxed);
-  return ok;
-}
-
-Journaler::Journaler(ChannelState& ch) : ch_(ch) {
-  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &forget_journalers_in_child); });
-  for (auto& j : g_journalers) {
-    Journaler* none = nullptr;
-    if (j.compare_exchange_strong(none, this)) break;
-  }
-  thread_ = std::thread([this] { run(); });
-}
-
-Journaler::~Journaler() {
-  for (auto& j : g_journalers) {
-    Journaler* me = this;
-    if (j.compare_exchange_strong(me, nullptr)) break;
-  }
-  stop_.store(true, std::memory_order_release);
-  ch_.header->durable_seq.fetch_add(1, std::memory_order_release);
-  futex_wake_all(ch_.header->durable_seq);
-  if (thread_.joinable()) thread_.join();
-}
-
-void Journaler::forget_after_fork() noexcept {
-  if (writer_) writer_->forget_after_fork();
-  // The std::thread names a thread of the parent: overwrite it, never join or detach it here.
-  new (&thread_) std::thread();
-  stop_.store(true, std::memory_order_relaxed);
-}
-
-void Journaler::run() noexcept {
-  journal::WriterOptions wo;
-  wo.segment_bytes = ch_.options.journal_segment_bytes;
-  wo.file_mode = ch_.options.mode;
-  wo.verify_on_open = false;  // the last two files; recovery and `shmq verify` read them all
-  for (;;) {
-    // Closing: one last try. If nobody journals, this process copies what is left in the ring,
-    // syncs and checkpoints before it goes (else a reboot would lose it, however old).
-    const bool last_chance = stopping();
-    try {
-      writer_ = std::make_unique<journal::Writer>(journal::Writer::open(ch_.journal_dir, wo));
-    } catch (const Error& e) {
-      if (last_chance) return;  // another process holds the lock: it journals the rest
-      if (e.code() != std::errc::resource_unavailable_try_again && e.code() != std::errc::operation_would_block)
-        ch_.header->journal_errors.fetch_add(1, std::memory_order_relaxed);
-      const std::uint32_t v = ch_.header->durable_seq.load(std::memory_order_acquire);
-      if (!stopping()) futex_wait(ch_.header->durable_seq, v, std::chrono::nanoseconds(kElectionRetryNs));
-      continue;
-    }
-    try {
-      journal(*writer_);
-    } catch (const std::exception&) {
-      // An I/O error failed the Writer (it refuses to go on after a failed fdatasync), or the ring
-      // holds a record that breaks the layout: count it, give up the lock, and try again with a
-      // fresh Writer after a second (stats and `shmq stat` show the count).
-      ch_.header->journal_errors.fetch_add(1, std::memory_order_relaxed);
-      writer_.reset();
-      if (stopping()) return;
-      const std::uint32_t v = ch_.header->durable_seq.load(std::memory_order_acquire);
-      futex_wait(ch_.header->durable_seq, v, std::chrono::seconds(1));
-      continue;
-    }
-    writer_.reset();
-    if (stopping()) return;
-  }
-}
-
-void Journaler::journal(journal::Writer& w) {
-  SegmentHeader& h = *ch_.header;
-  ring::RecordRing& ring = *ch_.ring;
-  h.journaler_token.store(self_token(), std::memory_order_relaxed);
-  const bool sync_mode = ch_.options.durability == Durability::Sync;
-  const auto flush_ns = static_cast<std::uint64_t>(std::max<std::int64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(ch_.options.flush_interval).count(), 100'000));
-  std::uint64_t cursor = h.durable_position.load(std::memory_order_acquire);
-  const std::uint64_t journaled_below = w.end_position();  // records below are in the journal already
-  std::uint64_t last_sync = now_ns();
-  bool dirty = false;
-  std::uint64_t pending_pos = ~0ull, pending_since = 0;
-  std::uint64_t stop_seen = 0;  // when a stop was first seen
-  bool caught_up = false;       // the last read found nothing at the tail
-
-  auto publish = [&] {
-    h.durable_position.store(cursor, std::memory_order_seq_cst);  // pairs with wait_durable()
-    if (h.durable_waiters.load(std::memory_order_seq_cst) != 0) {
-      h.durable_seq.fetch_add(1, std::memory_order_release);
-      futex_wake_all(h.durable_seq);
-    }
-    ring::RingHeader& rh = ring.header();  // the gate moved: producers waiting for space may go on
-    if (rh.space_waiters.load(std::memory_order_relaxed) != 0) {
-      rh.space_seq.fetch_add(1, std::memory_order_release);
-      futex_wake_all(rh.space_seq);
-    }
-  };
-  std::uint64_t checkpointed_registry = ~0ull;
-  auto sync = [&] {
-    w.sync();
-    dirty = false;
-    last_sync = now_ns();
-    // A group or producer added since the last checkpoint is made durable with these records: a
-    // Sync publish acknowledged here must find its groups after a crash.
-    const std::uint64_t registry = h.registry_version.load(std::memory_order_acquire);
-    if (registry != checkpointed_registry) {
-      checkpoint(cursor);
-      checkpointed_registry = registry;
-    }
-    publish();
-  };
-
-  for (unsigned n = 0;; ++n) {
-    // Closing: copy what the ring holds up to its tail first (at most 200 ms more, if producers
-    // of other processes keep it busy: they have journalers of their own).
-    if (stopping()) {
-      const std::uint64_t now = now_ns();
-      if (stop_seen == 0) {
-        // A catch-up found before the stop was seen does not count: the closing process may have
-        // published since. Read up to the tail once more.
-        stop_seen = now;
-        caught_up = false;
-      }
-      if (caught_up || now - stop_seen > 200'000'000) {
-        if (dirty) sync();
-        else if (cursor != h.durable_position.load(std::memory_order_relaxed)) publish();
-        checkpoint(h.durable_position.load(std::memory_order_acquire));
-        w.close();
-        h.journaler_token.store(0, std::memory_order_relaxed);
-        return;
-      }
-    }
-    caught_up = false;
-    const ring::ReadResult r = ring.read(cursor);
-    if (r.kind == ring::ReadResult::Record) {
-      if (cursor >= journaled_below) {
-        const ring::RecordHeader* rec = r.header;
-        if (const char* why = ring::RecordRing::check_record(r))
-          fail(ch_.name, std::errc::illegal_byte_sequence, "journaler: corrupt record at position " + std::to_string(cursor) + ": " + why);
-        const auto* body = reinterpret_cast<const std::byte*>(rec) + ring::kHeaderBytes;
-        w.append(cursor, rec->producer, rec->seq, rec->timestamp_ns, {body, rec->key_len},
-                 {body + rec->key_len, r.length - ring::kHeaderBytes - rec->key_len});
-        dirty = true;
-      }
-      cursor = r.next;
-      if ((n & 63) == 0 && dirty &&
-          (h.durable_waiters.load(std::memory_order_relaxed) != 0 || now_ns() - last_sync >= flush_ns))
-        sync();
-      continue;
-    }
-    if (r.kind == ring::ReadResult::Padding) {
-      cursor = r.next;
-      continue;
-    }
-    if (r.kind == ring::ReadResult::Corrupt)
-      fail(ch_.name, std::errc::illegal_byte_sequence, "journaler: corrupt record at position " + std::to_string(cursor) + ": " + r.why);
-    // Caught up with the tail (or a claim not committed yet).
-    const std::uint64_t now = now_ns();
-    const bool claimed = r.kind == ring::ReadResult::Pending || ring.claimed(cursor);
-    if (claimed) {
-      if (pending_pos != cursor) {
-        pending_pos = cursor;
-        pending_since = now;
-      } else if (now - pending_since > 1'000'000) {
-        ring.unblock(cursor, &ChannelState::alive);  // a producer died between claim and commit
-        pending_since = now;
-      }
-    }
-    if (dirty && (sync_mode || h.durable_waiters.load(std::memory_order_relaxed) != 0 || now - last_sync >= flush_ns)) {
-      sync();
-      continue;
-    }
-    if (!dirty && cursor != h.durable_position.load(std::memory_order_relaxed)) publish();  // past padding
-    if (now - last_checkpoint_ns_ >= kCheckpointEveryNs) checkpoint(h.durable_position.load(std::memory_order_acquire));
-    if (claimed) {
-      sched_yield();
-      continue;
-    }
-    caught_up = true;
-    if (stopping()) continue;  // finish now
-    // Sleep until the next flush is due, or a Sync publisher wakes us (wait_durable), or data
-    // comes (polled: publishers do not wake the journaler, so an Async publish makes no syscall).
-    const std::uint32_t v = h.durable_seq.load(std::memory_order_acquire);
-    if (h.durable_waiters.load(std::memory_order_seq_cst) == 0 && ring.tail() <= cursor) {
-      const std::uint64_t slice = dirty ? flush_ns - std::min(flush_ns, now - last_sync) : std::min<std::uint64_t>(flush_ns, 2'000'000);
-      futex_wait(h.durable_seq, v, std::chrono::nanoseconds(std::max<std::uint64_t>(slice, 50'000)));
-    }
-  }
-}
-
-void Journaler::checkpoint(std::uint64_t durable) {
-  last_checkpoint_ns_ = now_ns();
-  const State s = capture(ch_, durable);
-  std::string bytes = encode(s);
-  if (bytes == last_checkpoint_) return;
-  journal::write_checkpoint(ch_.journal_dir, kStateCheckpoint, std::as_bytes(std::span(bytes.data(), bytes.size())),
-                            ch_.options.mode);
-  last_checkpoint_ = std::move(bytes);
-  // Retention: whole files below what the checkpoint says is still needed.
-  journal::delete_segments_before(ch_.journal_dir, s.low_water_mark(durable), ch_.options.retention,
-                                  ch_.options.retention_bytes);
 }
 
 }  // namespace shmq::detail
