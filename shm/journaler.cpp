@@ -158,6 +158,7 @@ void Journaler::journal(journal::Writer& w) {
   std::uint64_t checkpointed_registry = ~0ull;
   auto sync = [&] {
     w.sync();
+    journal::record_durable_mark(ch_.journal_dir, w.end_position(), ch_.options.mode);  // recovery tells loss from a torn tail by it
     dirty = false;
     last_sync = now_ns();
     // A group or producer added since the last checkpoint is made durable with these records: a

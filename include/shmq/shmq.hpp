@@ -95,6 +95,21 @@ struct RecoveryReport {
   std::uint32_t redelivered = 0;     // messages held by consumers at the checkpoint, given back
   std::uint64_t torn_bytes = 0;      // bytes of a torn tail after the last whole record (cut by the journaler)
   std::string torn_what;             // why they are not a record
+  // The state checkpoint recovery used: "state", "state.prev" (the newest was refused), or "" when
+  // none was usable: the segment was then rebuilt from the journal alone (groups and producer names
+  // unknown; groups that start at the earliest get every message the ring holds: at-least-once).
+  std::string checkpoint;
+  std::string checkpoint_problems;   // why each refused checkpoint was refused (file, field); "" if none was
+  // Corruption: durable records that the journal no longer holds (a file cut at a record boundary,
+  // a deleted last file, damage in the last records: anything below the durable mark, the journal's
+  // end after its last fdatasync). Records in [lost_from, lost_to) are gone; the rest was recovered.
+  std::optional<std::uint64_t> lost_from;
+  std::uint64_t lost_to = 0;
+  std::string lost_what;
+  // Messages the checkpoint held or had given back whose records the journal does not hold (beyond
+  // its end after a loss, or not a record): not restored.
+  std::uint32_t dropped_held = 0;
+  std::string dropped_what;
 };
 
 struct GroupStats {
