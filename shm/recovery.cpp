@@ -11,7 +11,13 @@
 // errors throw shmq::Error naming the channel, the path and the cause.
 #include "shm/durability.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -343,8 +349,71 @@ void prepare_durable_segment(Segment& seg, void* ctx) {
   }
 }
 
+namespace {
+
+// The pid holding an flock on the file with inode INO, from /proc/locks (0 if none is listed).
+int flock_holder(ino_t ino) {
+  std::FILE* f = std::fopen("/proc/locks", "re");
+  if (!f) return 0;
+  char line[256];
+  int pid = 0;
+  for (int n = 0; n < 100000 && std::fgets(line, sizeof line, f); ++n) {  // bounded: a file of our own
+    char type[16], kind[16], mode[16];
+    int p = 0;
+    unsigned major = 0, minor = 0;
+    unsigned long long inode = 0;
+    if (std::sscanf(line, "%*d: %15s %15s %15s %d %x:%x:%llu", type, kind, mode, &p, &major, &minor, &inode) == 7 &&
+        std::strcmp(type, "FLOCK") == 0 && inode == static_cast<unsigned long long>(ino)) {
+      pid = p;
+      break;
+    }
+  }
+  std::fclose(f);
+  return pid;
+}
+
+// DIR/LOCK, the journaler's election flock, held for the whole recovery: while it reads the
+// journal and rebuilds the segment, nobody appends to it (a process that still has a removed
+// segment mapped may be its journaler: it notices within milliseconds, finishes and lets go).
+class JournalLock {
+ public:
+  explicit JournalLock(const RecoveryContext& rc) {
+    const std::string path = (rc.dir / "LOCK").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(rc.options.mode & 0777u));
+    if (fd_ < 0)
+      throw Error(std::error_code(errno, std::generic_category()), "shmq channel '" + rc.name + "': cannot open " + path);
+    const std::uint64_t deadline =
+        now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(
+                       std::chrono::duration_cast<std::chrono::nanoseconds>(rc.options.journal_lock_timeout).count(), 0));
+    while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (err != EWOULDBLOCK || now_ns() >= deadline) {
+        struct stat st{};
+        const int holder = ::fstat(fd_, &st) == 0 ? flock_holder(st.st_ino) : 0;
+        ::close(fd_);
+        throw Error(std::error_code(err, std::generic_category()),
+                    "shmq channel '" + rc.name + "': cannot rebuild the segment from the journal " + rc.dir.string() +
+                        ": its LOCK is held by " + (holder ? "pid " + std::to_string(holder) : std::string("another process")) +
+                        " (a journaler of a removed segment of this channel?) for more than " +
+                        std::to_string(rc.options.journal_lock_timeout.count()) + " ms");
+      }
+      ::usleep(2000);
+    }
+  }
+  ~JournalLock() { ::close(fd_); }  // frees the flock
+  JournalLock(const JournalLock&) = delete;
+  JournalLock& operator=(const JournalLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace
+
 void prepare(Segment& seg, RecoveryContext& rc) {
   std::filesystem::create_directories(rc.dir);
+  const JournalLock journal_lock(rc);  // one journal, one writer (10.3)
   const auto meta = journal::read_checkpoint(rc.dir, kMetaCheckpoint);
   SegmentHeader& h = seg.header();
   if (!meta) {  // a new journal: the segment's fresh incarnation becomes the channel's

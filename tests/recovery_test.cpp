@@ -4,6 +4,7 @@
 // boundary, a deleted last file, a flipped bit) are reported as lost, never as a torn tail and never
 // in silence; held messages the journal no longer holds are dropped and reported, not restored.
 // Real processes where a process boundary is crossed; the segment is unlinked as a reboot does.
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -381,6 +382,100 @@ TEST_F(Recovery, AWriterKilledAtEachCheckpointCrashPointLeavesAWholeVersion) {
     const auto seqs = drain(ch, "g");
     for (std::uint64_t q = 1; q <= 30; ++q) EXPECT_TRUE(seqs.count(q)) << point << ": seq " << q;
   }
+}
+
+// ---- 10.3: removing the segment of a live channel ------------------------------------------------
+
+// Process A publishes Sync on a channel; its segment is unlinked (shmq rm) while A still has it
+// mapped; process B opens the channel (a recovery from the journal) and publishes Sync. Before,
+// B rebuilt the segment without the journal's lock while A's journaler went on appending at the
+// same positions, and B's journaler skipped its records as already journaled: B's acknowledged
+// publishes were gone after the next reboot. Now B's recovery waits for the lock; A's journaler
+// finds its segment removed, finishes what it had and lets go; A's publishes then return Closed.
+TEST_F(Recovery, RemovingTheSegmentOfALiveChannelNeitherSplitsTheJournalNorLosesASyncPublish) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Sync);
+  Pipe progress, a_done;
+  const pid_t a = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "a");
+    std::uint64_t ok = 0;
+    Status last = Status::Ok;
+    const auto deadline = Clock::now() + 30s;
+    while (Clock::now() < deadline) {
+      last = p.publish("a" + std::to_string(ok + 1)).status;
+      if (last != Status::Ok) break;
+      if (++ok == 20) progress.send(1);
+    }
+    a_done.send(ok);
+    CHILD_CHECK(last == Status::Closed);
+    CHILD_CHECK(ch.stats().removed);
+    std::this_thread::sleep_for(60s);  // still mapped, still alive: killed by the parent
+    return kChildOk;
+  }, 90);
+  int one = 0;
+  ASSERT_TRUE(progress.receive(one, 30s));
+  ASSERT_EQ(::unlink(segment_path(name).c_str()), 0);  // shmq rm NAME, while A runs
+  const pid_t b = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    CHILD_CHECK(ch.recovery().recovered);
+    Producer p(ch, "b");
+    for (int i = 1; i <= 50; ++i) CHILD_CHECK(p.publish("b" + std::to_string(i)).status == Status::Ok);
+    return kChildOk;
+  }, 60);
+  const ChildResult rb = wait_child(b, 60s);
+  EXPECT_TRUE(rb.ok()) << rb.describe();
+  std::uint64_t a_ok = 0;
+  ASSERT_TRUE(a_done.receive(a_ok, 30s)) << "A's publishes never stopped: it did not find its segment removed";
+  const ChildResult ra = kill_child(a);
+  EXPECT_TRUE(ra.killed_by(SIGKILL)) << "A's own checks failed: " << ra.describe();
+  reboot(name);
+  const journal::VerifyReport v = journal::verify(jdir(name));
+  EXPECT_TRUE(v.ok) << v.what;
+  auto ch = Channel::open(name, o);
+  std::multiset<std::string> texts;
+  {
+    Consumer c(ch, "g");
+    while (auto m = c.poll(200ms)) {
+      texts.emplace(m->text());
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+  }
+  for (std::uint64_t i = 1; i <= a_ok; ++i) EXPECT_EQ(texts.count("a" + std::to_string(i)), 1u) << "A's acknowledged a" << i;
+  for (int i = 1; i <= 50; ++i) EXPECT_EQ(texts.count("b" + std::to_string(i)), 1u) << "B's acknowledged b" << i;
+}
+
+// A process that keeps the journal's LOCK (here: holds the flock and sleeps) makes the recovery
+// fail after journal_lock_timeout with an Error naming it, instead of writing beside it.
+TEST_F(Recovery, ARecoveryWaitsForTheJournalLockAndNamesTheProcessThatKeepsIt) {
+  const auto name = channel_name();
+  make_journal(name, 5, 0);
+  reboot(name);
+  Pipe locked;
+  const pid_t holder = fork_child([&] {
+    const int fd = ::open((jdir(name) / "LOCK").c_str(), O_RDWR);
+    CHILD_CHECK(fd >= 0 && ::flock(fd, LOCK_EX) == 0);
+    locked.send(1);
+    std::this_thread::sleep_for(60s);
+    return kChildOk;
+  }, 90);
+  int one = 0;
+  ASSERT_TRUE(locked.receive(one, 30s));
+  ChannelOptions o = durable();
+  o.journal_lock_timeout = std::chrono::milliseconds(300);
+  try {
+    Channel::open(name, o);
+    ADD_FAILURE() << "the segment was rebuilt while another process held the journal's lock";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pid " + std::to_string(holder)), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("LOCK"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(Channel::exists(name)) << "nothing half-made is left";
+  kill_child(holder);
+  auto ch = Channel::open(name, o);  // the lock is free again: the recovery goes through
+  EXPECT_TRUE(ch.recovery().recovered);
+  EXPECT_EQ(drain(ch, "g").size(), 5u);
 }
 }  // namespace
 }  // namespace shmq::test

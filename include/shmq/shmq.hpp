@@ -82,6 +82,11 @@ struct ChannelOptions {
   std::uint64_t journal_segment_bytes = 64 << 20;
   std::chrono::seconds retention{3600};
   std::uint64_t retention_bytes = 0;
+  // Recovery from the journal (a segment made again after a reboot or `shmq rm`) holds the
+  // journal's LOCK, as its journaler does: one journal, one writer. A process that still has the
+  // removed segment mapped gives the lock up within milliseconds once it notices; if some process
+  // keeps it longer than this, open throws an Error naming it.
+  std::chrono::milliseconds journal_lock_timeout{10000};
 };
 
 // What Channel::open found in the journal when it had to rebuild a lost segment from it.
@@ -146,6 +151,10 @@ struct ChannelStats {
   std::uint32_t live_consumers;
   int journaler_pid;                // process writing the journal (0: none, or a Memory channel)
   std::string journal_dir;          // empty for a Memory channel
+  // The segment this process has mapped was removed (shmq rm, an unlink of /dev/shm/shmq.NAME) or
+  // replaced by a new one rebuilt from the journal: it is no longer journaled, publish returns
+  // Status::Closed. Open the channel again to reach the new segment.
+  bool removed = false;
 };
 
 namespace detail {
