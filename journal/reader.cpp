@@ -1,5 +1,6 @@
 #include "journal/reader.hpp"
 
+#include "journal/checkpoint.hpp"
 #include "journal/files.hpp"
 
 #include <fcntl.h>
@@ -138,7 +139,14 @@ struct Reader::Impl {
 
   void finish() {
     report.at_end = true;
-    if (files.empty()) return;
+    if (files.empty()) {
+      if (report.durable_mark && *report.durable_mark > 0) {
+        report.lost_from = 0;
+        report.lost_what = "the journal has no segment file but records up to position " +
+                           std::to_string(*report.durable_mark) + " were durable (the durable mark): its files were deleted";
+      }
+      return;
+    }
     report.last_file = files.back().name;
     report.last_file_valid_bytes = size;
     report.last_file_records = file_records;
@@ -151,6 +159,26 @@ struct Reader::Impl {
       report.end_position = files.back().first;
     fd.reset();
     file_open = false;
+    // Below the durable mark, nothing may be missing: a journal that ends there lost records
+    // that an fdatasync had made durable.
+    if (report.durable_mark && report.end_position < *report.durable_mark) {
+      report.lost_from = report.end_position;
+      report.lost_bytes = report.torn_bytes;
+      std::string what = "the journal ends at position " + std::to_string(report.end_position) +
+                         " but records up to position " + std::to_string(*report.durable_mark) +
+                         " were durable (the durable mark): ";
+      if (report.torn_bytes > 0)
+        what += "damaged bytes, not a torn tail: " + report.torn_what;
+      else if (report.last_file_sealed)
+        what += "the last file " + report.last_file + " is sealed and names " + detail::segment_name(report.end_position) +
+                ", which does not exist: a segment file was deleted";
+      else
+        what += "the last file " + report.last_file + " was cut at a record boundary, or later files were deleted";
+      report.lost_what = std::move(what);
+      report.torn_bytes = 0;
+      report.torn_records = 0;
+      report.torn_what.clear();
+    }
   }
 
   bool next(RecordView& out) {
@@ -220,6 +248,7 @@ Reader Reader::open(const std::filesystem::path& dir, std::uint64_t from_positio
   impl->dirfd = detail::open_dir(dir);
   impl->files = detail::list_segments(impl->dirfd.get(), dir);
   impl->from = from_position;
+  impl->report.durable_mark = read_durable_mark(dir);
   // Start in the last file whose name is <= FROM (its records are >= its name, those of the files
   // before it are below it).
   for (std::size_t i = 0; i < impl->files.size() && impl->files[i].first <= from_position; ++i) impl->index = i;
@@ -241,6 +270,8 @@ VerifyReport verify(const std::filesystem::path& dir, const std::function<void(c
     v.end_position = r.end_position;
     v.first_bad_position = r.first_bad_position;
     v.torn_bytes = r.torn_bytes;
+    v.durable_mark = r.durable_mark;
+    v.lost_from = r.lost_from;
   };
   try {
     reader.emplace(Reader::open(dir, 0));
@@ -257,8 +288,13 @@ VerifyReport verify(const std::filesystem::path& dir, const std::function<void(c
       if (!more) break;
     }
     fill();
-    v.ok = true;
-    if (v.torn_bytes > 0) v.what = "torn tail: " + reader->report().torn_what;
+    v.ok = !v.lost_from;
+    if (v.lost_from) {
+      v.first_bad_position = v.lost_from;
+      v.what = "durable records lost: " + reader->report().lost_what;
+    } else if (v.torn_bytes > 0) {
+      v.what = "torn tail: " + reader->report().torn_what;
+    }
     if (progress) progress(VerifyProgress{reader->report().last_file, v.files, v.records, v.bytes});
   } catch (const std::exception& e) {
     if (reader) fill();

@@ -5,7 +5,11 @@
 // increasing positions) and every link between files (each file but the last ends with a seal that
 // names the next file). It returns false at the end of the journal, and throws shmq::Error
 // (errc::illegal_byte_sequence, naming the file, the offset and the positions that are unreadable)
-// at corruption. The end of the LAST file is special: bytes after its last whole record that no
+// at corruption in the middle of the journal. The journal's end is checked against the durable
+// mark (DIR/durable, written by the journaler after each fdatasync): an end below it (the last
+// file cut at a record boundary, a last file deleted although the seal before it names it, a
+// damaged last record) is loss of durable records, reported in lost_from / lost_what, never as a
+// torn tail; next() still returns false there, so that recovery can put back what is left. The end of the LAST file is special: bytes after its last whole record that no
 // valid record follows are a torn tail (a write cut by a crash, or one in progress) and end the
 // journal without an exception; report() says how many bytes. Anything bad that a valid record
 // follows, and anything bad in an earlier file, is corruption.
@@ -50,6 +54,16 @@ struct ReadReport {
 
   // Set when next() throws for corruption: every position below it was read intact.
   std::optional<std::uint64_t> first_bad_position;
+
+  // The durable mark (checkpoint.hpp: the journal's end after its last fdatasync), read at open.
+  std::optional<std::uint64_t> durable_mark;
+  // Filled in when next() returns false and the journal ends below the durable mark: the records
+  // in [lost_from, durable_mark) were durable and are gone (a file cut at a record boundary, a
+  // last file deleted, damage in the last records). Corruption, not a torn tail: torn_bytes is
+  // then 0 and the bytes cut are counted here.
+  std::optional<std::uint64_t> lost_from;
+  std::uint64_t lost_bytes = 0;  // bytes of the last file after its last whole record, cut (0 if none)
+  std::string lost_what;         // in words: which file, what was found instead
 };
 
 class Reader {
@@ -81,13 +95,15 @@ struct VerifyProgress {
 };
 
 struct VerifyReport {
-  bool ok = false;  // every file read, no corruption (a torn tail of the last file is still ok)
+  bool ok = false;  // every file read, no corruption, nothing lost below the durable mark (a torn tail is still ok)
   std::uint64_t records = 0;
   std::uint64_t bytes = 0;
   std::uint64_t files = 0;
   std::uint64_t end_position = 0;
   std::optional<std::uint64_t> first_bad_position;  // corruption: every position below it is intact
   std::uint64_t torn_bytes = 0;                       // torn tail of the last file
+  std::optional<std::uint64_t> durable_mark;          // the journal's end after its last sync, as recorded
+  std::optional<std::uint64_t> lost_from;             // records in [lost_from, durable_mark) are gone
   std::string what;  // "" when ok and nothing was torn; else the error or the torn tail, in words
 };
 

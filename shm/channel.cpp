@@ -413,6 +413,7 @@ ChannelStats Channel::stats() const {
   out.write_position = s.ring->tail();
   out.reclaimed_position = s.ring->cleaned();
   out.durable_position = s.durable() ? s.header->durable_position.load(std::memory_order_acquire) : out.write_position;
+  out.removed = s.removed.load(std::memory_order_acquire) || (s.durable() && !s.segment->still_named(s.name));
   if (s.durable()) {
     const std::uint64_t j = s.header->journaler_token.load(std::memory_order_relaxed);
     out.journaler_pid = j && detail::token_alive(j) ? detail::token_pid(j) : 0;

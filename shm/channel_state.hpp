@@ -2,6 +2,7 @@
 // operations shared by Channel, Producer and Consumer (registry lock, gate, group lookup).
 #pragma once
 
+#include <atomic>
 #include <string>
 
 #include "shm/process.hpp"
@@ -25,6 +26,11 @@ struct ChannelState {
   ConsumerSlot* consumers = nullptr;
   ring::RecordRing* ring = nullptr;
   std::unique_ptr<Journaler> journaler;  // durable channels: this process's candidate journaler
+  // Set by this process's journaler when /dev/shm/shmq.NAME no longer names the segment it mapped
+  // (removed, or replaced by a recovery): it stops journaling it (the journal belongs to the new
+  // segment); publish returns Status::Closed, stats() says `removed`. Process-local: a peer's
+  // segment can not make it lie. release/acquire: pairs with the loads in publish and stats.
+  std::atomic<bool> removed{false};
   bool durable() const noexcept { return options.durability != Durability::Memory; }
 
   // The lowest position any group still needs: its delivery cursor or a message one of its

@@ -37,6 +37,7 @@ inline constexpr std::string_view kCrashPoints[] = {
     "journal.after_write",         // records written to the file, not yet fdatasync'd
     "journal.after_sync",          // fdatasync'd, durable_position not yet published
     "checkpoint.after_write",      // checkpoint written, not yet renamed into place
+    "checkpoint.after_keep_previous",  // the current version linked as NAME.prev, the new one not renamed in
 };
 
 consteval std::size_t crash_point_id(std::string_view name) {

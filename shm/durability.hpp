@@ -77,6 +77,8 @@ class Journaler {
   void journal(journal::Writer& w);
   void checkpoint(std::uint64_t durable);
   bool stopping() const noexcept { return stop_.load(std::memory_order_acquire); }
+  // Whether /dev/shm/shmq.NAME no longer names this process's segment; sets ChannelState::removed.
+  bool segment_removed() noexcept;
 
   ChannelState& ch_;
   std::atomic<bool> stop_{false};

@@ -57,7 +57,7 @@ bool wait_durable(ChannelState& ch, std::uint64_t end, std::uint64_t deadline_ns
       break;
     }
     const std::uint64_t now = now_ns();
-    if (now >= deadline_ns) break;
+    if (now >= deadline_ns || ch.removed.load(std::memory_order_acquire)) break;  // removed: nobody journals it
     futex_wait(h.durable_seq, v, std::chrono::nanoseconds(std::min<std::uint64_t>(deadline_ns - now, 50'000'000)));
   }
   h.durable_waiters.fetch_sub(1, std::memory_order_relaxed);
@@ -101,7 +101,14 @@ void Journaler::run() noexcept {
     // syncs and checkpoints before it goes (else a reboot would lose it, however old).
     const bool last_chance = stopping();
     try {
+      if (segment_removed()) return;
       writer_ = std::make_unique<journal::Writer>(journal::Writer::open(ch_.journal_dir, wo));
+      // Under the lock: a recovery that made a new segment for the name holds it while it reads
+      // the journal, so a segment still named now is the journal's (10.3).
+      if (segment_removed()) {
+        writer_.reset();
+        return;
+      }
     } catch (const Error& e) {
       if (last_chance) return;  // another process holds the lock: it journals the rest
       if (e.code() != std::errc::resource_unavailable_try_again && e.code() != std::errc::operation_would_block)
@@ -124,8 +131,17 @@ void Journaler::run() noexcept {
       continue;
     }
     writer_.reset();
-    if (stopping()) return;
+    if (stopping() || ch_.removed.load(std::memory_order_acquire)) return;
   }
+}
+
+bool Journaler::segment_removed() noexcept {
+  if (ch_.removed.load(std::memory_order_acquire)) return true;
+  if (ch_.segment->still_named(ch_.name)) return false;
+  ch_.removed.store(true, std::memory_order_release);  // pairs with the acquire loads in publish and wait_durable
+  ch_.header->durable_seq.fetch_add(1, std::memory_order_release);  // Sync publishers waiting: look again
+  futex_wake_all(ch_.header->durable_seq);
+  return true;
 }
 
 void Journaler::journal(journal::Writer& w) {
@@ -152,6 +168,8 @@ void Journaler::journal(journal::Writer& w) {
   std::uint64_t pending_pos = ~0ull, pending_since = 0;
   std::uint64_t stop_seen = 0;  // when a stop was first seen
   bool caught_up = false;       // the last read found nothing at the tail
+  std::uint64_t name_checked = now_ns();  // when still_named() was last asked (every 10 ms)
+  bool leaving = false;                   // the segment was removed: copy what is committed, then go
 
   auto publish = [&] {
     h.durable_position.store(cursor, std::memory_order_seq_cst);  // pairs with wait_durable()
@@ -168,6 +186,7 @@ void Journaler::journal(journal::Writer& w) {
   std::uint64_t checkpointed_registry = ~0ull;
   auto sync = [&] {
     w.sync();
+    journal::record_durable_mark(ch_.journal_dir, w.end_position(), ch_.options.mode);  // recovery tells loss from a torn tail by it
     dirty = false;
     last_sync = now_ns();
     // A group or producer added since the last checkpoint is made durable with these records: a
@@ -183,7 +202,11 @@ void Journaler::journal(journal::Writer& w) {
   for (unsigned n = 0;; ++n) {
     // Closing: copy what the ring holds up to its tail first (at most 200 ms more, if producers
     // of other processes keep it busy: they have journalers of their own).
-    if (stopping()) {
+    if (!leaving && now_ns() - name_checked >= 10'000'000) {
+      name_checked = now_ns();
+      leaving = segment_removed();
+    }
+    if (stopping() || leaving) {
       const std::uint64_t now = now_ns();
       if (stop_seen == 0) {
         // A catch-up found before the stop was seen does not count: the closing process may have
@@ -247,7 +270,7 @@ void Journaler::journal(journal::Writer& w) {
       continue;
     }
     caught_up = true;
-    if (stopping()) continue;  // finish now
+    if (stopping() || leaving) continue;  // finish now
     // Sleep until the next flush is due, or a Sync publisher wakes us (wait_durable), or data
     // comes (polled: publishers do not wake the journaler, so an Async publish makes no syscall).
     const std::uint32_t v = h.durable_seq.load(std::memory_order_acquire);

@@ -272,6 +272,8 @@ Producer::~Producer() {
 Published Producer::publish(std::span<const std::byte> payload, const PublishOptions& opts) {
   if (!state_) return {Status::Closed, {}, 0};
   detail::ProducerState& p = *state_;
+  // acquire: pairs with the journaler's release store when it found the segment removed.
+  if (p.ch->removed.load(std::memory_order_acquire)) return {Status::Closed, {}, 0};
   if (Status st = p.check(payload.size(), opts); st != Status::Ok) return {st, {}, 0};
   if (const Status st = p.lock_publish(opts); st != Status::Ok) return {st, {}, 0};  // a Claim open on it
   const std::uint64_t seq = opts.seq.value_or(p.next_seq);
@@ -301,7 +303,8 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   SHMQ_CRASH_POINT("publish.after_accept");
   if (opts.durability.value_or(p.ch->options.durability) == Durability::Sync &&
       !detail::wait_durable(*p.ch, pos + ring::align_up(frame_len), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0))))
-    return {Status::Timeout, {p.id, seq}, pos};  // published; not yet known durable
+    // published; not yet known durable (Closed: the segment was removed, nobody journals it)
+    return {p.ch->removed.load(std::memory_order_acquire) ? Status::Closed : Status::Timeout, {p.id, seq}, pos};
   return {Status::Ok, {p.id, seq}, pos};
 }
 

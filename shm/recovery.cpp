@@ -11,7 +11,13 @@
 // errors throw shmq::Error naming the channel, the path and the cause.
 #include "shm/durability.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -26,6 +32,10 @@ namespace shmq::detail {
 namespace {
 
 using journal::RecordView;
+
+// No position of a real channel comes near it; below it, a position plus a ring's worth never
+// overflows. A checkpoint naming a position above it is refused.
+constexpr std::uint64_t kMaxPosition = std::uint64_t{1} << 62;
 
 [[noreturn]] void fail(std::string_view channel, std::errc code, const std::string& what) {
   throw Error(std::make_error_code(code), "shmq channel '" + std::string(channel) + "': " + what);
@@ -339,8 +349,72 @@ void prepare_durable_segment(Segment& seg, void* ctx) {
   }
 }
 
+namespace {
+
+// The pid holding an flock on the file with inode INO, from /proc/locks (0 if none is listed).
+int flock_holder(ino_t ino) {
+  std::FILE* f = std::fopen("/proc/locks", "re");
+  if (!f) return 0;
+  char line[256];
+  int pid = 0;
+  for (int n = 0; n < 100000 && std::fgets(line, sizeof line, f); ++n) {  // bounded: a file of our own
+    char type[16], kind[16], mode[16];
+    int p = 0;
+    unsigned major = 0, minor = 0;
+    unsigned long long inode = 0;
+    if (std::sscanf(line, "%*d: %15s %15s %15s %d %x:%x:%llu", type, kind, mode, &p, &major, &minor, &inode) == 7 &&
+        std::strcmp(type, "FLOCK") == 0 && inode == static_cast<unsigned long long>(ino)) {
+      pid = p;
+      break;
+    }
+  }
+  std::fclose(f);
+  return pid;
+}
+
+// DIR/LOCK, the journaler's election flock, held for the whole recovery: while it reads the
+// journal and rebuilds the segment, nobody appends to it (a process that still has a removed
+// segment mapped may be its journaler: it notices within milliseconds, finishes and lets go).
+class JournalLock {
+ public:
+  explicit JournalLock(const RecoveryContext& rc) {
+    const std::string path = (rc.dir / "LOCK").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(rc.options.mode & 0777u));
+    if (fd_ < 0)
+      throw Error(std::error_code(errno, std::generic_category()), "shmq channel '" + rc.name + "': cannot open " + path);
+    const std::uint64_t deadline =
+        now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(
+                       std::chrono::duration_cast<std::chrono::nanoseconds>(rc.options.journal_lock_timeout).count(), 0));
+    while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (err != EWOULDBLOCK || now_ns() >= deadline) {
+        struct stat st{};
+        const int holder = ::fstat(fd_, &st) == 0 ? flock_holder(st.st_ino) : 0;
+        ::close(fd_);
+        throw Error(std::error_code(err, std::generic_category()),
+                    "shmq channel '" + rc.name + "': cannot rebuild the segment from the journal " + rc.dir.string() +
+                        ": its LOCK is held by " + (holder ? "pid " + std::to_string(holder) : std::string("another process")) +
+                        " (a journaler of a removed segment of this channel?) for more than " +
+                        std::to_string(rc.options.journal_lock_timeout.count()) + " ms");
+      }
+      ::usleep(2000);
+    }
+  }
+  ~JournalLock() { ::close(fd_); }  // frees the flock
+  JournalLock(const JournalLock&) = delete;
+  JournalLock& operator=(const JournalLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace
+
 void prepare(Segment& seg, RecoveryContext& rc) {
   journal::create_journal_directories(rc.dir);  // each new directory's parent fsync'd
+  std::filesystem::create_directories(rc.dir);
+  const JournalLock journal_lock(rc);  // one journal, one writer (10.3)
   const auto meta = journal::read_checkpoint(rc.dir, kMetaCheckpoint);
   SegmentHeader& h = seg.header();
   if (!meta) {  // a new journal: the segment's fresh incarnation becomes the channel's
@@ -352,45 +426,169 @@ void prepare(Segment& seg, RecoveryContext& rc) {
   ring::RecordRing& ring = seg.ring();
   const std::uint64_t cap = ring.capacity();
 
-  std::optional<State> state;
-  if (auto bytes = journal::read_checkpoint(rc.dir, kStateCheckpoint)) state = decode_state(rc.name, rc.dir, *bytes);
+  // The state checkpoint: the newest version, else the one before it, else none (the journal
+  // alone). A version is refused when it is damaged, does not decode, or names positions the
+  // journal contradicts (checked after the scan below).
+  struct Candidate {
+    std::string file;
+    State state;
+  };
+  std::vector<Candidate> candidates;
+  std::string problems;
+  const auto note = [&](const std::string& why) { problems += (problems.empty() ? "" : "; ") + why; };
+  for (auto& v : journal::read_checkpoint_versions(rc.dir, kStateCheckpoint)) {
+    if (!v.exists) continue;
+    if (!v.bytes) {
+      note(v.problem);
+      continue;
+    }
+    try {
+      candidates.push_back({v.file, decode_state(rc.name, rc.dir / v.file, *v.bytes)});
+    } catch (const Error& e) {
+      note(v.file + ": " + e.what());
+    }
+  }
 
-  // Pass 1: where the journal ends in ring terms, and the producers' highest sequences.
+  // Pass 1: where the journal ends in ring terms, and the producers' highest sequences; and for
+  // the positions the checkpoints name, whether each is a record's start or inside a record.
   // With no group known, what the ring can hold below the end is put back: scan from there.
   // Producers' windows: from the durable position of the checkpoint (what it did not see), or
   // lower where a publish was under way when it was taken.
-  const std::uint64_t scan_from = std::min(
-      !state ? 0
-      : state->groups.empty() ? (state->durable_position > cap ? state->durable_position - cap : 0)
-                              : std::min(state->durable_position, state->low_water_mark(~0ull)),
-      state ? state->windows_from : 0);
-  std::uint64_t end = state ? state->durable_position : 0;
+  const auto scan_from_of = [&](const State* st) {
+    if (!st) return std::uint64_t{0};
+    const std::uint64_t d = std::min(st->durable_position, kMaxPosition);
+    return std::min(st->groups.empty() ? (d > cap ? d - cap : 0) : std::min(d, st->low_water_mark(~0ull)), st->windows_from);
+  };
+  std::vector<std::uint64_t> named;  // positions the checkpoints name, sorted
+  for (const Candidate& c : candidates)
+    for (const SavedGroup& g : c.state.groups) {
+      named.push_back(g.next);
+      for (const Held& held : g.held) named.push_back(held.position);
+    }
+  std::sort(named.begin(), named.end());
+  named.erase(std::unique(named.begin(), named.end()), named.end());
+  std::vector<bool> named_start(named.size()), named_inside(named.size());
+
+  std::uint64_t journal_end = 0;  // the end of the last record, in ring terms
   std::uint64_t first_record = ~0ull;
   std::map<std::uint64_t, std::uint64_t> max_seq;
   RecentSeqs recent(rc.options.dedup_window);  // per producer id, the sequences the journal holds near its top
   std::uint64_t max_id = 0;
   journal::ReadReport scan_report;
-  {
-    journal::Reader r = journal::Reader::open(rc.dir, scan_from);
+  const auto scan = [&](std::uint64_t from_position) {
+    journal_end = 0;
+    first_record = ~0ull;
+    max_seq.clear();
+    recent = RecentSeqs(rc.options.dedup_window);
+    max_id = 0;
+    std::fill(named_start.begin(), named_start.end(), false);
+    std::fill(named_inside.begin(), named_inside.end(), false);
+    std::size_t k = 0;  // the first named position not below the records read so far
+    journal::Reader r = journal::Reader::open(rc.dir, from_position);
     RecordView v;
     while (r.next(v)) {
+      const std::uint64_t record_end = v.position + ring::align_up(ring::kHeaderBytes + v.key.size() + v.payload.size());
+      while (k < named.size() && named[k] < v.position) ++k;
+      if (k < named.size() && named[k] == v.position) named_start[k++] = true;
+      while (k < named.size() && named[k] < record_end) named_inside[k++] = true;
       first_record = std::min(first_record, v.position);
-      end = std::max(end, v.position + ring::align_up(ring::kHeaderBytes + v.key.size() + v.payload.size()));
+      journal_end = std::max(journal_end, record_end);
       max_seq[v.producer] = std::max(max_seq[v.producer], v.seq);
       recent.add(v.producer, v.seq, v.position);
       max_id = std::max(max_id, v.producer);
     }
     scan_report = r.report();
+  };
+  std::uint64_t scanned_from = ~0ull;
+  for (const Candidate& c : candidates) scanned_from = std::min(scanned_from, scan_from_of(&c.state));
+  // A ring's worth lower: a record that starts below a named position and spans it is seen.
+  scanned_from = candidates.empty() ? 0 : scanned_from > cap ? scanned_from - cap : 0;
+  scan(scanned_from);
+
+  // Every field of a checkpoint, against bounds of our own and what the journal holds. A CRC says
+  // who wrote the bytes, not that they are sane; "" when they are.
+  const auto found = [&](const std::vector<bool>& flags, std::uint64_t position) {
+    const auto it = std::lower_bound(named.begin(), named.end(), position);
+    return it != named.end() && *it == position && flags[static_cast<std::size_t>(it - named.begin())];
+  };
+  const auto insane = [&](const State& st) -> std::string {
+    const auto position_ok = [](std::uint64_t p) { return p % ring::kAlign == 0 && p <= kMaxPosition; };
+    if (!position_ok(st.durable_position))
+      return "durable_position " + std::to_string(st.durable_position) + " is not an aligned position";
+    if (st.durable_position > journal_end + cap)
+      return "durable_position " + std::to_string(st.durable_position) + " is more than a ring beyond the journal's end " +
+             std::to_string(journal_end);
+    if (st.windows_from != ~0ull && (!position_ok(st.windows_from) || st.windows_from > st.durable_position + cap))
+      return "windows_from " + std::to_string(st.windows_from) + " is not an aligned position near the durable one";
+    if (st.producers.size() > h.max_producers)
+      return std::to_string(st.producers.size()) + " producers, the channel has " + std::to_string(h.max_producers) + " slots";
+    if (st.groups.size() > h.max_groups)
+      return std::to_string(st.groups.size()) + " groups, the channel has " + std::to_string(h.max_groups) + " slots";
+    for (std::size_t i = 0; i < st.producers.size(); ++i) {
+      const SavedProducer& p = st.producers[i];
+      const std::string what = "producers[" + std::to_string(i) + "] ('" + p.name + "')";
+      if (p.name.empty() || p.id == 0 || p.id > kMaxSeq) return what + ": no name, or id " + std::to_string(p.id);
+      for (std::size_t j = 0; j < i; ++j)
+        if (st.producers[j].id == p.id || st.producers[j].name == p.name) return what + ": id or name used twice";
+      if (p.next_seq == 0 || p.next_seq > kMaxSeq + 1) return what + ": next_seq " + std::to_string(p.next_seq);
+    }
+    for (std::size_t i = 0; i < st.groups.size(); ++i) {
+      const SavedGroup& g = st.groups[i];
+      const std::string what = "groups[" + std::to_string(i) + "] ('" + g.name + "')";
+      if (g.name.empty()) return what + ": no name";
+      for (std::size_t j = 0; j < i; ++j)
+        if (st.groups[j].name == g.name) return what + ": name used twice";
+      if (g.start > static_cast<std::uint32_t>(Start::Latest)) return what + ": start " + std::to_string(g.start);
+      if (!position_ok(g.next) || g.next > st.durable_position + cap)
+        return what + ": next " + std::to_string(g.next) + " is not an aligned position within a ring of the durable one";
+      if (found(named_inside, g.next))
+        return what + ": next " + std::to_string(g.next) + " is inside a journal record, not at a record boundary";
+      for (const Held& held : g.held) {
+        if (!position_ok(held.position) || held.position >= g.next)
+          return what + ": held position " + std::to_string(held.position) + " is not an aligned position below next";
+        if (found(named_inside, held.position))
+          return what + ": held position " + std::to_string(held.position) + " is inside a journal record";
+        // Not a record but within the journal's records: no record was ever there.
+        if (!found(named_start, held.position) && first_record != ~0ull && held.position >= first_record && held.position < journal_end)
+          return what + ": held position " + std::to_string(held.position) + " is not a record of the journal";
+      }
+    }
+    return "";
+  };
+  std::optional<State> state;
+  for (Candidate& c : candidates) {
+    if (const std::string why = insane(c.state); !why.empty()) {
+      note(c.file + " refused: " + why);
+      continue;
+    }
+    rc.report.checkpoint = c.file;
+    state = std::move(c.state);
+    break;
   }
+  rc.report.checkpoint_problems = problems;
+  if (!state && scanned_from != 0) scan(0);  // the journal alone: all of it
+  const std::uint64_t end = std::max(journal_end, state ? state->durable_position : 0);
+
+  // Durable records the journal no longer holds: loss, reported (the rest is recovered). The
+  // mark is then set to what is left, so that the next recovery does not report it again.
   rc.report.torn_bytes = scan_report.torn_bytes;
   rc.report.torn_what = scan_report.torn_what;
-  if (!state && first_record == ~0ull) return;  // a new journal: nothing to recover
+  if (scan_report.lost_from) {
+    rc.report.lost_from = scan_report.lost_from;
+    rc.report.lost_to = scan_report.durable_mark.value_or(0);
+    rc.report.lost_what = scan_report.lost_what;
+    journal::record_durable_mark(rc.dir, scan_report.end_position, rc.options.mode);
+  }
+  if (!state && first_record == ~0ull) {  // a new journal (or every file gone): nothing to put back
+    rc.report.recovered = rc.report.lost_from.has_value();
+    return;
+  }
 
   // Pass 2: back into the ring, at their positions, from the lowest one a group still needs (or
   // as much of the end as the ring holds: what lies below was acked before the crash, or the ring
   // could not have moved on past it). When no group is known, as much of the journal as the ring
   // holds goes back, for groups that start at the earliest message.
-  const std::uint64_t need = state && !state->groups.empty() ? state->low_water_mark(end) : std::min(first_record, end);
+  const std::uint64_t need = state && !state->groups.empty() ? std::min(state->low_water_mark(end), end) : std::min(first_record, end);
   const std::uint64_t from = std::max(need, end > cap - ring::kAlign ? end - cap + ring::kAlign : 0);
   ring.start(from);
   {
@@ -464,7 +662,16 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       std::uint64_t next = std::clamp(gs.next, from, end);
       std::uint32_t n = 0;
       for (const Held& held : gs.held) {
-        if (held.position < from || held.position >= next) continue;
+        if (held.position >= next) continue;  // the cursor delivers it again
+        // Only records that were put back: one beyond the journal's end (lost) or below what the
+        // ring holds is not given back (it would name no record), but counted and reported.
+        if (held.position < from || !found(named_start, held.position)) {
+          if (rc.report.dropped_held++ == 0)
+            rc.report.dropped_what = "group '" + gs.name + "': held message at position " + std::to_string(held.position) +
+                                     (held.position < from ? " is below the records put back (from " + std::to_string(from) + ")"
+                                                           : " is not in the journal (it ends at " + std::to_string(journal_end) + ")");
+          continue;
+        }
         if (n == kGiveBackEntries) {  // more than the list holds: deliver again from here on
           next = held.position;
           break;

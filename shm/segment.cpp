@@ -121,6 +121,13 @@ struct Segment::Mapping {
 };
 
 Segment::~Segment() = default;
+
+bool Segment::still_named(std::string_view name) const noexcept {
+  struct stat mine{}, now{};
+  if (!mapping_ || ::fstat(mapping_->fd(), &mine) != 0) return false;
+  const std::string path = segment_path(name);
+  return ::stat(path.c_str(), &now) == 0 && now.st_ino == mine.st_ino && now.st_dev == mine.st_dev;
+}
 ProducerSlot* Segment::producers() const noexcept {
   return reinterpret_cast<ProducerSlot*>(reinterpret_cast<char*>(header_) + header_->producers_offset);
 }

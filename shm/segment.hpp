@@ -209,6 +209,9 @@ class Segment {
   DedupWindow dedup_window(std::uint32_t i) const noexcept;
   ring::RecordRing& ring() noexcept { return ring_; }
   bool created() const noexcept { return created_; }
+  // Whether /dev/shm/shmq.NAME is still this segment (stat of the name vs fstat of the mapped
+  // file): false once it was removed (shmq rm, an unlink) or replaced by a new one.
+  bool still_named(std::string_view name) const noexcept;
 
  private:
   Segment() = default;

@@ -879,5 +879,160 @@ TEST_F(JournalTest, RetentionKeepsYoungFilesUnlessTheJournalIsOverItsSize) {
   EXPECT_TRUE(delete_segments_before(dir_, UINT64_MAX, 1h, UINT64_MAX).empty());
 }
 
+
+// ---- previous checkpoint versions and the durable mark ----------------------------------------
+
+TEST_F(JournalTest, ThePreviousCheckpointIsKeptAndReadWhenTheNewestIsDamaged) {
+  write_checkpoint(dir_, "state", bytes_of("version one"));
+  write_checkpoint(dir_, "state", bytes_of("version two"));
+  auto v = read_checkpoint_versions(dir_, "state");
+  ASSERT_TRUE(v[0].bytes && v[1].bytes);
+  EXPECT_EQ(string_of(*v[0].bytes), "version two");
+  EXPECT_EQ(string_of(*v[1].bytes), "version one");
+  EXPECT_EQ(mode_of(dir_ / "state.prev"), 0600u);
+  const std::string good = read_file(dir_ / "state");
+  // Appended bytes, a flipped byte, a cut: the newest is refused with its reason, the previous read.
+  for (const std::string& bad : {good + "x", good.substr(0, good.size() - 1), std::string("SQCK")}) {
+    write_file(dir_ / "state", bad);
+    v = read_checkpoint_versions(dir_, "state");
+    EXPECT_TRUE(v[0].exists);
+    EXPECT_FALSE(v[0].bytes);
+    EXPECT_NE(v[0].problem.find("state"), std::string::npos) << v[0].problem;
+    ASSERT_TRUE(read_checkpoint(dir_, "state"));
+    EXPECT_EQ(string_of(*read_checkpoint(dir_, "state")), "version one");
+  }
+  write_file(dir_ / "state", good);
+  flip_byte(dir_ / "state", good.size() - 2, 0x01);
+  EXPECT_EQ(string_of(*read_checkpoint(dir_, "state")), "version one");
+  // Both damaged: an error naming both, never "missing".
+  flip_byte(dir_ / "state.prev", 20, 0x01);
+  const auto e = error_of([&] { read_checkpoint(dir_, "state"); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code(), std::errc::illegal_byte_sequence);
+  EXPECT_NE(std::string(e->what()).find("state.prev"), std::string::npos) << e->what();
+  // The next write replaces the damaged newest; the previous is then that damaged one, and the new
+  // one reads.
+  write_checkpoint(dir_, "state", bytes_of("version three"));
+  EXPECT_EQ(string_of(*read_checkpoint(dir_, "state")), "version three");
+  // Only the previous version left (a crash can not do that, an operator can): still read.
+  fs::remove(dir_ / "state");
+  write_checkpoint(dir_, "other", bytes_of("a"));
+  write_checkpoint(dir_, "other", bytes_of("b"));
+  fs::remove(dir_ / "other");
+  EXPECT_EQ(string_of(*read_checkpoint(dir_, "other")), "a");
+}
+
+TEST_F(JournalTest, CheckpointNamesOfThePreviousVersionAndTheMarkAreRefused) {
+  for (const char* bad : {"state.prev", "durable"}) {
+    const auto e = error_of([&] { write_checkpoint(dir_, bad, bytes_of("x")); });
+    ASSERT_TRUE(e) << bad;
+    EXPECT_EQ(e->code(), std::errc::invalid_argument) << bad;
+  }
+}
+
+TEST_F(JournalTest, TheDurableMarkRoundTripsAndADamagedOneReadsAsNone) {
+  fs::create_directories(dir_);
+  EXPECT_FALSE(read_durable_mark(dir_));
+  ASSERT_TRUE(record_durable_mark(dir_, 12345));
+  EXPECT_EQ(read_durable_mark(dir_), std::optional<std::uint64_t>(12345));
+  ASSERT_TRUE(record_durable_mark(dir_, 7));
+  EXPECT_EQ(read_durable_mark(dir_), std::optional<std::uint64_t>(7));
+  EXPECT_EQ(mode_of(dir_ / "durable"), 0600u);
+  for (std::size_t i = 0; i < kDurableMarkBytes; ++i) {
+    ASSERT_TRUE(record_durable_mark(dir_, 99));
+    flip_byte(dir_ / "durable", i, 0x04);
+    EXPECT_FALSE(read_durable_mark(dir_)) << "flip at " << i;
+  }
+  EXPECT_FALSE(record_durable_mark(root_ / "missing" / "j", 1));
+}
+
+// A journal of N records and the mark its journaler would have left after its last sync.
+std::vector<Rec> write_synced_journal(const fs::path& dir, std::size_t n, const WriterOptions& o) {
+  std::mt19937_64 rng(9);
+  std::vector<Rec> recs;
+  Writer w = Writer::open(dir, o);
+  std::uint64_t pos = 1000;
+  for (std::size_t i = 0; i < n; ++i) {
+    recs.push_back(random_rec(rng, pos, 60));
+    append(w, recs.back());
+    pos += recs.back().padded();
+  }
+  w.sync();
+  EXPECT_TRUE(record_durable_mark(dir, w.end_position()));
+  w.close();
+  return recs;
+}
+
+TEST_F(JournalTest, ALastFileCutAtARecordBoundaryBelowTheDurableMarkIsLossNotSilence) {
+  const auto recs = write_synced_journal(dir_, 40, small_segments(1 << 20));
+  ASSERT_TRUE(verify(dir_).ok);
+  const auto name = segment_names(dir_).back();
+  // Cut exactly after record 30: every record left is whole, nothing torn.
+  std::uint64_t cut = 0;
+  for (int i = 0; i < 30; ++i) cut += recs[static_cast<std::size_t>(i)].padded();
+  fs::resize_file(dir_ / name, cut);
+  ReadReport rep;
+  EXPECT_EQ(read_all(dir_, 0, &rep).size(), 30u);
+  EXPECT_EQ(rep.torn_bytes, 0u);
+  ASSERT_TRUE(rep.lost_from);
+  EXPECT_EQ(*rep.lost_from, recs[29].position + 1);
+  EXPECT_EQ(rep.durable_mark, std::optional<std::uint64_t>(recs.back().position + 1));
+  EXPECT_NE(rep.lost_what.find("durable"), std::string::npos) << rep.lost_what;
+  const VerifyReport v = verify(dir_);
+  EXPECT_FALSE(v.ok) << v.what;
+  EXPECT_EQ(v.first_bad_position, rep.lost_from);
+  EXPECT_NE(v.what.find("lost"), std::string::npos) << v.what;
+}
+
+TEST_F(JournalTest, ADeletedLastFileThatTheSealBeforeItNamesIsLossNotSilence) {
+  write_synced_journal(dir_, 60, small_segments());
+  const auto names = segment_names(dir_);
+  ASSERT_GE(names.size(), 3u);
+  fs::remove(dir_ / names.back());
+  ReadReport rep;
+  read_all(dir_, 0, &rep);
+  EXPECT_TRUE(rep.last_file_sealed);
+  ASSERT_TRUE(rep.lost_from);
+  EXPECT_EQ(*rep.lost_from, first_of(names.back()));
+  EXPECT_NE(rep.lost_what.find(names.back()), std::string::npos) << rep.lost_what;
+  EXPECT_FALSE(verify(dir_).ok);
+  // All files deleted, the mark left: loss too.
+  for (const auto& n : segment_names(dir_)) fs::remove(dir_ / n);
+  EXPECT_FALSE(verify(dir_).ok);
+}
+
+TEST_F(JournalTest, ABitFlipInTheLastDurableRecordIsCorruptionNotATornTail) {
+  const auto recs = write_synced_journal(dir_, 20, small_segments(1 << 20));
+  const auto name = segment_names(dir_).back();
+  const std::uint64_t size = fs::file_size(dir_ / name);
+  flip_byte(dir_ / name, size - recs.back().padded() + kHeaderBytes, 0x01);  // a payload bit
+  ReadReport rep;
+  EXPECT_EQ(read_all(dir_, 0, &rep).size(), 19u);
+  EXPECT_EQ(rep.torn_bytes, 0u) << "durable bytes are never a torn tail";
+  ASSERT_TRUE(rep.lost_from);
+  EXPECT_EQ(*rep.lost_from, recs[18].position + 1);
+  EXPECT_EQ(rep.lost_bytes, recs.back().padded());
+  EXPECT_NE(rep.lost_what.find("not a torn tail"), std::string::npos) << rep.lost_what;
+  EXPECT_FALSE(verify(dir_).ok);
+}
+
+TEST_F(JournalTest, BytesAfterTheDurableMarkAreStillATornTail) {
+  const auto recs = write_synced_journal(dir_, 20, small_segments(1 << 20));
+  // A record appended after the last sync (never synced, so not in the mark), then cut.
+  {
+    Writer w = Writer::open(dir_, small_segments(1 << 20));
+    append(w, Rec{recs.back().position + 1000, 1, 1, 1, "", std::string(200, 'x')});
+    w.close();
+  }
+  const auto name = segment_names(dir_).back();
+  fs::resize_file(dir_ / name, fs::file_size(dir_ / name) - 20);
+  ReadReport rep;
+  EXPECT_EQ(read_all(dir_, 0, &rep).size(), 20u);
+  EXPECT_FALSE(rep.lost_from) << rep.lost_what;
+  EXPECT_GT(rep.torn_bytes, 0u);
+  const VerifyReport v = verify(dir_);
+  EXPECT_TRUE(v.ok) << v.what;
+  EXPECT_GT(v.torn_bytes, 0u);
+}
 }  // namespace
 }  // namespace shmq::journal

@@ -874,5 +874,45 @@ TEST_F(ToolTest, VerifyShowsProgressOnATerminal) {
   EXPECT_EQ(pr.result.code, 0) << pr.result;
 }
 
+
+// verify and recover say when durable records are gone (a last file cut at a record boundary: no
+// torn tail, nothing to see in the records left) and when a checkpoint is damaged; recover falls
+// back from the damaged checkpoint instead of refusing.
+TEST_F(ToolTest, VerifyExitsOneForLostDurableRecordsAndDamagedCheckpointsAndRecoverFallsBack) {
+  const std::string n = name();
+  const fs::path jdir = dir_ / "j";
+  const fs::path log = make_journal(n, jdir, 50);
+  ASSERT_FALSE(log.empty());
+  ASSERT_EQ(run({"rm", n}).code, 0);
+  ASSERT_EQ(run({"verify", n, "--journal-dir", jdir.string()}).code, 0);
+  fs::resize_file(log, fs::file_size(log) - 5 * 152);  // 5 records of 48 + 100 bytes, 8-aligned
+  const Result verify = run({"verify", n, "--journal-dir", jdir.string()});
+  EXPECT_EXIT_CODE(verify, 1);
+  EXPECT_TRUE(contains(verify.err, "lost")) << verify;
+  const Result vj = run({"verify", n, "--journal-dir", jdir.string(), "--json"});
+  EXPECT_EXIT_CODE(vj, 1);
+  EXPECT_TRUE(JsonChecker::valid(lines_of(vj.out).at(0))) << vj;
+  EXPECT_FALSE(contains(vj.out, "\"lost_from\":null")) << vj;
+  const Result rec = run({"recover", n, "--journal-dir", jdir.string()});
+  EXPECT_EXIT_CODE(rec, 1);
+  EXPECT_TRUE(contains(rec.out, "LOST")) << rec;
+  EXPECT_TRUE(Channel::exists(n)) << "what is left is recovered";
+
+  const std::string m = name("m");
+  ASSERT_FALSE(make_journal(m, jdir, 10).empty());
+  ASSERT_EQ(run({"rm", m}).code, 0);
+  {
+    std::ofstream f(jdir / m / "state", std::ios::binary | std::ios::app);
+    f << "junk";
+  }
+  const Result damaged = run({"verify", m, "--journal-dir", jdir.string()});
+  EXPECT_EXIT_CODE(damaged, 1);
+  EXPECT_TRUE(contains(damaged.out, "DAMAGED")) << damaged;
+  EXPECT_TRUE(contains(damaged.err, "state")) << damaged;
+  const Result back = run({"recover", m, "--journal-dir", jdir.string()});
+  EXPECT_EXIT_CODE(back, 0);
+  EXPECT_TRUE(contains(back.out, "rebuilt")) << back;
+  EXPECT_TRUE(contains(back.out, "checkpoints refused")) << back;
+}
 }  // namespace
 }  // namespace shmq::test

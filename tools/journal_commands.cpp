@@ -1,13 +1,17 @@
 // dump, verify, recover, journal: the subcommands over a channel's journal.
 //
 //   dump     decodes the records (journal::Reader: every CRC checked), text or JSON lines
-//   verify   journal::verify, with a progress bar on a terminal; exit 1 naming the first bad position
+//   verify   journal::verify, with a progress bar on a terminal, and every checkpoint version (state,
+//            meta and their .prev: framing, CRC, decoding); exit 1 naming the first bad position, for
+//            durable records lost (the journal ends below its durable mark), or for a damaged checkpoint
 //   recover  Channel::open of a channel whose segment is gone: rebuilt from the journal; the report
 //   journal  the standalone journaler: holds the channel open (its Journaler thread competes for the
 //            journal's LOCK) until SIGINT/SIGTERM
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <vector>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +19,7 @@
 #include <string>
 
 #include "journal/journal.hpp"
+#include "shm/checkpoint_state.hpp"
 #include "shm/durability.hpp"
 #include "tools/commands.hpp"
 #include "tools/output.hpp"
@@ -44,6 +49,46 @@ std::pair<std::uint64_t, std::uint64_t> journal_files(const fs::path& dir) {
     if (!size_ec) bytes += size;
   }
   return {files, bytes};
+}
+
+// One stored checkpoint version, as verify sees it.
+struct CheckpointFinding {
+  std::string file;
+  bool ok;
+  std::string what;  // "" when ok
+};
+
+// Every version of the state and meta checkpoints in DIR: whole (magic, length, CRC) and, for the
+// state, decoding. Recovery validates their positions against the journal and falls back from a
+// bad one (to the previous version, then to the journal alone); verify reports them.
+std::vector<CheckpointFinding> check_checkpoints(const fs::path& dir) {
+  std::vector<CheckpointFinding> out;
+  for (const std::string_view name : {detail::kStateCheckpoint, detail::kMetaCheckpoint}) {
+    std::array<journal::CheckpointVersion, 2> versions;
+    try {
+      versions = journal::read_checkpoint_versions(dir, name);
+    } catch (const Error& e) {
+      out.push_back({std::string(name), false, e.what()});
+      continue;
+    }
+    for (const auto& v : versions) {
+      if (!v.exists) continue;
+      if (!v.bytes) {
+        out.push_back({v.file, false, v.problem});
+        continue;
+      }
+      if (name == detail::kStateCheckpoint) {
+        try {
+          (void)detail::decode_state(dir.filename().string(), dir / v.file, *v.bytes);
+        } catch (const Error& e) {
+          out.push_back({v.file, false, e.what()});
+          continue;
+        }
+      }
+      out.push_back({v.file, true, ""});
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -96,6 +141,11 @@ int cmd_dump(const DumpArgs& a) {
   if (rep.at_end && rep.torn_bytes > 0)
     std::fprintf(stderr, "shmq dump: note: a torn tail of %llu bytes ends the journal (%s); the journaler cuts it\n",
                  static_cast<unsigned long long>(rep.torn_bytes), rep.torn_what.c_str());
+  if (rep.at_end && rep.lost_from) {
+    std::fprintf(stderr, "shmq dump: durable records lost from position %llu: %s\n",
+                 static_cast<unsigned long long>(*rep.lost_from), rep.lost_what.c_str());
+    return kExitFailure;
+  }
   return kExitOk;
 }
 
@@ -150,6 +200,9 @@ int cmd_verify(const VerifyArgs& a) {
     v.what.erase(v.what.size() - suffix.size());
   bar.done();
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  const std::vector<CheckpointFinding> checkpoints = check_checkpoints(*dir);
+  bool checkpoints_ok = true;
+  for (const auto& c : checkpoints) checkpoints_ok = checkpoints_ok && c.ok;
 
   if (a.json) {
     std::printf("%s\n", JsonObject()
@@ -161,7 +214,16 @@ int cmd_verify(const VerifyArgs& a) {
                             .num("end_position", v.end_position)
                             .raw("first_bad_position", optional_json(v.first_bad_position))
                             .num("torn_bytes", v.torn_bytes)
+                            .raw("durable_mark", optional_json(v.durable_mark))
+                            .raw("lost_from", optional_json(v.lost_from))
                             .str("what", v.what)
+                            .num("checkpoints_ok", checkpoints_ok)
+                            .raw("checkpoints", [&] {
+                              std::vector<std::string> items;
+                              for (const auto& c : checkpoints)
+                                items.push_back(JsonObject().str("file", c.file).num("ok", c.ok).str("what", c.what).done());
+                              return json_array(items);
+                            }())
                             .done()
                             .c_str());
   } else {
@@ -173,8 +235,15 @@ int cmd_verify(const VerifyArgs& a) {
     if (v.ok && v.torn_bytes > 0)
       std::printf("  %s (%llu bytes; the journaler cuts it at its next open)\n", v.what.c_str(),
                   static_cast<unsigned long long>(v.torn_bytes));
+    for (const auto& c : checkpoints)
+      std::printf("  checkpoint %s: %s\n", c.file.c_str(), c.ok ? "ok" : ("DAMAGED: " + c.what).c_str());
   }
   std::fflush(stdout);
+  if (!checkpoints_ok)
+    for (const auto& c : checkpoints)
+      if (!c.ok)
+        std::fprintf(stderr, "shmq verify: checkpoint %s is damaged (recovery falls back to the previous version, then to the journal alone): %s\n",
+                     c.file.c_str(), c.what.c_str());
   if (!v.ok) {
     if (v.first_bad_position)
       std::fprintf(stderr, "shmq verify: corrupt at position %llu: %s\n",
@@ -183,7 +252,7 @@ int cmd_verify(const VerifyArgs& a) {
       std::fprintf(stderr, "shmq verify: %s\n", v.what.c_str());
     return kExitFailure;
   }
-  return kExitOk;
+  return checkpoints_ok ? kExitOk : kExitFailure;
 }
 
 // ---- recover -------------------------------------------------------------------------------------
@@ -206,6 +275,13 @@ void print_recovery(const Channel& ch, const RecoveryReport& r, bool json) {
                             .num("redelivered", r.redelivered)
                             .num("torn_bytes", r.torn_bytes)
                             .str("torn_what", r.torn_what)
+                            .str("checkpoint", r.checkpoint)
+                            .str("checkpoint_problems", r.checkpoint_problems)
+                            .raw("lost_from", optional_json(r.lost_from))
+                            .num("lost_to", r.lost_to)
+                            .str("lost_what", r.lost_what)
+                            .num("dropped_held", r.dropped_held)
+                            .str("dropped_what", r.dropped_what)
                             .done()
                             .c_str());
     return;
@@ -218,6 +294,15 @@ void print_recovery(const Channel& ch, const RecoveryReport& r, bool json) {
   t.add({"producers restored", std::to_string(r.producers) + " (ids and sequences go on)"});
   t.add({"to deliver again", std::to_string(r.redelivered) + " (held by consumers at the last checkpoint)"});
   t.add({"torn tail", r.torn_bytes ? std::to_string(r.torn_bytes) + " bytes: " + r.torn_what : std::string("none")});
+  t.add({"checkpoint", !r.checkpoint.empty() ? r.checkpoint
+                       : r.checkpoint_problems.empty()
+                           ? std::string("none")
+                           : std::string("none usable: rebuilt from the journal alone (groups and producer names unknown; at-least-once)")});
+  if (!r.checkpoint_problems.empty()) t.add({"checkpoints refused", r.checkpoint_problems});
+  if (r.lost_from)
+    t.add({"LOST (corruption)", "durable records in positions " + std::to_string(*r.lost_from) + " .. " + std::to_string(r.lost_to) +
+                                    ": " + r.lost_what});
+  if (r.dropped_held) t.add({"held, not restored", std::to_string(r.dropped_held) + ": " + r.dropped_what});
   t.print(stdout, "  ");
 }
 
@@ -279,6 +364,12 @@ int cmd_recover(const RecoverArgs& a) {
     return kExitOk;
   }
   print_recovery(*ch, ch->recovery(), a.json);
+  if (ch->recovery().lost_from) {
+    std::fprintf(stderr, "shmq recover: channel '%s' rebuilt, but durable records are lost (positions %llu .. %llu): %s\n",
+                 a.channel.c_str(), static_cast<unsigned long long>(*ch->recovery().lost_from),
+                 static_cast<unsigned long long>(ch->recovery().lost_to), ch->recovery().lost_what.c_str());
+    return kExitFailure;
+  }
   return kExitOk;
 }
 

@@ -84,6 +84,11 @@ struct ChannelOptions {
   std::uint64_t journal_segment_bytes = 64 << 20;
   std::chrono::seconds retention{3600};
   std::uint64_t retention_bytes = 0;
+  // Recovery from the journal (a segment made again after a reboot or `shmq rm`) holds the
+  // journal's LOCK, as its journaler does: one journal, one writer. A process that still has the
+  // removed segment mapped gives the lock up within milliseconds once it notices; if some process
+  // keeps it longer than this, open throws an Error naming it.
+  std::chrono::milliseconds journal_lock_timeout{10000};
 };
 
 // What Channel::open found in the journal when it had to rebuild a lost segment from it.
@@ -97,6 +102,21 @@ struct RecoveryReport {
   std::uint32_t redelivered = 0;     // messages held by consumers at the checkpoint, given back
   std::uint64_t torn_bytes = 0;      // bytes of a torn tail after the last whole record (cut by the journaler)
   std::string torn_what;             // why they are not a record
+  // The state checkpoint recovery used: "state", "state.prev" (the newest was refused), or "" when
+  // none was usable: the segment was then rebuilt from the journal alone (groups and producer names
+  // unknown; groups that start at the earliest get every message the ring holds: at-least-once).
+  std::string checkpoint;
+  std::string checkpoint_problems;   // why each refused checkpoint was refused (file, field); "" if none was
+  // Corruption: durable records that the journal no longer holds (a file cut at a record boundary,
+  // a deleted last file, damage in the last records: anything below the durable mark, the journal's
+  // end after its last fdatasync). Records in [lost_from, lost_to) are gone; the rest was recovered.
+  std::optional<std::uint64_t> lost_from;
+  std::uint64_t lost_to = 0;
+  std::string lost_what;
+  // Messages the checkpoint held or had given back whose records the journal does not hold (beyond
+  // its end after a loss, or not a record): not restored.
+  std::uint32_t dropped_held = 0;
+  std::string dropped_what;
 };
 
 struct GroupStats {
@@ -133,6 +153,10 @@ struct ChannelStats {
   std::uint32_t live_consumers;
   int journaler_pid;                // process writing the journal (0: none, or a Memory channel)
   std::string journal_dir;          // empty for a Memory channel
+  // The segment this process has mapped was removed (shmq rm, an unlink of /dev/shm/shmq.NAME) or
+  // replaced by a new one rebuilt from the journal: it is no longer journaled, publish returns
+  // Status::Closed. Open the channel again to reach the new segment.
+  bool removed = false;
 };
 
 namespace detail {

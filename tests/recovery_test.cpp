@@ -1,0 +1,481 @@
+// Recovery that never loses or refuses what it could recover: a damaged checkpoint falls back to the
+// previous one, then to the journal alone; a checkpoint whose CRC is valid but whose fields are not
+// sane is refused naming the field; durable records missing from the journal (cut at a record
+// boundary, a deleted last file, a flipped bit) are reported as lost, never as a torn tail and never
+// in silence; held messages the journal no longer holds are dropped and reported, not restored.
+// Real processes where a process boundary is crossed; the segment is unlinked as a reboot does.
+#include <sys/file.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "journal/journal.hpp"
+#include "shm/checkpoint_state.hpp"
+#include "shm/crash_point.hpp"
+#include "support.hpp"
+
+namespace shmq::test {
+namespace {
+
+namespace fs = std::filesystem;
+using D = shmq::Durability;
+
+class Recovery : public ChannelTest {
+ protected:
+  ChannelOptions durable(D d = D::Sync) {
+    ChannelOptions o = memory_options(1 << 20, 4096);
+    o.durability = d;
+    o.journal_dir = tmp_.path();
+    o.flush_interval = std::chrono::milliseconds(2);
+    o.liveness_interval = std::chrono::milliseconds(100);
+    return o;
+  }
+  fs::path jdir(const std::string& name) const { return tmp_.path() / name; }
+
+  // A channel with group "g": N Sync publishes of "m<seq>", the first ACKED of them acked; closed
+  // (a final checkpoint), its segment removed as a reboot does.
+  void make_journal(const std::string& name, int n, int acked) {
+    auto ch = Channel::open(name, durable());
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 1; i <= n; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+    Consumer c(ch, "g");
+    for (int i = 0; i < acked; ++i) {
+      auto m = c.poll(1s);
+      ASSERT_TRUE(m);
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+  }
+  void reboot(const std::string& name) { ::unlink(segment_path(name).c_str()); }
+
+  TestDir tmp_{"recovery"};
+};
+
+std::set<std::uint64_t> drain(Channel& ch, const std::string& group) {
+  Consumer c(ch, group);
+  std::set<std::uint64_t> seqs;
+  const auto deadline = Clock::now() + 30s;
+  while (Clock::now() < deadline) {
+    auto m = c.poll(200ms);
+    if (!m) break;
+    seqs.insert(m->id().seq);
+    EXPECT_EQ(c.ack(*m), Status::Ok);
+  }
+  return seqs;
+}
+
+fs::path last_log(const fs::path& dir) {
+  fs::path last;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".log" && (last.empty() || e.path() > last)) last = e.path();
+  return last;
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+void write_file(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(s.data(), static_cast<std::streamsize>(s.size()));
+}
+
+// The journal's records: (position, seq, file offset of the record), in order.
+struct At {
+  std::uint64_t position, seq, end_offset;
+};
+std::vector<At> records_of(const fs::path& log) {
+  const std::string b = read_file(log);
+  std::vector<At> out;
+  std::uint64_t off = 0;
+  while (off + journal::kHeaderBytes <= b.size()) {
+    std::uint32_t len, flags;
+    std::uint64_t pos, seq;
+    std::memcpy(&len, b.data() + off + 4, 4);
+    std::memcpy(&pos, b.data() + off + 8, 8);
+    std::memcpy(&seq, b.data() + off + 24, 8);
+    std::memcpy(&flags, b.data() + off + 44, 4);
+    if (len < journal::kHeaderBytes) break;
+    off += (len + 7) & ~7u;
+    if ((flags & journal::kFlagSeal) == 0) out.push_back({pos, seq, off});
+  }
+  return out;
+}
+
+detail::State read_state(const fs::path& dir, const std::string& name) {
+  const auto bytes = journal::read_checkpoint(dir, "state");
+  EXPECT_TRUE(bytes);
+  return detail::decode_state(name, dir, *bytes);
+}
+void write_state(const fs::path& dir, const detail::State& s) {
+  const std::string b = detail::encode_state(s);
+  journal::write_checkpoint(dir, "state", std::as_bytes(std::span(b.data(), b.size())));
+}
+
+// ---- 10.13: a damaged checkpoint is an optimisation lost, not the messages ----------------------
+
+TEST_F(Recovery, ADamagedCheckpointFallsBackToThePreviousOneAndLosesNothing) {
+  for (const char* damage : {"appended", "flipped"}) {
+    const auto name = channel_name(damage);
+    make_journal(name, 100, 40);
+    reboot(name);
+    const fs::path state = jdir(name) / "state";
+    ASSERT_TRUE(fs::exists(state));
+    std::string bytes = read_file(state);
+    if (std::string(damage) == "appended")
+      bytes += "junk";
+    else
+      bytes[bytes.size() / 2] = static_cast<char>(bytes[bytes.size() / 2] ^ 0x20);
+    write_file(state, bytes);
+    std::optional<Channel> ch;
+    try {
+      ch.emplace(Channel::open(name, durable()));
+    } catch (const Error& e) {
+      FAIL() << damage << ": a damaged checkpoint made the journal unreachable: " << e.what();
+    }
+    const RecoveryReport& r = ch->recovery();
+    EXPECT_TRUE(r.recovered);
+    EXPECT_EQ(r.checkpoint, "state.prev") << damage;
+    EXPECT_NE(r.checkpoint_problems.find("state"), std::string::npos) << r.checkpoint_problems;
+    EXPECT_EQ(r.groups, 1u);
+    const auto seqs = drain(*ch, "g");
+    for (std::uint64_t s = 41; s <= 100; ++s) EXPECT_TRUE(seqs.count(s)) << damage << ": unacked seq " << s << " lost";
+  }
+}
+
+TEST_F(Recovery, WithNoUsableCheckpointTheJournalAloneRebuildsEveryMessageAsUnacked) {
+  const auto name = channel_name();
+  make_journal(name, 100, 40);
+  reboot(name);
+  for (const char* f : {"state", "state.prev"}) {
+    if (!fs::exists(jdir(name) / f)) continue;
+    std::string b = read_file(jdir(name) / f);
+    b[20] = static_cast<char>(b[20] ^ 1);
+    write_file(jdir(name) / f, b);
+  }
+  std::optional<Channel> ch;
+  try {
+    ch.emplace(Channel::open(name, durable()));
+  } catch (const Error& e) {
+    FAIL() << "no usable checkpoint made the journal unreachable: " << e.what();
+  }
+  const RecoveryReport& r = ch->recovery();
+  EXPECT_TRUE(r.recovered);
+  EXPECT_EQ(r.checkpoint, "");
+  EXPECT_NE(r.checkpoint_problems.find("state"), std::string::npos) << r.checkpoint_problems;
+  EXPECT_EQ(r.records, 100u);
+  const auto seqs = drain(*ch, "g");  // a new group, from the earliest: all of them, at-least-once
+  EXPECT_EQ(seqs.size(), 100u);
+  // A new producer id: its inner ids can not collide with any the journal holds.
+  std::set<std::pair<std::uint64_t, std::uint64_t>> ids;
+  {
+    journal::Reader rd = journal::Reader::open(jdir(name));
+    journal::RecordView v;
+    while (rd.next(v)) ids.emplace(v.producer, v.seq);
+  }
+  Producer p(*ch, "p");
+  const Published next = p.publish("after");
+  ASSERT_EQ(next.status, Status::Ok);
+  EXPECT_FALSE(ids.count({next.id.producer, next.id.seq})) << "an inner id given out twice";
+}
+
+// ---- 11.6: a CRC proves who wrote a checkpoint, not that it is sane -----------------------------
+
+// Each field made insane in a checkpoint whose CRC is valid (the newest; the previous is sane):
+// recovery refuses it naming the field, falls back, ends, and loses nothing unacked.
+TEST_F(Recovery, ACheckpointWithInsaneFieldsIsRefusedNamingTheFieldAndRecoveryEnds) {
+  struct Case {
+    const char* field;
+    std::function<void(detail::State&)> damage;
+  };
+  const std::vector<Case> cases = {
+      {"durable_position", [](detail::State& s) { s.durable_position = ~0ull - 7; }},
+      {"durable_position", [](detail::State& s) { s.durable_position += 3; }},
+      {"next", [](detail::State& s) { s.groups[0].next = ~0ull - 7; }},
+      {"next", [](detail::State& s) { s.groups[0].next = 5; }},
+      {"next", [](detail::State& s) { s.groups[0].next += 8; }},  // inside the record it named
+      {"held", [](detail::State& s) { s.groups[0].held.push_back({s.groups[0].next - 4, 1}); }},
+      {"windows_from", [](detail::State& s) { s.windows_from = 13; }},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    const auto name = channel_name("c" + std::to_string(i++));
+    make_journal(name, 30, 5);
+    reboot(name);
+    detail::State s = read_state(jdir(name), name);
+    ASSERT_EQ(s.groups.size(), 1u);
+    c.damage(s);
+    write_state(jdir(name), s);
+    // In a child, with a deadline: a recovery that loops for ever fails the test, not hangs it.
+    const ChannelOptions o = durable();
+    const pid_t child = fork_child([&] {
+      auto ch = Channel::open(name, o);
+      const RecoveryReport& r = ch.recovery();
+      CHILD_CHECK(r.checkpoint == "state.prev");
+      CHILD_CHECK(r.checkpoint_problems.find(c.field) != std::string::npos);
+      std::set<std::uint64_t> seqs = drain(ch, "g");
+      for (std::uint64_t q = 6; q <= 30; ++q) CHILD_CHECK(seqs.count(q) == 1);
+      return kChildOk;
+    }, 30);
+    const ChildResult res = wait_child(child, 40s);
+    EXPECT_TRUE(res.ok()) << c.field << ": " << res.describe();
+  }
+}
+
+// ---- 11.7 / 11.9: durable records missing are loss, reported --------------------------------------
+
+TEST_F(Recovery, SyncAcknowledgedRecordsCutAtARecordBoundaryAreReportedLostNotSilentlyGone) {
+  const auto name = channel_name();
+  make_journal(name, 20, 0);
+  reboot(name);
+  const fs::path log = last_log(jdir(name));
+  const auto recs = records_of(log);
+  ASSERT_EQ(recs.size(), 20u);
+  fs::resize_file(log, recs[17].end_offset);  // 18 records left, every one whole
+  EXPECT_FALSE(journal::verify(jdir(name)).ok) << "verify must not call a journal that lost durable records ok";
+  auto ch = Channel::open(name, durable());
+  const RecoveryReport& r = ch.recovery();
+  EXPECT_EQ(r.torn_bytes, 0u);
+  ASSERT_TRUE(r.lost_from) << "20 acknowledged, 18 recovered, and nothing said";
+  EXPECT_EQ(*r.lost_from, recs[17].position + 1) << "the first position that may be lost: after the last intact record";
+  EXPECT_EQ(r.lost_to, recs[19].position + 1) << "up to the durable mark";
+  EXPECT_NE(r.lost_what.find("durable"), std::string::npos) << r.lost_what;
+  EXPECT_EQ(drain(ch, "g").size(), 18u);
+}
+
+TEST_F(Recovery, ADeletedLastJournalFileIsReportedLost) {
+  const auto name = channel_name();
+  ChannelOptions o = durable();
+  o.journal_segment_bytes = 4096;
+  {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 1; i <= 60; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i) + std::string(200, '.')).status, Status::Ok);
+  }
+  reboot(name);
+  const fs::path log = last_log(jdir(name));
+  ASSERT_NE(log.filename().string(), "00000000000000000000.log") << "several files expected";
+  const std::size_t in_last = records_of(log).size();
+  ASSERT_GT(in_last, 0u);
+  fs::remove(log);
+  EXPECT_FALSE(journal::verify(jdir(name)).ok);
+  auto ch = Channel::open(name, o);
+  const RecoveryReport& r = ch.recovery();
+  ASSERT_TRUE(r.lost_from);
+  EXPECT_NE(r.lost_what.find(log.filename().string()), std::string::npos) << r.lost_what;
+  EXPECT_EQ(drain(ch, "g").size(), 60u - in_last);
+}
+
+TEST_F(Recovery, ABitFlipInTheLastDurableRecordIsCorruptionNotATornTail) {
+  const auto name = channel_name();
+  make_journal(name, 20, 0);
+  reboot(name);
+  const fs::path log = last_log(jdir(name));
+  std::string b = read_file(log);
+  b[b.size() - 3] = static_cast<char>(b[b.size() - 3] ^ 0x01);
+  write_file(log, b);
+  auto ch = Channel::open(name, durable());
+  const RecoveryReport& r = ch.recovery();
+  EXPECT_EQ(r.torn_bytes, 0u) << "a durable record reported as a torn tail: " << r.torn_what;
+  ASSERT_TRUE(r.lost_from);
+  EXPECT_NE(r.lost_what.find("not a torn tail"), std::string::npos) << r.lost_what;
+  EXPECT_EQ(drain(ch, "g").size(), 19u);
+}
+
+// ---- 11.8: held messages beyond the journal's end are dropped and reported, not restored --------
+
+TEST_F(Recovery, HeldMessagesTheTruncatedJournalNoLongerHoldsAreDroppedAndReported) {
+  const auto name = channel_name();
+  {
+    auto ch = Channel::open(name, durable());
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 1; i <= 20; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+    Consumer c(ch, "g");
+    std::vector<Message> held;
+    for (int i = 0; i < 20; ++i) {
+      auto m = c.poll(1s);
+      ASSERT_TRUE(m);
+      held.push_back(*m);  // held, not acked, when the channel closes: the checkpoint keeps them
+    }
+  }
+  reboot(name);
+  const fs::path log = last_log(jdir(name));
+  const auto recs = records_of(log);
+  ASSERT_EQ(recs.size(), 20u);
+  fs::resize_file(log, recs[9].end_offset);
+  auto ch = Channel::open(name, durable());
+  const RecoveryReport& r = ch.recovery();
+  EXPECT_EQ(r.dropped_held, 10u) << r.dropped_what;
+  std::set<std::uint64_t> seqs;
+  try {
+    seqs = drain(ch, "g");
+  } catch (const std::exception& e) {
+    FAIL() << "poll after the recovery: " << e.what();
+  }
+  EXPECT_EQ(seqs.size(), 10u);
+  // The channel goes on: new messages are delivered.
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish("after").status, Status::Ok);
+  EXPECT_EQ(drain(ch, "g").size(), 1u);
+}
+
+
+// ---- crash points of the checkpoint write --------------------------------------------------------
+
+// A writer SIGKILLed at each point of write_checkpoint leaves a whole version readable (the one
+// before or the new one), and the channel recovers from it.
+TEST_F(Recovery, AWriterKilledAtEachCheckpointCrashPointLeavesAWholeVersion) {
+  ASSERT_TRUE(detail::crash_points_enabled()) << "configure with -DSHMQ_CRASH_POINTS=ON";
+  for (const char* point : {"checkpoint.after_write", "checkpoint.after_keep_previous"}) {
+    for (unsigned hit = 1; hit <= 3; ++hit) {
+      const fs::path dir = tmp_.path() / (std::string(point) + std::to_string(hit));
+      fs::create_directories(dir);
+      const pid_t child = fork_child([&] {
+        detail::arm_crash_point(point, hit);
+        for (int i = 1;; ++i) {
+          const std::string v = "version " + std::to_string(i);
+          journal::write_checkpoint(dir, "state", std::as_bytes(std::span(v.data(), v.size())));
+        }
+        return kChildOk;
+      });
+      ASSERT_TRUE(wait_child(child, 30s).killed_by(SIGKILL)) << point;
+      const auto got = journal::read_checkpoint(dir, "state");
+      if (hit == 1) {
+        EXPECT_FALSE(got) << point << ": nothing was renamed in yet";  // NAME.tmp only
+        continue;
+      }
+      ASSERT_TRUE(got) << point << " hit " << hit;
+      const std::string text(reinterpret_cast<const char*>(got->data()), got->size());
+      EXPECT_EQ(text, "version " + std::to_string(hit - 1)) << point << ": the last whole write is what reads";
+      const auto versions = journal::read_checkpoint_versions(dir, "state");
+      for (const auto& v : versions) EXPECT_TRUE(!v.exists || v.bytes) << point << ": " << v.problem;
+    }
+  }
+  // The channel's journaler killed in the middle of a checkpoint: the next open recovers.
+  for (const char* point : {"checkpoint.after_write", "checkpoint.after_keep_previous"}) {
+    const auto name = channel_name(point);
+    const ChannelOptions o = durable();
+    Pipe published;
+    const pid_t child = fork_child([&] {
+      auto ch = Channel::open(name, o);
+      ch.ensure_group("g");
+      Producer p(ch, "p");
+      for (int i = 1; i <= 30; ++i) CHILD_CHECK(p.publish("m" + std::to_string(i)).status == Status::Ok);
+      published.send(1);
+      detail::arm_crash_point(point, 1);
+      ch.ensure_group("h");  // a registry change: the journaler checkpoints at its next sync
+      CHILD_CHECK(p.publish("m31").status == Status::Ok);
+      std::this_thread::sleep_for(10s);
+      return kChildOk;
+    });
+    int one = 0;
+    ASSERT_TRUE(published.receive(one, 30s));
+    EXPECT_TRUE(wait_child(child, 30s).killed_by(SIGKILL)) << point;
+    reboot(name);
+    auto ch = Channel::open(name, o);
+    EXPECT_TRUE(ch.recovery().recovered);
+    EXPECT_TRUE(ch.recovery().checkpoint_problems.empty()) << ch.recovery().checkpoint_problems;
+    const auto seqs = drain(ch, "g");
+    for (std::uint64_t q = 1; q <= 30; ++q) EXPECT_TRUE(seqs.count(q)) << point << ": seq " << q;
+  }
+}
+
+// ---- 10.3: removing the segment of a live channel ------------------------------------------------
+
+// Process A publishes Sync on a channel; its segment is unlinked (shmq rm) while A still has it
+// mapped; process B opens the channel (a recovery from the journal) and publishes Sync. Before,
+// B rebuilt the segment without the journal's lock while A's journaler went on appending at the
+// same positions, and B's journaler skipped its records as already journaled: B's acknowledged
+// publishes were gone after the next reboot. Now B's recovery waits for the lock; A's journaler
+// finds its segment removed, finishes what it had and lets go; A's publishes then return Closed.
+TEST_F(Recovery, RemovingTheSegmentOfALiveChannelNeitherSplitsTheJournalNorLosesASyncPublish) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Sync);
+  Pipe progress, a_done;
+  const pid_t a = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "a");
+    std::uint64_t ok = 0;
+    Status last = Status::Ok;
+    const auto deadline = Clock::now() + 30s;
+    while (Clock::now() < deadline) {
+      last = p.publish("a" + std::to_string(ok + 1)).status;
+      if (last != Status::Ok) break;
+      if (++ok == 20) progress.send(1);
+    }
+    a_done.send(ok);
+    CHILD_CHECK(last == Status::Closed);
+    CHILD_CHECK(ch.stats().removed);
+    std::this_thread::sleep_for(60s);  // still mapped, still alive: killed by the parent
+    return kChildOk;
+  }, 90);
+  int one = 0;
+  ASSERT_TRUE(progress.receive(one, 30s));
+  ASSERT_EQ(::unlink(segment_path(name).c_str()), 0);  // shmq rm NAME, while A runs
+  const pid_t b = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    CHILD_CHECK(ch.recovery().recovered);
+    Producer p(ch, "b");
+    for (int i = 1; i <= 50; ++i) CHILD_CHECK(p.publish("b" + std::to_string(i)).status == Status::Ok);
+    return kChildOk;
+  }, 60);
+  const ChildResult rb = wait_child(b, 60s);
+  EXPECT_TRUE(rb.ok()) << rb.describe();
+  std::uint64_t a_ok = 0;
+  ASSERT_TRUE(a_done.receive(a_ok, 30s)) << "A's publishes never stopped: it did not find its segment removed";
+  const ChildResult ra = kill_child(a);
+  EXPECT_TRUE(ra.killed_by(SIGKILL)) << "A's own checks failed: " << ra.describe();
+  reboot(name);
+  const journal::VerifyReport v = journal::verify(jdir(name));
+  EXPECT_TRUE(v.ok) << v.what;
+  auto ch = Channel::open(name, o);
+  std::multiset<std::string> texts;
+  {
+    Consumer c(ch, "g");
+    while (auto m = c.poll(200ms)) {
+      texts.emplace(m->text());
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+  }
+  for (std::uint64_t i = 1; i <= a_ok; ++i) EXPECT_EQ(texts.count("a" + std::to_string(i)), 1u) << "A's acknowledged a" << i;
+  for (int i = 1; i <= 50; ++i) EXPECT_EQ(texts.count("b" + std::to_string(i)), 1u) << "B's acknowledged b" << i;
+}
+
+// A process that keeps the journal's LOCK (here: holds the flock and sleeps) makes the recovery
+// fail after journal_lock_timeout with an Error naming it, instead of writing beside it.
+TEST_F(Recovery, ARecoveryWaitsForTheJournalLockAndNamesTheProcessThatKeepsIt) {
+  const auto name = channel_name();
+  make_journal(name, 5, 0);
+  reboot(name);
+  Pipe locked;
+  const pid_t holder = fork_child([&] {
+    const int fd = ::open((jdir(name) / "LOCK").c_str(), O_RDWR);
+    CHILD_CHECK(fd >= 0 && ::flock(fd, LOCK_EX) == 0);
+    locked.send(1);
+    std::this_thread::sleep_for(60s);
+    return kChildOk;
+  }, 90);
+  int one = 0;
+  ASSERT_TRUE(locked.receive(one, 30s));
+  ChannelOptions o = durable();
+  o.journal_lock_timeout = std::chrono::milliseconds(300);
+  try {
+    Channel::open(name, o);
+    ADD_FAILURE() << "the segment was rebuilt while another process held the journal's lock";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pid " + std::to_string(holder)), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("LOCK"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(Channel::exists(name)) << "nothing half-made is left";
+  kill_child(holder);
+  auto ch = Channel::open(name, o);  // the lock is free again: the recovery goes through
+  EXPECT_TRUE(ch.recovery().recovered);
+  EXPECT_EQ(drain(ch, "g").size(), 5u);
+}
+}  // namespace
+}  // namespace shmq::test
