@@ -11,6 +11,7 @@
 #include <bit>
 
 #include "shm/channel_state.hpp"
+#include "shm/crash_point.hpp"
 #include "shm/durability.hpp"
 
 namespace shmq {
@@ -135,7 +136,9 @@ Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t e
   if (v != 0 && !(v & kMovingBit) && (expected == 0 || v == expected)) {
     // Moving first: the owner's ack (a CAS from v) fails from here on; the entry still gates.
     if (slot.in_flight[k].compare_exchange_strong(v, v | kMovingBit, std::memory_order_seq_cst)) {
+      SHMQ_CRASH_POINT("move_held.after_moving_bit");
       if (push_given_back(g, held_position(v), slot.deliveries[k].load(std::memory_order_relaxed), not_before_ns)) {
+        SHMQ_CRASH_POINT("move_held.after_push");
         slot.in_flight[k].store(0, std::memory_order_seq_cst);  // on the list first, then let go (see gate())
         st = Status::Ok;
       } else {
@@ -193,6 +196,7 @@ void ChannelState::reap_dead_consumers(bool force) noexcept {
     RegistryLock lock(*this);
     // Looked at again under the lock: another process may have reaped it meanwhile.
     if (slot.state.load(std::memory_order_acquire) != kActive || slot.owner.load(std::memory_order_acquire) != owner) continue;
+    SHMQ_CRASH_POINT("reap.before_release");
     any |= release_consumer(c);
   }
   if (any) wake_consumers();

@@ -5,6 +5,7 @@
 #include <bit>
 
 #include "shm/channel_state.hpp"
+#include "shm/crash_point.hpp"
 
 namespace shmq {
 namespace detail {
@@ -161,7 +162,9 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
     stamp(k);
     // Held first, then off the list (see ChannelState::gate()).
     slot->in_flight[k].store(best_pos + 1, std::memory_order_seq_cst);
+    SHMQ_CRASH_POINT("poll.take_given_back.after_hold");
     best->position_plus1.store(0, std::memory_order_seq_cst);
+    SHMQ_CRASH_POINT("poll.take_given_back.after_clear");
     group->given_back.fetch_sub(1, std::memory_order_seq_cst);
   }
   ring::unlock_owner_word(group->give_back_lock);
@@ -299,11 +302,13 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
         c.stamp(k);
         // Held first, then taken: a reclaim that sees the new cursor sees the held entry too.
         c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
+        SHMQ_CRASH_POINT("poll.after_in_flight_store");
         // release: publishes the in-flight entry above to a reclaim that acquires the cursor.
         if (!c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_acquire)) {
           c.slot->in_flight[k].store(0, std::memory_order_relaxed);
           continue;  // another consumer of the group took it
         }
+        SHMQ_CRASH_POINT("poll.after_cursor_cas");
         c.slot->deliveries[k].store(1, std::memory_order_relaxed);
         return c.hold(pos, r, k, 1);
       }
@@ -336,6 +341,7 @@ Status Consumer::ack(const Message& m) {
   if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight || c.held[m.slot_] != m.position_ + 1)
     return Status::NotHeld;
   std::uint64_t expected = m.position_ + 1;
+  SHMQ_CRASH_POINT("ack.before_clear");
   if (c.options.visibility_timeout.count() == 0) {
     // Nobody else moves what a live consumer without a visibility timeout holds (reapers take
     // only a dead one's, and its own nack runs on this thread): a plain store, no locked op.
