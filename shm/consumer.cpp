@@ -146,29 +146,39 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
 }
 
 std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
-  ring::lock_owner_word(group->give_back_lock, self_token(), &ChannelState::alive);
+  ch->lock_give_back(*group);
+  if (group->generation.load(std::memory_order_relaxed) != generation) {  // our group is gone: not its list
+    ring::unlock_owner_word(group->give_back_lock);
+    return ~0ull;
+  }
   const std::uint64_t now = now_ns();
-  GiveBackEntry* best = nullptr;
+  std::uint32_t best = kGiveBackEntries;
   std::uint64_t best_pos = ~0ull;
-  for (GiveBackEntry& e : group->give_back) {
+  for (std::uint32_t i = 0; i < kGiveBackEntries; ++i) {
+    const GiveBackEntry& e = group->give_back[i];
     const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed);
     if (p && p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
-      best = &e;
+      best = i;
       best_pos = p - 1;
     }
   }
-  if (best) {
-    slot->deliveries[k].store(best->deliveries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  if (best < kGiveBackEntries) {
+    GiveBackEntry& e = group->give_back[best];
+    // The step first, for a successor if we die inside it (ChannelState::settle_give_back()).
+    group->give_back_step_position.store(best_pos + 1, std::memory_order_seq_cst);
+    group->give_back_step.store(give_back_step(GiveBackStep::Take, index, k, best), std::memory_order_seq_cst);
+    slot->deliveries[k].store(e.deliveries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     stamp(k);
     // Held first, then off the list (see ChannelState::gate()).
     slot->in_flight[k].store(best_pos + 1, std::memory_order_seq_cst);
     SHMQ_CRASH_POINT("poll.take_given_back.after_hold");
-    best->position_plus1.store(0, std::memory_order_seq_cst);
+    e.position_plus1.store(0, std::memory_order_seq_cst);
     SHMQ_CRASH_POINT("poll.take_given_back.after_clear");
     group->given_back.fetch_sub(1, std::memory_order_seq_cst);
+    group->give_back_step.store(0, std::memory_order_seq_cst);
   }
   ring::unlock_owner_word(group->give_back_lock);
-  return best ? best_pos : ~0ull;
+  return best_pos;
 }
 
 bool ConsumerState::dead_letter(const Message& m) {
@@ -215,6 +225,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   detail::ConsumerSlot& slot = s.consumers[free];
   for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
   slot.group = static_cast<std::uint32_t>(g);
+  slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
   slot.max_in_flight = options.max_in_flight;
   slot.visibility_timeout_ns = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
@@ -226,7 +237,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   c.index = static_cast<std::uint32_t>(free);
   c.slot = &slot;
   c.group = &s.groups[g];
-  c.generation = c.group->generation.load(std::memory_order_relaxed);
+  c.generation = slot.group_generation.load(std::memory_order_relaxed);
   for (std::uint32_t k = 0; k < options.max_in_flight; ++k) c.free_stack[k] = options.max_in_flight - 1 - k;
   c.free_top = options.max_in_flight;
 }
@@ -293,23 +304,38 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
         continue;
       }
     }
-    // acquire: pairs with the release CAS of another consumer of the group.
+    // acquire: pairs with the cursor CAS of another consumer of the group (cas_cursor()).
     std::uint64_t pos = c.group->next.load(std::memory_order_acquire);
     const ring::ReadResult r = c.ring->read(pos);
     switch (r.kind) {
       case ring::ReadResult::Record: {
+        // After the cursor (ChannelState::resolve_tentative() says why the order matters).
+        const std::uint64_t taker = c.group->next_taker.load(std::memory_order_acquire);
+        if (detail::taker_generation(taker) != c.generation) {
+          // The slot went to another group (the top of the loop sees it), or the word is scribbled.
+          if (c.group->generation.load(std::memory_order_relaxed) != c.generation) continue;
+          c.last = Status::Corrupt;
+          return std::nullopt;
+        }
         const std::uint32_t k = c.free_stack[c.free_top - 1];
+        const std::uint64_t me = detail::cursor_taker(c.generation, c.index, k);
+        if (((taker >> 8) & 0xffffff) != c.index + 1) c.ch->confirm_taker(pos, taker);  // our own takes we confirm ourselves
+        // The delivery count and time before the entry: whoever copies the entry copies them.
+        c.slot->deliveries[k].store(1, std::memory_order_relaxed);
         c.stamp(k);
-        // Held first, then taken: a reclaim that sees the new cursor sees the held entry too.
-        c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
+        // Tentative first, then taken: a reclaim that sees the new cursor sees the entry (which
+        // gates) too; a reaper that finds the entry tentative asks the cursor whether we took it.
+        c.slot->in_flight[k].store((pos + 1) | detail::kTentativeBit, std::memory_order_seq_cst);
         SHMQ_CRASH_POINT("poll.after_in_flight_store");
-        // release: publishes the in-flight entry above to a reclaim that acquires the cursor.
-        if (!c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_acquire)) {
-          c.slot->in_flight[k].store(0, std::memory_order_relaxed);
+        // Full barrier: publishes the entry above to a reclaim or reaper that reads the cursor.
+        if (!detail::cas_cursor(*c.group, pos, taker, r.next, me)) {
+          c.slot->in_flight[k].store(0, std::memory_order_release);
           continue;  // another consumer of the group took it
         }
         SHMQ_CRASH_POINT("poll.after_cursor_cas");
-        c.slot->deliveries[k].store(1, std::memory_order_relaxed);
+        // release: ours now; pairs with the acquire loads of gate() and of reapers (a confirm_taker()
+        // of another consumer may have stored the same value already).
+        c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
         return c.hold(pos, r, k, 1);
       }
       case ring::ReadResult::Padding:
