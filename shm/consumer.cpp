@@ -12,6 +12,11 @@ namespace detail {
 
 inline constexpr std::uint64_t kDeadClaimCheckNs = 1'000'000;  // a claim pending this long: ask if its producer lives
 inline constexpr std::uint64_t kBlockSliceNs = 50'000'000;     // longest single futex sleep
+// Wait::Block behind a claim not yet committed: yield this long (a commit is usually a few hundred
+// nanoseconds after the claim), then sleep in futex slices of 1 ms doubling up to kBlockSliceNs
+// (the commit wakes us; a slice's end looks again whether the claimer died).
+inline constexpr std::uint64_t kClaimYieldNs = 100'000;
+inline constexpr std::uint64_t kClaimFirstSliceNs = 1'000'000;
 
 struct ConsumerState {
   ChannelState* ch = nullptr;
@@ -33,6 +38,7 @@ struct ConsumerState {
   std::uint64_t delivered = 0;
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
+  std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
 
   std::unique_ptr<Channel> dlq;               // NAME.dlq, opened at the first dead letter
   std::unique_ptr<Producer> dlq_producer;
@@ -70,6 +76,7 @@ struct ConsumerState {
     if (pending_pos != pos) {
       pending_pos = pos;
       pending_since = now;
+      pending_sleeps = 0;
     } else if (now - pending_since > kDeadClaimCheckNs) {
       ring->unblock(pos, &ChannelState::alive);
       pending_since = now;
@@ -90,7 +97,8 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
   if (claimed) pending(pos);
   else ch->reap_dead_consumers();  // rate-limited; reads no /proc most times
   Wait how = options.wait;
-  if (how == Wait::Block && claimed) how = Wait::Yield;  // its commit is imminent
+  // Its commit is most likely imminent: yield a little while before sleeping behind it.
+  if (how == Wait::Block && claimed && now_ns() - pending_since < kClaimYieldNs) how = Wait::Yield;
   switch (how) {
     case Wait::Spin:
       __builtin_ia32_pause();
@@ -107,8 +115,19 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
       // claims (seq_cst CAS), then looks at the count. One of us sees the other.
       h.data_waiters.fetch_add(1, std::memory_order_seq_cst);
       // A message given back with a delay is waited for in short slices.
-      const std::uint64_t slice = group->given_back.load(std::memory_order_relaxed) ? 1'000'000 : kBlockSliceNs;
-      if (h.tail.load(std::memory_order_seq_cst) <= pos && group->state.load(std::memory_order_relaxed) == kActive)
+      std::uint64_t slice = group->given_back.load(std::memory_order_relaxed) ? 1'000'000 : kBlockSliceNs;
+      bool sleep = h.tail.load(std::memory_order_seq_cst) <= pos;  // nothing claimed at POS yet
+      if (!sleep) {
+        // Claimed, not committed (an open zero-copy Claim, a producer descheduled or stopped):
+        // its commit wakes us (committed() looks at data_waiters after the commit). The commit's
+        // release store and that load are not fenced, so a wake-up may be lost to a commit made
+        // exactly as we count ourselves; the slice bounds what that costs.
+        const ring::ReadResult::Kind now_kind = ring->read(pos).kind;
+        sleep = now_kind == ring::ReadResult::Pending || now_kind == ring::ReadResult::Empty;
+        slice = std::min<std::uint64_t>(slice, kClaimFirstSliceNs << std::min<std::uint32_t>(pending_sleeps, 6));
+        ++pending_sleeps;
+      }
+      if (sleep && group->state.load(std::memory_order_relaxed) == kActive)
         futex_wait(h.data_seq, v, std::chrono::nanoseconds(std::min(deadline - now, slice)));
       h.data_waiters.fetch_sub(1, std::memory_order_relaxed);
       return true;
