@@ -11,6 +11,7 @@
 #include <bit>
 
 #include "shm/channel_state.hpp"
+#include "shm/crash_point.hpp"
 #include "shm/durability.hpp"
 
 namespace shmq {
@@ -110,49 +111,140 @@ bool on_given_back(const GroupSlot& g, std::uint64_t pos) noexcept {
 
 }  // namespace
 
-Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t expected, std::uint64_t not_before_ns) noexcept {
-  ConsumerSlot& slot = consumers[c];
-  GroupSlot& g = groups[slot.group];
+void ChannelState::lock_give_back(GroupSlot& g) noexcept {
   ring::lock_owner_word(g.give_back_lock, self_token(), &ChannelState::alive);
+  settle_give_back(g);
+}
+
+void ChannelState::settle_give_back(GroupSlot& g) noexcept {
+  // A living holder clears its step before it unlocks: a step found here is a dead holder's.
+  const std::uint64_t step = g.give_back_step.load(std::memory_order_seq_cst);
+  if (step == 0) return;
+  const std::uint64_t pos1 = g.give_back_step_position.load(std::memory_order_seq_cst);
+  const auto kind = static_cast<GiveBackStep>(step >> 32);
+  const auto c = static_cast<std::uint32_t>((step >> 18) & 0xfff);
+  const auto k = static_cast<std::uint32_t>((step >> 10) & 0xff);
+  const auto i = static_cast<std::uint32_t>(step & 0x3ff);
+  // Indices from shared memory: checked against our own bounds before use.
+  if (pos1 != 0 && c < options.max_consumers && k < kMaxInFlight && i < kGiveBackEntries) {
+    std::atomic<std::uint64_t>& entry = consumers[c].in_flight[k];
+    const std::uint64_t v = entry.load(std::memory_order_seq_cst);
+    if (kind == GiveBackStep::Take) {
+      // take_given_back(): held entry K first, then cleared list entry I. Held: finish (off the
+      // list). Not held: it died before holding, the list entry is intact; nothing to undo.
+      if (v == pos1 && g.give_back[i].position_plus1.load(std::memory_order_seq_cst) == pos1)
+        g.give_back[i].position_plus1.store(0, std::memory_order_seq_cst);
+    } else if (kind == GiveBackStep::Give && (v & kMovingBit) && (v & ~kMovingBit) == pos1) {
+      // move_held(): marked moving, then pushed, then cleared. Finish: on the list, then let go.
+      const std::uint64_t pos = pos1 - 1;
+      if (on_given_back(g, pos) || push_given_back(g, pos, consumers[c].deliveries[k].load(std::memory_order_relaxed), 0))
+        entry.store(0, std::memory_order_seq_cst);
+      else
+        entry.store(v & ~kMovingBit, std::memory_order_seq_cst);  // list full: still held, ackable again
+    }
+  }
+  // The dead holder may have changed an entry without changing the count (or the reverse).
+  std::uint32_t n = 0;
+  for (const GiveBackEntry& e : g.give_back) n += e.position_plus1.load(std::memory_order_seq_cst) != 0;
+  g.given_back.store(n, std::memory_order_seq_cst);
+  g.give_back_step.store(0, std::memory_order_seq_cst);
+}
+
+// Why the cursor decides a dead consumer's tentative entry. The consumer stored (P + 1) |
+// kTentativeBit in entry K, then tried the 16-byte CAS of (next, next_taker) from (P, T) to
+// (N, taker(C, K)), where N is the end of the record at P. The entry gates P (the record stays),
+// so a CAS from P is always a take of that record, by exactly one consumer. Read `next` first,
+// then `next_taker`:
+//  - if it took P: the pair was (N, taker(C, K)) from its CAS on, until a later take's CAS; every
+//    take first confirms the previous taker's tentative entry (confirm_taker()), so the entry is
+//    either confirmed already (our CAS below fails and leaves it) or we read next > P and
+//    next_taker == taker(C, K);
+//  - if it did not (it died before its CAS, or its CAS failed): next > P means another consumer
+//    took P and wrote its own taker before we read next, and taker(C, K) never comes back (only C,
+//    which is dead, writes it). And next == P means nobody took it yet.
+// So: taken iff next > P and next_taker == taker(C, K). A taken entry is kept as held (bit
+// cleared; given back by the caller); one that was not is dropped: the record was never
+// delivered by it, so giving it back would deliver it twice (or, reclaimed since, a later lap).
+void ChannelState::resolve_tentative(std::uint32_t c, std::uint32_t k) noexcept {
+  if (c >= options.max_consumers || k >= kMaxInFlight) return;
+  ConsumerSlot& slot = consumers[c];
+  std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
+  if (!(v & kTentativeBit) || (v & kMovingBit)) return;
+  const std::uint64_t pos = held_position(v);
+  const std::uint32_t gi = slot.group.load(std::memory_order_relaxed);
+  bool taken = false;
+  if (gi < options.max_groups) {
+    GroupSlot& g = groups[gi];
+    const std::uint64_t next = g.next.load(std::memory_order_seq_cst);          // first
+    const std::uint64_t taker = g.next_taker.load(std::memory_order_seq_cst);   // then
+    taken = next > pos && taker == cursor_taker(slot.group_generation.load(std::memory_order_relaxed), c, k);
+  }
+  // A CAS: a consumer about to take the next record may confirm the entry meanwhile (then it was
+  // taken, and the CAS fails and leaves it confirmed).
+  slot.in_flight[k].compare_exchange_strong(v, taken ? (v & ~kTentativeBit) : 0, std::memory_order_seq_cst);
+}
+
+void ChannelState::confirm_taker(std::uint64_t next, std::uint64_t taker) noexcept {
+  const std::uint64_t who = (taker >> 8) & 0xffffff;
+  if (who == 0 || who > options.max_consumers) return;  // nobody known, or not an index of ours
+  std::atomic<std::uint64_t>& entry = consumers[who - 1].in_flight[taker & 0xff];
+  std::uint64_t v = entry.load(std::memory_order_seq_cst);
+  // Tentative at a position the cursor (read before TAKER) is past: the take that TAKER records
+  // (its owner keeps at most one tentative entry, and writes its taker only by a successful CAS).
+  if ((v & kTentativeBit) && !(v & kMovingBit) && held_position(v) < next)
+    entry.compare_exchange_strong(v, v & ~kTentativeBit, std::memory_order_seq_cst);
+}
+
+Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t expected, std::uint64_t not_before_ns) noexcept {
+  if (c >= options.max_consumers || k >= kMaxInFlight) return Status::NotHeld;
+  ConsumerSlot& slot = consumers[c];
+  const std::uint32_t gi = slot.group.load(std::memory_order_relaxed);
+  if (gi >= options.max_groups) return Status::Corrupt;  // a scribbled group index: nowhere to give it back to
+  GroupSlot& g = groups[gi];
+  lock_give_back(g);
   Status st = Status::NotHeld;
   std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
-  if (v & kMovingBit) {
-    // Moves happen only under this lock, which we hold: whoever left this entry half-moved died.
-    // It may have put the message on the list already; if not, do it now. (Another consumer may
-    // hold it again already: then it is on neither, and it is in that consumer's entry.)
+  const bool matches = v != 0 && !(v & kTentativeBit) && (expected == 0 || (v & ~kMovingBit) == expected);
+  if (matches && (g.state.load(std::memory_order_acquire) != kActive ||
+                  g.generation.load(std::memory_order_relaxed) != slot.group_generation.load(std::memory_order_relaxed))) {
+    // The consumer's group was removed (its slot maybe given to another group since): what it
+    // held goes with it, never to the list of a group that never delivered it.
+    if (slot.in_flight[k].compare_exchange_strong(v, 0, std::memory_order_seq_cst)) st = Status::Ok;
+  } else if (matches) {
     const std::uint64_t pos = held_position(v);
-    bool elsewhere = on_given_back(g, pos);
-    for (std::uint32_t o = 0; o < options.max_consumers && !elsewhere; ++o) {
-      // Only a consumer of the same group: with publish/subscribe, other groups hold P too.
-      if (consumers[o].state.load(std::memory_order_acquire) != kActive || consumers[o].group != slot.group) continue;
-      for (std::uint32_t j = 0; j < kMaxInFlight && !elsewhere; ++j)
-        elsewhere = (o != c || j != k) && consumers[o].in_flight[j].load(std::memory_order_seq_cst) == pos + 1;
-    }
-    if (elsewhere || push_given_back(g, pos, slot.deliveries[k].load(std::memory_order_relaxed), 0))
-      slot.in_flight[k].compare_exchange_strong(v, 0, std::memory_order_seq_cst);
-    v = slot.in_flight[k].load(std::memory_order_seq_cst);
-  }
-  if (v != 0 && !(v & kMovingBit) && (expected == 0 || v == expected)) {
+    // The step first, for a successor if we die inside it (settle_give_back()).
+    g.give_back_step_position.store(pos + 1, std::memory_order_seq_cst);
+    g.give_back_step.store(give_back_step(GiveBackStep::Give, c, k, 0), std::memory_order_seq_cst);
     // Moving first: the owner's ack (a CAS from v) fails from here on; the entry still gates.
-    if (slot.in_flight[k].compare_exchange_strong(v, v | kMovingBit, std::memory_order_seq_cst)) {
-      if (push_given_back(g, held_position(v), slot.deliveries[k].load(std::memory_order_relaxed), not_before_ns)) {
+    const std::uint64_t held = v & ~kMovingBit;
+    if ((v & kMovingBit) || slot.in_flight[k].compare_exchange_strong(v, held | kMovingBit, std::memory_order_seq_cst)) {
+      SHMQ_CRASH_POINT("move_held.after_moving_bit");
+      if (on_given_back(g, pos) ||
+          push_given_back(g, pos, slot.deliveries[k].load(std::memory_order_relaxed), not_before_ns)) {
+        SHMQ_CRASH_POINT("move_held.after_push");
         slot.in_flight[k].store(0, std::memory_order_seq_cst);  // on the list first, then let go (see gate())
         st = Status::Ok;
       } else {
-        slot.in_flight[k].store(v, std::memory_order_seq_cst);  // list full: still held
+        slot.in_flight[k].store(held, std::memory_order_seq_cst);  // list full: still held
         st = Status::WouldBlock;
       }
     }
+    g.give_back_step.store(0, std::memory_order_seq_cst);
   }
   ring::unlock_owner_word(g.give_back_lock);
   return st;
 }
 
 bool ChannelState::release_consumer(std::uint32_t c) noexcept {
+  if (c >= options.max_consumers) return false;
   ConsumerSlot& slot = consumers[c];
-  if (slot.group >= options.max_groups) return false;
-  const bool group_alive = groups[slot.group].state.load(std::memory_order_acquire) == kActive;
+  const std::uint32_t gi = slot.group.load(std::memory_order_relaxed);
+  // A group index out of range (scribbled) names no group: what the slot holds has nowhere to go.
+  const bool group_alive = gi < options.max_groups && groups[gi].state.load(std::memory_order_acquire) == kActive &&
+                           groups[gi].generation.load(std::memory_order_relaxed) ==
+                               slot.group_generation.load(std::memory_order_relaxed);
   for (std::uint32_t k = 0; k < kMaxInFlight; ++k) {
+    resolve_tentative(c, k);  // its owner is dead or leaving: a take it never finished is settled first
     if (!slot.in_flight[k].load(std::memory_order_seq_cst)) continue;
     if (!group_alive) {
       slot.in_flight[k].store(0, std::memory_order_seq_cst);  // a removed group's messages go with it
@@ -161,7 +253,8 @@ bool ChannelState::release_consumer(std::uint32_t c) noexcept {
     if (move_held(c, k, 0, 0) == Status::WouldBlock) return false;
     if (slot.in_flight[k].load(std::memory_order_seq_cst) != 0) return false;
   }
-  groups[slot.group].delivered.fetch_add(slot.delivered.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  if (gi < options.max_groups)
+    groups[gi].delivered.fetch_add(slot.delivered.load(std::memory_order_relaxed), std::memory_order_relaxed);
   slot.owner.store(0, std::memory_order_relaxed);
   slot.state.store(kFree, std::memory_order_release);
   return true;
@@ -183,7 +276,7 @@ void ChannelState::reap_dead_consumers(bool force) noexcept {
       if (slot.visibility_timeout_ns == 0 || slot.group >= options.max_groups) continue;
       for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), kMaxInFlight); ++k) {
         const std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
-        if (!v) continue;
+        if (!v || (v & kTentativeBit)) continue;  // a take in progress is its owner's
         const std::uint64_t at = slot.delivered_at[k].load(std::memory_order_relaxed);
         if ((v & kMovingBit) || (at != 0 && now - at > slot.visibility_timeout_ns))
           any |= move_held(c, k, v & ~kMovingBit, 0) == Status::Ok;
@@ -193,6 +286,7 @@ void ChannelState::reap_dead_consumers(bool force) noexcept {
     RegistryLock lock(*this);
     // Looked at again under the lock: another process may have reaped it meanwhile.
     if (slot.state.load(std::memory_order_acquire) != kActive || slot.owner.load(std::memory_order_acquire) != owner) continue;
+    SHMQ_CRASH_POINT("reap.before_release");
     any |= release_consumer(c);
   }
   if (any) wake_consumers();
@@ -223,18 +317,26 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     g.delivered.store(0, std::memory_order_relaxed);
     g.dead_lettered.store(0, std::memory_order_relaxed);
     // A slot used before by a removed group: nothing of its give-back list carries over, and its
-    // consumers (who still point here) see another generation and stop.
-    for (GiveBackEntry& e : g.give_back) e.position_plus1.store(0, std::memory_order_relaxed);
-    g.given_back.store(0, std::memory_order_relaxed);
-    g.generation.fetch_add(1, std::memory_order_relaxed);
+    // consumers (who still point here) see another generation and stop. Under the give-back lock,
+    // whose movers check the generation under it: none of them pushes onto the new group's list,
+    // and none is half-way through a push that the reset would cut in two.
+    lock_give_back(g);
+    for (GiveBackEntry& e : g.give_back) e.position_plus1.store(0, std::memory_order_seq_cst);
+    g.given_back.store(0, std::memory_order_seq_cst);
+    const std::uint32_t generation = g.generation.fetch_add(1, std::memory_order_seq_cst) + 1;
     // Under the cleaning lock no reclaim runs: the start position cannot be zeroed under us, and
     // the next reclaim sees the group (it takes the same lock, then reads the table).
     ring->lock_cleaning(self_token(), &ChannelState::alive);
     const std::uint64_t pos = start == Start::Earliest ? ring->cleaned() : ring->tail();
     g.created_position = pos;
-    g.next.store(pos, std::memory_order_relaxed);
+    // The taker first, then the cursor: a consumer of the old generation that reads the new cursor
+    // then reads the new generation in the taker and stops; one that read the old cursor fails its
+    // CAS (see cas_cursor()).
+    g.next_taker.store(std::uint64_t(generation) << 32, std::memory_order_seq_cst);  // nobody of this generation yet
+    g.next.store(pos, std::memory_order_seq_cst);
     g.state.store(kActive, std::memory_order_release);  // pairs with the acquire in gate()
     ring->unlock_cleaning();
+    ring::unlock_owner_word(g.give_back_lock);
     header->registry_version.fetch_add(1, std::memory_order_release);  // the journaler checkpoints it
     return static_cast<int>(i);
   }

@@ -12,6 +12,33 @@ namespace shmq::detail {
 
 class Journaler;
 
+// The take of a record from group G's cursor: one 16-byte CAS of (next, next_taker) from
+// (EXPECTED_NEXT, EXPECTED_TAKER) to (NEXT, TAKER). lock cmpxchg16b is a full barrier (seq_cst:
+// it releases the taker's tentative in-flight entry stored before it, and acquires the previous
+// taker's work); `next` alone is read and CASed (padding) as an ordinary 64-bit atomic, which x86
+// keeps atomic against the 16-byte CAS. True if it succeeded.
+inline bool cas_cursor(GroupSlot& g, std::uint64_t expected_next, std::uint64_t expected_taker, std::uint64_t next,
+                       std::uint64_t taker) noexcept {
+  static_assert(sizeof(std::atomic<std::uint64_t>) == 8);
+  struct alignas(16) Pair {
+    std::uint64_t next, taker;
+  };
+  bool ok;
+  auto* word = reinterpret_cast<volatile Pair*>(&g.next);
+  asm volatile("lock cmpxchg16b %1"
+               : "=@ccz"(ok), "+m"(*word), "+a"(expected_next), "+d"(expected_taker)
+               : "b"(next), "c"(taker)
+               : "memory");
+  return ok;
+}
+
+// GroupSlot::give_back_step: what the give-back lock holder is doing. A take moves list entry I
+// into in-flight entry K of consumer slot C; a give moves entry K of C onto the list.
+enum class GiveBackStep : std::uint64_t { None = 0, Take = 1, Give = 2 };
+constexpr std::uint64_t give_back_step(GiveBackStep kind, std::uint32_t c, std::uint32_t k, std::uint32_t i) {
+  return static_cast<std::uint64_t>(kind) << 32 | std::uint64_t(c & 0xfff) << 18 | std::uint64_t(k & 0xff) << 10 | (i & 0x3ff);
+}
+
 struct ChannelState {
   ChannelState();
   ~ChannelState();  // stops the journaler before the segment is unmapped
@@ -55,6 +82,20 @@ struct ChannelState {
   int ensure_group(std::string_view group, Start start);
 
   [[noreturn]] void fail(std::errc code, const std::string& what) const;
+
+  // Takes group G's give-back lock and first finishes or undoes the step of a holder that died
+  // (settle_give_back()); unlock with ring::unlock_owner_word(g.give_back_lock).
+  void lock_give_back(GroupSlot& g) noexcept;
+  // Under G's give-back lock: completes or undoes the step recorded in g.give_back_step by a
+  // holder that died, and counts the list again (its count may be one off).
+  void settle_give_back(GroupSlot& g) noexcept;
+  // Consumer slot C's entry K is tentative (kTentativeBit) and its owner is dead or gone: keeps it
+  // as held (bit cleared) if the owner's cursor CAS took the record, drops it otherwise.
+  void resolve_tentative(std::uint32_t c, std::uint32_t k) noexcept;
+  // A consumer about to take a record from G's cursor, which it read as NEXT (first) and
+  // TAKER (then): the previous taker's entry, if still tentative, is confirmed (its take moved the
+  // cursor to NEXT), since the CAS that follows overwrites the only record of that take.
+  void confirm_taker(std::uint64_t next, std::uint64_t taker) noexcept;
 
   // Moves what in-flight entry K of consumer slot C holds to its group's give-back list, to be
   // delivered again (before newer ones) from NOT_BEFORE_NS on. EXPECTED, if not 0, is the entry

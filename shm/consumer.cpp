@@ -5,12 +5,18 @@
 #include <bit>
 
 #include "shm/channel_state.hpp"
+#include "shm/crash_point.hpp"
 
 namespace shmq {
 namespace detail {
 
 inline constexpr std::uint64_t kDeadClaimCheckNs = 1'000'000;  // a claim pending this long: ask if its producer lives
 inline constexpr std::uint64_t kBlockSliceNs = 50'000'000;     // longest single futex sleep
+// Wait::Block behind a claim not yet committed: yield this long (a commit is usually a few hundred
+// nanoseconds after the claim), then sleep in futex slices of 1 ms doubling up to kBlockSliceNs
+// (the commit wakes us; a slice's end looks again whether the claimer died).
+inline constexpr std::uint64_t kClaimYieldNs = 100'000;
+inline constexpr std::uint64_t kClaimFirstSliceNs = 1'000'000;
 
 struct ConsumerState {
   ChannelState* ch = nullptr;
@@ -32,6 +38,7 @@ struct ConsumerState {
   std::uint64_t delivered = 0;
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
+  std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
 
   std::unique_ptr<Channel> dlq;               // NAME.dlq, opened at the first dead letter
   std::unique_ptr<Producer> dlq_producer;
@@ -69,6 +76,7 @@ struct ConsumerState {
     if (pending_pos != pos) {
       pending_pos = pos;
       pending_since = now;
+      pending_sleeps = 0;
     } else if (now - pending_since > kDeadClaimCheckNs) {
       ring->unblock(pos, &ChannelState::alive);
       pending_since = now;
@@ -89,7 +97,8 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
   if (claimed) pending(pos);
   else ch->reap_dead_consumers();  // rate-limited; reads no /proc most times
   Wait how = options.wait;
-  if (how == Wait::Block && claimed) how = Wait::Yield;  // its commit is imminent
+  // Its commit is most likely imminent: yield a little while before sleeping behind it.
+  if (how == Wait::Block && claimed && now_ns() - pending_since < kClaimYieldNs) how = Wait::Yield;
   switch (how) {
     case Wait::Spin:
       __builtin_ia32_pause();
@@ -106,8 +115,19 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
       // claims (seq_cst CAS), then looks at the count. One of us sees the other.
       h.data_waiters.fetch_add(1, std::memory_order_seq_cst);
       // A message given back with a delay is waited for in short slices.
-      const std::uint64_t slice = group->given_back.load(std::memory_order_relaxed) ? 1'000'000 : kBlockSliceNs;
-      if (h.tail.load(std::memory_order_seq_cst) <= pos && group->state.load(std::memory_order_relaxed) == kActive)
+      std::uint64_t slice = group->given_back.load(std::memory_order_relaxed) ? 1'000'000 : kBlockSliceNs;
+      bool sleep = h.tail.load(std::memory_order_seq_cst) <= pos;  // nothing claimed at POS yet
+      if (!sleep) {
+        // Claimed, not committed (an open zero-copy Claim, a producer descheduled or stopped):
+        // its commit wakes us (committed() looks at data_waiters after the commit). The commit's
+        // release store and that load are not fenced, so a wake-up may be lost to a commit made
+        // exactly as we count ourselves; the slice bounds what that costs.
+        const ring::ReadResult::Kind now_kind = ring->read(pos).kind;
+        sleep = now_kind == ring::ReadResult::Pending || now_kind == ring::ReadResult::Empty;
+        slice = std::min<std::uint64_t>(slice, kClaimFirstSliceNs << std::min<std::uint32_t>(pending_sleeps, 6));
+        ++pending_sleeps;
+      }
+      if (sleep && group->state.load(std::memory_order_relaxed) == kActive)
         futex_wait(h.data_seq, v, std::chrono::nanoseconds(std::min(deadline - now, slice)));
       h.data_waiters.fetch_sub(1, std::memory_order_relaxed);
       return true;
@@ -145,27 +165,39 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
 }
 
 std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
-  ring::lock_owner_word(group->give_back_lock, self_token(), &ChannelState::alive);
+  ch->lock_give_back(*group);
+  if (group->generation.load(std::memory_order_relaxed) != generation) {  // our group is gone: not its list
+    ring::unlock_owner_word(group->give_back_lock);
+    return ~0ull;
+  }
   const std::uint64_t now = now_ns();
-  GiveBackEntry* best = nullptr;
+  std::uint32_t best = kGiveBackEntries;
   std::uint64_t best_pos = ~0ull;
-  for (GiveBackEntry& e : group->give_back) {
+  for (std::uint32_t i = 0; i < kGiveBackEntries; ++i) {
+    const GiveBackEntry& e = group->give_back[i];
     const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed);
     if (p && p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
-      best = &e;
+      best = i;
       best_pos = p - 1;
     }
   }
-  if (best) {
-    slot->deliveries[k].store(best->deliveries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  if (best < kGiveBackEntries) {
+    GiveBackEntry& e = group->give_back[best];
+    // The step first, for a successor if we die inside it (ChannelState::settle_give_back()).
+    group->give_back_step_position.store(best_pos + 1, std::memory_order_seq_cst);
+    group->give_back_step.store(give_back_step(GiveBackStep::Take, index, k, best), std::memory_order_seq_cst);
+    slot->deliveries[k].store(e.deliveries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     stamp(k);
     // Held first, then off the list (see ChannelState::gate()).
     slot->in_flight[k].store(best_pos + 1, std::memory_order_seq_cst);
-    best->position_plus1.store(0, std::memory_order_seq_cst);
+    SHMQ_CRASH_POINT("poll.take_given_back.after_hold");
+    e.position_plus1.store(0, std::memory_order_seq_cst);
+    SHMQ_CRASH_POINT("poll.take_given_back.after_clear");
     group->given_back.fetch_sub(1, std::memory_order_seq_cst);
+    group->give_back_step.store(0, std::memory_order_seq_cst);
   }
   ring::unlock_owner_word(group->give_back_lock);
-  return best ? best_pos : ~0ull;
+  return best_pos;
 }
 
 bool ConsumerState::dead_letter(const Message& m) {
@@ -212,6 +244,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   detail::ConsumerSlot& slot = s.consumers[free];
   for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
   slot.group = static_cast<std::uint32_t>(g);
+  slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
   slot.max_in_flight = options.max_in_flight;
   slot.visibility_timeout_ns = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
@@ -223,7 +256,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   c.index = static_cast<std::uint32_t>(free);
   c.slot = &slot;
   c.group = &s.groups[g];
-  c.generation = c.group->generation.load(std::memory_order_relaxed);
+  c.generation = slot.group_generation.load(std::memory_order_relaxed);
   for (std::uint32_t k = 0; k < options.max_in_flight; ++k) c.free_stack[k] = options.max_in_flight - 1 - k;
   c.free_top = options.max_in_flight;
 }
@@ -290,21 +323,38 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
         continue;
       }
     }
-    // acquire: pairs with the release CAS of another consumer of the group.
+    // acquire: pairs with the cursor CAS of another consumer of the group (cas_cursor()).
     std::uint64_t pos = c.group->next.load(std::memory_order_acquire);
     const ring::ReadResult r = c.ring->read(pos);
     switch (r.kind) {
       case ring::ReadResult::Record: {
+        // After the cursor (ChannelState::resolve_tentative() says why the order matters).
+        const std::uint64_t taker = c.group->next_taker.load(std::memory_order_acquire);
+        if (detail::taker_generation(taker) != c.generation) {
+          // The slot went to another group (the top of the loop sees it), or the word is scribbled.
+          if (c.group->generation.load(std::memory_order_relaxed) != c.generation) continue;
+          c.last = Status::Corrupt;
+          return std::nullopt;
+        }
         const std::uint32_t k = c.free_stack[c.free_top - 1];
+        const std::uint64_t me = detail::cursor_taker(c.generation, c.index, k);
+        if (((taker >> 8) & 0xffffff) != c.index + 1) c.ch->confirm_taker(pos, taker);  // our own takes we confirm ourselves
+        // The delivery count and time before the entry: whoever copies the entry copies them.
+        c.slot->deliveries[k].store(1, std::memory_order_relaxed);
         c.stamp(k);
-        // Held first, then taken: a reclaim that sees the new cursor sees the held entry too.
-        c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
-        // release: publishes the in-flight entry above to a reclaim that acquires the cursor.
-        if (!c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_acquire)) {
-          c.slot->in_flight[k].store(0, std::memory_order_relaxed);
+        // Tentative first, then taken: a reclaim that sees the new cursor sees the entry (which
+        // gates) too; a reaper that finds the entry tentative asks the cursor whether we took it.
+        c.slot->in_flight[k].store((pos + 1) | detail::kTentativeBit, std::memory_order_seq_cst);
+        SHMQ_CRASH_POINT("poll.after_in_flight_store");
+        // Full barrier: publishes the entry above to a reclaim or reaper that reads the cursor.
+        if (!detail::cas_cursor(*c.group, pos, taker, r.next, me)) {
+          c.slot->in_flight[k].store(0, std::memory_order_release);
           continue;  // another consumer of the group took it
         }
-        c.slot->deliveries[k].store(1, std::memory_order_relaxed);
+        SHMQ_CRASH_POINT("poll.after_cursor_cas");
+        // release: ours now; pairs with the acquire loads of gate() and of reapers (a confirm_taker()
+        // of another consumer may have stored the same value already).
+        c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
         return c.hold(pos, r, k, 1);
       }
       case ring::ReadResult::Padding:
@@ -336,6 +386,7 @@ Status Consumer::ack(const Message& m) {
   if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight || c.held[m.slot_] != m.position_ + 1)
     return Status::NotHeld;
   std::uint64_t expected = m.position_ + 1;
+  SHMQ_CRASH_POINT("ack.before_clear");
   if (c.options.visibility_timeout.count() == 0) {
     // Nobody else moves what a live consumer without a visibility timeout holds (reapers take
     // only a dead one's, and its own nack runs on this thread): a plain store, no locked op.

@@ -39,7 +39,7 @@
 namespace shmq::detail {
 
 inline constexpr char kMagicBytes[8] = {'S', 'H', 'M', 'Q', 'S', 'E', 'G', '1'};
-inline constexpr std::uint32_t kLayoutVersion = 2;
+inline constexpr std::uint32_t kLayoutVersion = 3;  // 3: group cursor taker, give-back step, consumer group generation
 inline constexpr std::uint32_t kInitializing = 0x494e4954;  // "INIT"
 inline constexpr std::uint32_t kReady = 0x52454459;         // "REDY"
 inline constexpr std::size_t kMaxChannelName = 200;
@@ -54,9 +54,23 @@ enum SlotState : std::uint32_t { kFree = 0, kActive = 1 };
 
 // An in-flight entry holds position + 1 of a held message. While a message moves from a consumer
 // to its group's give-back list (under the group's give-back lock), its entry carries kMovingBit:
-// still gating the ring, no longer ackable by its owner.
+// still gating the ring, no longer ackable by its owner. While a consumer takes a message from
+// its group's cursor, its entry carries kTentativeBit from before its cursor CAS until it knows the
+// CAS succeeded: gating the ring, but not (yet) a message the consumer holds; a reaper gives back
+// such an entry only if the cursor says its owner took it (see resolve_tentative() in channel.cpp).
 inline constexpr std::uint64_t kMovingBit = 1ull << 63;
-constexpr std::uint64_t held_position(std::uint64_t entry) { return (entry & ~kMovingBit) - 1; }
+inline constexpr std::uint64_t kTentativeBit = 1ull << 62;
+constexpr std::uint64_t held_position(std::uint64_t entry) { return (entry & ~(kMovingBit | kTentativeBit)) - 1; }
+
+// Who made the group cursor's last move past a record: in-flight entry K of consumer slot C, a
+// consumer of generation GENERATION of the group slot (C + 1 = 0: nobody known, as after the
+// group's creation or a recovery). Stored next to the cursor by the same 16-byte CAS (see
+// GroupSlot::next_taker); the generation keeps a consumer of a removed group from taking
+// records of the group that reused its slot.
+constexpr std::uint64_t cursor_taker(std::uint32_t generation, std::uint32_t c, std::uint32_t k) {
+  return std::uint64_t(generation) << 32 | (std::uint64_t(c) + 1) << 8 | (k & 0xff);
+}
+constexpr std::uint32_t taker_generation(std::uint64_t taker) { return static_cast<std::uint32_t>(taker >> 32); }
 
 struct alignas(64) SegmentHeader {
   char magic[8];                          // "SHMQSEG1"
@@ -137,12 +151,25 @@ struct alignas(64) GroupSlot {
   std::uint64_t created_position;
   std::atomic<std::uint32_t> generation;  // bumped each time the slot is given to a new group
   // One line for the delivery cursor: consumers of the group CAS it, and look at given_back.
+  // `next` and `next_taker` form one 16-byte word that a take changes with one CAS
+  // (cas_cursor() in channel_state.hpp): a reaper can then tell whether a dead consumer's
+  // tentative entry was the take that moved the cursor (see resolve_tentative()).
   alignas(64) std::atomic<std::uint64_t> next;       // next position to deliver
+  std::atomic<std::uint64_t> next_taker;             // cursor_taker() of the last take; 0 none
   std::atomic<std::uint64_t> delivered;              // deliveries made by consumers that left (live ones count in their slot)
   std::atomic<std::uint64_t> dead_lettered;          // messages moved to NAME.dlq
   std::atomic<std::uint32_t> given_back;             // entries in use in give_back[]
   // The give-back list: rarely touched, under its own lock (owner token; a dead holder is replaced).
   alignas(64) std::atomic<std::uint64_t> give_back_lock;
+  // The step the lock holder is making between the list and an in-flight entry (give_back_step()
+  // in channel_state.hpp; 0: none) and the position + 1 it moves: written before the step's first
+  // store, cleared after its last, so that the next holder finishes or undoes the step of a holder
+  // that died (settle_give_back() in channel.cpp).
+  std::atomic<std::uint64_t> give_back_step;
+  std::atomic<std::uint64_t> give_back_step_position;
+  // Serialises the copies of this group's poison messages to NAME.dlq (owner token; a dead holder
+  // is replaced): their producer there, "dlq-g<index>", is used by one process at a time.
+  std::atomic<std::uint64_t> dead_letter_lock;
   GiveBackEntry give_back[kGiveBackEntries];
 };
 
@@ -153,7 +180,7 @@ struct alignas(64) ConsumerSlot {
   std::atomic<std::uint64_t> owner;       // owner token
   std::atomic<std::uint64_t> heartbeat_ns;
   std::atomic<std::uint32_t> max_in_flight;
-  std::uint32_t reserved;
+  std::atomic<std::uint32_t> group_generation;  // the group slot's generation when the consumer joined
   std::atomic<std::uint64_t> visibility_timeout_ns;  // 0: a live consumer keeps what it holds
   alignas(64) std::atomic<std::uint64_t> delivered;  // deliveries to this consumer (the owner's line)
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
@@ -169,6 +196,8 @@ static_assert(offsetof(SegmentHeader, registry_lock) % 64 == 0);
 static_assert(offsetof(ProducerSlot, next_seq) % 64 == 0 && offsetof(ProducerSlot, pending_entry) < offsetof(ProducerSlot, next_seq) + 64);
 static_assert(offsetof(GroupSlot, next) % 64 == 0 && offsetof(GroupSlot, given_back) < offsetof(GroupSlot, next) + 64);
 static_assert(offsetof(GroupSlot, give_back_lock) % 64 == 0);
+static_assert(offsetof(GroupSlot, next_taker) == offsetof(GroupSlot, next) + 8 && offsetof(GroupSlot, next) % 16 == 0,
+              "the cursor and its taker are one 16-byte CAS word");
 static_assert(offsetof(ConsumerSlot, in_flight) % 64 == 0);
 
 // Hash of the sizes and offsets above: two builds that disagree on the layout refuse each other.

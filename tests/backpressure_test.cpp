@@ -1,6 +1,9 @@
 // Back-pressure and limits: a full ring makes publish wait and then return WouldBlock (never lose
 // data); sizes over the limits are TooLarge; every size up to the limit round-trips; where a new
-// group starts; a group gates ring reuse only while it exists.
+// group starts; a group gates ring reuse only while it exists; a consumer blocked behind an open
+// claim sleeps.
+#include <sys/resource.h>
+
 #include "support.hpp"
 
 namespace shmq::test {
@@ -267,6 +270,92 @@ TEST_F(Backpressure, ASecondGroupGatesRingReuseOnlyWhileItExists) {
   EXPECT_EQ(idle.status(), Status::Closed);
   const auto s = ch.stats();
   for (const auto& g : s.groups) EXPECT_NE(g.name, "idle");
+}
+
+
+// CPU seconds (user + system) this process has used so far, in nanoseconds.
+std::uint64_t cpu_ns_of_self() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto ns = [](const timeval& t) { return std::uint64_t(t.tv_sec) * 1'000'000'000ull + std::uint64_t(t.tv_usec) * 1000ull; };
+  return ns(u.ru_utime) + ns(u.ru_stime);
+}
+
+// A Wait::Block consumer whose next record is claimed and not committed (an open zero-copy Claim,
+// or a producer stopped with SIGSTOP inside its claim) must sleep: over about a second of waiting
+// it uses less than 5% of a core, which a spinning or yielding loop cannot. Then, once the claim
+// is committed, the message arrives.
+void blocked_consumer_sleeps_behind_an_open_claim(const std::string& name, bool stop_the_producer) {
+  { Channel ch = Channel::open(name, memory_options()); ch.ensure_group("g", Start::Earliest); }
+  Pipe claimed, go;
+  const pid_t producer = fork_child([&] {
+    claimed.close_read();
+    go.close_write();
+    Channel ch = Channel::open(name, memory_options());
+    Producer p(ch, "p");
+    Claim c = p.claim(16);
+    CHILD_CHECK(c);
+    std::memcpy(c.data().data(), "behind the claim", 16);
+    CHILD_CHECK(claimed.send(std::uint32_t{1}));
+    if (stop_the_producer) ::raise(SIGSTOP);  // stopped with the claim open until the parent's SIGCONT
+    std::uint32_t ok = 0;
+    CHILD_CHECK(go.receive(ok, 20s));  // open until the parent says
+    CHILD_CHECK(c.commit().status == Status::Ok);
+    return kChildOk;
+  });
+  claimed.close_write();
+  go.close_read();
+  std::uint32_t one = 0;
+  ASSERT_TRUE(claimed.receive(one, 10s)) << "the producer never claimed";
+  if (stop_the_producer) {
+    int st = 0;
+    ASSERT_EQ(::waitpid(producer, &st, WUNTRACED), producer);
+    ASSERT_TRUE(WIFSTOPPED(st)) << "the producer did not stop";
+  }
+  Pipe result;
+  const pid_t consumer = fork_child([&] {
+    result.close_read();
+    Channel ch = Channel::open(name, memory_options());
+    ConsumerOptions o;
+    o.wait = Wait::Block;
+    Consumer c(ch, "g", o);
+    const std::uint64_t cpu0 = cpu_ns_of_self();
+    const auto t0 = Clock::now();
+    auto m = c.poll(1s);
+    const std::uint64_t waited = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+    const std::uint64_t cpu = cpu_ns_of_self() - cpu0;
+    CHILD_CHECK(!m && c.status() == Status::Timeout);
+    CHILD_CHECK(result.send(cpu) && result.send(waited));
+    return kChildOk;
+  });
+  result.close_write();
+  std::uint64_t cpu = 0, waited = 0;
+  const bool got = result.receive(cpu, 20s) && result.receive(waited, 1s);
+  EXPECT_TRUE(wait_child(consumer, 20s).ok());
+  if (stop_the_producer) ::kill(producer, SIGCONT);
+  ASSERT_TRUE(go.send(std::uint32_t{1}));
+  ASSERT_TRUE(got) << "the blocked consumer did not report";
+  std::printf("blocked consumer behind %s: %.2f ms CPU in %.0f ms of waiting\n",
+              stop_the_producer ? "a stopped producer's claim" : "an open claim", static_cast<double>(cpu) / 1e6, static_cast<double>(waited) / 1e6);
+  EXPECT_GE(waited, 900'000'000u) << "poll(1s) returned early";
+  EXPECT_LT(cpu, waited / 20) << "a Block consumer behind an open claim used " << cpu / 1000000 << " ms of CPU in "
+                              << waited / 1000000 << " ms of waiting";
+  // Committed now: it arrives.
+  Channel ch = Channel::open(name, memory_options());
+  Consumer c(ch, "g");
+  auto m = c.poll(10s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "behind the claim");
+  EXPECT_EQ(c.ack(*m), Status::Ok);
+  EXPECT_TRUE(wait_child(producer, 20s).ok());
+}
+
+TEST_F(Backpressure, ABlockedConsumerSleepsBehindAnOpenClaim) {
+  blocked_consumer_sleeps_behind_an_open_claim(channel_name(), false);
+}
+
+TEST_F(Backpressure, ABlockedConsumerSleepsBehindAStoppedProducersClaim) {
+  blocked_consumer_sleeps_behind_an_open_claim(channel_name(), true);
 }
 
 }  // namespace
