@@ -60,6 +60,15 @@ RecordRing::RecordRing(void* region)
       max_frame_(hdr_->max_frame),
       claimer_count_(hdr_->claimers) {}
 
+RecordRing::RecordRing(void* region, std::uint64_t capacity, std::uint32_t claimers, std::uint64_t max_frame)
+    : hdr_(static_cast<RingHeader*>(region)),
+      claimers_(reinterpret_cast<ClaimerSlot*>(hdr_ + 1)),
+      data_(static_cast<std::byte*>(region) + data_offset_for(claimers)),
+      capacity_(capacity),
+      mask_(capacity - 1),
+      max_frame_(max_frame),
+      claimer_count_(claimers) {}
+
 void RecordRing::adopt_claimer(std::uint32_t i, std::uint64_t owner) noexcept {
   ClaimerSlot& c = claimers_[i];
   c.intent.store(kNoIntent, std::memory_order_relaxed);

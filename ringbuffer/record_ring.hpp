@@ -153,7 +153,11 @@ class RecordRing {
   static const char* validate(const void* region, std::size_t region_bytes);
 
   RecordRing() = default;
+  // Over a ring this process laid out (initialize()): its geometry is read from its header.
   explicit RecordRing(void* region);
+  // Over a ring in shared memory whose header validate() accepted: CAPACITY, CLAIMERS and
+  // MAX_FRAME are the caller's validated copies; the live header's geometry is never read.
+  RecordRing(void* region, std::uint64_t capacity, std::uint32_t claimers, std::uint64_t max_frame);
 
   std::uint64_t capacity() const noexcept { return capacity_; }
   std::uint64_t max_frame() const noexcept { return max_frame_; }

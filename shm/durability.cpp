@@ -481,7 +481,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
   const std::uint64_t lost_at_most = cap / ring::kHeaderBytes;
   std::uint64_t next_id = std::max(state ? state->next_producer_id : 0, max_id);
   if (state) {
-    for (std::size_t i = 0; i < state->producers.size() && i < h.max_producers; ++i) {
+    for (std::size_t i = 0; i < state->producers.size() && i < seg.geometry().max_producers; ++i) {
       const SavedProducer& p = state->producers[i];
       ProducerSlot& slot = seg.producers()[i];
       set_slot_name(slot.name, p.name);
@@ -502,7 +502,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       ++rc.report.producers;
     }
     // Groups: cursors back; what was held or given back is delivered again, lowest first.
-    for (std::size_t i = 0; i < state->groups.size() && i < h.max_groups; ++i) {
+    for (std::size_t i = 0; i < state->groups.size() && i < seg.geometry().max_groups; ++i) {
       const SavedGroup& gs = state->groups[i];
       GroupSlot& g = seg.groups()[i];
       set_slot_name(g.name, gs.name);
