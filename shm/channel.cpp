@@ -461,7 +461,7 @@ ChannelStats Channel::stats() const {
     std::uint64_t p = gs.next_position;
     // Under the cleaning lock: nothing is zeroed while the walk reads it.
     s.ring->lock_cleaning(detail::self_token(), &detail::ChannelState::alive);
-    while (p < out.write_position && p >= s.ring->cleaned()) {
+    for (std::uint64_t steps = 0; p < out.write_position && p >= s.ring->cleaned() && steps < s.ring->capacity() / ring::kAlign; ++steps) {
       const ring::ReadResult r = s.ring->read(p);
       if (r.kind == ring::ReadResult::Record) ++gs.lag_messages;
       else if (r.kind != ring::ReadResult::Padding) break;
