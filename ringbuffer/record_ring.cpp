@@ -60,6 +60,15 @@ RecordRing::RecordRing(void* region)
       max_frame_(hdr_->max_frame),
       claimer_count_(hdr_->claimers) {}
 
+RecordRing::RecordRing(void* region, std::uint64_t capacity, std::uint32_t claimers, std::uint64_t max_frame)
+    : hdr_(static_cast<RingHeader*>(region)),
+      claimers_(reinterpret_cast<ClaimerSlot*>(hdr_ + 1)),
+      data_(static_cast<std::byte*>(region) + data_offset_for(claimers)),
+      capacity_(capacity),
+      mask_(capacity - 1),
+      max_frame_(max_frame),
+      claimer_count_(claimers) {}
+
 void RecordRing::adopt_claimer(std::uint32_t i, std::uint64_t owner) noexcept {
   ClaimerSlot& c = claimers_[i];
   c.intent.store(kNoIntent, std::memory_order_relaxed);
@@ -75,64 +84,92 @@ void RecordRing::release_claimer(std::uint32_t i) noexcept {
   c.owner.store(0, std::memory_order_release);  // pairs with the acquire loads in unblock()
 }
 
-bool RecordRing::unblock(std::uint64_t pos, AliveFn alive) noexcept {
+namespace {
+void (*g_unblock_hook)(std::uint64_t) = nullptr;
+}  // namespace
+
+void RecordRing::set_unblock_hook(void (*hook)(std::uint64_t)) noexcept { g_unblock_hook = hook; }
+
+bool RecordRing::unblock(std::uint64_t pos, std::uint64_t owner, AliveFn alive) noexcept {
+  return unblock_impl(pos, owner, alive, false);
+}
+
+bool RecordRing::unblock_impl(std::uint64_t pos, std::uint64_t owner, AliveFn alive, bool locked) noexcept {
+  // POS and the tail come from shared memory: only an aligned position of this lap is looked at.
+  if (pos % kAlign != 0) return false;
   auto& word = frame_at(pos);
   std::uint64_t w = word.load(std::memory_order_acquire);  // pairs with the claim/commit stores
   Frame f = Frame::unpack(w);
   if (f.length > 0) return true;
   // acquire: pairs with the CAS in try_claim(): a tail past POS makes that claimer's intent visible.
   const std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
-  if (pos >= t) return false;
+  if (pos >= t || t - pos > capacity_) return false;
+  // acquire: pairs with the release store of `cleaned` in reclaim().
+  if (pos < hdr_->cleaned.load(std::memory_order_acquire)) return false;  // reclaimed: not a claim of this lap
+
+  // Stores PADDING over the frame word if it still holds EXPECTED and POS was not reclaimed
+  // since it was read (under clean_lock nothing is zeroed: a position at or above `cleaned` still
+  // holds this lap's word, so the CAS cannot succeed on space zeroed a lap later).
+  auto pad = [&](std::uint64_t expected, std::uint64_t padding) {
+    if (g_unblock_hook) g_unblock_hook(pos);
+    if (!locked) lock_cleaning(owner, alive);
+    if (pos >= hdr_->cleaned.load(std::memory_order_relaxed))  // only the lock holder moves it
+      // CAS: another reader may be turning the same claim into padding; either of us may win.
+      word.compare_exchange_strong(expected, padding, std::memory_order_release, std::memory_order_relaxed);
+    if (!locked) unlock_cleaning();
+  };
 
   if (f.length < 0) {  // claimed, length known: dead if its claimer's slot changed owner or died
     if (f.claimer < claimer_count_) {
       ClaimerSlot& c = claimers_[f.claimer];
-      const std::uint64_t owner = c.owner.load(std::memory_order_acquire);
+      const std::uint64_t owner_token = c.owner.load(std::memory_order_acquire);
       // The frame keeps the low 16 bits of the epoch.
-      if (static_cast<std::uint16_t>(c.epoch.load(std::memory_order_acquire)) == f.epoch && owner != 0 && alive(owner))
+      if (static_cast<std::uint16_t>(c.epoch.load(std::memory_order_acquire)) == f.epoch && owner_token != 0 &&
+          alive(owner_token))
         return false;
     }
     const std::uint64_t len = align_up(static_cast<std::uint32_t>(-static_cast<std::int64_t>(f.length)));
-    if (len < kAlign || pos + len > lap_end(pos)) return false;  // not ours to guess; read() reports it
+    // Not ours to guess; read() reports it.
+    if (len < kAlign || pos + len > lap_end(pos) || pos + len > t) return false;
     if (f.claimer < claimer_count_) {
       // Before the padding frame (the release CAS below orders it): once the space is reclaimed,
       // `padded` is what says this claim was never committed. Claims are padded in position order,
-      // so the value only grows; the CAS loop keeps it so when two readers race.
+      // so the value only grows; the CAS loop keeps it so when two readers race (bounded: a peer
+      // that keeps changing the word is not waited for).
       std::atomic<std::uint64_t>& padded = claimers_[f.claimer].padded;
       std::uint64_t seen = padded.load(std::memory_order_relaxed);
-      while (seen < pos + 1 && !padded.compare_exchange_weak(seen, pos + 1, std::memory_order_relaxed)) {
+      for (int tries = 0; tries < 1024 && seen < pos + 1 &&
+                          !padded.compare_exchange_weak(seen, pos + 1, std::memory_order_relaxed);
+           ++tries) {
       }
     }
-    // CAS: another reader may be turning the same claim into padding; either of us may win.
-    word.compare_exchange_strong(w, Frame::pack(static_cast<std::int32_t>(len), RecordType::Padding, 0, 0),
-                                 std::memory_order_release, std::memory_order_relaxed);
+    pad(w, Frame::pack(static_cast<std::int32_t>(len), RecordType::Padding, 0, 0));
     return true;
   }
 
   // Frame still 0: a claimer moved the tail past POS and has not written its frame. A live claimer
   // whose intent is POS may be that one: wait. Live intents above POS are boundaries of live claims
-  // that the scan below must not enter.
-  std::uint64_t bound = t;
+  // that the scan below must not enter. The scan never goes past the end of this lap (whatever the
+  // tail says): the bound is clipped first.
+  std::uint64_t bound = std::min(t, lap_end(pos));
   for (std::uint32_t i = 0; i < claimer_count_; ++i) {
     ClaimerSlot& c = claimers_[i];
     const std::uint64_t intent = c.intent.load(std::memory_order_acquire);
     if (intent == kNoIntent || intent < pos || intent >= bound) continue;
-    const std::uint64_t owner = c.owner.load(std::memory_order_acquire);
-    if (owner == 0 || !alive(owner)) continue;
+    const std::uint64_t owner_token = c.owner.load(std::memory_order_acquire);
+    if (owner_token == 0 || !alive(owner_token)) continue;
     if (intent == pos) return false;
     bound = intent;
   }
   // A claimer that finished meanwhile wrote its frame before giving up its intent: look again.
   if (word.load(std::memory_order_acquire) != 0) return false;
   std::uint64_t end = pos + kAlign;
-  for (; end < bound; end += kAlign) {
+  for (; end < bound; end += kAlign) {  // at most a lap's worth of words
     if (frame_at(end).load(std::memory_order_acquire) != 0) break;  // the next record's frame word
   }
-  end = std::min(end, lap_end(pos));
-  std::uint64_t expected = 0;
-  word.compare_exchange_strong(expected,
-                               Frame::pack(static_cast<std::int32_t>(end - pos), RecordType::Padding, 0, 0),
-                               std::memory_order_release, std::memory_order_relaxed);
+  end = std::min(end, bound);
+  if (end % kAlign != 0) end = pos + kAlign;  // a misaligned live intent: the smallest padding
+  pad(0, Frame::pack(static_cast<std::int32_t>(end - pos), RecordType::Padding, 0, 0));
   return true;
 }
 
@@ -190,8 +227,10 @@ void RecordRing::lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept {
   // can no longer be walked, nor a group start there. Its target was a record boundary below the
   // gate: finish its work first.
   const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);
+  // cleaning_to comes from shared memory: only a record boundary within a lap, below the tail.
   if (const std::uint64_t unfinished = hdr_->cleaning_to.load(std::memory_order_relaxed);
-      unfinished > c && unfinished - c <= capacity_) {
+      unfinished > c && unfinished - c <= capacity_ && unfinished % kAlign == 0 && c % kAlign == 0 &&
+      unfinished <= hdr_->tail.load(std::memory_order_acquire)) {
     zero(c, unfinished);
     hdr_->cleaned.store(unfinished, std::memory_order_release);  // pairs with the acquire in try_claim()
   }
@@ -218,12 +257,18 @@ void RecordRing::zero(std::uint64_t from, std::uint64_t to) noexcept {
 bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept {
   lock_cleaning(owner, alive);
   const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
+  // The gate is the lowest position a reader still needs; never past what was claimed.
+  const std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
+  // `cleaned` and the tail come from shared memory: a ring where they are not record boundaries
+  // a lap apart at most is corrupt; no space is made in it (the caller's wait times out).
+  if (c % kAlign != 0 || t % kAlign != 0 || t < c || t - c >= capacity_) {
+    unlock_cleaning();
+    return false;
+  }
   if (c + capacity_ > need_end) {
     unlock_cleaning();
     return true;
   }
-  // The gate is the lowest position a reader still needs; never past what was claimed.
-  const std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
   const std::uint64_t g = std::min(gate(ctx), t);
   // Zero a batch at a time: enough for this claim, and up to an eighth of the ring (at most
   // 256 KiB) beyond it. Measured per publish (64 B, one thread): a 1 MiB cap leaves 43 us stalls at
@@ -235,12 +280,12 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
   // Stop on a record boundary: `cleaned` is where a reader that starts at the oldest message
   // begins. Every record below the gate is committed, so its frame gives its length.
   std::uint64_t target = c;
-  while (target < limit) {
+  while (target < limit && target - c < capacity_) {  // at most a lap, whatever the gate says
     const Frame f = Frame::unpack(frame_at(target).load(std::memory_order_acquire));
     if (f.length < static_cast<std::int32_t>(kAlign)) {
       // A claim not committed. Below every reader's position there is nobody else to find it: if
       // its claimer is dead, it is padding now, and zeroing goes on past it.
-      if (f.length <= 0 && unblock(target, alive)) continue;
+      if (f.length <= 0 && unblock_impl(target, owner, alive, true)) continue;
       break;  // a live claim, or a corrupt frame: never past it
     }
     const std::uint64_t next = target + align_up(static_cast<std::uint32_t>(f.length));

@@ -153,7 +153,11 @@ class RecordRing {
   static const char* validate(const void* region, std::size_t region_bytes);
 
   RecordRing() = default;
+  // Over a ring this process laid out (initialize()): its geometry is read from its header.
   explicit RecordRing(void* region);
+  // Over a ring in shared memory whose header validate() accepted: CAPACITY, CLAIMERS and
+  // MAX_FRAME are the caller's validated copies; the live header's geometry is never read.
+  RecordRing(void* region, std::uint64_t capacity, std::uint32_t claimers, std::uint64_t max_frame);
 
   std::uint64_t capacity() const noexcept { return capacity_; }
   std::uint64_t max_frame() const noexcept { return max_frame_; }
@@ -179,6 +183,16 @@ class RecordRing {
     const std::uint32_t epoch = me.epoch.load(std::memory_order_relaxed);
     std::uint64_t t = hdr_->tail.load(std::memory_order_relaxed);
     for (;;) {
+      // The tail comes from shared memory: one that is not a record boundary, or below the space
+      // known to be reclaimed, is not claimed from (a frame at a misaligned index would cross the
+      // end of the region). The caller's reclaim() refuses such a ring too, so it times out.
+      if (t % kAlign != 0 || t < cleaned_hint) {
+        cleaned_hint = hdr_->cleaned.load(std::memory_order_acquire);
+        if (t % kAlign != 0 || t < cleaned_hint) {
+          me.intent.store(kNoIntent, std::memory_order_relaxed);
+          return kNoIntent;
+        }
+      }
       const std::uint64_t to_end = capacity_ - (t & mask_);
       const std::uint64_t pad = need > to_end ? to_end : 0;
       const std::uint64_t end = t + pad + need;
@@ -224,8 +238,14 @@ class RecordRing {
   }
 
   // What is at POS, a position this reader reached by reading records in order from a known
-  // boundary. Validates the frame against the region before anything else reads it.
+  // boundary. Validates the position and the frame against the region before anything else reads
+  // them: POS (from shared memory: a group cursor, a give-back entry, a journal cursor) must be
+  // 8-byte aligned; at or past the tail there is nothing, whatever the frame word says (Empty);
+  // below `cleaned`, or more than a lap behind the tail, it is Corrupt (a reader that loaded a
+  // cursor that has moved on since may see that too: it re-reads its cursor before it believes
+  // it); a record never runs past the tail.
   ReadResult read(std::uint64_t pos) const noexcept {
+    if (pos % kAlign != 0) return corrupt(pos, "position is not a multiple of 8");
     // acquire: pairs with the release store in commit(); makes the record's bytes visible.
     const Frame f = Frame::unpack(frame_at(pos).load(std::memory_order_acquire));
     // Empty: no frame here yet, which may be a claim whose frame is not written yet (claimed() tells;
@@ -234,6 +254,20 @@ class RecordRing {
     if (static_cast<std::uint32_t>(f.length) < kAlign) return corrupt(pos, "record shorter than a frame word");
     const std::uint64_t next = pos + align_up(static_cast<std::uint32_t>(f.length));
     if (next > lap_end(pos)) return corrupt(pos, "record crosses the end of the ring");
+    // Against the tail. The tail seen last by this process is enough while POS and NEXT are below
+    // it (the tail only grows: a record below a tail once seen was claimed); otherwise the live one.
+    // acquire (the live load, after the frame's acquire): a committed record's claim moved the
+    // tail past it before its frame was stored, so the load sees a tail at or past NEXT.
+    std::uint64_t t = tail_seen_.load(std::memory_order_relaxed);
+    if (next > t || t - pos > capacity_) {
+      t = hdr_->tail.load(std::memory_order_acquire);
+      tail_seen_.store(t, std::memory_order_relaxed);
+    }
+    if (pos >= t) return {ReadResult::Empty, pos, nullptr, nullptr, 0};  // free space: a stray frame
+    if (t - pos > capacity_) return corrupt(pos, "position more than a lap behind the tail");
+    if (next > t) return corrupt(pos, "record runs past the tail");
+    // acquire: pairs with the release store of `cleaned` in reclaim().
+    if (pos < hdr_->cleaned.load(std::memory_order_acquire)) return corrupt(pos, "position below the reclaimed space");
     const auto len = static_cast<std::uint32_t>(f.length);
     if (f.type == RecordType::Padding) return {ReadResult::Padding, next, nullptr, nullptr, len};
     if (f.type != RecordType::Data) return corrupt(pos, "unknown record type");
@@ -256,8 +290,15 @@ class RecordRing {
 
   // A reader stuck at POS (Pending for a while) asks whether the claim there belongs to a dead
   // claimer and, if so, turns it into padding. Returns true if POS now reads as padding (or was
-  // committed meanwhile); false if a live claimer holds it.
-  bool unblock(std::uint64_t pos, AliveFn alive) noexcept;
+  // committed meanwhile); false if a live claimer holds it, or POS is not a claimed position of
+  // this lap (not aligned, outside [cleaned, tail)). The padding is stored under clean_lock (OWNER
+  // is the caller's token), after checking again that POS was not reclaimed meanwhile: a reader
+  // that stalled before its store must not write a frame into space zeroed since (issue 10.8).
+  bool unblock(std::uint64_t pos, std::uint64_t owner, AliveFn alive) noexcept;
+
+  // Tests only: called inside unblock() just before it takes clean_lock to store its padding, so
+  // that a test can stall a reader there while others lap the ring. Not for production use.
+  static void set_unblock_hook(void (*hook)(std::uint64_t pos)) noexcept;
 
   // Makes room so that a claim may reach NEED_END: zeroes space every reader is past (GATE) and
   // advances `cleaned`. Serialised by clean_lock (OWNER is the caller's token; a dead holder is
@@ -288,6 +329,8 @@ class RecordRing {
     return {ReadResult::Corrupt, pos, nullptr, why, 0};
   }
   void zero(std::uint64_t from, std::uint64_t to) noexcept;
+  // unblock() with clean_lock held by the caller (LOCKED), or taken here for the store.
+  bool unblock_impl(std::uint64_t pos, std::uint64_t owner, AliveFn alive, bool locked) noexcept;
 
   RingHeader* hdr_ = nullptr;
   ClaimerSlot* claimers_ = nullptr;
@@ -296,6 +339,20 @@ class RecordRing {
   std::uint64_t mask_ = 0;
   std::uint64_t max_frame_ = 0;
   std::uint32_t claimer_count_ = 0;  // validated at attach; the live header field is not trusted again
+  // The tail this process saw last (relaxed: a hint; a stale one only makes read() load the live
+  // tail). Copied with the ring object.
+  struct TailHint {
+    mutable std::atomic<std::uint64_t> v{0};
+    TailHint() = default;
+    TailHint(const TailHint& o) noexcept : v(o.v.load(std::memory_order_relaxed)) {}
+    TailHint& operator=(const TailHint& o) noexcept {
+      v.store(o.v.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      return *this;
+    }
+    std::uint64_t load(std::memory_order m) const noexcept { return v.load(m); }
+    void store(std::uint64_t x, std::memory_order m) const noexcept { v.store(x, m); }
+  };
+  TailHint tail_seen_;
 };
 
 }  // namespace shmq::ring

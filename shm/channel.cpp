@@ -390,15 +390,16 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
     st->segment = Segment::open(name, requested, create);
   }
   SegmentHeader& h = st->segment->header();
+  const Geometry& geo = st->segment->geometry();  // validated at attach: never the live header
   ChannelOptions eff = requested;
-  eff.ring_bytes = h.ring_bytes;
-  eff.max_message_bytes = h.max_message_bytes;
-  eff.max_producers = h.max_producers;
-  eff.max_groups = h.max_groups;
-  eff.max_consumers = h.max_consumers;
-  eff.dedup_window = h.dedup_window;
-  eff.max_deliveries = h.max_deliveries;
-  eff.durability = static_cast<Durability>(h.durability);
+  eff.ring_bytes = geo.ring_bytes;
+  eff.max_message_bytes = geo.max_message_bytes;
+  eff.max_producers = geo.max_producers;
+  eff.max_groups = geo.max_groups;
+  eff.max_consumers = geo.max_consumers;
+  eff.dedup_window = geo.dedup_window;
+  eff.max_deliveries = geo.max_deliveries;
+  eff.durability = geo.durability;
   if (create && requested.strict_geometry && !st->segment->created()) {
     auto differs = [&](const char* field, std::uint64_t want, std::uint64_t have) {
       if (want != have)
@@ -406,12 +407,12 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
                                                   " in the existing segment, " + std::to_string(want) +
                                                   " was asked (strict_geometry)");
     };
-    differs("ring_bytes", requested.ring_bytes, h.ring_bytes);
-    differs("max_message_bytes", requested.max_message_bytes, h.max_message_bytes);
-    differs("max_producers", requested.max_producers, h.max_producers);
-    differs("max_groups", requested.max_groups, h.max_groups);
-    differs("max_consumers", requested.max_consumers, h.max_consumers);
-    differs("dedup_window", requested.dedup_window, h.dedup_window);
+    differs("ring_bytes", requested.ring_bytes, geo.ring_bytes);
+    differs("max_message_bytes", requested.max_message_bytes, geo.max_message_bytes);
+    differs("max_producers", requested.max_producers, geo.max_producers);
+    differs("max_groups", requested.max_groups, geo.max_groups);
+    differs("max_consumers", requested.max_consumers, geo.max_consumers);
+    differs("dedup_window", requested.dedup_window, geo.dedup_window);
   }
   if (create && requested.durability != eff.durability)
     st->fail(std::errc::invalid_argument, "the existing segment has another durability than the one asked");
@@ -422,7 +423,7 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   st->consumers = st->segment->consumers();
   st->ring = &st->segment->ring();
   if (st->durable()) {
-    st->journal_dir = std::filesystem::path(h.journal_path);  // the creator's: every process journals there
+    st->journal_dir = std::filesystem::path(geo.journal_path);  // the creator's: every process journals there
     st->options.journal_dir = st->journal_dir;
     if (run_journaler) st->journaler = std::make_unique<Journaler>(*st);
   }
@@ -566,7 +567,7 @@ ChannelStats Channel::stats() const {
     std::uint64_t p = gs.next_position;
     // Under the cleaning lock: nothing is zeroed while the walk reads it.
     s.ring->lock_cleaning(detail::self_token(), &detail::ChannelState::alive);
-    while (p < out.write_position && p >= s.ring->cleaned()) {
+    for (std::uint64_t steps = 0; p < out.write_position && p >= s.ring->cleaned() && steps < s.ring->capacity() / ring::kAlign; ++steps) {
       const ring::ReadResult r = s.ring->read(p);
       if (r.kind == ring::ReadResult::Record) ++gs.lag_messages;
       else if (r.kind != ring::ReadResult::Padding) break;

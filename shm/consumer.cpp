@@ -78,7 +78,7 @@ struct ConsumerState {
       pending_since = now;
       pending_sleeps = 0;
     } else if (now - pending_since > kDeadClaimCheckNs) {
-      ring->unblock(pos, &ChannelState::alive);
+      ring->unblock(pos, self_token(), &ChannelState::alive);
       pending_since = now;
     }
   }
@@ -361,6 +361,7 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
         c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_relaxed);
         continue;
       case ring::ReadResult::Corrupt:
+        if (c.group->next.load(std::memory_order_acquire) != pos) continue;  // a cursor that moved on: read it again
         c.last = Status::Corrupt;
         throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
                     "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': corrupt record at position " +

@@ -255,7 +255,7 @@ void Journaler::journal(journal::Writer& w) {
         pending_pos = cursor;
         pending_since = now;
       } else if (now - pending_since > 1'000'000) {
-        ring.unblock(cursor, &ChannelState::alive);  // a producer died between claim and commit
+        ring.unblock(cursor, self_token(), &ChannelState::alive);  // a producer died between claim and commit
         pending_since = now;
       }
     }

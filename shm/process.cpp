@@ -16,27 +16,97 @@ namespace {
 
 constexpr std::uint64_t kUnknown = ~0ull;  // /proc could not be read: not evidence of death
 
+// Reads /proc file PATH into BUF (NUL-terminated); the byte count, 0 when the file is gone (ENOENT,
+// ESRCH: the task exited), -1 on another error (fd exhaustion, EINTR...).
+ssize_t read_proc(const char* path, char* buf, std::size_t size) noexcept {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT || errno == ESRCH ? 0 : -1;
+  const ssize_t n = ::read(fd, buf, size - 1);
+  const int err = errno;
+  ::close(fd);
+  if (n < 0) return err == ESRCH ? 0 : -1;  // ESRCH: it exited while we read
+  buf[n] = '\0';
+  return n;
+}
+
+// The state letter of a /proc .../stat line (field 3), or 0 when the line is malformed. The command
+// name (field 2) is in parentheses and may hold spaces: fields resume after the last ')'.
+const char* fields_after_name(const char* line) noexcept {
+  const char* p = std::strrchr(line, ')');
+  return p && p[1] == ' ' ? p + 2 : nullptr;
+}
+bool exited_state(char state) noexcept { return state == 'Z' || state == 'X' || state == 'x'; }
+
+// 1 when some thread of PID's thread group other than its leader has not exited, 0 when none has,
+// -1 when /proc could not tell. A process whose main thread called pthread_exit() shows its
+// leader as a zombie in /proc/PID/stat while its other threads run: it is alive. The walk is
+// bounded by a count of our own (a group of more threads than that counts as alive).
+int other_thread_alive(int pid) noexcept {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/task", pid);
+  const int dfd = ::open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return errno == ENOENT || errno == ESRCH ? 0 : -1;
+  int result = 0;
+  alignas(8) char entries[4096];
+  constexpr int kMaxEntries = 1 << 16;
+  for (int seen = 0; result == 0;) {
+    const long n = ::syscall(SYS_getdents64, dfd, entries, sizeof entries);
+    if (n == 0) break;
+    if (n < 0) {
+      result = errno == ENOENT || errno == ESRCH ? 0 : -1;
+      break;
+    }
+    for (long off = 0; off < n && result == 0;) {
+      struct Dirent64 {
+        std::uint64_t ino;
+        std::int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[1];
+      };
+      const auto* d = reinterpret_cast<const Dirent64*>(entries + off);
+      if (d->reclen == 0) break;
+      off += d->reclen;
+      if (++seen > kMaxEntries) {
+        result = 1;
+        break;
+      }
+      char* end = nullptr;
+      const long tid = std::strtol(d->name, &end, 10);
+      if (end == d->name || *end != '\0' || tid <= 0 || tid == pid) continue;
+      char stat_path[96];
+      std::snprintf(stat_path, sizeof stat_path, "/proc/%d/task/%ld/stat", pid, tid);
+      char buf[1024];
+      const ssize_t got = read_proc(stat_path, buf, sizeof buf);
+      if (got < 0) result = -1;
+      else if (got > 0) {
+        const char* f = fields_after_name(buf);
+        if (f && !exited_state(*f)) result = 1;
+      }
+    }
+  }
+  ::close(dfd);
+  return result;
+}
+
 // Start time (clock ticks since boot) of PID from /proc/PID/stat; 0 if it has none (no such
-// process, or a zombie); kUnknown when /proc fails for another reason (fd exhaustion, EINTR...):
-// a lock is never stolen, nor a claim padded, on such an error.
+// process, or one whose every thread exited: a zombie); kUnknown when /proc fails for another
+// reason (fd exhaustion, EINTR...): a lock is never stolen, nor a claim padded, on such an error.
+// Liveness is the thread group's: a zombie leader with a live thread is alive.
 std::uint64_t start_time_of(int pid) noexcept {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
-  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno == ENOENT || errno == ESRCH ? 0 : kUnknown;
   char buf[1024];
-  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  const int err = errno;
-  ::close(fd);
-  if (n < 0) return err == ESRCH ? 0 : kUnknown;  // ESRCH: it exited while we read
+  const ssize_t n = read_proc(path, buf, sizeof buf);
+  if (n < 0) return kUnknown;
   if (n == 0) return 0;
-  buf[n] = '\0';
-  // The command name (field 2) is in parentheses and may hold spaces: fields resume after the last ')'.
-  const char* p = std::strrchr(buf, ')');
-  if (!p || p[1] != ' ') return 0;
-  p += 2;
-  const char state = *p;
-  if (state == 'Z' || state == 'X' || state == 'x') return 0;
+  const char* p = fields_after_name(buf);
+  if (!p) return 0;
+  if (exited_state(*p)) {
+    const int others = other_thread_alive(pid);
+    if (others < 0) return kUnknown;
+    if (others == 0) return 0;
+  }
   // From field 3 (state) to field 22 (starttime): skip 19 separators.
   for (int field = 3; field < 22; ++field) {
     p = std::strchr(p, ' ');

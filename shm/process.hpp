@@ -3,7 +3,9 @@
 // Liveness of a process = its pid plus its start time (field 22 of /proc/PID/stat, in clock ticks
 // since boot), so a reused pid is not mistaken for the process that died. Both are packed into one
 // 64-bit owner token (pid in the low half, the low 32 bits of the start time in the high half)
-// that fits an atomic word in the segment. A zombie counts as dead. Limit: the processes sharing a
+// that fits an atomic word in the segment. Liveness is the thread group's: a process whose main
+// thread exited (pthread_exit) while other threads run is alive, although /proc/PID/stat shows
+// its leader as a zombie; a process whose every thread exited (a zombie) counts as dead. Limit: the processes sharing a
 // channel must see one pid namespace (the same /proc).
 #pragma once
 

@@ -520,10 +520,10 @@ void prepare(Segment& seg, RecoveryContext& rc) {
              std::to_string(journal_end);
     if (st.windows_from != ~0ull && (!position_ok(st.windows_from) || st.windows_from > st.durable_position + cap))
       return "windows_from " + std::to_string(st.windows_from) + " is not an aligned position near the durable one";
-    if (st.producers.size() > h.max_producers)
-      return std::to_string(st.producers.size()) + " producers, the channel has " + std::to_string(h.max_producers) + " slots";
-    if (st.groups.size() > h.max_groups)
-      return std::to_string(st.groups.size()) + " groups, the channel has " + std::to_string(h.max_groups) + " slots";
+    if (st.producers.size() > seg.geometry().max_producers)
+      return std::to_string(st.producers.size()) + " producers, the channel has " + std::to_string(seg.geometry().max_producers) + " slots";
+    if (st.groups.size() > seg.geometry().max_groups)
+      return std::to_string(st.groups.size()) + " groups, the channel has " + std::to_string(seg.geometry().max_groups) + " slots";
     for (std::size_t i = 0; i < st.producers.size(); ++i) {
       const SavedProducer& p = st.producers[i];
       const std::string what = "producers[" + std::to_string(i) + "] ('" + p.name + "')";
@@ -632,7 +632,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
   const std::uint64_t lost_at_most = cap / ring::kHeaderBytes;
   std::uint64_t next_id = std::max(state ? state->next_producer_id : 0, max_id);
   if (state) {
-    for (std::size_t i = 0; i < state->producers.size() && i < h.max_producers; ++i) {
+    for (std::size_t i = 0; i < state->producers.size() && i < seg.geometry().max_producers; ++i) {
       const SavedProducer& p = state->producers[i];
       ProducerSlot& slot = seg.producers()[i];
       set_slot_name(slot.name, p.name);
@@ -653,7 +653,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
       ++rc.report.producers;
     }
     // Groups: cursors back; what was held or given back is delivered again, lowest first.
-    for (std::size_t i = 0; i < state->groups.size() && i < h.max_groups; ++i) {
+    for (std::size_t i = 0; i < state->groups.size() && i < seg.geometry().max_groups; ++i) {
       const SavedGroup& gs = state->groups[i];
       GroupSlot& g = seg.groups()[i];
       set_slot_name(g.name, gs.name);

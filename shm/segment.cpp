@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <thread>
 
 #include "shm/process.hpp"
@@ -128,21 +129,21 @@ bool Segment::still_named(std::string_view name) const noexcept {
   const std::string path = segment_path(name);
   return ::stat(path.c_str(), &now) == 0 && now.st_ino == mine.st_ino && now.st_dev == mine.st_dev;
 }
-ProducerSlot* Segment::producers() const noexcept {
-  return reinterpret_cast<ProducerSlot*>(reinterpret_cast<char*>(header_) + header_->producers_offset);
-}
-GroupSlot* Segment::groups() const noexcept {
-  return reinterpret_cast<GroupSlot*>(reinterpret_cast<char*>(header_) + header_->groups_offset);
-}
-ConsumerSlot* Segment::consumers() const noexcept {
-  return reinterpret_cast<ConsumerSlot*>(reinterpret_cast<char*>(header_) + header_->consumers_offset);
-}
 DedupEntry* Segment::dedup_entries(std::uint32_t i) const noexcept {
-  return reinterpret_cast<DedupEntry*>(reinterpret_cast<char*>(header_) + header_->dedup_offset) +
-         std::uint64_t(i) * header_->dedup_window;
+  return dedup_ + std::uint64_t(i) * geometry_.dedup_window;
 }
 DedupWindow Segment::dedup_window(std::uint32_t i) const noexcept {
-  return DedupWindow(dedup_entries(i), header_->dedup_window, &producers()[i].next_seq);
+  return DedupWindow(dedup_entries(i), geometry_.dedup_window, &producers_[i].next_seq);
+}
+
+void Segment::adopt(const Geometry& g) {
+  geometry_ = g;
+  char* base = reinterpret_cast<char*>(header_);
+  producers_ = reinterpret_cast<ProducerSlot*>(base + g.producers_offset);
+  groups_ = reinterpret_cast<GroupSlot*>(base + g.groups_offset);
+  consumers_ = reinterpret_cast<ConsumerSlot*>(base + g.consumers_offset);
+  dedup_ = reinterpret_cast<DedupEntry*>(base + g.dedup_offset);
+  ring_ = ring::RecordRing(base + g.ring_offset, g.ring_bytes, g.max_producers, max_frame_for(g.max_message_bytes));
 }
 
 namespace {
@@ -199,34 +200,60 @@ void initialize(SegmentHeader* h, const Layout& l, const ChannelOptions& o) {
   std::memcpy(h->journal_path, jp.data(), std::min(jp.size(), sizeof h->journal_path - 1));
 }
 
-// Checks a Ready header against the file it came from; returns what is wrong, or empty.
-std::string validate(const SegmentHeader* h, std::uint64_t file_bytes) {
+// Copies the geometry out of a header (each field read once) into G.
+void copy_geometry(const SegmentHeader* h, Geometry& g) {
+  // volatile reads: each field is read exactly once, whatever a peer writes meanwhile.
+  auto once = [](const auto& field) { return *static_cast<const volatile std::remove_reference_t<decltype(field)>*>(&field); };
+  g.durability = static_cast<Durability>(once(h->durability));
+  g.segment_bytes = once(h->segment_bytes);
+  g.ring_bytes = once(h->ring_bytes);
+  g.max_message_bytes = once(h->max_message_bytes);
+  g.max_producers = once(h->max_producers);
+  g.max_groups = once(h->max_groups);
+  g.max_consumers = once(h->max_consumers);
+  g.dedup_window = once(h->dedup_window);
+  g.max_deliveries = once(h->max_deliveries);
+  g.producers_offset = once(h->producers_offset);
+  g.groups_offset = once(h->groups_offset);
+  g.consumers_offset = once(h->consumers_offset);
+  g.ring_offset = once(h->ring_offset);
+  g.dedup_offset = once(h->dedup_offset);
+  char path[sizeof h->journal_path];
+  for (std::size_t i = 0; i < sizeof path; ++i) path[i] = once(h->journal_path[i]);
+  g.journal_path.assign(path, ::strnlen(path, sizeof path));
+  if (g.journal_path.size() == sizeof path) g.journal_path.clear();  // not terminated: refused below
+}
+
+// Checks a Ready header against the file it came from: copies its geometry into G and validates
+// the copy (never the live header again); returns what is wrong, or empty.
+std::string validate(const SegmentHeader* h, std::uint64_t file_bytes, Geometry& g) {
   if (h->layout_version != kLayoutVersion)
     return "segment layout version is " + std::to_string(h->layout_version) + ", this build reads version " +
            std::to_string(kLayoutVersion);
   if (h->fingerprint != layout_fingerprint()) return "segment layout fingerprint differs from this build's (built with another layout)";
-  if (h->durability > static_cast<std::uint32_t>(Durability::Sync)) return "segment header names an unknown durability";
-  if (!std::has_single_bit(h->ring_bytes) || h->ring_bytes < (64u << 10) || h->ring_bytes > (1u << 30))
+  copy_geometry(h, g);
+  if (static_cast<std::uint32_t>(g.durability) > static_cast<std::uint32_t>(Durability::Sync)) return "segment header names an unknown durability";
+  if (!std::has_single_bit(g.ring_bytes) || g.ring_bytes < (64u << 10) || g.ring_bytes > (1u << 30))
     return "segment header has a ring size that is not a power of two between 64 KiB and 1 GiB";
-  if (h->max_message_bytes == 0 || h->max_message_bytes > h->ring_bytes / 4) return "segment header has an invalid max_message_bytes";
-  if (h->max_producers == 0 || h->max_producers > ring::kMaxClaimers || h->max_groups == 0 || h->max_groups > 4096 ||
-      h->max_consumers == 0 || h->max_consumers > 4096)
+  if (g.max_message_bytes == 0 || g.max_message_bytes > g.ring_bytes / 4) return "segment header has an invalid max_message_bytes";
+  if (g.max_producers == 0 || g.max_producers > ring::kMaxClaimers || g.max_groups == 0 || g.max_groups > 4096 ||
+      g.max_consumers == 0 || g.max_consumers > 4096)
     return "segment header has table sizes out of range";
-  if (!std::has_single_bit(h->dedup_window) || h->dedup_window > kMaxDedupWindow)
+  if (!std::has_single_bit(g.dedup_window) || g.dedup_window > kMaxDedupWindow)
     return "segment header has a dedup window that is not a power of two up to " + std::to_string(kMaxDedupWindow);
-  if (!std::memchr(h->journal_path, 0, sizeof h->journal_path)) return "segment header's journal path is not terminated";
-  if (h->durability != static_cast<std::uint32_t>(Durability::Memory) && h->journal_path[0] != '/')
+  if (g.durability != Durability::Memory && g.journal_path.empty()) return "segment header's journal path is not terminated";
+  if (g.durability != Durability::Memory && g.journal_path[0] != '/')
     return "segment header of a durable channel has no absolute journal path";
-  const Layout l = layout_for(h->ring_bytes, h->max_producers, h->max_groups, h->max_consumers, h->dedup_window);
-  if (h->producers_offset != l.producers || h->groups_offset != l.groups || h->consumers_offset != l.consumers ||
-      h->dedup_offset != l.dedup || h->ring_offset != l.ring || h->segment_bytes != l.total)
+  const Layout l = layout_for(g.ring_bytes, g.max_producers, g.max_groups, g.max_consumers, g.dedup_window);
+  if (g.producers_offset != l.producers || g.groups_offset != l.groups || g.consumers_offset != l.consumers ||
+      g.dedup_offset != l.dedup || g.ring_offset != l.ring || g.segment_bytes != l.total)
     return "segment header offsets do not match its geometry";
   if (file_bytes != l.total)
     return "segment file is " + std::to_string(file_bytes) + " bytes, its header says " + std::to_string(l.total);
   const auto* region = reinterpret_cast<const char*>(h) + l.ring;
   if (const char* why = ring::RecordRing::validate(region, l.total - l.ring)) return why;
   auto* rh = reinterpret_cast<const ring::RingHeader*>(region);
-  if (rh->capacity != h->ring_bytes || rh->claimers != h->max_producers || rh->max_frame != max_frame_for(h->max_message_bytes))
+  if (rh->capacity != g.ring_bytes || rh->claimers != g.max_producers || rh->max_frame != max_frame_for(g.max_message_bytes))
     return "ring header disagrees with the segment header";
   return {};
 }
@@ -316,7 +343,9 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
     seg->created_ = true;
     if (before_ready) {
       seg->header_ = h;
-      seg->ring_ = ring::RecordRing(reinterpret_cast<char*>(h) + h->ring_offset);
+      Geometry g;
+      if (std::string why = validate(h, file_bytes, g); !why.empty()) fail(std::errc::invalid_argument, name, path + ": " + why);
+      seg->adopt(g);
       try {
         before_ready(*seg, ctx);
       } catch (...) {
@@ -329,8 +358,9 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
   }
   seg->header_ = static_cast<SegmentHeader*>(m.region.get_address());
   if (m.region.get_size() < file_bytes) fail(std::errc::io_error, name, "mapping of " + path + " is shorter than the file");
-  if (std::string why = validate(seg->header_, file_bytes); !why.empty()) fail(std::errc::invalid_argument, name, path + ": " + why);
-  seg->ring_ = ring::RecordRing(reinterpret_cast<char*>(seg->header_) + seg->header_->ring_offset);
+  Geometry g;
+  if (std::string why = validate(seg->header_, file_bytes, g); !why.empty()) fail(std::errc::invalid_argument, name, path + ": " + why);
+  seg->adopt(g);
   return seg;
 }
 

@@ -1,6 +1,7 @@
 // The shared-memory segment of a channel: its layout, its creation and its validation.
 //
-// Layout of /dev/shm/shmq.NAME (every offset is recorded in the header and checked at attach):
+// Layout of /dev/shm/shmq.NAME (every offset is recorded in the header and checked at attach,
+// on a process-local copy that is the only one used afterwards: see Geometry):
 //
 //   +----------------+  0
 //   | SegmentHeader  |  magic "SHMQSEG1", layout version, fingerprint, init state, geometry
@@ -214,6 +215,27 @@ void check_channel_name(std::string_view name);
 void check_slot_name(std::string_view channel, std::string_view what, std::string_view name);
 std::string segment_path(std::string_view name);  // /dev/shm/shmq.NAME
 
+// The geometry of a segment: its sizes and the offsets of its tables. Copied out of the header
+// into process-local memory once, at attach, and validated there; never read from the segment
+// again (a peer may rewrite the header at any time: the copy is what every process uses).
+struct Geometry {
+  Durability durability = Durability::Memory;
+  std::uint64_t segment_bytes = 0;
+  std::uint64_t ring_bytes = 0;
+  std::uint64_t max_message_bytes = 0;
+  std::uint32_t max_producers = 0;
+  std::uint32_t max_groups = 0;
+  std::uint32_t max_consumers = 0;
+  std::uint32_t dedup_window = 0;
+  std::uint32_t max_deliveries = 0;
+  std::uint64_t producers_offset = 0;
+  std::uint64_t groups_offset = 0;
+  std::uint64_t consumers_offset = 0;
+  std::uint64_t dedup_offset = 0;
+  std::uint64_t ring_offset = 0;
+  std::string journal_path;  // the creator's, as the header had it at attach
+};
+
 // A mapped, validated segment.
 class Segment {
  public:
@@ -228,10 +250,14 @@ class Segment {
                                        BeforeReady before_ready = nullptr, void* ctx = nullptr);
   ~Segment();
 
+  // The header, for its live words (locks, counters, futex words). Its geometry fields are not
+  // to be read: geometry() is the validated copy.
   SegmentHeader& header() const noexcept { return *header_; }
-  ProducerSlot* producers() const noexcept;
-  GroupSlot* groups() const noexcept;
-  ConsumerSlot* consumers() const noexcept;
+  const Geometry& geometry() const noexcept { return geometry_; }
+  // The tables, at the offsets validated at attach.
+  ProducerSlot* producers() const noexcept { return producers_; }
+  GroupSlot* groups() const noexcept { return groups_; }
+  ConsumerSlot* consumers() const noexcept { return consumers_; }
   // The dedup window entries of producer slot I (dedup_window of them).
   DedupEntry* dedup_entries(std::uint32_t i) const noexcept;
   // The dedup window of producer slot I: its entries and its next_seq.
@@ -247,8 +273,15 @@ class Segment {
   static std::unique_ptr<Segment> open_once(std::string_view name, const ChannelOptions& options, bool create,
                                             BeforeReady before_ready, void* ctx);
   struct Mapping;
+  // Takes the tables and the ring from GEOMETRY (validated) over the mapping at header_.
+  void adopt(const Geometry& geometry);
   std::unique_ptr<Mapping> mapping_;
   SegmentHeader* header_ = nullptr;
+  Geometry geometry_;
+  ProducerSlot* producers_ = nullptr;
+  GroupSlot* groups_ = nullptr;
+  ConsumerSlot* consumers_ = nullptr;
+  DedupEntry* dedup_ = nullptr;
   ring::RecordRing ring_;
   bool created_ = false;
 };

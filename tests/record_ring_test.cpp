@@ -2,7 +2,10 @@
 // its liveness function is a table the test controls.
 #include "ringbuffer/record_ring.hpp"
 
+#include "support.hpp"
+
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -18,17 +21,33 @@ using namespace shmq::ring;
 bool g_dead[16] = {};
 bool test_alive(std::uint64_t token) { return token < 16 && !g_dead[token]; }
 
+// The ring's region is mapped with a PROT_NONE page on either side, so that a read or write
+// outside it dies with SIGSEGV instead of passing unnoticed.
 struct TestRing {
   explicit TestRing(std::size_t capacity, std::uint32_t claimers = 8, std::size_t max_frame = 0)
-      : bytes(RecordRing::region_bytes(capacity, claimers)),
-        mem(static_cast<std::byte*>(std::aligned_alloc(4096, bytes))) {
+      : bytes(RecordRing::region_bytes(capacity, claimers)), mem(guarded(bytes), Free{bytes}) {
     std::memset(mem.get(), 0, bytes);
     RecordRing::initialize(mem.get(), capacity, claimers, max_frame ? max_frame : capacity / 4);
     ring = RecordRing(mem.get());
     for (std::uint32_t i = 0; i < claimers; ++i) ring.adopt_claimer(i, i + 1);
     std::fill(std::begin(g_dead), std::end(g_dead), false);
   }
-  struct Free { void operator()(std::byte* p) const { std::free(p); } };
+  static std::byte* guarded(std::size_t bytes) {
+    const std::size_t pages = (bytes + 4095) / 4096 * 4096;
+    void* p = ::mmap(nullptr, pages + 2 * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) std::abort();
+    // The region ends where the upper guard page begins (region_bytes is a multiple of a page).
+    auto* region = static_cast<std::byte*>(p) + 4096 + (pages - bytes);
+    if (::mprotect(static_cast<std::byte*>(p) + 4096, pages, PROT_READ | PROT_WRITE) != 0) std::abort();
+    return region;
+  }
+  struct Free {
+    std::size_t bytes;
+    void operator()(std::byte* p) const {
+      const std::size_t pages = (bytes + 4095) / 4096 * 4096;
+      ::munmap(p - (pages - bytes) - 4096, pages + 2 * 4096);
+    }
+  };
   std::size_t bytes;
   std::unique_ptr<std::byte, Free> mem;
   RecordRing ring;
@@ -141,7 +160,7 @@ TEST(RecordRing, ClaimOfALiveClaimerIsNeverUnblocked) {
   TestRing t(4096);
   const std::uint64_t pos = t.ring.try_claim(2, kHeaderBytes + 8, t.hint);
   ASSERT_NE(pos, kNoIntent);
-  EXPECT_FALSE(t.ring.unblock(pos, test_alive));
+  EXPECT_FALSE(t.ring.unblock(pos, 1, test_alive));
   EXPECT_EQ(t.ring.read(pos).kind, ReadResult::Pending);
 }
 
@@ -150,7 +169,7 @@ TEST(RecordRing, ClaimOfADeadClaimerBecomesPaddingAndReadingGoesOn) {
   const std::uint64_t pos = t.ring.try_claim(2, kHeaderBytes + 8, t.hint);
   t.publish(1, 8, 1, 7);  // a live producer's record behind the dead claim
   g_dead[3] = true;       // claimer 2 is owned by token 3
-  EXPECT_TRUE(t.ring.unblock(pos, test_alive));
+  EXPECT_TRUE(t.ring.unblock(pos, 1, test_alive));
   EXPECT_EQ(t.ring.read(pos).kind, ReadResult::Padding);
   const RecordHeader* h = t.next();
   ASSERT_NE(h, nullptr);
@@ -165,9 +184,9 @@ TEST(RecordRing, ClaimerThatDiedBeforeWritingItsFrameIsFoundThroughItsIntent) {
   t.ring.claimer(2).intent.store(t0);
   t.ring.header().tail.store(t0 + 64);
   t.publish(1, 8, 1, 9);  // the next record, from a live producer
-  EXPECT_FALSE(t.ring.unblock(t0, test_alive)) << "its claimer is alive: wait";
+  EXPECT_FALSE(t.ring.unblock(t0, 1, test_alive)) << "its claimer is alive: wait";
   g_dead[3] = true;
-  EXPECT_TRUE(t.ring.unblock(t0, test_alive));
+  EXPECT_TRUE(t.ring.unblock(t0, 1, test_alive));
   const ReadResult r = t.ring.read(t0);
   ASSERT_EQ(r.kind, ReadResult::Padding);
   EXPECT_EQ(r.next, t0 + 64);
@@ -183,11 +202,11 @@ TEST(RecordRing, ScanForADeadClaimStopsAtALiveClaimThatHasNoFrameYet) {
   t.ring.claimer(4).intent.store(t0 + 64);   // live, CAS done, frame not written yet
   t.ring.header().tail.store(t0 + 128);
   g_dead[3] = true;
-  EXPECT_TRUE(t.ring.unblock(t0, test_alive));
+  EXPECT_TRUE(t.ring.unblock(t0, 1, test_alive));
   const ReadResult r = t.ring.read(t0);
   ASSERT_EQ(r.kind, ReadResult::Padding);
   EXPECT_EQ(r.next, t0 + 64) << "the live claim behind must not be swallowed";
-  EXPECT_FALSE(t.ring.unblock(t0 + 64, test_alive));
+  EXPECT_FALSE(t.ring.unblock(t0 + 64, 1, test_alive));
 }
 
 TEST(RecordRing, CorruptFramesAreReportedNotFollowed) {
@@ -243,6 +262,150 @@ TEST(RecordRing, ReclaimerThatDiedWhileZeroingIsFinishedByTheNext) {
   for (int i = 0; i < 40; ++i) {
     ASSERT_NE(t.publish(1, 200, 6, seq + i), kNoIntent) << "the ring stopped after " << i << " records";
     ASSERT_NE(t.next(), nullptr);
+  }
+}
+
+// --- Hostile positions (issue 11): what a reader or a producer takes from shared memory is
+// checked before it is followed. The ring sits between guard pages; a test whose old behaviour
+// crashed or hung runs in a forked child with a deadline.
+
+// Issue 11.2: a position that is not a multiple of 8 (a scribbled cursor, give-back entry, tail or
+// `cleaned`) made frame_at read, and a claim write, 8 bytes across the end of the region.
+TEST(RecordRing, MisalignedPositionsAreRefusedNotFollowed) {
+  TestRing t(4096, 2, 1024);
+  const pid_t child = shmq::test::fork_child([&] {
+    const std::uint64_t last_word = 4096 - 4;  // a frame word there would cross into the guard page
+    CHILD_CHECK(t.ring.read(last_word).kind == ReadResult::Corrupt);
+    CHILD_CHECK(t.ring.read(4096 + 3).kind == ReadResult::Corrupt);
+    CHILD_CHECK(!t.ring.unblock(last_word, 1, test_alive));
+    // A tail that is not a record boundary: no claim is made from it, and reclaim makes no room
+    // (so a producer's wait times out instead of looping).
+    t.ring.header().tail.store(last_word);
+    std::uint64_t hint = 0;
+    CHILD_CHECK(t.ring.try_claim(0, kHeaderBytes + 8, hint) == kNoIntent);
+    CHILD_CHECK(!t.ring.reclaim(t.ring.claim_end(last_word, kHeaderBytes + 8), 1, &TestRing::gate, &t, test_alive));
+    // `cleaned` and `cleaning_to` misaligned: the next holder of the clean lock does not zero
+    // from or to them, and reclaim refuses the ring.
+    t.ring.header().tail.store(0);
+    t.ring.header().cleaned.store(4);
+    t.ring.header().cleaning_to.store(4096 + 4);
+    CHILD_CHECK(!t.ring.reclaim(8192, 1, &TestRing::gate, &t, test_alive));
+    t.ring.lock_cleaning(1, test_alive);
+    t.ring.unlock_cleaning();
+    CHILD_CHECK(t.ring.cleaned() == 4);
+    return 0;
+  }, 20);
+  const auto r = shmq::test::wait_child(child, std::chrono::seconds(20));
+  EXPECT_TRUE(r.ok()) << r.describe();
+}
+
+// Issue 11.4: a position at or past the tail holds nothing, whatever its frame word says (a stray
+// padding frame there made a caught-up reader skip past the tail and miss the next records, or
+// deliver old ones again); a position below `cleaned` is corrupt; a record never ends past the tail.
+TEST(RecordRing, AFrameAtOrPastTheTailReadsEmptyAndAPositionBelowCleanedIsCorrupt) {
+  TestRing t(4096, 2, 1024);
+  for (int i = 0; i < 10; ++i) ASSERT_NE(t.publish(0, 100, 1, i), kNoIntent);
+  while (t.next()) {
+  }
+  const std::uint64_t tail = t.ring.tail();
+  ASSERT_EQ(t.reader, tail);
+  auto& word = *reinterpret_cast<std::atomic<std::uint64_t>*>(t.ring.at(tail));
+  word.store(Frame::pack(512, RecordType::Padding, 0, 0));  // a peer's (or a stale reader's) stray frame
+  EXPECT_EQ(t.ring.read(tail).kind, ReadResult::Empty);
+  word.store(Frame::pack(200, RecordType::Data, 0, 0));
+  EXPECT_EQ(t.ring.read(tail).kind, ReadResult::Empty);
+  EXPECT_EQ(t.ring.read(tail + 4096 * 10).kind, ReadResult::Empty);
+  word.store(0);
+  // The next record is found where it belongs.
+  ASSERT_NE(t.publish(0, 100, 2, 10), kNoIntent);
+  const RecordHeader* h = t.next();
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(h->seq, 10u);
+  // A record whose frame says it runs past the tail is corrupt.
+  const std::uint64_t last = t.reader - 144;
+  auto& last_word = *reinterpret_cast<std::atomic<std::uint64_t>*>(t.ring.at(last));
+  const std::uint64_t saved = last_word.load();
+  last_word.store(Frame::pack(400, RecordType::Data, 0, 0));
+  EXPECT_EQ(t.ring.read(last).kind, ReadResult::Corrupt);
+  last_word.store(saved);
+  // Fill and drain until `cleaned` has moved: the first record's position is below it now.
+  std::uint64_t seq = 11;
+  while (t.ring.cleaned() == 0) {
+    ASSERT_NE(t.publish(0, 100, 3, seq++), kNoIntent);
+    while (t.next()) {
+    }
+  }
+  EXPECT_EQ(t.ring.read(0).kind, ReadResult::Corrupt);
+  // More than a lap behind the tail is corrupt too.
+  EXPECT_EQ(t.ring.read(t.ring.tail() - 4096 - 8 * 100).kind, ReadResult::Corrupt);
+}
+
+// Issue 11.5: a tail moved 2^40 bytes ahead over a zeroed ring made unblock() scan up to it word
+// by word before clipping to the lap (hours). Clipped first, every scan is within a lap.
+TEST(RecordRing, UnblockUnderAHostileTailReturnsAtOnce) {
+  TestRing t(4096, 2, 1024);
+  const pid_t child = shmq::test::fork_child([&] {
+    t.ring.header().tail.store(std::uint64_t(1) << 40);
+    g_dead[1] = g_dead[2] = true;  // nobody is alive: every claim is a dead one
+    (void)t.ring.unblock(0, 3, test_alive);
+    (void)t.ring.unblock(8, 3, test_alive);
+    // A tail within the lap over zeroed space: the dead claim becomes padding up to it.
+    t.ring.header().tail.store(1024);
+    CHILD_CHECK(t.ring.unblock(0, 3, test_alive));
+    const ReadResult r = t.ring.read(0);
+    CHILD_CHECK(r.kind == ReadResult::Padding && r.next == 1024);
+    return 0;
+  }, 20);
+  const auto r = shmq::test::wait_child(child, std::chrono::seconds(20));
+  EXPECT_TRUE(r.ok()) << r.describe();
+}
+
+// Issue 10.8: a reader that stalled just before storing its padding over a dead claim's zero
+// frame word, while others padded that claim, read past it and reclaimed the space, stored a
+// padding frame into free space a lap later. The store is made under clean_lock now, after
+// checking that the position was not reclaimed. The stall is made deterministic with the test hook.
+TestRing* g_stalled_ring = nullptr;
+std::uint64_t g_stalled_at = kNoIntent;
+void lap_the_ring_while_a_reader_stalls(std::uint64_t pos) {
+  RecordRing::set_unblock_hook(nullptr);  // the other readers are not stalled
+  TestRing& t = *g_stalled_ring;
+  g_stalled_at = pos;
+  EXPECT_TRUE(t.ring.unblock(pos, 2, test_alive)) << "another reader pads the dead claim";
+  while (t.next()) {  // everyone reads past it
+  }
+  ASSERT_EQ(t.reader, t.ring.tail());
+  // The space is reclaimed (zeroed): POS is free space of the next lap now.
+  ASSERT_TRUE(t.ring.reclaim(pos + t.ring.capacity(), 1, &TestRing::gate, &t, test_alive));
+  ASSERT_GT(t.ring.cleaned(), pos);
+  ASSERT_LT(t.ring.tail(), pos + t.ring.capacity());
+}
+
+TEST(RecordRing, AStalledUnblockDoesNotWritePaddingIntoSpaceReclaimedMeanwhile) {
+  TestRing t(4096, 4, 1024);
+  for (int i = 0; i < 10; ++i) ASSERT_NE(t.publish(0, 100, 1, i), kNoIntent);
+  while (t.next()) {
+  }
+  // A claimer killed between its CAS on the tail and its first store: intent set, tail advanced,
+  // frame word still 0; then a live producer's record behind it.
+  const std::uint64_t t0 = t.ring.tail();
+  t.ring.claimer(2).intent.store(t0);
+  t.ring.header().tail.store(t0 + 64);
+  ASSERT_NE(t.publish(1, 8, 1, 100), kNoIntent);
+  g_dead[3] = true;
+  g_stalled_ring = &t;
+  RecordRing::set_unblock_hook(&lap_the_ring_while_a_reader_stalls);
+  (void)t.ring.unblock(t0, 4, test_alive);  // stalls in the hook while the ring moves on
+  RecordRing::set_unblock_hook(nullptr);
+  ASSERT_EQ(g_stalled_at, t0) << "the hook did not run";
+  const std::uint64_t word = reinterpret_cast<std::atomic<std::uint64_t>*>(t.ring.at(t0))->load();
+  EXPECT_EQ(word, 0u) << "free space must stay zeroed: a frame there is read by a reader that catches up";
+  // Producers and the reader go on across the spot, losing nothing.
+  std::uint64_t seq = 200, expect = 200;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_NE(t.publish(0, 56, 4, seq++), kNoIntent);
+    const RecordHeader* h = t.next();
+    ASSERT_NE(h, nullptr) << "record " << expect << " was skipped";
+    ASSERT_EQ(h->seq, expect++);
   }
 }
 

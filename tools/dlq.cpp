@@ -50,7 +50,7 @@ struct Unacked {
 Unacked unacked_of(Channel& ch, std::string_view group) {
   detail::ChannelState& s = ch.state();
   Unacked u;
-  for (std::uint32_t i = 0; i < s.header->max_groups; ++i) {
+  for (std::uint32_t i = 0; i < s.options.max_groups; ++i) {
     detail::GroupSlot& g = s.groups[i];
     if (g.state.load(std::memory_order_acquire) != detail::kActive || detail::slot_name(g.name) != group) continue;
     u.found = true;
@@ -58,7 +58,7 @@ Unacked unacked_of(Channel& ch, std::string_view group) {
     ring::lock_owner_word(g.give_back_lock, detail::self_token(), &detail::ChannelState::alive);
     for (const detail::GiveBackEntry& e : g.give_back)
       if (const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed)) u.held.push_back(p - 1);
-    for (std::uint32_t c = 0; c < s.header->max_consumers; ++c) {
+    for (std::uint32_t c = 0; c < s.options.max_consumers; ++c) {
       detail::ConsumerSlot& slot = s.consumers[c];
       if (slot.state.load(std::memory_order_acquire) != detail::kActive || slot.group != i) continue;
       for (std::uint32_t k = 0; k < detail::kMaxInFlight; ++k)
