@@ -116,6 +116,10 @@ struct Config {
   // armed (SHMQ_CRASH_AT=point:N, point and N drawn from the seed) to die by SIGKILL at a named
   // point of the protocol: the narrow windows that a timed SIGKILL rarely hits.
   double crash_point_share = 0.3;
+  // Host crashes also drop what the page cache held and fdatasync had not made durable: the
+  // journal is cut at the first record at or past the segment's durable position (half the time
+  // in the middle of that record: a torn write). Off: only the segment is lost.
+  bool power_cut = true;
   // Role mode (internal): the supervisor execs this binary with --role.
   std::string role;
   std::string name;
@@ -618,6 +622,62 @@ struct Supervisor {
     }
   }
 
+  // What a power cut does to the journal: every data record at or past the durable position the
+  // segment states is gone (its bytes were in the page cache only); half the time the first of them
+  // is cut in the middle instead (a torn write). Reads the journal format of journal/format.hpp:
+  // records back to back at 8-byte aligned offsets, length at +4, position at +8, flags at +44.
+  std::uint64_t power_cut_bytes = 0, power_cuts_torn = 0;
+  void cut_unsynced_journal() {
+    std::uint64_t durable = 0;
+    try {
+      shmq::Channel ch = shmq::Channel::attach(cfg.name, false);
+      durable = ch.stats().durable_position;
+    } catch (const std::exception& e) {
+      event(std::string("power cut: no durable position (") + e.what() + "): journal left whole");
+      return;
+    }
+    std::error_code ec;
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(fs::path(cfg.dir) / "journal" / cfg.name, ec))
+      if (e.path().extension() == ".log") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const fs::path& f : files) {
+      const std::uint64_t size = fs::file_size(f, ec);
+      if (ec) continue;
+      const int fd = ::open(f.c_str(), O_RDWR | O_CLOEXEC);
+      if (fd < 0) continue;
+      std::uint64_t off = 0;
+      bool cut = false;
+      unsigned char h[48];
+      while (off + sizeof h <= size) {
+        if (::pread(fd, h, sizeof h, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof h)) break;
+        std::uint32_t length = 0, flags = 0;
+        std::uint64_t position = 0;
+        std::memcpy(&length, h + 4, 4);
+        std::memcpy(&position, h + 8, 8);
+        std::memcpy(&flags, h + 44, 4);
+        const std::uint64_t span = (std::uint64_t{length} + 7) & ~std::uint64_t{7};
+        if (length < sizeof h || off + span > size) break;  // already a torn tail: recovery's business
+        if (flags == 0 && position >= durable) {
+          std::uint64_t at = off;
+          if (arm_rng() % 2) {
+            at += 1 + arm_rng() % (span - 1);
+            ++power_cuts_torn;
+          }
+          power_cut_bytes += size - at;
+          if (::ftruncate(fd, static_cast<off_t>(at)) != 0) event("power cut: ftruncate failed");
+          event("power cut: " + f.filename().string() + " cut at " + std::to_string(at) + " of " +
+                std::to_string(size) + " (durable position " + std::to_string(durable) + ")");
+          cut = true;
+          break;
+        }
+        off += span;
+      }
+      ::close(fd);
+      (void)cut;
+    }
+  }
+
   void host_crash() {
     const std::uint64_t t = now_ns();
     host_crashes.push_back(t);
@@ -633,6 +693,7 @@ struct Supervisor {
         }
         p.pid = 0;
       }
+    if (cfg.power_cut) cut_unsynced_journal();
     unlink_segments();  // as a reboot does: /dev/shm is gone, the journal stays
     event("host crash");
     for (Proc& p : procs) spawn(p);
@@ -857,8 +918,10 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
           leave_time[inc] = r.time_ns;
           continue;
         }
-        if (r.kind == kError) {
+        if (r.kind == kError) {  // logged before the process leaves (and gives back what it holds)
           ++res.errors;
+          auto [it, fresh] = leave_time.emplace(inc, r.time_ns);
+          if (!fresh) it->second = std::min(it->second, r.time_ns);
           continue;
         }
         if (!r.payload_ok || r.producer < 0 || r.producer >= cfg.producers) {
@@ -1000,6 +1063,9 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
     for (const auto& [name, n] : crash_points_fired) std::printf(" %s=%llu", name.c_str(), static_cast<unsigned long long>(n));
     std::printf("\n");
   }
+  if (!host_crashes.empty())
+    std::printf("power cuts: %llu journal bytes past the durable position dropped, %llu records torn\n",
+                static_cast<unsigned long long>(power_cut_bytes), static_cast<unsigned long long>(power_cuts_torn));
   if (torn) std::printf("note: %llu log records torn by kills were skipped\n", static_cast<unsigned long long>(torn));
   if (!cfg.inject.empty()) std::printf("self-check: --inject %s was on\n", cfg.inject.c_str());
   std::printf("reproduce: %s --durability %s --seed %llu --duration %g --producers %d --consumers %d --groups %d\n",
@@ -1052,7 +1118,8 @@ void usage() {
                "                    [--rate MSGS_PER_S_PER_PRODUCER] [--flush-interval-ms 5] [--async-slack-ms 50]\n"
                "                    [--max-deliveries 3] [--ring-bytes 1048576] [--drain-timeout S] [--dir DIR]\n"
                "                    [--keep] [--json] [--inject lose|dup|corrupt (self-check of the audit)]\n"
-               "                    [--crash-point-share 0.3 (crash-point builds: share of starts armed)]\n");
+               "                    [--crash-point-share 0.3 (crash-point builds: share of starts armed)]\n"
+               "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n");
 }
 
 bool parse(int argc, char** argv, Config& c) {
@@ -1083,6 +1150,7 @@ bool parse(int argc, char** argv, Config& c) {
       else if (k == "--dir") c.dir = v;
       else if (k == "--inject") c.inject = v;
       else if (k == "--crash-point-share") c.crash_point_share = std::stod(v);
+      else if (k == "--power-cut") c.power_cut = v != "0" && v != "off";
       else if (k == "--role") c.role = v;
       else if (k == "--name") c.name = v;
       else if (k == "--index") c.index = std::stoi(v);
