@@ -486,11 +486,17 @@ struct Supervisor {
   int next_incarnation = 1;
   // Per incarnation: when the supervisor sent its SIGKILL (0: never), or saw it end.
   std::unordered_map<int, std::uint64_t> killed_at;
-  std::vector<std::uint64_t> host_crashes;  // times
-  // Incarnations that died at their armed crash point (not killed by us): when that was seen. The
-  // audit takes the time of the last record such a process wrote as its death (it was alive
-  // when it wrote it and dead when seen): a little lenient, never strict.
-  std::unordered_map<int, std::uint64_t> crash_point_died;
+  // A host crash takes from `start` (before the first SIGKILL) to `end` (every process reaped): a
+  // process may still log in between, so a record in that span is from before the crash.
+  struct HostCrash {
+    std::uint64_t start, end;
+  };
+  std::vector<HostCrash> host_crashes;
+  // Incarnations that died without our SIGKILL (at their armed crash point, or by an error or a
+  // crash): when that was seen. The audit takes the time of the last record such a process wrote
+  // as its death (it was alive when it wrote it and dead when seen): a little lenient, never strict.
+  std::unordered_map<int, std::uint64_t> died_alone;
+  std::uint64_t crash_point_deaths = 0;
   std::map<std::string, std::uint64_t> crash_points_fired;
   std::mt19937_64 arm_rng;
   std::uint64_t kills = 0, journaler_kills = 0;
@@ -564,12 +570,13 @@ struct Supervisor {
     event("ended " + p.role + " " + std::to_string(p.index) + " incarnation " + std::to_string(p.incarnation) + " " +
           how);
     if (!p.armed.empty() && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {  // its crash point fired
-      crash_point_died.emplace(p.incarnation, now_ns());
+      died_alone.emplace(p.incarnation, now_ns());
+      ++crash_point_deaths;
       ++crash_points_fired[p.armed.substr(0, p.armed.find(':'))];
       p.pid = 0;
       return;
     }
-    killed_at.emplace(p.incarnation, now_ns());
+    died_alone.emplace(p.incarnation, now_ns());
     if (during_run || !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
       ++unexpected_exits;
       if (unexpected.size() < 20)
@@ -680,7 +687,6 @@ struct Supervisor {
 
   void host_crash() {
     const std::uint64_t t = now_ns();
-    host_crashes.push_back(t);
     for (Proc& p : procs)
       if (p.pid) {
         killed_at[p.incarnation] = t;
@@ -693,6 +699,7 @@ struct Supervisor {
         }
         p.pid = 0;
       }
+    host_crashes.push_back({t, now_ns()});
     if (cfg.power_cut) cut_unsynced_journal();
     unlink_segments();  // as a reboot does: /dev/shm is gone, the journal stays
     event("host crash");
@@ -866,8 +873,8 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                : -1;
   };
   auto crash_between = [&](std::uint64_t a, std::uint64_t b) {
-    for (std::uint64_t h : host_crashes)
-      if (h >= a && h <= b) return true;
+    for (const HostCrash& h : host_crashes)
+      if (h.end >= a && h.start <= b) return true;
     return false;
   };
   // Last record time of every consumer incarnation (for those that died at a crash point).
@@ -879,7 +886,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
   auto dead_by = [&](int incarnation, std::uint64_t t) {
     auto it = killed_at.find(incarnation);
     if (it != killed_at.end() && it->second <= t) return true;
-    if (crash_point_died.count(incarnation)) {
+    if (died_alone.count(incarnation)) {
       auto lr = last_record.find(incarnation);
       return lr == last_record.end() || lr->second <= t;
     }
@@ -992,7 +999,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
           // Delivered in its group, never seen in NAME.dlq. NAME.dlq is a Memory channel: a host
           // crash drops what its reader had not logged yet.
           bool crash_after = false;
-          for (std::uint64_t h : host_crashes) crash_after |= h >= deliveries[key].front().time;
+          for (const HostCrash& h : host_crashes) crash_after |= h.end >= deliveries[key].front().time;
           if (crash_after && !is_memory) {
             ++res.dlq_lost_host_crash;
             continue;
@@ -1004,14 +1011,15 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
       ++res.lost;
       bool within = false;
       if (is_async)
-        for (std::uint64_t h : host_crashes)
-          if (ok_time <= h && h - ok_time <= static_cast<std::uint64_t>(cfg.flush_interval_ms + cfg.async_slack_ms) * 1000000ull)
+        for (const HostCrash& h : host_crashes)  // confirmed less than the bound before the crash began
+          if (ok_time <= h.end &&
+              ok_time + static_cast<std::uint64_t>(cfg.flush_interval_ms + cfg.async_slack_ms) * 1000000ull >= h.start)
             within = true;
       (within ? res.lost_within : res.lost_beyond) += 1;
       if (!within && res.examples.size() < 8) {
         std::uint64_t before = 0;
-        for (std::uint64_t h : host_crashes)
-          if (h >= ok_time && (before == 0 || h - ok_time < before)) before = h - ok_time;
+        for (const HostCrash& h : host_crashes)
+          if (h.start >= ok_time && (before == 0 || h.start - ok_time < before)) before = h.start - ok_time;
         res.examples.push_back(std::string(target == g ? "poison message lost (not in NAME.dlq)" : "lost") + ": producer " +
                                std::to_string(key.first) + " seq " + std::to_string(key.second) +
                                (before ? ", confirmed " + std::to_string(before / 1000000) + " ms before a host crash"
@@ -1073,12 +1081,12 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
               cfg.producers, cfg.consumers, cfg.groups);
   char line[1024];
   std::snprintf(line, sizeof line,
-                "torture seed=%llu durability=%s dur=%.0fs kills=%llu journaler_kills=%llu crash_points=%zu host_crashes=%zu "
+                "torture seed=%llu durability=%s dur=%.0fs kills=%llu journaler_kills=%llu crash_points=%llu host_crashes=%zu "
                 "published=%zu delivered=%llu lost=%llu dup=%llu redelivered=%llu corrupt=%llu dlq=%llu "
                 "dlq_lost_host_crash=%llu async_lost_within_bound=%llu beyond=%llu errors=%llu drained=%s => %s",
                 static_cast<unsigned long long>(cfg.seed), cfg.durability.c_str(), seconds,
                 static_cast<unsigned long long>(kills), static_cast<unsigned long long>(journaler_kills),
-                crash_point_died.size(), host_crashes.size(), published.size(), static_cast<unsigned long long>(t.delivered),
+                static_cast<unsigned long long>(crash_point_deaths), host_crashes.size(), published.size(), static_cast<unsigned long long>(t.delivered),
                 static_cast<unsigned long long>(t.lost), static_cast<unsigned long long>(t.dup),
                 static_cast<unsigned long long>(t.redelivered), static_cast<unsigned long long>(corrupt_total),
                 static_cast<unsigned long long>(t.dlq), static_cast<unsigned long long>(t.dlq_lost_host_crash),
