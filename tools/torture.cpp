@@ -791,7 +791,13 @@ int Supervisor::run() {
   };
   const auto start = Clock::now();
   const auto end = start + std::chrono::milliseconds(static_cast<long long>(cfg.duration_s * 1000));
-  auto next_host_crash = host_crashes_on ? draw_host_crash() : Clock::time_point::max();
+  // The first one within the run however short it is (a sanitizer build runs a few seconds).
+  auto next_host_crash = Clock::time_point::max();
+  if (host_crashes_on) {
+    std::uniform_real_distribution<double> d(0.25, 0.75);
+    next_host_crash = Clock::now() + std::chrono::milliseconds(static_cast<long long>(
+                                         d(rng) * std::min(cfg.host_crash_every_s, cfg.duration_s) * 1000));
+  }
   while (Clock::now() < end) {
     const int wait_ms = cfg.kill_min_ms + static_cast<int>(rng() % static_cast<std::uint64_t>(cfg.kill_max_ms - cfg.kill_min_ms + 1));
     const std::uint64_t pick = rng();
