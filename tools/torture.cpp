@@ -901,7 +901,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
 
   struct GroupResult {
     std::uint64_t delivered = 0, lost = 0, dup = 0, dup_after_ack = 0, dup_held_twice = 0, redelivered = 0,
-                  redelivered_after_crash = 0, corrupt = 0, ack_failed = 0, unconfirmed = 0, lost_within = 0,
+                  redelivered_after_crash = 0, corrupt = 0, ack_failed = 0, unconfirmed = 0, never_acked = 0, lost_within = 0,
                   lost_beyond = 0, dlq_lost_host_crash = 0, dlq = 0, errors = 0;
     std::vector<std::string> examples;
   };
@@ -960,6 +960,11 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
       if (!published.count(key)) ++res.unconfirmed;  // delivered, never confirmed to its producer: fine
       ++res.delivered;
       auto& rs = releases[key];
+      // Information, not a verdict: no ack was logged, and the group did not deliver it again
+      // (a kill between an ack and its record looks the same as a held message dropped on a kill).
+      if (poison_of(key.first, key.second) != g &&
+          std::none_of(rs.begin(), rs.end(), [](const Release& r) { return r.ack; }))
+        ++res.never_acked;
       for (std::size_t k = 1; k < ds.size(); ++k) {
         const Delivery& prev = ds[k - 1];
         const Delivery& next = ds[k];
@@ -1057,7 +1062,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
     const GroupResult& r = results[static_cast<std::size_t>(g)];
     std::printf("group %s: published=%zu delivered=%llu lost=%llu dup=%llu (after_ack=%llu held_twice=%llu) "
                 "redelivered=%llu (after_host_crash=%llu) corrupt=%llu dlq=%llu dlq_lost_host_crash=%llu "
-                "ack_not_ok=%llu errors=%llu\n",
+                "ack_not_ok=%llu never_acked=%llu (info) errors=%llu\n",
                 group_name(g).c_str(), published.size(), static_cast<unsigned long long>(r.delivered),
                 static_cast<unsigned long long>(r.lost),
                 static_cast<unsigned long long>(r.dup), static_cast<unsigned long long>(r.dup_after_ack),
@@ -1065,7 +1070,8 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                 static_cast<unsigned long long>(r.redelivered + r.redelivered_after_crash),
                 static_cast<unsigned long long>(r.redelivered_after_crash), static_cast<unsigned long long>(r.corrupt),
                 static_cast<unsigned long long>(r.dlq), static_cast<unsigned long long>(r.dlq_lost_host_crash),
-                static_cast<unsigned long long>(r.ack_failed), static_cast<unsigned long long>(r.errors));
+                static_cast<unsigned long long>(r.ack_failed), static_cast<unsigned long long>(r.never_acked),
+                static_cast<unsigned long long>(r.errors));
     for (const std::string& e : r.examples) std::printf("  g%d: %s\n", g, e.c_str());
   }
   if (!drain_ok) std::printf("not drained within %d s: %s\n", cfg.drain_timeout_s, drain_why.c_str());
