@@ -499,6 +499,8 @@ struct Supervisor {
   std::uint64_t crash_point_deaths = 0;
   std::map<std::string, std::uint64_t> crash_points_fired;
   std::mt19937_64 arm_rng;
+  // Who every incarnation was, for the diagnosis of a violation: role, index, armed point.
+  std::unordered_map<int, std::string> who;
   std::uint64_t kills = 0, journaler_kills = 0;
   std::uint64_t unexpected_exits = 0;  // a role that died by itself (error, crash) during the run
   std::vector<std::string> unexpected;
@@ -511,6 +513,7 @@ struct Supervisor {
 
   void spawn(Proc& p) {
     p.incarnation = next_incarnation++;
+    who[p.incarnation] = p.role + " " + std::to_string(p.index);
     std::vector<std::string> args = {self,
                                      "--role", p.role,
                                      "--name", cfg.name,
@@ -537,6 +540,7 @@ struct Supervisor {
       const auto& names = shmq::detail::kCrashPoints;
       const std::string_view point = names[arm_rng() % std::size(names)];
       p.armed = std::string(point) + ":" + std::to_string(1 + arm_rng() % 50);
+      who[p.incarnation] += " armed " + p.armed;
     }
     const pid_t pid = ::fork();
     if (pid < 0) {
@@ -883,6 +887,19 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
       if (h.end >= a && h.start <= b) return true;
     return false;
   };
+  // The deaths between two times, for the diagnosis of a duplicate (the reaper of a dead peer
+  // is the usual suspect): "; deaths between: incarnation 12 (consumer 3 armed poll.x:5) died at
+  // its crash point, ...".
+  auto deaths_between = [&](std::uint64_t a, std::uint64_t b) {
+    std::string out;
+    int n = 0;
+    for (const auto& [inc, t] : killed_at)
+      if (t >= a && t <= b && n++ < 4) out += ", incarnation " + std::to_string(inc) + " (" + who[inc] + ") killed";
+    for (const auto& [inc, t] : died_alone)
+      if (t >= a && t <= b + 200000000ull && n++ < 4)  // seen up to 200 ms after it died
+        out += ", incarnation " + std::to_string(inc) + " (" + who[inc] + ") died on its own";
+    return out.empty() ? std::string("; no death in between") : "; deaths between" + out;
+  };
   // Last record time of every consumer incarnation (for those that died at a crash point).
   std::unordered_map<int, std::uint64_t> last_record;
   auto note_record = [&](const ConsumerRecord& r) {
@@ -995,7 +1012,8 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                                  " deliveries " + std::to_string(prev.deliveries) + " -> " +
                                  std::to_string(next.deliveries) + ", incarnations " + std::to_string(prev.incarnation) +
                                  " -> " + std::to_string(next.incarnation) + ", " +
-                                 std::to_string((next.time - prev.time) / 1000) + " us apart");
+                                 std::to_string((next.time - prev.time) / 1000) + " us apart" +
+                                 deaths_between(prev.time, next.time));
       }
     }
     for (const auto& [key, ok_time] : published) {
