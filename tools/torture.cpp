@@ -120,6 +120,9 @@ struct Config {
   // journal is cut at the first record at or past the segment's durable position (half the time
   // in the middle of that record: a torn write). Off: only the segment is lost.
   bool power_cut = true;
+  // The consumers of the last group sleep this long after each batch, so that the group lags and
+  // a host crash finds records it has not received yet (the Async bound is then measured on them).
+  int lag_ms = 0;
   // Role mode (internal): the supervisor execs this binary with --role.
   std::string role;
   std::string name;
@@ -395,6 +398,8 @@ int run_consumer(const Config& c, bool dlq_reader) {
   std::mt19937_64 rng(c.seed * 31 + static_cast<std::uint64_t>(c.incarnation));
   std::vector<shmq::Message> batch;
   while (!g_stop) {
+    if (!dlq_reader && c.lag_ms > 0 && g == c.groups - 1 && c.groups > 1)
+      std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long long>(rng() % static_cast<std::uint64_t>(2 * c.lag_ms + 1))));
     batch.clear();
     const std::size_t want = dlq_reader ? 1 : 1 + rng() % 8;
     while (batch.size() < want && !g_stop) {
@@ -529,6 +534,8 @@ struct Supervisor {
                                      "--max-deliveries", std::to_string(cfg.max_deliveries),
                                      "--ring-bytes", std::to_string(cfg.ring_bytes),
                                      "--duration", std::to_string(cfg.duration_s)};
+    args.push_back("--lag-ms");
+    args.push_back(std::to_string(cfg.lag_ms));
     if (!cfg.inject.empty()) {
       args.push_back("--inject");
       args.push_back(cfg.inject);
@@ -1157,7 +1164,8 @@ void usage() {
                "                    [--max-deliveries 3] [--ring-bytes 1048576] [--drain-timeout S] [--dir DIR]\n"
                "                    [--keep] [--json] [--inject lose|dup|corrupt (self-check of the audit)]\n"
                "                    [--crash-point-share 0.3 (crash-point builds: share of starts armed)]\n"
-               "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n");
+               "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n"
+               "                    [--lag-ms N (the last group sleeps 0-2N ms after each batch: it lags)]\n");
 }
 
 bool parse(int argc, char** argv, Config& c) {
@@ -1189,6 +1197,7 @@ bool parse(int argc, char** argv, Config& c) {
       else if (k == "--inject") c.inject = v;
       else if (k == "--crash-point-share") c.crash_point_share = std::stod(v);
       else if (k == "--power-cut") c.power_cut = v != "0" && v != "off";
+      else if (k == "--lag-ms") c.lag_ms = std::stoi(v);
       else if (k == "--role") c.role = v;
       else if (k == "--name") c.name = v;
       else if (k == "--index") c.index = std::stoi(v);
