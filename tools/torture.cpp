@@ -940,6 +940,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
     else in_dlq.emplace(r.producer, r.seq);
   }
   std::uint64_t total_errors = 0;
+  std::uint64_t max_loss_age_ns = 0;  // of a lost message, the time from its confirmation to the crash
   std::uint64_t corrupt_total = dlq_corrupt;
   for (int g = 0; g < cfg.groups; ++g) {
     GroupResult& res = results[static_cast<std::size_t>(g)];
@@ -1052,6 +1053,12 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
               ok_time + static_cast<std::uint64_t>(cfg.flush_interval_ms + cfg.async_slack_ms) * 1000000ull >= h.start)
             within = true;
       (within ? res.lost_within : res.lost_beyond) += 1;
+      {  // how long before the next host crash it was confirmed: the measured Async window
+        std::uint64_t age = ~0ull;
+        for (const HostCrash& h : host_crashes)
+          if (h.end >= ok_time) age = std::min(age, h.start > ok_time ? h.start - ok_time : 0);
+        if (age != ~0ull) max_loss_age_ns = std::max(max_loss_age_ns, age);
+      }
       if (!within && res.examples.size() < 8) {
         std::uint64_t before = 0;
         for (const HostCrash& h : host_crashes)
@@ -1108,6 +1115,9 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
     for (const auto& [name, n] : crash_points_fired) std::printf(" %s=%llu", name.c_str(), static_cast<unsigned long long>(n));
     std::printf("\n");
   }
+  if (t.lost && !host_crashes.empty())
+    std::printf("losses: the oldest lost message was confirmed %.1f ms before the host crash began (bound: %d + %d ms)\n",
+                static_cast<double>(max_loss_age_ns) / 1e6, cfg.flush_interval_ms, cfg.async_slack_ms);
   if (!host_crashes.empty())
     std::printf("power cuts: %llu journal bytes past the durable position dropped, %llu records torn\n",
                 static_cast<unsigned long long>(power_cut_bytes), static_cast<unsigned long long>(power_cuts_torn));
