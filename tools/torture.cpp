@@ -5,9 +5,12 @@
 // for --duration seconds follows a schedule drawn from --seed: every 20-200 ms it SIGKILLs one
 // process (a producer, a consumer, the dead-letter reader, or whichever process hosts the journaler
 // at that moment) and starts it again; on a durable channel it also crashes the whole host now and
-// then (every process SIGKILLed at once, the segments unlinked as a reboot does, everything started
-// again: the first open rebuilds the channel from the journal). Then it stops the producers, lets
-// the consumers drain the channel, stops them and audits what the processes wrote down:
+// then (every process SIGKILLed at once, the journal cut past the durable position the segment
+// states as a power cut drops the page cache, the segments unlinked as a reboot does, everything
+// started again: the first open rebuilds the channel from the journal). In builds with crash
+// points a share of the processes it starts are armed to die at a named point of the protocol.
+// Then it stops the producers, lets the consumers drain the channel, stops them and audits what
+// the processes wrote down (tools/TORTURE.md says more):
 //
 //   published   seqs whose publish returned Ok, or whose retry after a restart returned Duplicate
 //               (then flushed before it counts), per the producers' Ok logs
@@ -16,8 +19,9 @@
 //               never delivered and never seen in NAME.dlq), per group
 //   dup         a delivery in a group of a message that was, at that moment, held by another live
 //               consumer that had not nacked it, or already acked in that group; the only excuses are
-//               the holder's death (SIGKILL, or its logged exit), its logged nack, and a host crash
-//               in between (acks after the last checkpoint come back: at-least-once)
+//               the holder's death (our SIGKILL, its crash point, or its logged exit or error), its
+//               logged nack, and a host crash in between (acks after the last checkpoint come back:
+//               at-least-once)
 //   redelivered deliveries that one of those excuses allows
 //   corrupt     deliveries whose payload checksum fails or whose inner id disagrees with it
 //   dlq         poison messages seen in NAME.dlq (a poison message is nacked by its target group
