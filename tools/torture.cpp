@@ -932,6 +932,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                   redelivered_after_crash = 0, corrupt = 0, ack_failed = 0, unconfirmed = 0, never_acked = 0, lost_within = 0,
                   lost_beyond = 0, dlq_lost_host_crash = 0, dlq = 0, errors = 0;
     std::vector<std::string> examples;
+    std::vector<std::string> info;
   };
   std::vector<GroupResult> results(static_cast<std::size_t>(cfg.groups));
   // Dead letters seen by the reader: (producer, seq, target group).
@@ -992,8 +993,17 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
       // Information, not a verdict: no ack was logged, and the group did not deliver it again
       // (a kill between an ack and its record looks the same as a held message dropped on a kill).
       if (poison_of(key.first, key.second) != g &&
-          std::none_of(rs.begin(), rs.end(), [](const Release& r) { return r.ack; }))
+          std::none_of(rs.begin(), rs.end(), [](const Release& r) { return r.ack; })) {
         ++res.never_acked;
+        const Delivery& last = ds.back();
+        if (res.info.size() < 4)
+          res.info.push_back("never acked: producer " + std::to_string(key.first) + " seq " + std::to_string(key.second) +
+                             " position " + std::to_string(last.position) + ", last delivered to incarnation " +
+                             std::to_string(last.incarnation) + " (" + who[last.incarnation] + ")" +
+                             (killed_at.count(last.incarnation) ? ", which we killed" : "") +
+                             (died_alone.count(last.incarnation) ? ", which died on its own" : "") +
+                             (crash_between(last.time, ~0ull) ? ", before a host crash" : ""));
+      }
       for (std::size_t k = 1; k < ds.size(); ++k) {
         const Delivery& prev = ds[k - 1];
         const Delivery& next = ds[k];
@@ -1109,6 +1119,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                 static_cast<unsigned long long>(r.ack_failed), static_cast<unsigned long long>(r.never_acked),
                 static_cast<unsigned long long>(r.errors));
     for (const std::string& e : r.examples) std::printf("  g%d: %s\n", g, e.c_str());
+    for (const std::string& e : r.info) std::printf("  g%d (info): %s\n", g, e.c_str());
   }
   if (!drain_ok) std::printf("not drained within %d s: %s\n", cfg.drain_timeout_s, drain_why.c_str());
   for (const std::string& u : unexpected) std::printf("unexpected: %s\n", u.c_str());
