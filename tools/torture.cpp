@@ -945,7 +945,8 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
     else in_dlq.emplace(r.producer, r.seq);
   }
   std::uint64_t total_errors = 0;
-  std::uint64_t max_loss_age_ns = 0;  // of a lost message, the time from its confirmation to the crash
+  std::uint64_t max_loss_age_ns = 0;
+  std::map<std::string, std::uint64_t> dup_suspects;  // duplicates by the death between their deliveries  // of a lost message, the time from its confirmation to the crash
   std::uint64_t corrupt_total = dlq_corrupt;
   for (int g = 0; g < cfg.groups; ++g) {
     GroupResult& res = results[static_cast<std::size_t>(g)];
@@ -1026,6 +1027,19 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
         } else {
           ++res.dup;
           ++res.dup_held_twice;
+        }
+        {  // the suspect: the crash point a peer died at in between, else a kill, else none
+          std::string suspect;
+          for (const auto& [inc, t] : died_alone)
+            if (t >= prev.time && t <= next.time + 200000000ull) {
+              const std::string& w = who[inc];
+              const auto at = w.find(" armed ");
+              if (at != std::string::npos) suspect = w.substr(at + 7, w.find(':', at) - at - 7);
+            }
+          if (suspect.empty())
+            for (const auto& [inc, t] : killed_at)
+              if (t >= prev.time && t <= next.time) suspect = "a SIGKILL";
+          ++dup_suspects[suspect.empty() ? "no death in between" : suspect];
         }
         if (res.examples.size() < 8)
           res.examples.push_back(std::string(acked ? "delivered again after its ack" : "held by two consumers at once") +
@@ -1125,6 +1139,11 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
   for (const std::string& u : unexpected) std::printf("unexpected: %s\n", u.c_str());
   if (unexpected_exits > unexpected.size())
     std::printf("unexpected: ... %llu in all\n", static_cast<unsigned long long>(unexpected_exits));
+  if (!dup_suspects.empty()) {
+    std::printf("duplicates by the death between the two deliveries:");
+    for (const auto& [name, n] : dup_suspects) std::printf(" %s=%llu", name.c_str(), static_cast<unsigned long long>(n));
+    std::printf("\n");
+  }
   if (!crash_points_fired.empty()) {
     std::printf("crash points fired:");
     for (const auto& [name, n] : crash_points_fired) std::printf(" %s=%llu", name.c_str(), static_cast<unsigned long long>(n));
