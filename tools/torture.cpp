@@ -127,6 +127,8 @@ struct Config {
   // The consumers of the last group sleep this long after each batch, so that the group lags and
   // a host crash finds records it has not received yet (the Async bound is then measured on them).
   int lag_ms = 0;
+  // The dead-letter reader sleeps 0-2N ms after each record: dead letters wait in NAME.dlq.
+  int dlq_lag_ms = 0;
   // Role mode (internal): the supervisor execs this binary with --role.
   std::string role;
   std::string name;
@@ -402,6 +404,8 @@ int run_consumer(const Config& c, bool dlq_reader) {
   std::mt19937_64 rng(c.seed * 31 + static_cast<std::uint64_t>(c.incarnation));
   std::vector<shmq::Message> batch;
   while (!g_stop) {
+    if (dlq_reader && c.dlq_lag_ms > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long long>(rng() % static_cast<std::uint64_t>(2 * c.dlq_lag_ms + 1))));
     if (!dlq_reader && c.lag_ms > 0 && g == c.groups - 1 && c.groups > 1)
       std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long long>(rng() % static_cast<std::uint64_t>(2 * c.lag_ms + 1))));
     batch.clear();
@@ -540,6 +544,8 @@ struct Supervisor {
                                      "--duration", std::to_string(cfg.duration_s)};
     args.push_back("--lag-ms");
     args.push_back(std::to_string(cfg.lag_ms));
+    args.push_back("--dlq-lag-ms");
+    args.push_back(std::to_string(cfg.dlq_lag_ms));
     if (!cfg.inject.empty()) {
       args.push_back("--inject");
       args.push_back(cfg.inject);
@@ -1219,7 +1225,8 @@ void usage() {
                "                    [--keep] [--json] [--inject lose|dup|corrupt (self-check of the audit)]\n"
                "                    [--crash-point-share 0.3 (crash-point builds: share of starts armed)]\n"
                "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n"
-               "                    [--lag-ms N (the last group sleeps 0-2N ms after each batch: it lags)]\n");
+               "                    [--lag-ms N (the last group sleeps 0-2N ms after each batch: it lags)]\n"
+               "                    [--dlq-lag-ms N (the dead-letter reader sleeps 0-2N ms after each record)]\n");
 }
 
 bool parse(int argc, char** argv, Config& c) {
@@ -1252,6 +1259,7 @@ bool parse(int argc, char** argv, Config& c) {
       else if (k == "--crash-point-share") c.crash_point_share = std::stod(v);
       else if (k == "--power-cut") c.power_cut = v != "0" && v != "off";
       else if (k == "--lag-ms") c.lag_ms = std::stoi(v);
+      else if (k == "--dlq-lag-ms") c.dlq_lag_ms = std::stoi(v);
       else if (k == "--role") c.role = v;
       else if (k == "--name") c.name = v;
       else if (k == "--index") c.index = std::stoi(v);
