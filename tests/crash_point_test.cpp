@@ -68,8 +68,12 @@ TEST_F(CrashPointTest, AnUnarmedOrDisarmedPointDoesNothing) {
 //   - no duplicate inside the queue: a retry of a sequence that returned Ok is a Duplicate; a
 //     message whose ack returned Ok is not delivered again in the same segment's life, and a
 //     survivor that is alone never gets a message twice;
-//   - the armed process really died at the point (a point the scenario never reaches fails: a
-//     listed point must be placed and reachable).
+//   - the armed process really died at the point on its first pass (a point the scenario never
+//     reaches fails: a listed point must be placed and reachable); a later pass may not come in a
+//     run this short, and then the run is audited all the same.
+// A message whose holder died counts that delivery, so besides the poison message any message may
+// reach max_deliveries and be dead-lettered: one copy in NAME.dlq counts as delivered, two as a
+// duplicate.
 // Payloads carry their sequence ("seq=N"), so copies in NAME.dlq are counted too.
 
 constexpr int kMessages = 40;
@@ -82,7 +86,7 @@ ChannelOptions walk_options(const std::filesystem::path& dir) {
   o.ring_bytes = 1 << 20;
   o.max_message_bytes = 4 << 10;
   o.liveness_interval = 20ms;
-  o.max_deliveries = 2;
+  o.max_deliveries = 3;
   o.journal_segment_bytes = 4096;  // several files: rolls and seals are passed too
   return o;
 }
@@ -183,8 +187,9 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
     return kChildOk;
   });
   const ChildResult rb = wait_child(b, 120s);
-  ASSERT_TRUE(rb.killed_by(SIGKILL)) << "the scenario never reached crash point " << point << " (pass " << hit
-                                     << "): B " << rb.describe();
+  if (hit == 1 || !rb.ok())
+    ASSERT_TRUE(rb.killed_by(SIGKILL)) << "the scenario never reached crash point " << point << " (pass " << hit
+                                       << "): B " << rb.describe();
 
   // C, the survivor: retries every sequence (the outbox after a crash), consumes everything.
   const pid_t c = fork_child([&] {
@@ -211,7 +216,7 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
   const ChildResult rd = wait_child(d, 120s);
   ASSERT_TRUE(rd.ok()) << "recovering process D " << rd.describe();
 
-  std::set<int> dead_lettered;
+  std::multiset<int> dead_lettered;
   if (Channel::exists(name + ".dlq")) {
     {
       Channel dlq = Channel::attach(name + ".dlq");
@@ -234,12 +239,13 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
     }
     EXPECT_TRUE(C["ok"].count(seq) || C["dup"].count(seq)) << "the survivor's publish neither appended nor dropped it";
     if (seq == kPoison) {
-      EXPECT_TRUE(dead_lettered.count(seq)) << "the poison message is not in NAME.dlq";
+      EXPECT_EQ(dead_lettered.count(seq), 1u) << "the poison message is not in NAME.dlq once";
       continue;
     }
+    EXPECT_LE(dead_lettered.count(seq), 1u) << "dead-lettered twice";
     // Nothing lost.
     const bool acked = B["acked"].count(seq) || C["acked"].count(seq) || D["acked"].count(seq) ||
-                       (B["acking"].count(seq) && !B["acked"].count(seq));
+                       (B["acking"].count(seq) && !B["acked"].count(seq)) || dead_lettered.count(seq);
     EXPECT_TRUE(acked) << "published with Ok, never acked (lost)";
     // Acked is acked: not delivered again while the segment lives.
     if (B["acked"].count(seq)) {
@@ -248,7 +254,6 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
     // The survivor is alone: one delivery, two for the ones it nacks once.
     EXPECT_LE(C["got"].count(seq), seq % 7 == 0 ? 2u : 1u) << "the survivor got it more often than it nacked it";
   }
-  EXPECT_LE(dead_lettered.size(), 1u) << "only the poison message may be dead-lettered (and only once)";
 }
 
 std::vector<std::tuple<std::string_view, unsigned>> walk_cases() {
