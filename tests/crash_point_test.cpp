@@ -187,9 +187,10 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
     return kChildOk;
   });
   const ChildResult rb = wait_child(b, 120s);
-  if (hit == 1 || !rb.ok())
+  if (hit == 1 || !rb.ok()) {
     ASSERT_TRUE(rb.killed_by(SIGKILL)) << "the scenario never reached crash point " << point << " (pass " << hit
                                        << "): B " << rb.describe();
+  }
 
   // C, the survivor: retries every sequence (the outbox after a crash), consumes everything.
   const pid_t c = fork_child([&] {
