@@ -317,7 +317,9 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   st->consumers = st->segment->consumers();
   st->ring = &st->segment->ring();
   if (st->durable()) {
-    st->journal_dir = std::filesystem::path(h.journal_path);  // the creator's: every process journals there
+    // From the options (open) or the header's claim (attach), checked against the journal's own
+    // meta: never a path a peer wrote into shared memory (11.11).
+    st->journal_dir = journal_dir_of(name, h, create ? journal_path_for(name, requested.journal_dir) : std::filesystem::path());
     st->options.journal_dir = st->journal_dir;
     if (run_journaler) st->journaler = std::make_unique<Journaler>(*st);
   }

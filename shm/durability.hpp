@@ -33,10 +33,23 @@ namespace shmq::journal { class Writer; }
 namespace shmq::detail {
 
 struct ChannelState;
+struct SegmentHeader;
 class Segment;
 
 // DIR/NAME, absolute: journal_dir, else $SHMQ_DIR, else ./shmq-data.
 std::filesystem::path journal_path_for(std::string_view name, const std::filesystem::path& journal_dir);
+
+// Makes DIR (and every missing parent) mode 0700 whatever the umask, and checks it: a directory,
+// not a symlink, owned by this process's uid; Error otherwise.
+void make_journal_dir(std::string_view channel, const std::filesystem::path& dir);
+void check_journal_dir(std::string_view channel, const std::filesystem::path& dir);
+
+// The journal directory of an attached durable segment, for this process: ASKED (open: from the
+// options, journal_path_for) or, for attach (ASKED empty), the path the segment's header claims.
+// Either way it is trusted only once the directory passes check_journal_dir and its own meta names
+// the segment's incarnation; Error otherwise (naming both paths). Read once, at attach: nothing
+// later takes a path from shared memory.
+std::filesystem::path journal_dir_of(std::string_view channel, const SegmentHeader& header, const std::filesystem::path& asked);
 
 // If DIR holds a journal of this channel, its geometry (written when the channel was first made)
 // replaces OPTIONS' (ring positions in the journal only make sense in a ring of the same size).

@@ -310,6 +310,86 @@ std::filesystem::path journal_path_for(std::string_view name, const std::filesys
   return std::filesystem::absolute(base).lexically_normal() / std::string(name);
 }
 
+void check_journal_dir(std::string_view channel, const std::filesystem::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    std::string why = err == ELOOP || err == ENOTDIR ? "is a symbolic link or not a directory: refused (a journal directory is never followed)"
+                                                     : "cannot be opened";
+    throw Error(std::error_code(err, std::generic_category()),
+                "shmq channel '" + std::string(channel) + "': journal directory " + dir.string() + " " + why);
+  }
+  struct stat st{};
+  const int rc = ::fstat(fd, &st);
+  ::close(fd);
+  if (rc != 0) throw Error(std::error_code(errno, std::generic_category()), "shmq channel '" + std::string(channel) + "': fstat of " + dir.string());
+  if (st.st_uid != ::geteuid())
+    fail(channel, std::errc::permission_denied,
+         "journal directory " + dir.string() + " is owned by uid " + std::to_string(st.st_uid) + ", not by this process's uid " +
+             std::to_string(::geteuid()) + ": refused (another user could read or replace the journal)");
+}
+
+void make_journal_dir(std::string_view channel, const std::filesystem::path& dir) {
+  // Every missing component, 0700 whatever the umask (fchmod after mkdir); an existing one is used
+  // as it is. mkdir never follows a symlink in its last component; DIR itself is then checked.
+  std::filesystem::path p;
+  int depth = 0;
+  for (const auto& part : dir) {
+    p /= part;
+    if (++depth > 256) fail(channel, std::errc::filename_too_long, "journal directory " + dir.string() + " is too deep");
+    if (p == p.root_path()) continue;
+    if (::mkdir(p.c_str(), 0700) == 0) {
+      const int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0 || ::fchmod(fd, 0700) != 0) {
+        const int err = errno;
+        if (fd >= 0) ::close(fd);
+        throw Error(std::error_code(err, std::generic_category()),
+                    "shmq channel '" + std::string(channel) + "': cannot make " + p.string() + " mode 0700");
+      }
+      ::close(fd);
+      // The parent holds the new name: make it durable (the first Sync records need it).
+      const int parent = ::open(p.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (parent >= 0) {
+        (void)::fsync(parent);
+        ::close(parent);
+      }
+    } else if (errno != EEXIST) {
+      throw Error(std::error_code(errno, std::generic_category()),
+                  "shmq channel '" + std::string(channel) + "': cannot create journal directory " + p.string());
+    }
+  }
+  check_journal_dir(channel, dir);
+}
+
+std::filesystem::path journal_dir_of(std::string_view channel, const SegmentHeader& h, const std::filesystem::path& asked) {
+  // What the segment's creator wrote: only to name it in an error, or (attach) as the candidate.
+  const char* end = static_cast<const char*>(std::memchr(h.journal_path, 0, sizeof h.journal_path));
+  const std::string claimed(h.journal_path, end ? static_cast<std::size_t>(end - h.journal_path) : 0);
+  std::filesystem::path dir = asked;
+  if (dir.empty()) {
+    const std::filesystem::path c(claimed);
+    if (claimed.empty() || !c.is_absolute() || c.lexically_normal() != c || c.filename() != std::string(channel))
+      fail(channel, std::errc::invalid_argument,
+           "the segment's header names journal directory '" + claimed + "', which is not an absolute DIR/" + std::string(channel) +
+               ": pass journal_dir (open) to name the journal");
+    dir = c;
+  }
+  const std::string whose = asked.empty() ? "named by the segment's header" : "from this process's options";
+  check_journal_dir(channel, dir);
+  std::optional<std::vector<std::byte>> meta;
+  try {
+    meta = journal::read_checkpoint(dir, kMetaCheckpoint);
+  } catch (const Error& e) {
+    fail(channel, std::errc::invalid_argument, "journal directory " + dir.string() + " (" + whose + "): " + e.what());
+  }
+  if (!meta || meta_incarnation(*meta) != h.incarnation)
+    fail(channel, std::errc::invalid_argument,
+         "journal directory " + dir.string() + " (" + whose + ") is not this channel's journal (" +
+             (meta ? "its meta names another incarnation" : "it has no meta") + "); the segment was made with journal directory '" +
+             claimed + "': open the channel with the journal_dir it was made with");
+  return dir;
+}
+
 void adopt_journal_geometry(std::string_view channel, const std::filesystem::path& dir, ChannelOptions& o) {
   std::error_code ec;
   if (!std::filesystem::exists(dir, ec)) return;
@@ -412,7 +492,7 @@ class JournalLock {
 }  // namespace
 
 void prepare(Segment& seg, RecoveryContext& rc) {
-  std::filesystem::create_directories(rc.dir);
+  make_journal_dir(rc.name, rc.dir);  // 0700, not a symlink, ours (11.12)
   const JournalLock journal_lock(rc);  // one journal, one writer (10.3)
   const auto meta = journal::read_checkpoint(rc.dir, kMetaCheckpoint);
   SegmentHeader& h = seg.header();
