@@ -108,7 +108,10 @@ void write_checkpoint(const std::filesystem::path& dir, std::string_view name, s
   // before it, gone: one version fewer to fall back to, never a wrong one).
   if (::unlinkat(dirfd.get(), prev.c_str(), 0) != 0 && errno != ENOENT)
     detail::throw_errno(errno, dir, "cannot remove the previous checkpoint " + prev);
-  if (::linkat(dirfd.get(), final_name.c_str(), dirfd.get(), prev.c_str(), 0) != 0 && errno != ENOENT)
+  // A file system without hard links (EPERM, ENOTSUP, EMLINK) keeps no previous version: the
+  // fallback is then the journal alone, and the checkpoint itself is still written.
+  if (::linkat(dirfd.get(), final_name.c_str(), dirfd.get(), prev.c_str(), 0) != 0 && errno != ENOENT &&
+      errno != EPERM && errno != ENOTSUP && errno != EOPNOTSUPP && errno != EMLINK)
     detail::throw_errno(errno, dir, "cannot keep " + final_name + " as " + prev);
   SHMQ_CRASH_POINT("checkpoint.after_keep_previous");
   if (::renameat(dirfd.get(), tmp.c_str(), dirfd.get(), final_name.c_str()) != 0)

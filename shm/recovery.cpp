@@ -599,6 +599,8 @@ void prepare(Segment& seg, RecoveryContext& rc) {
              std::to_string(journal_end);
     if (st.windows_from != ~0ull && (!position_ok(st.windows_from) || st.windows_from > st.durable_position + cap))
       return "windows_from " + std::to_string(st.windows_from) + " is not an aligned position near the durable one";
+    if (st.next_producer_id > kMaxPosition)
+      return "next_producer_id " + std::to_string(st.next_producer_id) + " is beyond any id handed out";
     if (st.producers.size() > h.max_producers)
       return std::to_string(st.producers.size()) + " producers, the channel has " + std::to_string(h.max_producers) + " slots";
     if (st.groups.size() > h.max_groups)
@@ -606,7 +608,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
     for (std::size_t i = 0; i < st.producers.size(); ++i) {
       const SavedProducer& p = st.producers[i];
       const std::string what = "producers[" + std::to_string(i) + "] ('" + p.name + "')";
-      if (p.name.empty() || p.id == 0 || p.id > kMaxSeq) return what + ": no name, or id " + std::to_string(p.id);
+      if (p.name.empty() || p.id == 0 || p.id > kMaxPosition) return what + ": no name, or id " + std::to_string(p.id);
       for (std::size_t j = 0; j < i; ++j)
         if (st.producers[j].id == p.id || st.producers[j].name == p.name) return what + ": id or name used twice";
       if (p.next_seq == 0 || p.next_seq > kMaxSeq + 1) return what + ": next_seq " + std::to_string(p.next_seq);

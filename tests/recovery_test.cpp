@@ -200,6 +200,8 @@ TEST_F(Recovery, ACheckpointWithInsaneFieldsIsRefusedNamingTheFieldAndRecoveryEn
       {"next", [](detail::State& s) { s.groups[0].next += 8; }},  // inside the record it named
       {"held", [](detail::State& s) { s.groups[0].held.push_back({s.groups[0].next - 4, 1}); }},
       {"windows_from", [](detail::State& s) { s.windows_from = 13; }},
+      {"next_producer_id", [](detail::State& s) { s.next_producer_id = ~0ull; }},
+      {"producers[0]", [](detail::State& s) { s.producers.push_back(s.producers.at(0)); s.producers[0].id = 0; }},
   };
   int i = 0;
   for (const Case& c : cases) {
