@@ -131,6 +131,12 @@ struct ChannelStats {
   std::uint32_t live_consumers;
   int journaler_pid;                // process writing the journal (0: none, or a Memory channel)
   std::string journal_dir;          // empty for a Memory channel
+  // How far durability is behind (0 for a Memory channel): the bytes published and not yet durable
+  // (write_position - durable_position), and the age of the oldest of them (ms; 0 when none), which
+  // is what a host crash would cost now.
+  std::uint64_t durable_lag_bytes = 0;
+  double durable_lag_ms = 0;
+  std::uint64_t journal_errors = 0;  // journaling attempts that failed (I/O errors; see the journaler's log)
 };
 
 namespace detail {
