@@ -267,6 +267,11 @@ class Producer {
   Published publish(std::string_view payload, const PublishOptions& = {});
   Claim claim(std::size_t bytes, const PublishOptions& = {});  // zero-copy: Claim::data(), Claim::commit()
   bool flush(std::chrono::nanoseconds timeout);                // everything published so far is durable
+  // Waits up to TIMEOUT until the record at POSITION (a Published::position) is durable; true then.
+  // After a Sync publish returned Timeout (published, not yet known durable), wait on its
+  // position; a retry of it returns Duplicate with the original's position, which this waits on
+  // too. A Memory channel: true at once (the record is as durable as it gets); kNoPosition: false.
+  bool wait_durable(std::uint64_t position, std::chrono::nanoseconds timeout);
   InnerId last_id() const noexcept;
   std::string_view name() const noexcept;
 
