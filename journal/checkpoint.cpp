@@ -30,7 +30,7 @@ std::uint32_t checksum(const std::byte* length_field, std::span<const std::byte>
 }  // namespace
 
 void write_checkpoint(const std::filesystem::path& dir, std::string_view name, std::span<const std::byte> bytes,
-                      unsigned mode) {
+                      unsigned mode, void (*after_write)()) {
   check_name(dir, name);
   if ((mode & ~0777u) != 0) detail::throw_error(std::errc::invalid_argument, dir, "checkpoint mode beyond 0777");
   const detail::Fd dirfd = detail::open_or_create_dir(dir);
@@ -56,6 +56,7 @@ void write_checkpoint(const std::filesystem::path& dir, std::string_view name, s
   detail::write_all_at(f, bytes, kCheckpointHeaderBytes, dir, tmp);
   if (::fdatasync(f) != 0) detail::throw_errno(errno, dir, "fdatasync of " + tmp + " failed");
   fd.reset();
+  if (after_write) after_write();
   if (::renameat(dirfd.get(), tmp.c_str(), dirfd.get(), final_name.c_str()) != 0)
     detail::throw_errno(errno, dir, "cannot rename " + tmp + " to " + final_name);
   detail::sync_dir(dirfd.get(), dir);

@@ -21,6 +21,7 @@
 #include "journal/journal.hpp"
 #include "shm/channel_state.hpp"
 #include "shm/checkpoint_state.hpp"
+#include "shm/crash_point.hpp"
 
 namespace shmq::detail {
 namespace {
@@ -206,7 +207,10 @@ void Journaler::journal(journal::Writer& w) {
     // The next write-out is due flush_interval after this one STARTS (not after its fdatasync
     // ends), so that an Async record waits at most flush_interval plus one fdatasync.
     const std::uint64_t started = now_ns();
+    w.write_out();
+    SHMQ_CRASH_POINT("journal.after_write");
     w.sync();
+    SHMQ_CRASH_POINT("journal.after_sync");
     dirty = false;
     last_sync = started;
     // A group or producer added since the last checkpoint is made durable with these records: a
@@ -303,7 +307,7 @@ void Journaler::checkpoint(std::uint64_t durable) {
   std::string bytes = encode_state(s);
   if (bytes == last_checkpoint_) return;
   journal::write_checkpoint(ch_.journal_dir, kStateCheckpoint, std::as_bytes(std::span(bytes.data(), bytes.size())),
-                            ch_.options.mode);
+                            ch_.options.mode, [] { SHMQ_CRASH_POINT("checkpoint.after_write"); });
   last_checkpoint_ = std::move(bytes);
   // Retention: whole files below what the checkpoint says is still needed, older than
   // `retention` or while the journal is over `retention_bytes` (0: no size budget, not a budget of
