@@ -272,11 +272,13 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   if (create) check_options(name, requested);
   auto st = std::make_unique<ChannelState>();
   st->name = std::string(name);
+  Durability wanted = requested.durability;  // a durable channel: the stronger of it and the journal's
   if (create && requested.durability != Durability::Memory) {
     // The journal's geometry wins over the options (its positions are ring positions), and a
     // segment made here is prepared from the journal before anybody can attach.
     RecoveryContext rc{std::string(name), journal_path_for(name, requested.journal_dir), requested, {}};
     adopt_journal_geometry(name, rc.dir, rc.options);
+    wanted = rc.options.durability;
     rc.options.journal_dir = rc.dir;
     check_options(name, rc.options);
     st->segment = Segment::open(name, rc.options, create, &prepare_durable_segment, &rc);
@@ -308,7 +310,7 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
     differs("max_consumers", requested.max_consumers, h.max_consumers);
     differs("dedup_window", requested.dedup_window, h.dedup_window);
   }
-  if (create && requested.durability != eff.durability)
+  if (create && wanted != eff.durability)
     st->fail(std::errc::invalid_argument, "the existing segment has another durability than the one asked");
   st->options = eff;
   st->header = &h;

@@ -182,6 +182,35 @@ TEST_F(Journaled, ARestartAfterTheSegmentIsLostRedeliversOnlyWhatWasNotAcked) {
   EXPECT_EQ(next.status, Status::Ok);
 }
 
+// The journal's meta records the channel's durability, also when a rebuild raised it: a channel
+// made Async and rebuilt as Sync stays Sync at the next rebuild that does not ask for it.
+TEST_F(Journaled, ARebuildThatRaisedAsyncToSyncIsRememberedByTheJournal) {
+  const auto name = channel_name();
+  const auto rebuild = [&](D asked) {
+    ::unlink(segment_path(name).c_str());  // the reboot
+    const pid_t child = fork_child([&] {
+      auto ch = Channel::open(name, durable(asked));
+      CHILD_CHECK(ch.recovery().recovered);
+      Producer p(ch, "p");
+      CHILD_CHECK(p.publish("one more").status == Status::Ok);
+      CHILD_CHECK(p.flush(10s));
+      std::printf("rebuilt as %s\n", ch.options().durability == D::Sync ? "Sync" : "Async");
+      return ch.options().durability == D::Sync ? 10 : 11;
+    });
+    const ChildResult r = wait_child(child, 30s);
+    return r.exited && WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1;
+  };
+  {
+    auto ch = Channel::open(name, durable(D::Async));
+    Producer p(ch, "p");
+    ASSERT_EQ(p.publish("first").status, Status::Ok);
+    ASSERT_TRUE(p.flush(10s));
+  }
+  EXPECT_EQ(rebuild(D::Async), 11) << "made Async, rebuilt asking Async";
+  EXPECT_EQ(rebuild(D::Sync), 10) << "a rebuild may ask for more";
+  EXPECT_EQ(rebuild(D::Async), 10) << "the journal must remember that the channel is Sync now";
+}
+
 TEST_F(Journaled, TheJournalsGeometryWinsOverTheOptionsOfARestart) {
   const auto name = channel_name();
   { auto ch = Channel::open(name, durable(D::Async, 1 << 20)); }
