@@ -75,7 +75,7 @@ CheckpointVersion read_version(int dirfd, const std::filesystem::path& dir, cons
 }  // namespace
 
 void write_checkpoint(const std::filesystem::path& dir, std::string_view name, std::span<const std::byte> bytes,
-                      unsigned mode) {
+                      unsigned mode, void (*after_write)()) {
   check_name(dir, name);
   if ((mode & ~0777u) != 0) detail::throw_error(std::errc::invalid_argument, dir, "checkpoint mode beyond 0777");
   const detail::Fd dirfd = detail::open_or_create_dir(dir);
@@ -102,7 +102,7 @@ void write_checkpoint(const std::filesystem::path& dir, std::string_view name, s
   detail::write_all_at(f, bytes, kCheckpointHeaderBytes, dir, tmp);
   if (::fdatasync(f) != 0) detail::throw_errno(errno, dir, "fdatasync of " + tmp + " failed");
   fd.reset();
-  SHMQ_CRASH_POINT("checkpoint.after_write");
+  if (after_write) after_write();
   // Keep the current version as NAME.prev: a hard link, so that NAME exists at every instant. A
   // crash between the unlink and the link leaves NAME alone (the previous version is then the one
   // before it, gone: one version fewer to fall back to, never a wrong one).

@@ -41,10 +41,44 @@ Fd open_dir(const std::filesystem::path& dir) {
   return Fd(fd);
 }
 
+namespace {
+// After creating DIR: fsync its parent, which now names it.
+void sync_parent_of(const std::filesystem::path& dir) {
+  std::filesystem::path parent = dir.parent_path();
+  if (parent.empty()) parent = ".";
+  const int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw_errno(errno, dir, "cannot open the parent directory " + parent.string() + " to make the new directory durable");
+  const Fd owned(fd);
+  if (::fsync(fd) != 0) throw_errno(errno, dir, "fsync of the parent directory " + parent.string() + " failed");
+}
+}  // namespace
+
 Fd open_or_create_dir(const std::filesystem::path& dir) {
   if (dir.empty()) throw_error(std::errc::invalid_argument, dir, "empty journal directory path");
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) throw_errno(errno, dir, "cannot create the journal directory");
+  if (::mkdir(dir.c_str(), 0700) == 0) sync_parent_of(dir);
+  else if (errno != EEXIST) throw_errno(errno, dir, "cannot create the journal directory");
   return open_dir(dir);
+}
+
+void create_directories(const std::filesystem::path& dir) {
+  if (dir.empty()) throw_error(std::errc::invalid_argument, dir, "empty journal directory path");
+  const std::filesystem::path norm = dir.lexically_normal();
+  // The missing ones, deepest first; at most as many as the path has components.
+  std::vector<std::filesystem::path> missing;
+  for (std::filesystem::path p = norm; !p.empty(); p = p.parent_path()) {
+    struct stat st;
+    if (::stat(p.c_str(), &st) == 0) {
+      if (!S_ISDIR(st.st_mode)) throw_error(std::errc::not_a_directory, dir, p.string() + " is not a directory");
+      break;
+    }
+    if (errno != ENOENT) throw_errno(errno, dir, "stat of " + p.string() + " failed");
+    missing.push_back(p);
+    if (p == p.parent_path()) break;  // the root
+  }
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (::mkdir(it->c_str(), 0777) == 0) sync_parent_of(*it);
+    else if (errno != EEXIST) throw_errno(errno, dir, "cannot create directory " + it->string());
+  }
 }
 
 void sync_dir(int dirfd, const std::filesystem::path& dir) {

@@ -37,8 +37,12 @@ class Fd {
 [[noreturn]] void throw_errno(int err, const std::filesystem::path& dir, const std::string& what);
 [[noreturn]] void throw_error(std::errc code, const std::filesystem::path& dir, const std::string& what);
 
-// Creates DIR with mode 0700 if it is missing (its parent must exist), then opens it.
+// Creates DIR with mode 0700 if it is missing (its parent must exist), then opens it. A DIR it
+// creates is made durable: its parent is fsync'd after the mkdir.
 Fd open_or_create_dir(const std::filesystem::path& dir);
+// Creates DIR and every missing parent (mode 0777 less the umask, as mkdir -p), fsyncing the parent
+// of each directory it creates, so that after a host crash the path still leads to DIR.
+void create_directories(const std::filesystem::path& dir);
 // Opens DIR, which must exist.
 Fd open_dir(const std::filesystem::path& dir);
 void sync_dir(int dirfd, const std::filesystem::path& dir);

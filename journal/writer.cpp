@@ -9,9 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 namespace shmq::journal {
 
@@ -131,6 +133,77 @@ struct Writer::Impl {
     synced = next;  // every record below NEXT was in the file just made durable
   }
 
+  // Drops every record at or above POSITION (see truncate() in the header).
+  void drop_from(std::uint64_t position) {
+    buf_used = 0;  // the buffer's bytes were never written: nothing to drop on disk for them
+    fd.reset();
+    const auto files = detail::list_segments(dirfd.get(), dir);
+    bool removed = false;
+    std::size_t keep = files.size();  // files[0, keep) stay
+    while (keep > 0 && files[keep - 1].first > position) {
+      const std::string& name = files[keep - 1].name;
+      if (::unlinkat(dirfd.get(), name.c_str(), 0) != 0 && errno != ENOENT)
+        detail::throw_errno(errno, dir, "cannot remove " + name + " (past the durable position " + std::to_string(position) + ")");
+      removed = true;
+      --keep;
+    }
+    next_file_first.reset();
+    file_name.clear();
+    file_bytes = 0;
+    file_records = 0;
+    end = 0;
+    if (keep > 0) {
+      const std::string name = files[keep - 1].name;
+      Fd f = detail::open_regular(dirfd.get(), dir, name, O_RDWR);
+      const std::uint64_t size = detail::file_size(f.get(), dir, name);
+      // Walk the headers (their lengths checked against the file: it is input like any other)
+      // up to the first record at or above POSITION, reading the file in chunks. Every step moves
+      // on by >= kHeaderBytes, so the loop ends within size / kHeaderBytes steps.
+      std::uint64_t at = 0, records = 0;
+      std::optional<std::uint64_t> last_position, seal_next;
+      constexpr std::size_t kChunk = 1 << 20;
+      std::vector<std::byte> chunk;
+      std::uint64_t chunk_at = 0;  // file offset of chunk[0]
+      while (size - at >= kHeaderBytes) {
+        if (at < chunk_at || at + kHeaderBytes > chunk_at + chunk.size()) {
+          chunk.resize(static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, size - at)));
+          chunk_at = at;
+          detail::read_all_at(f.get(), chunk, at, dir, name);
+        }
+        RecordHeader h;
+        std::memcpy(&h, chunk.data() + (at - chunk_at), sizeof h);
+        if (h.length < kHeaderBytes || h.length > kMaxRecordBytes || align_record(h.length) > size - at)
+          break;  // not a whole record: a torn tail (open() cut it already), nothing to keep after it
+        if (h.position >= position) break;
+        if ((h.flags & kFlagSeal) != 0) {
+          seal_next = h.position;  // a seal below POSITION: the next file (missing) must take its name
+        } else {
+          last_position = h.position;
+          ++records;
+        }
+        at += align_record(h.length);
+        if (seal_next) break;  // nothing follows a seal
+      }
+      if (::ftruncate(f.get(), static_cast<off_t>(at)) != 0)
+        detail::throw_errno(errno, dir, "cannot cut " + name + " at offset " + std::to_string(at) +
+                                            " (the durable position " + std::to_string(position) + ")");
+      if (::fsync(f.get()) != 0) detail::throw_errno(errno, dir, "fsync of " + name + " failed");
+      const std::uint64_t first = files[keep - 1].first;
+      end = last_position ? *last_position + 1 : first;
+      if (seal_next) {
+        next_file_first = *seal_next;
+        end = std::max(end, *seal_next);
+      } else {
+        fd = std::move(f);
+        file_name = name;
+        file_bytes = at;
+        file_records = records;
+      }
+    }
+    if (removed) detail::sync_dir(dirfd.get(), dir);
+    synced = end;
+  }
+
   void recover() {
     const auto files = detail::list_segments(dirfd.get(), dir);
     recovery.files = files.size();
@@ -168,6 +241,8 @@ struct Writer::Impl {
   }
 };
 
+void create_journal_directories(const std::filesystem::path& dir) { detail::create_directories(dir); }
+
 Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Writer::Writer(Writer&&) noexcept = default;
 Writer& Writer::operator=(Writer&&) noexcept = default;
@@ -184,14 +259,17 @@ Writer Writer::open(const std::filesystem::path& dir, const WriterOptions& optio
   w->opt = options;
   w->dirfd = detail::open_or_create_dir(dir);
   if (options.lock) {
-    const int f = ::openat(w->dirfd.get(), "LOCK", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
-                           static_cast<mode_t>(options.file_mode));
+    int f = ::openat(w->dirfd.get(), "LOCK", O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    const bool created = f < 0 && errno == ENOENT;
+    if (created)
+      f = ::openat(w->dirfd.get(), "LOCK", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(options.file_mode));
     if (f < 0) detail::throw_errno(errno, dir, "cannot open LOCK");
     w->lockfd = Fd(f);
     if (::flock(f, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
       detail::throw_errno(err, dir, err == EWOULDBLOCK ? "another Writer holds LOCK" : "flock of LOCK failed");
     }
+    if (created) detail::sync_dir(w->dirfd.get(), dir);  // every file the journal makes is named durably
   }
   w->buf = std::make_unique<std::byte[]>(options.buffer_bytes);
   w->recover();
@@ -231,6 +309,18 @@ void Writer::sync() {
     w.datasync();
     w.synced = w.end;
   });
+}
+
+void Writer::write_out() {
+  Impl& w = *impl_;
+  w.check_usable();
+  w.io([&] { w.flush(); });
+}
+
+void Writer::truncate(std::uint64_t position) {
+  Impl& w = *impl_;
+  w.check_usable();
+  w.io([&] { w.drop_from(position); });
 }
 
 void Writer::close() {

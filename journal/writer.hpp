@@ -23,6 +23,16 @@
 //             is sealed and made durable first, and the directory is fsync'd after the create.
 //   sync      writes the buffer and fdatasyncs; returns when every record appended so far is
 //             durable: synced_position() == end_position().
+//   write_out writes the buffer to the file without syncing (a crash-point seam: the bytes are in
+//             the page cache, not durable).
+//   truncate  drops every record at or above POSITION, and anything the buffer holds: files named
+//             above POSITION are removed, the file holding POSITION is cut before its first record
+//             (or seal) at or above it, that file is fsync'd and, when a file was removed, the
+//             directory too. Afterwards end_position() <= POSITION and appends go on from there.
+//             This is how a journaler that cannot vouch for the journal past the durable position
+//             (an fdatasync failed: Linux reports a writeback error once and marks the pages clean,
+//             so the page cache may hold bytes the disk never got) goes back to what it knows is
+//             durable and writes the rest again (PostgreSQL's "fsyncgate").
 //   close     sync, then release the files and the lock.
 //
 // Positions: end_position() is the lowest position the next append may use (the last record's
@@ -65,6 +75,10 @@ struct RecoveryReport {
   std::string what;                 // why the first dropped byte is not a record
 };
 
+// Creates DIR and its missing parents as mkdir -p does, fsyncing the parent of every directory it
+// creates (a directory entry is durable only once its parent is). Throws shmq::Error with the errno.
+void create_journal_directories(const std::filesystem::path& dir);
+
 class Writer {
  public:
   static Writer open(const std::filesystem::path& dir, const WriterOptions& options = {});
@@ -72,6 +86,8 @@ class Writer {
   void append(std::uint64_t position, std::uint64_t producer, std::uint64_t seq, std::uint64_t timestamp_ns,
               std::span<const std::byte> key, std::span<const std::byte> payload);
   void sync();
+  void write_out();
+  void truncate(std::uint64_t position);
   void close();
   // In a child made by fork(): closes this process's copies of the Writer's descriptors without
   // writing, syncing or unlocking anything (the parent's Writer keeps its lock and its files).

@@ -5,12 +5,22 @@
 //
 // The journaler. Every process that opens an Async or Sync channel runs a Journaler thread; the
 // journal directory's LOCK (an flock the kernel frees when its holder dies) elects which one
-// writes. The others retry every 100 ms, so a journaler that dies is replaced within about that.
+// writes. The others probe the lock every flush_interval / 2 (0.5 to 2 ms) and open a Writer as
+// soon as it is free, so a journaler that dies is replaced within that plus the Writer's open (it
+// reads the last two journal files) and the cut back to the durable position.
 // The writer reads committed records from the ring at its own cursor, appends them to the journal,
 // fdatasyncs (group commit: one sync covers everything appended so far) and then publishes
 // SegmentHeader::durable_position. Ring space is reused only below it (it is part of the gate).
+// A journaler never trusts what the journal holds at or past the durable position: when it takes
+// over (also after its own failed fdatasync, which fails the Writer) it cuts the journal back to
+// the durable position and writes those records again from the ring. After a failed fdatasync
+// Linux marks the pages clean, so a re-read of the page cache proves nothing (PostgreSQL's
+// "fsyncgate"); a publish is Ok only once a later fdatasync covered its bytes.
 // Sync: it syncs as soon as it has caught up with the tail or a publisher waits. Async: at least
-// every flush_interval.
+// every flush_interval, timed from the start of the previous write-out, so a host crash costs
+// what was published in the last flush_interval plus one fdatasync (plus, when the journaler died
+// just before, its replacement's election and open). The journaler is a thread of an ordinary
+// process and shares its CPU: a busy host delays it like any thread.
 //
 // Recovery. A durable channel whose segment does not exist (a reboot, or the segment was removed)
 // is rebuilt, under the segment's creation lock, before anybody can attach: the journal's records
@@ -84,6 +94,7 @@ class Journaler {
   void run() noexcept;
   void journal(journal::Writer& w);
   void checkpoint(std::uint64_t durable);
+  void wait_for_the_lock() noexcept;
   bool stopping() const noexcept { return stop_.load(std::memory_order_acquire); }
   // Whether /dev/shm/shmq.NAME no longer names this process's segment; sets ChannelState::removed.
   bool segment_removed() noexcept;
@@ -93,6 +104,7 @@ class Journaler {
   std::unique_ptr<journal::Writer> writer_;  // while this process is the journaler
   std::string last_checkpoint_;              // bytes of the last checkpoint written
   std::uint64_t last_checkpoint_ns_ = 0;
+  int lock_probe_ = -1;                      // DIR/LOCK, to see it come free (wait_for_the_lock)
   std::thread thread_;
 };
 

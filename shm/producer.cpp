@@ -43,6 +43,9 @@ struct ProducerState {
   // use the claimer slot at once. Holds this_thread_tag() of the holder; 0 when free. A Claim
   // holds it until commit() or abandon().
   std::atomic<std::uintptr_t> lock{0};
+  // The open Claim's durability wait (written by claim(), read by its commit(), both under the lock).
+  bool claim_sync = false;
+  std::uint64_t claim_timeout_ns = 0;
 
   // Takes the publish lock: Ok; Closed if this thread holds it already (an open Claim);
   // WouldBlock if another thread held it for the whole of OPTS.timeout (an open Claim there).
@@ -372,6 +375,8 @@ Claim Producer::claim(std::size_t bytes, const PublishOptions& opts) {
   c.id_ = {p.id, seq};
   c.frame_len_ = frame_len;
   c.producer_ = &p;
+  p.claim_sync = opts.durability.value_or(p.ch->options.durability) == Durability::Sync;
+  p.claim_timeout_ns = static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0));
   c.status_ = Status::Ok;
   return c;
 }
@@ -382,6 +387,14 @@ bool Producer::flush(std::chrono::nanoseconds timeout) {
   // A Memory channel is as durable as it gets once publish returned: the record is in the segment.
   if (!ch.durable()) return true;
   return detail::wait_durable(ch, ch.ring->tail(), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(timeout.count(), 0)));
+}
+
+bool Producer::wait_durable(std::uint64_t position, std::chrono::nanoseconds timeout) {
+  if (!state_ || position == kNoPosition) return false;
+  detail::ChannelState& ch = *state_->ch;
+  if (!ch.durable()) return true;
+  // The durable position stops only at record boundaries: past POSITION means past its record.
+  return detail::wait_durable(ch, position + 1, detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(timeout.count(), 0)));
 }
 
 InnerId Producer::last_id() const noexcept {
@@ -417,12 +430,20 @@ Claim::~Claim() { abandon(); }
 Published Claim::commit() noexcept {
   if (!producer_) return {status_ == Status::Ok ? Status::Closed : status_, id_, status_ == Status::Duplicate ? position_ : 0};
   detail::ProducerState& p = *producer_;
+  // Read before the unlock: the next Claim on this Producer overwrites them.
+  const bool sync = p.claim_sync;
+  const std::uint64_t timeout_ns = p.claim_timeout_ns;
+  detail::ChannelState& ch = *p.ch;
+  const std::uint64_t end = position_ + ring::align_up(frame_len_);
   p.ring->commit(position_, frame_len_, ring::RecordType::Data, p.index);
   p.accepted(id_.seq, position_);
   p.committed(id_.seq);
   p.unlock_publish();
   producer_ = nullptr;
   status_ = Status::Closed;
+  // Sync: Ok only once the record is durable, as publish() does; Timeout when it is not within
+  // the claim's PublishOptions::timeout (published all the same; Producer::wait_durable waits on).
+  if (sync && !detail::wait_durable(ch, end, detail::now_ns() + timeout_ns)) return {Status::Timeout, id_, position_};
   return {Status::Ok, id_, position_};
 }
 

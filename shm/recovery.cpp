@@ -259,6 +259,15 @@ std::string encode_meta(const ChannelOptions& o, std::uint64_t incarnation) {
   return std::move(m.bytes);
 }
 
+// The durability a meta checkpoint records (versions 1 and 2 both have it, after the geometry);
+// Async when it does not read as Async or Sync.
+Durability meta_durability(std::span<const std::byte> bytes) {
+  In in{bytes};
+  in.at = 4 + 8 + 8 + 5 * 4;  // version, ring_bytes, max_message_bytes, five u32 limits
+  const auto d = in.get<std::uint32_t>();
+  return in.ok && d == static_cast<std::uint32_t>(Durability::Sync) ? Durability::Sync : Durability::Async;
+}
+
 // The incarnation a meta checkpoint records (0 for version 1, which had none).
 std::uint64_t meta_incarnation(std::span<const std::byte> bytes) {
   In in{bytes};
@@ -501,6 +510,12 @@ void prepare(Segment& seg, RecoveryContext& rc) {
     journal::write_checkpoint(rc.dir, kMetaCheckpoint, std::as_bytes(std::span(m.data(), m.size())), rc.options.mode);
   } else {
     h.incarnation = meta_incarnation(*meta);  // the same channel, rebuilt: its inner ids go on
+    // Reopened with a stronger durability than the journal records (Async -> Sync): record it,
+    // so that the next rebuild (a reboot, `shmq recover` without --durability) keeps it.
+    if (meta_durability(*meta) < rc.options.durability) {
+      const std::string m = encode_meta(rc.options, h.incarnation);
+      journal::write_checkpoint(rc.dir, kMetaCheckpoint, std::as_bytes(std::span(m.data(), m.size())), rc.options.mode);
+    }
   }
   ring::RecordRing& ring = seg.ring();
   const std::uint64_t cap = ring.capacity();

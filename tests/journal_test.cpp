@@ -370,6 +370,36 @@ TEST_F(JournalTest, SyncBringsSyncedPositionToEndPosition) {
   EXPECT_EQ(w.synced_position(), 31u);
 }
 
+// After a failed fdatasync the journaler goes back to the durable position: at every cut point
+// (record boundaries, inside a file, at a file's name, past the end), exactly the records below it
+// remain, the journal reads clean and appending from there continues it.
+TEST_F(JournalTest, TruncateDropsEveryRecordAtOrAboveThePositionAndAppendsGoOnFromThere) {
+  const auto recs = write_journal(60, 200, small_segments());
+  const auto files = snapshot();
+  ASSERT_GE(segment_names(dir_).size(), 4u);
+  std::vector<std::uint64_t> cuts{0, 500, recs.back().position + 1, recs.back().position + 100};
+  for (const Rec& r : recs) cuts.push_back(r.position);
+  for (const auto& n : segment_names(dir_)) cuts.push_back(first_of(n));
+  for (const std::uint64_t cut : cuts) {
+    restore(files);
+    {
+      Writer w = Writer::open(dir_, small_segments());
+      w.truncate(cut);
+      EXPECT_LE(w.end_position(), cut) << cut;
+      EXPECT_EQ(w.synced_position(), w.end_position());
+      const std::uint64_t next = std::max(cut, w.end_position());
+      w.append(next, 9, 9, 9, {}, bytes_of("after the cut"));
+      w.close();
+    }
+    auto expect = records_in(recs, 0, cut);
+    const auto got = read_all(dir_);
+    ASSERT_EQ(got.size(), expect.size() + 1) << "cut at " << cut;
+    for (std::size_t i = 0; i < expect.size(); ++i) ASSERT_EQ(got[i], expect[i]) << "cut at " << cut;
+    EXPECT_EQ(got.back().payload, "after the cut");
+    EXPECT_EQ(Writer::open(dir_, small_segments()).recovery().dropped_bytes, 0u) << "cut at " << cut;
+  }
+}
+
 TEST_F(JournalTest, ReaderStartsAtTheFirstRecordAtOrAfterAPosition) {
   const auto recs = write_journal(200, 200, small_segments());
   std::vector<std::uint64_t> froms = {0, recs.front().position, recs.back().position, recs.back().position + 1};

@@ -342,7 +342,9 @@ TEST_F(Recovery, AWriterKilledAtEachCheckpointCrashPointLeavesAWholeVersion) {
         detail::arm_crash_point(point, hit);
         for (int i = 1;; ++i) {
           const std::string v = "version " + std::to_string(i);
-          journal::write_checkpoint(dir, "state", std::as_bytes(std::span(v.data(), v.size())));
+          // The journaler's seam for its crash point, as shm/journaler.cpp passes it.
+          journal::write_checkpoint(dir, "state", std::as_bytes(std::span(v.data(), v.size())), 0600,
+                                    [] { SHMQ_CRASH_POINT("checkpoint.after_write"); });
         }
         return kChildOk;
       });
