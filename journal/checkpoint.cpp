@@ -75,7 +75,7 @@ CheckpointVersion read_version(int dirfd, const std::filesystem::path& dir, cons
 }  // namespace
 
 void write_checkpoint(const std::filesystem::path& dir, std::string_view name, std::span<const std::byte> bytes,
-                      unsigned mode) {
+                      unsigned mode, void (*after_write)()) {
   check_name(dir, name);
   if ((mode & ~0777u) != 0) detail::throw_error(std::errc::invalid_argument, dir, "checkpoint mode beyond 0777");
   const detail::Fd dirfd = detail::open_or_create_dir(dir);
@@ -102,13 +102,16 @@ void write_checkpoint(const std::filesystem::path& dir, std::string_view name, s
   detail::write_all_at(f, bytes, kCheckpointHeaderBytes, dir, tmp);
   if (::fdatasync(f) != 0) detail::throw_errno(errno, dir, "fdatasync of " + tmp + " failed");
   fd.reset();
-  SHMQ_CRASH_POINT("checkpoint.after_write");
+  if (after_write) after_write();
   // Keep the current version as NAME.prev: a hard link, so that NAME exists at every instant. A
   // crash between the unlink and the link leaves NAME alone (the previous version is then the one
   // before it, gone: one version fewer to fall back to, never a wrong one).
   if (::unlinkat(dirfd.get(), prev.c_str(), 0) != 0 && errno != ENOENT)
     detail::throw_errno(errno, dir, "cannot remove the previous checkpoint " + prev);
-  if (::linkat(dirfd.get(), final_name.c_str(), dirfd.get(), prev.c_str(), 0) != 0 && errno != ENOENT)
+  // A file system without hard links (EPERM, ENOTSUP, EMLINK) keeps no previous version: the
+  // fallback is then the journal alone, and the checkpoint itself is still written.
+  if (::linkat(dirfd.get(), final_name.c_str(), dirfd.get(), prev.c_str(), 0) != 0 && errno != ENOENT &&
+      errno != EPERM && errno != ENOTSUP && errno != EOPNOTSUPP && errno != EMLINK)
     detail::throw_errno(errno, dir, "cannot keep " + final_name + " as " + prev);
   SHMQ_CRASH_POINT("checkpoint.after_keep_previous");
   if (::renameat(dirfd.get(), tmp.c_str(), dirfd.get(), final_name.c_str()) != 0)

@@ -47,8 +47,10 @@ inline constexpr std::uint32_t kCheckpointMagic = 0x4b435153u;  // "SQCK"
 inline constexpr std::size_t kCheckpointHeaderBytes = 16;
 inline constexpr std::string_view kPreviousSuffix = ".prev";
 
+// AFTER_WRITE, if set, runs once NAME.tmp is written and fdatasync'd, before the rename (a seam for
+// the journaler's crash point "checkpoint.after_write").
 void write_checkpoint(const std::filesystem::path& dir, std::string_view name, std::span<const std::byte> bytes,
-                      unsigned mode = 0600);
+                      unsigned mode = 0600, void (*after_write)() = nullptr);
 std::optional<std::vector<std::byte>> read_checkpoint(const std::filesystem::path& dir, std::string_view name);
 
 // One stored version of a checkpoint.

@@ -259,15 +259,17 @@ Writer Writer::open(const std::filesystem::path& dir, const WriterOptions& optio
   w->opt = options;
   w->dirfd = detail::open_or_create_dir(dir);
   if (options.lock) {
-    const int f = ::openat(w->dirfd.get(), "LOCK", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
-                           static_cast<mode_t>(options.file_mode));
+    int f = ::openat(w->dirfd.get(), "LOCK", O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    const bool created = f < 0 && errno == ENOENT;
+    if (created)
+      f = ::openat(w->dirfd.get(), "LOCK", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(options.file_mode));
     if (f < 0) detail::throw_errno(errno, dir, "cannot open LOCK");
     w->lockfd = Fd(f);
     if (::flock(f, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
       detail::throw_errno(err, dir, err == EWOULDBLOCK ? "another Writer holds LOCK" : "flock of LOCK failed");
     }
-    detail::sync_dir(w->dirfd.get(), dir);  // LOCK may be new: every file the journal makes is named durably
+    if (created) detail::sync_dir(w->dirfd.get(), dir);  // every file the journal makes is named durably
   }
   w->buf = std::make_unique<std::byte[]>(options.buffer_bytes);
   w->recover();

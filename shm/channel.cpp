@@ -377,11 +377,13 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   if (create) check_options(name, requested);
   auto st = std::make_unique<ChannelState>();
   st->name = std::string(name);
+  Durability wanted = requested.durability;  // a durable channel: the stronger of it and the journal's
   if (create && requested.durability != Durability::Memory) {
     // The journal's geometry wins over the options (its positions are ring positions), and a
     // segment made here is prepared from the journal before anybody can attach.
     RecoveryContext rc{std::string(name), journal_path_for(name, requested.journal_dir), requested, {}};
     adopt_journal_geometry(name, rc.dir, rc.options);
+    wanted = rc.options.durability;
     rc.options.journal_dir = rc.dir;
     check_options(name, rc.options);
     st->segment = Segment::open(name, rc.options, create, &prepare_durable_segment, &rc);
@@ -414,7 +416,7 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
     differs("max_consumers", requested.max_consumers, geo.max_consumers);
     differs("dedup_window", requested.dedup_window, geo.dedup_window);
   }
-  if (create && requested.durability != eff.durability)
+  if (create && wanted != eff.durability)
     st->fail(std::errc::invalid_argument, "the existing segment has another durability than the one asked");
   st->options = eff;
   st->header = &h;
@@ -423,7 +425,9 @@ std::unique_ptr<ChannelState> make_state(std::string_view name, const ChannelOpt
   st->consumers = st->segment->consumers();
   st->ring = &st->segment->ring();
   if (st->durable()) {
-    st->journal_dir = std::filesystem::path(geo.journal_path);  // the creator's: every process journals there
+    // From the options (open) or the header's claim (attach), checked against the journal's own
+    // meta: never a path a peer wrote into shared memory (11.11).
+    st->journal_dir = journal_dir_of(name, h, create ? journal_path_for(name, requested.journal_dir) : std::filesystem::path());
     st->options.journal_dir = st->journal_dir;
     if (run_journaler) st->journaler = std::make_unique<Journaler>(*st);
   }
@@ -521,6 +525,24 @@ ChannelStats Channel::stats() const {
     const std::uint64_t j = s.header->journaler_token.load(std::memory_order_relaxed);
     out.journaler_pid = j && detail::token_alive(j) ? detail::token_pid(j) : 0;
     out.journal_dir = s.journal_dir.string();
+    out.journal_errors = s.header->journal_errors.load(std::memory_order_relaxed);
+    out.durable_lag_bytes = out.write_position - std::min(out.durable_position, out.write_position);
+    // The oldest record not yet durable: the first one at or after the durable position (a few
+    // paddings may come first). Ring space at or above the durable position is never reclaimed,
+    // but the position comes from shared memory: read only inside [cleaned, tail).
+    std::uint64_t p = out.durable_position;
+    for (int i = 0; i < 4 && p < out.write_position && p >= s.ring->cleaned(); ++i) {
+      const ring::ReadResult r = s.ring->read(p);
+      if (r.kind == ring::ReadResult::Padding) {
+        p = r.next;
+        continue;
+      }
+      if (r.kind == ring::ReadResult::Record && ring::RecordRing::check_record(r) == nullptr) {
+        const std::uint64_t now = detail::wall_clock_ns(), ts = r.header->timestamp_ns;
+        out.durable_lag_ms = now > ts ? static_cast<double>(now - ts) / 1e6 : 0.0;
+      }
+      break;
+    }
   }
   const std::uint64_t gate = s.gate();
   out.depth_bytes = out.write_position - std::min(gate, out.write_position);

@@ -9,7 +9,10 @@
 // I/O errors are counted in SegmentHeader::journal_errors and the writer is opened again.
 #include "shm/durability.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <mutex>
@@ -18,12 +21,15 @@
 #include "journal/journal.hpp"
 #include "shm/channel_state.hpp"
 #include "shm/checkpoint_state.hpp"
+#include "shm/crash_point.hpp"
 
 namespace shmq::detail {
 namespace {
 
 constexpr std::uint64_t kCheckpointEveryNs = 200'000'000;
-constexpr std::uint64_t kElectionRetryNs = 100'000'000;
+constexpr std::uint64_t kElectionRetryNs = 100'000'000;   // a candidate's Writer::open, at least this often
+constexpr std::uint64_t kElectionPollMinNs = 500'000;     // its probe of the LOCK: flush_interval / 2,
+constexpr std::uint64_t kElectionPollMaxNs = 2'000'000;   //   within these bounds
 
 [[noreturn]] void fail(std::string_view channel, std::errc code, const std::string& what) {
   throw Error(std::make_error_code(code), "shmq channel '" + std::string(channel) + "': " + what);
@@ -74,6 +80,12 @@ Journaler::Journaler(ChannelState& ch) : ch_(ch) {
 }
 
 Journaler::~Journaler() {
+  struct CloseProbe {
+    int& fd;
+    ~CloseProbe() {
+      if (fd >= 0) ::close(fd);
+    }
+  } close_probe{lock_probe_};
   for (auto& j : g_journalers) {
     Journaler* me = this;
     if (j.compare_exchange_strong(me, nullptr)) break;
@@ -86,9 +98,33 @@ Journaler::~Journaler() {
 
 void Journaler::forget_after_fork() noexcept {
   if (writer_) writer_->forget_after_fork();
+  if (lock_probe_ >= 0) ::close(lock_probe_);  // the child's copy only (the parent never holds it locked for long)
+  lock_probe_ = -1;
   // The std::thread names a thread of the parent: overwrite it, never join or detach it here.
   new (&thread_) std::thread();
   stop_.store(true, std::memory_order_relaxed);
+}
+
+// A candidate waits for the journaler's LOCK to come free: the kernel frees it the moment its
+// holder dies, and a probe (flock LOCK_NB on a descriptor of our own, one system call) every
+// election poll sees it within that. The probe lock is dropped at once: Writer::open takes the
+// real one (another candidate may win it; then we wait again). Without a LOCK file yet, or when
+// it cannot be opened, we just wait kElectionRetryNs and let Writer::open say why.
+void Journaler::wait_for_the_lock() noexcept {
+  const auto flush_ns = static_cast<std::uint64_t>(
+      std::max<std::int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(ch_.options.flush_interval).count(), 0));
+  const std::uint64_t poll_ns = std::clamp<std::uint64_t>(flush_ns / 2, kElectionPollMinNs, kElectionPollMaxNs);
+  if (lock_probe_ < 0) lock_probe_ = ::open((ch_.journal_dir / "LOCK").c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  const std::uint64_t give_up = now_ns() + kElectionRetryNs;  // then Writer::open tries anyway
+  while (!stopping()) {
+    const std::uint32_t v = ch_.header->durable_seq.load(std::memory_order_acquire);
+    futex_wait(ch_.header->durable_seq, v, std::chrono::nanoseconds(lock_probe_ < 0 ? kElectionRetryNs : poll_ns));
+    if (lock_probe_ < 0 || now_ns() >= give_up) return;
+    if (::flock(lock_probe_, LOCK_EX | LOCK_NB) == 0) {
+      ::flock(lock_probe_, LOCK_UN);
+      return;
+    }
+  }
 }
 
 void Journaler::run() noexcept {
@@ -113,8 +149,7 @@ void Journaler::run() noexcept {
       if (last_chance) return;  // another process holds the lock: it journals the rest
       if (e.code() != std::errc::resource_unavailable_try_again && e.code() != std::errc::operation_would_block)
         ch_.header->journal_errors.fetch_add(1, std::memory_order_relaxed);
-      const std::uint32_t v = ch_.header->durable_seq.load(std::memory_order_acquire);
-      if (!stopping()) futex_wait(ch_.header->durable_seq, v, std::chrono::nanoseconds(kElectionRetryNs));
+      if (!stopping()) wait_for_the_lock();
       continue;
     }
     try {
@@ -163,7 +198,9 @@ void Journaler::journal(journal::Writer& w) {
          "journaler: durable_position " + std::to_string(cursor) + " is outside the ring's records [" +
              std::to_string(ring.cleaned()) + ", " + std::to_string(ring.tail()) + ")");
   if (w.end_position() > cursor) w.truncate(cursor);
-  std::uint64_t last_sync = now_ns();
+  // As if the last write-out were a flush_interval ago: a successor's backlog (what its dead
+  // predecessor had not made durable) is written out at once.
+  std::uint64_t last_sync = now_ns() - flush_ns;
   bool dirty = false;
   std::uint64_t pending_pos = ~0ull, pending_since = 0;
   std::uint64_t stop_seen = 0;  // when a stop was first seen
@@ -185,10 +222,16 @@ void Journaler::journal(journal::Writer& w) {
   };
   std::uint64_t checkpointed_registry = ~0ull;
   auto sync = [&] {
+    // The next write-out is due flush_interval after this one STARTS (not after its fdatasync
+    // ends), so that an Async record waits at most flush_interval plus one fdatasync.
+    const std::uint64_t started = now_ns();
+    w.write_out();
+    SHMQ_CRASH_POINT("journal.after_write");
     w.sync();
     journal::record_durable_mark(ch_.journal_dir, w.end_position(), ch_.options.mode);  // recovery tells loss from a torn tail by it
+    SHMQ_CRASH_POINT("journal.after_sync");
     dirty = false;
-    last_sync = now_ns();
+    last_sync = started;
     // A group or producer added since the last checkpoint is made durable with these records: a
     // Sync publish acknowledged here must find its groups after a crash.
     const std::uint64_t registry = h.registry_version.load(std::memory_order_acquire);
@@ -287,7 +330,7 @@ void Journaler::checkpoint(std::uint64_t durable) {
   std::string bytes = encode_state(s);
   if (bytes == last_checkpoint_) return;
   journal::write_checkpoint(ch_.journal_dir, kStateCheckpoint, std::as_bytes(std::span(bytes.data(), bytes.size())),
-                            ch_.options.mode);
+                            ch_.options.mode, [] { SHMQ_CRASH_POINT("checkpoint.after_write"); });
   last_checkpoint_ = std::move(bytes);
   // Retention: whole files below what the checkpoint says is still needed, older than
   // `retention` or while the journal is over `retention_bytes` (0: no size budget, not a budget of

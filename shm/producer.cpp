@@ -389,6 +389,14 @@ bool Producer::flush(std::chrono::nanoseconds timeout) {
   return detail::wait_durable(ch, ch.ring->tail(), detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(timeout.count(), 0)));
 }
 
+bool Producer::wait_durable(std::uint64_t position, std::chrono::nanoseconds timeout) {
+  if (!state_ || position == kNoPosition) return false;
+  detail::ChannelState& ch = *state_->ch;
+  if (!ch.durable()) return true;
+  // The durable position stops only at record boundaries: past POSITION means past its record.
+  return detail::wait_durable(ch, position + 1, detail::now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(timeout.count(), 0)));
+}
+
 InnerId Producer::last_id() const noexcept {
   return state_ ? InnerId{state_->id, state_->last_seq.load(std::memory_order_relaxed)} : InnerId{};
 }

@@ -259,6 +259,15 @@ std::string encode_meta(const ChannelOptions& o, std::uint64_t incarnation) {
   return std::move(m.bytes);
 }
 
+// The durability a meta checkpoint records (versions 1 and 2 both have it, after the geometry);
+// Async when it does not read as Async or Sync.
+Durability meta_durability(std::span<const std::byte> bytes) {
+  In in{bytes};
+  in.at = 4 + 8 + 8 + 5 * 4;  // version, ring_bytes, max_message_bytes, five u32 limits
+  const auto d = in.get<std::uint32_t>();
+  return in.ok && d == static_cast<std::uint32_t>(Durability::Sync) ? Durability::Sync : Durability::Async;
+}
+
 // The incarnation a meta checkpoint records (0 for version 1, which had none).
 std::uint64_t meta_incarnation(std::span<const std::byte> bytes) {
   In in{bytes};
@@ -308,6 +317,86 @@ std::filesystem::path journal_path_for(std::string_view name, const std::filesys
     base = env && *env ? std::filesystem::path(env) : std::filesystem::path("shmq-data");
   }
   return std::filesystem::absolute(base).lexically_normal() / std::string(name);
+}
+
+void check_journal_dir(std::string_view channel, const std::filesystem::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    std::string why = err == ELOOP || err == ENOTDIR ? "is a symbolic link or not a directory: refused (a journal directory is never followed)"
+                                                     : "cannot be opened";
+    throw Error(std::error_code(err, std::generic_category()),
+                "shmq channel '" + std::string(channel) + "': journal directory " + dir.string() + " " + why);
+  }
+  struct stat st{};
+  const int rc = ::fstat(fd, &st);
+  ::close(fd);
+  if (rc != 0) throw Error(std::error_code(errno, std::generic_category()), "shmq channel '" + std::string(channel) + "': fstat of " + dir.string());
+  if (st.st_uid != ::geteuid())
+    fail(channel, std::errc::permission_denied,
+         "journal directory " + dir.string() + " is owned by uid " + std::to_string(st.st_uid) + ", not by this process's uid " +
+             std::to_string(::geteuid()) + ": refused (another user could read or replace the journal)");
+}
+
+void make_journal_dir(std::string_view channel, const std::filesystem::path& dir) {
+  // Every missing component, 0700 whatever the umask (fchmod after mkdir); an existing one is used
+  // as it is. mkdir never follows a symlink in its last component; DIR itself is then checked.
+  std::filesystem::path p;
+  int depth = 0;
+  for (const auto& part : dir) {
+    p /= part;
+    if (++depth > 256) fail(channel, std::errc::filename_too_long, "journal directory " + dir.string() + " is too deep");
+    if (p == p.root_path()) continue;
+    if (::mkdir(p.c_str(), 0700) == 0) {
+      const int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0 || ::fchmod(fd, 0700) != 0) {
+        const int err = errno;
+        if (fd >= 0) ::close(fd);
+        throw Error(std::error_code(err, std::generic_category()),
+                    "shmq channel '" + std::string(channel) + "': cannot make " + p.string() + " mode 0700");
+      }
+      ::close(fd);
+      // The parent holds the new name: make it durable (the first Sync records need it).
+      const int parent = ::open(p.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (parent >= 0) {
+        (void)::fsync(parent);
+        ::close(parent);
+      }
+    } else if (errno != EEXIST) {
+      throw Error(std::error_code(errno, std::generic_category()),
+                  "shmq channel '" + std::string(channel) + "': cannot create journal directory " + p.string());
+    }
+  }
+  check_journal_dir(channel, dir);
+}
+
+std::filesystem::path journal_dir_of(std::string_view channel, const SegmentHeader& h, const std::filesystem::path& asked) {
+  // What the segment's creator wrote: only to name it in an error, or (attach) as the candidate.
+  const char* end = static_cast<const char*>(std::memchr(h.journal_path, 0, sizeof h.journal_path));
+  const std::string claimed(h.journal_path, end ? static_cast<std::size_t>(end - h.journal_path) : 0);
+  std::filesystem::path dir = asked;
+  if (dir.empty()) {
+    const std::filesystem::path c(claimed);
+    if (claimed.empty() || !c.is_absolute() || c.lexically_normal() != c || c.filename() != std::string(channel))
+      fail(channel, std::errc::invalid_argument,
+           "the segment's header names journal directory '" + claimed + "', which is not an absolute DIR/" + std::string(channel) +
+               ": pass journal_dir (open) to name the journal");
+    dir = c;
+  }
+  const std::string whose = asked.empty() ? "named by the segment's header" : "from this process's options";
+  check_journal_dir(channel, dir);
+  std::optional<std::vector<std::byte>> meta;
+  try {
+    meta = journal::read_checkpoint(dir, kMetaCheckpoint);
+  } catch (const Error& e) {
+    fail(channel, std::errc::invalid_argument, "journal directory " + dir.string() + " (" + whose + "): " + e.what());
+  }
+  if (!meta || meta_incarnation(*meta) != h.incarnation)
+    fail(channel, std::errc::invalid_argument,
+         "journal directory " + dir.string() + " (" + whose + ") is not this channel's journal (" +
+             (meta ? "its meta names another incarnation" : "it has no meta") + "); the segment was made with journal directory '" +
+             claimed + "': open the channel with the journal_dir it was made with");
+  return dir;
 }
 
 void adopt_journal_geometry(std::string_view channel, const std::filesystem::path& dir, ChannelOptions& o) {
@@ -412,8 +501,7 @@ class JournalLock {
 }  // namespace
 
 void prepare(Segment& seg, RecoveryContext& rc) {
-  journal::create_journal_directories(rc.dir);  // each new directory's parent fsync'd
-  std::filesystem::create_directories(rc.dir);
+  make_journal_dir(rc.name, rc.dir);  // 0700, not a symlink, ours (11.12)
   const JournalLock journal_lock(rc);  // one journal, one writer (10.3)
   const auto meta = journal::read_checkpoint(rc.dir, kMetaCheckpoint);
   SegmentHeader& h = seg.header();
@@ -422,6 +510,12 @@ void prepare(Segment& seg, RecoveryContext& rc) {
     journal::write_checkpoint(rc.dir, kMetaCheckpoint, std::as_bytes(std::span(m.data(), m.size())), rc.options.mode);
   } else {
     h.incarnation = meta_incarnation(*meta);  // the same channel, rebuilt: its inner ids go on
+    // Reopened with a stronger durability than the journal records (Async -> Sync): record it,
+    // so that the next rebuild (a reboot, `shmq recover` without --durability) keeps it.
+    if (meta_durability(*meta) < rc.options.durability) {
+      const std::string m = encode_meta(rc.options, h.incarnation);
+      journal::write_checkpoint(rc.dir, kMetaCheckpoint, std::as_bytes(std::span(m.data(), m.size())), rc.options.mode);
+    }
   }
   ring::RecordRing& ring = seg.ring();
   const std::uint64_t cap = ring.capacity();
@@ -520,6 +614,8 @@ void prepare(Segment& seg, RecoveryContext& rc) {
              std::to_string(journal_end);
     if (st.windows_from != ~0ull && (!position_ok(st.windows_from) || st.windows_from > st.durable_position + cap))
       return "windows_from " + std::to_string(st.windows_from) + " is not an aligned position near the durable one";
+    if (st.next_producer_id > kMaxPosition)
+      return "next_producer_id " + std::to_string(st.next_producer_id) + " is beyond any id handed out";
     if (st.producers.size() > seg.geometry().max_producers)
       return std::to_string(st.producers.size()) + " producers, the channel has " + std::to_string(seg.geometry().max_producers) + " slots";
     if (st.groups.size() > seg.geometry().max_groups)
@@ -527,7 +623,7 @@ void prepare(Segment& seg, RecoveryContext& rc) {
     for (std::size_t i = 0; i < st.producers.size(); ++i) {
       const SavedProducer& p = st.producers[i];
       const std::string what = "producers[" + std::to_string(i) + "] ('" + p.name + "')";
-      if (p.name.empty() || p.id == 0 || p.id > kMaxSeq) return what + ": no name, or id " + std::to_string(p.id);
+      if (p.name.empty() || p.id == 0 || p.id > kMaxPosition) return what + ": no name, or id " + std::to_string(p.id);
       for (std::size_t j = 0; j < i; ++j)
         if (st.producers[j].id == p.id || st.producers[j].name == p.name) return what + ": id or name used twice";
       if (p.next_seq == 0 || p.next_seq > kMaxSeq + 1) return what + ": next_seq " + std::to_string(p.next_seq);

@@ -144,6 +144,52 @@ INSTANTIATE_TEST_SUITE_P(Errnos, FailedFdatasync, ::testing::Values(EIO, ENOSPC)
                            return std::string(param.param == EIO ? "EIO" : "ENOSPC");
                          });
 
+// While the journaler recovers from a failed fdatasync (it waits a second before it opens the
+// journal again), a Sync publish with a short timeout returns Timeout; stats() shows the error and
+// the durable lag (bytes and age); a retry returns Duplicate carrying the original's position, and
+// Producer::wait_durable on it returns true once the record is durable. A Sync Claim::commit
+// returns Timeout the same way.
+TEST_F(JournalFault, ASyncTimeoutCanBeWaitedOutOnItsPositionAndStatsShowTheErrorAndTheLag) {
+  const auto name = channel_name();
+  auto ch = Channel::open(name, durable(D::Sync));
+  Producer p(ch, "p");
+  PublishOptions po;
+  po.timeout = 30s;
+  ASSERT_EQ(p.publish("before", po).status, Status::Ok);
+  EXPECT_EQ(ch.stats().journal_errors, 0u);
+  EXPECT_EQ(ch.stats().durable_lag_bytes, 0u);
+  fail_next_fdatasyncs(EIO, 1);
+  po.timeout = 100ms;
+  const Published first = p.publish("the one", po);
+  ASSERT_EQ(first.status, Status::Timeout);
+  std::this_thread::sleep_for(20ms);
+  const ChannelStats st = ch.stats();
+  EXPECT_GE(st.journal_errors, 1u);
+  EXPECT_GT(st.durable_lag_bytes, 0u);
+  EXPECT_EQ(st.durable_lag_bytes, st.write_position - st.durable_position);
+  EXPECT_GE(st.durable_lag_ms, 100.0) << "the record has waited at least the publish's timeout";
+  PublishOptions retry = po;
+  retry.seq = first.id.seq;
+  const Published again = p.publish("the one", retry);
+  ASSERT_EQ(again.status, Status::Duplicate);
+  EXPECT_EQ(again.position, first.position);
+  ASSERT_TRUE(p.wait_durable(again.position, 30s));
+  EXPECT_GT(ch.stats().durable_position, first.position);
+  EXPECT_EQ(ch.stats().durable_lag_bytes, 0u);
+  EXPECT_EQ(ch.stats().durable_lag_ms, 0.0);
+  EXPECT_FALSE(p.wait_durable(kNoPosition, 1ms));
+
+  fail_next_fdatasyncs(EIO, 1);
+  Claim c = p.claim(5, po);
+  ASSERT_TRUE(c);
+  std::memcpy(c.data().data(), "claim", 5);
+  const Published committed = c.commit();
+  ASSERT_EQ(committed.status, Status::Timeout);
+  ASSERT_TRUE(p.wait_durable(committed.position, 30s));
+  EXPECT_GE(ch.stats().journal_errors, 2u);
+  EXPECT_EQ(injections_left(), 0);
+}
+
 // Every directory the journal creates (the journal_dir itself and its missing parents, DIR/NAME)
 // is followed by an fsync of its parent, and every file created, removed or renamed into place in
 // the journal by an fsync of the directory: after a host crash the path still leads to the files.

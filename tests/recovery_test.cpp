@@ -5,6 +5,7 @@
 // in silence; held messages the journal no longer holds are dropped and reported, not restored.
 // Real processes where a process boundary is crossed; the segment is unlinked as a reboot does.
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include "journal/journal.hpp"
 #include "shm/checkpoint_state.hpp"
 #include "shm/crash_point.hpp"
+#include "shm/segment.hpp"
 #include "support.hpp"
 
 namespace shmq::test {
@@ -198,6 +200,8 @@ TEST_F(Recovery, ACheckpointWithInsaneFieldsIsRefusedNamingTheFieldAndRecoveryEn
       {"next", [](detail::State& s) { s.groups[0].next += 8; }},  // inside the record it named
       {"held", [](detail::State& s) { s.groups[0].held.push_back({s.groups[0].next - 4, 1}); }},
       {"windows_from", [](detail::State& s) { s.windows_from = 13; }},
+      {"next_producer_id", [](detail::State& s) { s.next_producer_id = ~0ull; }},
+      {"producers[0]", [](detail::State& s) { s.producers.push_back(s.producers.at(0)); s.producers[0].id = 0; }},
   };
   int i = 0;
   for (const Case& c : cases) {
@@ -338,7 +342,9 @@ TEST_F(Recovery, AWriterKilledAtEachCheckpointCrashPointLeavesAWholeVersion) {
         detail::arm_crash_point(point, hit);
         for (int i = 1;; ++i) {
           const std::string v = "version " + std::to_string(i);
-          journal::write_checkpoint(dir, "state", std::as_bytes(std::span(v.data(), v.size())));
+          // The journaler's seam for its crash point, as shm/journaler.cpp passes it.
+          journal::write_checkpoint(dir, "state", std::as_bytes(std::span(v.data(), v.size())), 0600,
+                                    [] { SHMQ_CRASH_POINT("checkpoint.after_write"); });
         }
         return kChildOk;
       });
@@ -476,6 +482,143 @@ TEST_F(Recovery, ARecoveryWaitsForTheJournalLockAndNamesTheProcessThatKeepsIt) {
   auto ch = Channel::open(name, o);  // the lock is free again: the recovery goes through
   EXPECT_TRUE(ch.recovery().recovered);
   EXPECT_EQ(drain(ch, "g").size(), 5u);
+}
+
+// ---- 11.11: the journal path never comes from shared memory --------------------------------------
+
+// A peer rewrites the header's journal_path of a live channel to a directory of its choosing. The
+// processes attached go on journaling where they did; a process that attaches afterwards is refused
+// (the claimed directory is not this channel's journal: no meta of its incarnation), one that opens
+// with its own options journals into the real journal, and options naming another directory than
+// the one the channel was made with get an Error. No file is written outside the real journal.
+TEST_F(Recovery, AScribbledJournalPathInTheHeaderMakesNobodyWriteOutsideTheJournal) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable(D::Sync);
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish("before").status, Status::Ok);
+  const fs::path evil_root = tmp_.path() / "evil";
+  fs::create_directories(evil_root);
+  const fs::path evil = evil_root / name;
+  {
+    const int fd = ::open(segment_path(name).c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    void* m = ::mmap(nullptr, sizeof(detail::SegmentHeader), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ASSERT_NE(m, MAP_FAILED);
+    auto* h = static_cast<detail::SegmentHeader*>(m);
+    std::memset(h->journal_path, 0, sizeof h->journal_path);
+    std::memcpy(h->journal_path, evil.c_str(), evil.string().size());
+    ::munmap(m, sizeof(detail::SegmentHeader));
+    ::close(fd);
+  }
+  PublishOptions async;
+  async.durability = D::Async;
+  EXPECT_EQ(p.publish("async after", async).status, Status::Ok);
+  EXPECT_EQ(p.publish("sync after").status, Status::Ok);
+  const pid_t attacher = fork_child([&] {
+    try {
+      auto c2 = Channel::attach(name);
+      Producer p2(c2, "p2");
+      (void)p2.publish("from an attacher");
+      std::this_thread::sleep_for(300ms);  // long enough for its journaler to have run
+      return kChildFailed;
+    } catch (const Error& e) {
+      CHILD_CHECK(std::string(e.what()).find(evil.string()) != std::string::npos);
+      return kChildOk;
+    }
+  });
+  EXPECT_TRUE(wait_child(attacher, 30s).ok()) << "attach followed the journal path a peer wrote";
+  const pid_t opener = fork_child([&] {
+    auto c2 = Channel::open(name, o);
+    Producer p2(c2, "p2");
+    CHILD_CHECK(p2.publish("from an opener").status == Status::Ok);
+    std::this_thread::sleep_for(300ms);
+    return kChildOk;
+  });
+  EXPECT_TRUE(wait_child(opener, 30s).ok());
+  ChannelOptions other = o;
+  other.journal_dir = tmp_.path() / "other";
+  EXPECT_THROW(Channel::open(name, other), Error) << "options naming another journal than the channel's";
+  EXPECT_FALSE(fs::exists(evil)) << "a journal was written where the peer said";
+  EXPECT_FALSE(fs::exists(tmp_.path() / "other" / name / "LOCK"));
+  std::set<std::string> texts;
+  {
+    Consumer c(ch, "g");
+    while (auto m = c.poll(200ms)) {
+      texts.emplace(m->text());
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+  }
+  EXPECT_TRUE(texts.count("from an opener"));
+  EXPECT_EQ(ch.stats().journal_dir, jdir(name).string());
+}
+
+// ---- 11.12: journal directories are 0700, ours, never a symlink --------------------------------
+
+TEST_F(Recovery, JournalDirectoriesAre0700WhateverTheUmask) {
+  for (const mode_t mask : {mode_t{0}, mode_t{022}}) {
+    const auto name = channel_name("u" + std::to_string(mask));
+    const fs::path base = tmp_.path() / ("base" + std::to_string(mask)) / "deeper";
+    const pid_t child = fork_child([&] {
+      ::umask(mask);
+      ChannelOptions o = durable();
+      o.journal_dir = base;
+      auto ch = Channel::open(name, o);
+      Producer p(ch, "p");
+      CHILD_CHECK(p.publish("x").status == Status::Ok);
+      return kChildOk;
+    });
+    ASSERT_TRUE(wait_child(child, 30s).ok());
+    const auto mode_of = [](const fs::path& d) {
+      struct stat st{};
+      EXPECT_EQ(::lstat(d.c_str(), &st), 0) << d;
+      return st.st_mode & 07777;
+    };
+    EXPECT_EQ(mode_of(base / name), 0700u) << "umask " << mask;
+    EXPECT_EQ(mode_of(base), 0700u) << "umask " << mask << ": a parent made for the journal";
+    EXPECT_EQ(mode_of(base.parent_path()), 0700u) << "umask " << mask;
+  }
+}
+
+TEST_F(Recovery, ASymlinkedJournalDirectoryIsRefused) {
+  const auto name = channel_name();
+  const fs::path real = tmp_.path() / "real";
+  fs::create_directories(real);
+  fs::create_directories(tmp_.path());
+  fs::create_directory_symlink(real, tmp_.path() / name);  // DIR/NAME -> somewhere else
+  try {
+    Channel::open(name, durable());
+    ADD_FAILURE() << "a symlinked journal directory was followed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("symbolic link"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::is_empty(real)) << "something was written through the symlink";
+  EXPECT_FALSE(Channel::exists(name));
+}
+
+TEST_F(Recovery, AJournalDirectoryOwnedByAnotherUidIsRefused) {
+  const auto name = channel_name();
+  fs::create_directories(jdir(name));
+  ASSERT_EQ(::chown(jdir(name).c_str(), 65534, 65534), 0) << "this test runs as root (as make test does here)";
+  const pid_t child = fork_child([&] {
+    // Not root: the owner check is about this process's uid, whatever it is. A uid of our own.
+    CHILD_CHECK(::setgid(1234) == 0 && ::setuid(1234) == 0);
+    try {
+      Channel::open(name, durable());
+      return kChildFailed;
+    } catch (const Error& e) {
+      CHILD_CHECK(std::string(e.what()).find("uid 65534") != std::string::npos);
+      return kChildOk;
+    }
+  });
+  EXPECT_TRUE(wait_child(child, 30s).ok()) << "a journal directory owned by uid 65534 was used";
+  try {
+    Channel::open(name, durable());  // root: the same rule
+    ADD_FAILURE() << "root used a journal directory owned by uid 65534";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("uid 65534"), std::string::npos) << e.what();
+  }
 }
 }  // namespace
 }  // namespace shmq::test

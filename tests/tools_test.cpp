@@ -522,7 +522,8 @@ TEST_F(ToolTest, StatAndLsJsonParse) {
   ASSERT_EQ(stat.code, 0) << stat;
   EXPECT_TRUE(JsonChecker::valid(stat.out)) << stat.out;
   for (const char* key : {"\"name\"", "\"durability\":\"Async\"", "\"write_position\"", "\"durable_position\"",
-                          "\"journal_dir\"", "\"groups\"", "\"producers\"", "\"lag_messages\":3", "\"billing\""})
+                          "\"journal_dir\"", "\"groups\"", "\"producers\"", "\"lag_messages\":3", "\"billing\"",
+                          "\"durable_lag_bytes\":0", "\"durable_lag_ms\":0.000", "\"journal_errors\":0"})
     EXPECT_TRUE(contains(stat.out, key)) << key << " missing in\n" << stat.out;
 
   const Result text = run({"stat", n});
@@ -839,7 +840,8 @@ TEST_F(ToolTest, TopOnceJson) {
   ASSERT_EQ(r.code, 0) << r;
   EXPECT_TRUE(JsonChecker::valid(r.out)) << r.out;
   for (const char* key : {"\"channels\"", "\"msgs_per_s\"", "\"bytes_per_s\"", "\"depth_bytes\"", "\"groups\"",
-                          "\"name\":\"audit\"", "\"lag_messages\":3", "\"in_flight\":0"})
+                          "\"name\":\"audit\"", "\"lag_messages\":3", "\"in_flight\":0", "\"durable_lag_bytes\"",
+                          "\"durable_lag_ms\"", "\"journal_errors\""})
     EXPECT_TRUE(contains(r.out, key)) << key << " in " << r.out;
   EXPECT_TRUE(contains(r.out, "\"name\":\"" + n + "\"")) << r.out;
 

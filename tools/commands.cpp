@@ -117,6 +117,9 @@ std::string stats_json(const ChannelStats& s) {
       .num("live_consumers", s.live_consumers)
       .num("journaler_pid", s.journaler_pid)
       .str("journal_dir", s.journal_dir)
+      .num("durable_lag_bytes", s.durable_lag_bytes)
+      .raw("durable_lag_ms", fixed(s.durable_lag_ms, 3))
+      .num("journal_errors", s.journal_errors)
       .raw("groups", json_array(groups))
       .raw("producers", json_array(producers))
       .done();
@@ -271,12 +274,13 @@ int cmd_stat(const std::string& channel, bool json) {
   top.add({"durable position", std::to_string(s.durable_position) +
                                     (s.durability == Durability::Memory
                                          ? std::string(" (Memory: the segment is all there is)")
-                                         : " (" + human_bytes(s.write_position - std::min(s.durable_position, s.write_position)) +
-                                               " not durable yet)")});
+                                         : " (" + human_bytes(s.durable_lag_bytes) + " not durable yet" +
+                                               (s.durable_lag_bytes ? ", the oldest for " + fixed(s.durable_lag_ms, 1) + " ms" : std::string()) + ")")});
   if (s.durability != Durability::Memory)
     top.add({"journal", s.journal_dir + (s.journaler_pid == ::getpid() ? std::string(", no other journaler (this process took the role while it looked)")
                                          : s.journaler_pid ? ", journaler pid " + std::to_string(s.journaler_pid)
-                                                           : std::string(", no journaler running"))});
+                                                           : std::string(", no journaler running")) +
+                                         (s.journal_errors ? ", " + std::to_string(s.journal_errors) + " journaling errors" : std::string())});
   top.add({"depth", human_bytes(s.depth_bytes) + " (" + percent(s.depth_bytes, s.ring_bytes) + " of the ring)"});
   top.add({"producers", std::to_string(s.producers.size()) + " known, " + std::to_string(s.live_producers) + " live"});
   top.add({"groups", std::to_string(s.groups.size())});

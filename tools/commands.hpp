@@ -101,7 +101,7 @@ struct VerifyArgs {
 struct RecoverArgs {
   std::string channel;
   std::string journal_dir;
-  std::string durability = "async";         // the journal does not record it
+  std::string durability = "async";         // at least: the journal's meta records the channel's, the stronger wins
   bool json = false;
 };
 

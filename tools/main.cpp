@@ -178,7 +178,8 @@ int main(int argc, char** argv) {
   recover->add_option("NAME", recover_args.channel, "Channel name")->required();
   recover->add_option("--journal-dir", recover_args.journal_dir, "Base directory of the journals (default $SHMQ_DIR, else ./shmq-data)");
   recover->add_option("--durability", recover_args.durability,
-                      "Durability of the rebuilt channel (the journal does not record it)")
+                      "Durability of the rebuilt channel, at least: the journal records the channel's (also a raise to "
+                      "sync by an earlier rebuild) and keeps the stronger; sync raises an async channel for good")
       ->check(CLI::IsMember({"async", "sync"}))
       ->capture_default_str();
   recover->add_flag("--json", recover_args.json, "Print the recovery report as a JSON object");

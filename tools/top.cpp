@@ -93,12 +93,16 @@ std::string screen(const std::vector<Row>& rows, const TopArgs& a) {
       continue;
     }
     const ChannelStats& s = *r.now->stats;
-    const std::uint64_t not_durable = s.write_position - std::min(s.durable_position, s.write_position);
     out += r.name + "  " + durability_name(s.durability) + "  " + rate_text(r.msgs_per_s()) + " msgs/s  " +
            mb_text(r.bytes_per_s()) + " MB/s  depth " + human_bytes(s.depth_bytes) + " of " + human_bytes(s.ring_bytes) +
            "  producers " + std::to_string(s.live_producers) + "/" + std::to_string(s.producers.size()) + " live  consumers " +
            std::to_string(s.live_consumers) +
-           (s.durability == Durability::Memory ? std::string() : "  not durable " + human_bytes(not_durable)) + "\n";
+           (s.durability == Durability::Memory
+                ? std::string()
+                : "  not durable " + human_bytes(s.durable_lag_bytes) +
+                      (s.durable_lag_bytes ? " (" + fixed(s.durable_lag_ms, 1) + " ms)" : std::string()) +
+                      (s.journal_errors ? "  journal errors " + std::to_string(s.journal_errors) : std::string())) +
+           "\n";
     if (s.groups.empty()) {
       out += "  (no group)\n\n";
       continue;
@@ -147,6 +151,9 @@ std::string sample_json(const std::vector<Row>& rows, const TopArgs& a) {
                            .raw("bytes_per_s", number(r.bytes_per_s()))
                            .num("write_position", s.write_position)
                            .num("durable_position", s.durable_position)
+                           .num("durable_lag_bytes", s.durable_lag_bytes)
+                           .raw("durable_lag_ms", fixed(s.durable_lag_ms, 3))
+                           .num("journal_errors", s.journal_errors)
                            .num("depth_bytes", s.depth_bytes)
                            .num("ring_bytes", s.ring_bytes)
                            .num("live_producers", s.live_producers)

@@ -153,6 +153,12 @@ struct ChannelStats {
   std::uint32_t live_consumers;
   int journaler_pid;                // process writing the journal (0: none, or a Memory channel)
   std::string journal_dir;          // empty for a Memory channel
+  // How far durability is behind (0 for a Memory channel): the bytes published and not yet durable
+  // (write_position - durable_position), and the age of the oldest of them (ms; 0 when none), which
+  // is what a host crash would cost now.
+  std::uint64_t durable_lag_bytes = 0;
+  double durable_lag_ms = 0;
+  std::uint64_t journal_errors = 0;  // journaling attempts that failed (I/O errors; see the journaler's log)
   // The segment this process has mapped was removed (shmq rm, an unlink of /dev/shm/shmq.NAME) or
   // replaced by a new one rebuilt from the journal: it is no longer journaled, publish returns
   // Status::Closed. Open the channel again to reach the new segment.
@@ -291,6 +297,11 @@ class Producer {
   Published publish(std::string_view payload, const PublishOptions& = {});
   Claim claim(std::size_t bytes, const PublishOptions& = {});  // zero-copy: Claim::data(), Claim::commit()
   bool flush(std::chrono::nanoseconds timeout);                // everything published so far is durable
+  // Waits up to TIMEOUT until the record at POSITION (a Published::position) is durable; true then.
+  // After a Sync publish returned Timeout (published, not yet known durable), wait on its
+  // position; a retry of it returns Duplicate with the original's position, which this waits on
+  // too. A Memory channel: true at once (the record is as durable as it gets); kNoPosition: false.
+  bool wait_durable(std::uint64_t position, std::chrono::nanoseconds timeout);
   InnerId last_id() const noexcept;
   std::string_view name() const noexcept;
 
