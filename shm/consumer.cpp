@@ -41,16 +41,16 @@ struct ConsumerState {
   std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
 
   std::unique_ptr<Channel> dlq;               // NAME.dlq, opened at the first dead letter
-  std::unique_ptr<Producer> dlq_producer;
 
   std::uint64_t holder_id() const noexcept { return reinterpret_cast<std::uintptr_t>(this); }
   // The message at POS, now held in entry K with DELIVERIES deliveries; R is what read() found.
   Message hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries);
   // Takes the lowest eligible message of the group's give-back list into entry K; ~0 if none.
   std::uint64_t take_given_back(std::uint32_t k) noexcept;
-  // Copies a message delivered max_deliveries times to NAME.dlq and acks it here.
-  // False when NAME.dlq has no room (its ring is full): the message stays in this channel.
-  bool dead_letter(const Message& m);
+  // Copies a message delivered max_deliveries times to NAME.dlq (the caller then acks it here).
+  // False when that failed (NAME.dlq cannot be opened, has no room, ...): the caller gives the
+  // message back. Never throws.
+  bool dead_letter(const Message& m) noexcept;
   // Entries taken from us are free again once the mover let go of them.
   void reclaim_away() noexcept {
     for (std::uint32_t k = 0; k < options.max_in_flight; ++k)
@@ -200,23 +200,44 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
   return best_pos;
 }
 
-bool ConsumerState::dead_letter(const Message& m) {
-  if (!dlq) {
-    ChannelOptions o;
-    o.durability = Durability::Memory;
-    o.max_message_bytes = ch->options.max_message_bytes;
-    o.ring_bytes = std::max<std::size_t>(std::size_t(1) << 20, std::bit_ceil(4 * o.max_message_bytes));
-    dlq = std::make_unique<Channel>(Channel::open(ch->name + ".dlq", o));
-    // The dead letters are kept for whoever comes to look, from the first one on.
-    dlq->ensure_group("dead-letters", Start::Earliest);
-    dlq_producer = std::make_unique<Producer>(*dlq, "dlq-" + std::to_string(token_pid(self_token())) + "-" +
-                                                       std::to_string(index));
+// Dead letters. Every copy from this group goes through one producer of NAME.dlq, "dlq-g<group
+// slot>", which one process at a time makes and drops under the group's dead_letter_lock: the
+// producer table of NAME.dlq holds one slot per group slot for good, however many processes come
+// and go. The copy's dedup sequence is derived from the original's ring position (records are at
+// least kHeaderBytes apart, so position / kHeaderBytes + 1 is one sequence per record): a copy
+// made again after a crash between the copy and the ack is a Duplicate (the dead holder's
+// announced copy is settled by the Producer's takeover), as long as it is within NAME.dlq's dedup
+// window of the group's latest dead letter; beyond that, a second copy rather than a loss.
+bool ConsumerState::dead_letter(const Message& m) noexcept {
+  try {
+    if (!dlq) {
+      ChannelOptions o;
+      o.durability = Durability::Memory;
+      o.max_message_bytes = ch->options.max_message_bytes;
+      o.ring_bytes = std::max<std::size_t>(std::size_t(1) << 20, std::bit_ceil(4 * o.max_message_bytes));
+      auto opened = std::make_unique<Channel>(Channel::open(ch->name + ".dlq", o));
+      // The dead letters are kept for whoever comes to look, from the first one on.
+      opened->ensure_group("dead-letters", Start::Earliest);
+      dlq = std::move(opened);
+    }
+  } catch (...) {
+    return false;  // given back, tried again later
   }
-  constexpr std::uint32_t kReasonMaxDeliveries = 1;
-  const Published p = publish_copy(*dlq_producer, m, kReasonMaxDeliveries);
-  if (p.status != Status::Ok) return false;
-  group->dead_lettered.fetch_add(1, std::memory_order_relaxed);
-  return true;
+  const auto group_index = static_cast<std::uint32_t>(group - ch->groups);
+  ring::lock_owner_word(group->dead_letter_lock, self_token(), &ChannelState::alive);
+  bool done = false;
+  try {
+    Producer p(*dlq, "dlq-g" + std::to_string(group_index));
+    constexpr std::uint32_t kReasonMaxDeliveries = 1;
+    const Published r = publish_copy(p, m, kReasonMaxDeliveries, m.position() / ring::kHeaderBytes + 1);
+    SHMQ_CRASH_POINT("dead_letter.after_copy");
+    done = r.status == Status::Ok || r.status == Status::Duplicate;
+    if (r.status == Status::Ok) group->dead_lettered.fetch_add(1, std::memory_order_relaxed);
+  } catch (...) {
+    done = false;
+  }
+  ring::unlock_owner_word(group->dead_letter_lock);
+  return done;
 }
 
 }  // namespace detail

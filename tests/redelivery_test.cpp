@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <map>
 #include <random>
 #include <set>
 
@@ -322,6 +323,71 @@ TEST_F(Redelivery, PoisonMessageMovesToTheDeadLetterChannelWhileTheRestFlows) {
   EXPECT_EQ(dead->id().seq, 1u) << "the copy keeps the inner id";
   EXPECT_EQ(dc.ack(*dead), Status::Ok);
   EXPECT_FALSE(dc.poll(0ns));
+  Channel::remove(dlq);
+}
+
+// Reads every copy in NAME.dlq's "dead-letters" group: how many of each original sequence.
+std::map<std::uint64_t, unsigned> dead_letter_copies(const std::string& dlq) {
+  std::map<std::uint64_t, unsigned> copies;
+  auto d = Channel::attach(dlq);
+  Consumer dc(d, "dead-letters");
+  while (auto m = dc.poll(100ms)) {
+    ++copies[m->id().seq];
+    EXPECT_EQ(dc.ack(*m), Status::Ok);
+  }
+  return copies;
+}
+
+// Issue 10.10: 200 short-lived consumer processes each dead-letter one poison message (before, the
+// 65th made poll throw "the producer table is full" of NAME.dlq, the next one crashed); the group
+// drains and NAME.dlq holds each poison message exactly once.
+TEST_F(Redelivery, TwoHundredShortLivedConsumersEachDeadLetterAPoisonMessageOnce) {
+  const std::string name = channel_name();
+  const std::string dlq = name + ".dlq";
+  ChannelOptions o = memory_options();
+  o.max_deliveries = 1;  // a nacked message goes to NAME.dlq at its next poll
+  constexpr std::uint64_t kPoison = 200;
+  {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (std::uint64_t i = 1; i <= kPoison; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  }
+  // Process i's poll dead-letters the message process i - 1 nacked (redeliveries go first), then
+  // gets message i + 1, which it nacks: processes 1 .. 200 dead-letter one message each.
+  for (std::uint64_t i = 0; i <= kPoison; ++i) {
+    const pid_t child = fork_child([&] {
+      auto ch = Channel::open(name, o);
+      Consumer c(ch, "g");
+      auto m = c.poll(i < kPoison ? 1s : 100ms);
+      if (i == kPoison) {
+        CHILD_CHECK(!m);
+        return kChildOk;
+      }
+      CHILD_CHECK(m);
+      CHILD_CHECK(m->deliveries() == 1 && m->text() == payload_of(i + 1));
+      CHILD_CHECK(c.nack(*m) == Status::Ok);
+      return kChildOk;
+    });
+    const ChildResult r = wait_child(child, 30s);
+    ASSERT_TRUE(r.ok()) << "consumer process " << i << " " << r.describe();
+  }
+  auto ch = Channel::open(name, o);
+  {
+    Consumer c(ch, "g");
+    while (auto m = c.poll(100ms)) EXPECT_EQ(c.nack(*m), Status::Ok);  // the rest go the same way
+  }
+  const ChannelStats st = ch.stats();
+  ASSERT_EQ(st.groups.size(), 1u);
+  EXPECT_EQ(st.groups[0].lag_messages, 0u) << "the group drained";
+  EXPECT_EQ(st.groups[0].in_flight, 0u);
+  EXPECT_EQ(st.groups[0].given_back, 0u);
+  EXPECT_EQ(st.depth_bytes, 0u) << "nothing holds the ring";
+  ASSERT_TRUE(Channel::exists(dlq));
+  const auto copies = dead_letter_copies(dlq);
+  EXPECT_EQ(copies.size(), kPoison);
+  for (std::uint64_t i = 1; i <= kPoison; ++i)
+    EXPECT_EQ(copies.count(i) ? copies.at(i) : 0u, 1u) << "copies of poison message " << i << " in NAME.dlq";
   Channel::remove(dlq);
 }
 

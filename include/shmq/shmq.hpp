@@ -240,7 +240,7 @@ class Producer;
 class Message;
 namespace detail {
 // Appends a copy of M (its inner id, key and payload) through P: the dead-letter move.
-Published publish_copy(Producer& p, const Message& m, std::uint32_t reason);
+Published publish_copy(Producer& p, const Message& m, std::uint32_t reason, std::uint64_t dedup_seq = 0);
 }  // namespace detail
 
 class Producer {
@@ -262,7 +262,7 @@ class Producer {
   std::string_view name() const noexcept;
 
  private:
-  friend Published detail::publish_copy(Producer&, const Message&, std::uint32_t);
+  friend Published detail::publish_copy(Producer&, const Message&, std::uint32_t, std::uint64_t);
   std::unique_ptr<detail::ProducerState> state_;
 };
 
