@@ -391,5 +391,56 @@ TEST_F(Redelivery, TwoHundredShortLivedConsumersEachDeadLetterAPoisonMessageOnce
   Channel::remove(dlq);
 }
 
+// Issue 10.9: a consumer (another process) of a removed group whose slot a new group reuses
+// gives its held messages back when it nacks or leaves: they must not reach the new group's
+// give-back list (before, the new group got them there and again from its cursor), and the old
+// consumer takes nothing of the new group.
+TEST_F(Redelivery, AConsumerOfARemovedGroupGivesNothingToTheGroupThatReusedItsSlot) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.max_groups = 1;  // the new group must take the old one's slot
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("old");
+  {
+    Producer p(ch, "p");
+    for (int i = 1; i <= 4; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  }
+  Pipe holding, go;
+  const pid_t child = fork_child([&] {
+    holding.close_read();
+    go.close_write();
+    auto c = Channel::open(name, o);
+    Consumer a(c, "old");
+    auto m1 = a.poll(1s);
+    auto m2 = a.poll(1s);
+    CHILD_CHECK(m1 && m2);
+    CHILD_CHECK(holding.send(std::uint32_t{1}));
+    std::uint32_t ok = 0;
+    CHILD_CHECK(go.receive(ok, 20s));
+    CHILD_CHECK(!a.poll(50ms) && a.status() == Status::Closed);  // nothing of the new group
+    (void)a.nack(*m1);  // and m2 goes back when `a` leaves
+    return kChildOk;
+  });
+  holding.close_write();
+  go.close_read();
+  std::uint32_t one = 0;
+  ASSERT_TRUE(holding.receive(one, 20s));
+  ASSERT_TRUE(ch.remove_group("old"));
+  ch.ensure_group("new", Start::Earliest);  // the same slot; its messages are still in the ring
+  ASSERT_TRUE(go.send(std::uint32_t{1}));
+  ASSERT_TRUE(wait_child(child, 20s).ok());
+  Consumer b(ch, "new");
+  std::map<std::string, unsigned> got;
+  while (auto m = b.poll(100ms)) {
+    ++got[std::string(m->text())];
+    EXPECT_EQ(m->deliveries(), 1u) << m->text() << " came to the new group as a redelivery";
+    EXPECT_EQ(b.ack(*m), Status::Ok);
+  }
+  std::map<std::string, unsigned> want;
+  for (int i = 1; i <= 4; ++i) want[payload_of(i)] = 1;
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(ch.stats().groups[0].given_back, 0u);
+}
+
 }  // namespace
 }  // namespace shmq::test
