@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <bit>
+#include <utility>
 
 #include "shm/channel_state.hpp"
 #include "shm/crash_point.hpp"
@@ -39,6 +40,7 @@ struct ConsumerState {
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
   std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
+  std::uint64_t bad_given_back = ~0ull;       // a give-back entry take_given_back() dropped as no message
 
   std::unique_ptr<Channel> dlq;               // NAME.dlq, opened at the first dead letter
 
@@ -171,16 +173,29 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
     return ~0ull;
   }
   const std::uint64_t now = now_ns();
-  std::uint32_t best = kGiveBackEntries;
+  // Every given-back position is checked against the ring before use: aligned, and in
+  // [cleaned, tail) (an entry on the list gates the ring, so a real one is never below cleaned).
+  const std::uint64_t cleaned = ring->cleaned(), tail = ring->tail();
+  std::uint32_t best = kGiveBackEntries, present = 0;
   std::uint64_t best_pos = ~0ull;
   for (std::uint32_t i = 0; i < kGiveBackEntries; ++i) {
-    const GiveBackEntry& e = group->give_back[i];
+    GiveBackEntry& e = group->give_back[i];
     const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed);
-    if (p && p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
+    if (!p) continue;
+    if ((p - 1) % ring::kAlign != 0 || p - 1 < cleaned || p - 1 >= tail) {
+      e.position_plus1.store(0, std::memory_order_seq_cst);  // not a message: dropped, reported by poll
+      bad_given_back = p - 1;
+      continue;
+    }
+    ++present;
+    if (p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
       best = i;
       best_pos = p - 1;
     }
   }
+  // The count, as the list says (under the lock nothing else changes it): a count left wrong
+  // (scribbled, or dropped entries) is put right rather than scanned for again at every poll.
+  if (group->given_back.load(std::memory_order_relaxed) != present) group->given_back.store(present, std::memory_order_seq_cst);
   if (best < kGiveBackEntries) {
     GiveBackEntry& e = group->give_back[best];
     // The step first, for a successor if we die inside it (ChannelState::settle_give_back()).
@@ -322,9 +337,23 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
     if (c.group->given_back.load(std::memory_order_relaxed) != 0) {  // redeliveries go before newer messages
       const std::uint32_t k = c.free_stack[c.free_top - 1];
       const std::uint64_t pos = c.take_given_back(k);
+      if (c.bad_given_back != ~0ull) {
+        const std::uint64_t bad = std::exchange(c.bad_given_back, ~0ull);
+        if (pos != ~0ull) {  // not handed out: back on the list it goes, for the next poll, uncounted
+          c.slot->deliveries[k].store(c.slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+          (void)c.ch->move_held(c.index, k, pos + 1, 0);
+          c.slot->in_flight[k].store(0, std::memory_order_release);
+        }
+        c.last = Status::Corrupt;
+        throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
+                    "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a give-back entry names position " +
+                        std::to_string(bad) + ", which is not a record position of the ring (dropped)");
+      }
       if (pos != ~0ull) {
         const ring::ReadResult r = c.ring->read(pos);
         if (r.kind != ring::ReadResult::Record) {
+          // Not handed out, and it must not gate the ring: let go of the entry first.
+          c.slot->in_flight[k].store(0, std::memory_order_release);
           c.last = Status::Corrupt;
           throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
                       "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a message given back at position " +

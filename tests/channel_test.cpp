@@ -1,5 +1,6 @@
 // Channel: naming, options, the segment file (mode, validation of what is found there) and the
 // attach/create/remove lifecycle.
+#include "shm/channel_state.hpp"
 #include "support.hpp"
 
 #include <algorithm>
@@ -392,6 +393,104 @@ TEST_F(SegmentFile, AttachingAdoptsTheSegmentGeometryByDefault) {
   const auto s = opener.stats();
   EXPECT_EQ(s.ring_bytes, std::size_t{1} << 20);
   EXPECT_EQ(s.max_message_bytes, std::size_t{64} << 10);
+}
+
+// Issue 11.3: indices and positions in the consumer and group tables are hostile input. Each
+// scenario runs in a child process, so that a crash is a failed check rather than a dead test.
+using ScribbledTables = ChannelTest;
+
+void expect_child_ok(const std::function<int()>& fn) {
+  const pid_t pid = fork_child(fn, 30);
+  const ChildResult r = wait_child(pid, 40s);
+  EXPECT_TRUE(r.ok()) << "the scribbled-on process " << r.describe();
+}
+
+TEST_F(ScribbledTables, ANackAfterTheConsumersGroupIndexWasScribbledIsCorruptNotACrash) {
+  const std::string name = channel_name();
+  expect_child_ok([&] {
+    Channel ch = Channel::open(name, memory_options());
+    Producer p(ch, "p");
+    Consumer c(ch, "g");
+    CHILD_CHECK(p.publish("a").status == Status::Ok);
+    auto m = c.poll(1s);
+    CHILD_CHECK(m);
+    detail::ChannelState& s = ch.state();
+    for (std::uint32_t i = 0; i < s.options.max_consumers; ++i)
+      if (s.consumers[i].state.load() == detail::kActive) s.consumers[i].group.store(0x7ffffff0u);
+    CHILD_CHECK(c.nack(*m) == Status::Corrupt);
+    (void)ch.stats();
+    s.reap_dead_consumers(true);
+    return kChildOk;  // the destructor releases a slot whose group is out of range
+  });
+}
+
+TEST_F(ScribbledTables, AGiveBackEntryAtAPositionThatIsNoRecordIsDroppedAndNeverGatesTheRing) {
+  const std::string name = channel_name();
+  expect_child_ok([&] {
+    Channel ch = Channel::open(name, memory_options(64 << 10, 1 << 10));
+    Producer p(ch, "p");
+    Consumer c(ch, "g");
+    CHILD_CHECK(p.publish("a").status == Status::Ok);
+    detail::GroupSlot& g = ch.state().groups[0];
+    g.give_back[0].position_plus1.store(13 + 1);                 // not aligned
+    g.give_back[1].position_plus1.store(ch.state().ring->tail() + 4096 + 1);  // beyond the tail
+    g.given_back.store(2);
+    // Whatever poll says about them (an Error naming the entry, or nothing), it must not deliver
+    // them, and the group must go on: a ring's worth of messages flows through afterwards.
+    unsigned got = 0;
+    for (int i = 0; i < 4 && got == 0; ++i) {
+      try {
+        if (auto m = c.poll(100ms)) {
+          CHILD_CHECK(m->text() == "a");
+          CHILD_CHECK(c.ack(*m) == Status::Ok);
+          ++got;
+        }
+      } catch (const Error&) {
+      }
+    }
+    CHILD_CHECK(got == 1);
+    PublishOptions po;
+    po.timeout = 200ms;
+    const std::string payload(900, 'x');
+    for (int i = 0; i < 300; ++i) {  // about four laps of the 64 KiB ring
+      CHILD_CHECK(p.publish(payload, po).status == Status::Ok);
+      auto m = c.poll(1s);
+      CHILD_CHECK(m && m->payload().size() == payload.size());
+      CHILD_CHECK(c.ack(*m) == Status::Ok);
+    }
+    CHILD_CHECK(g.given_back.load() == 0);
+    return kChildOk;
+  });
+}
+
+TEST_F(ScribbledTables, HostileCountsStepsAndTakersInTheGroupSlotAreSurvived) {
+  const std::string name = channel_name();
+  expect_child_ok([&] {
+    Channel ch = Channel::open(name, memory_options());
+    Producer p(ch, "p");
+    Consumer c(ch, "g");
+    detail::GroupSlot& g = ch.state().groups[0];
+    // A count with nothing behind it: polls find the list empty and put the count right.
+    g.given_back.store(0xffffffffu);
+    CHILD_CHECK(!c.poll(20ms));
+    CHILD_CHECK(g.given_back.load() == 0);
+    // A dead holder's step naming slots that do not exist, and a taker naming a consumer that
+    // does not exist: the next lock holder and the next take ignore them.
+    g.give_back_step.store(detail::give_back_step(detail::GiveBackStep::Take, 4095, 255, 1023));
+    g.give_back_step_position.store(8 + 1);
+    g.next_taker.store((g.next_taker.load() & ~0xffffffffull) | 0xfffff0ffu);
+    for (int i = 0; i < 3; ++i) CHILD_CHECK(p.publish("m" + std::to_string(i)).status == Status::Ok);
+    auto m = c.poll(1s);
+    CHILD_CHECK(m && m->text() == "m0");
+    CHILD_CHECK(c.nack(*m) == Status::Ok);
+    for (int i = 0; i < 3; ++i) {
+      auto n = c.poll(1s);
+      CHILD_CHECK(n && n->text() == "m" + std::to_string(i));
+      CHILD_CHECK(c.ack(*n) == Status::Ok);
+    }
+    CHILD_CHECK(g.give_back_step.load() == 0);
+    return kChildOk;
+  });
 }
 
 }  // namespace
