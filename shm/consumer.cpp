@@ -269,26 +269,35 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   c.ring = s.ring;
   c.group_name = std::string(group);
   c.options = options;
-  detail::RegistryLock lock(s);
-  const int g = s.ensure_group(group, options.start);
-  int free = -1;
-  for (std::uint32_t i = 0; i < s.options.max_consumers && free < 0; ++i)
-    if (s.consumers[i].state.load(std::memory_order_acquire) == detail::kFree) free = static_cast<int>(i);
-  if (free < 0)
-    s.fail(std::errc::no_space_on_device, "the consumer table is full (" + std::to_string(s.options.max_consumers) +
-                                              " consumers); cannot add a consumer to group '" + std::string(group) + "'");
+  int g = -1, free = -1;
+  // A table full of dead consumers is reaped (forced) before a join is refused: a peer that
+  // filled it and died must not lock everyone out until some poll happens to reap.
+  for (int attempt = 0; attempt < 2 && free < 0; ++attempt) {
+    if (attempt == 1) s.reap_dead_consumers(true);  // takes the registry lock itself
+    detail::SetupRegistryLock lock(s, "add a consumer to group '" + std::string(group) + "'");
+    g = s.ensure_group(group, options.start);
+    for (std::uint32_t i = 0; i < s.options.max_consumers && free < 0; ++i)
+      if (s.consumers[i].state.load(std::memory_order_acquire) == detail::kFree) free = static_cast<int>(i);
+    if (free < 0) {
+      if (attempt == 1)
+        s.fail(std::errc::no_space_on_device, "the consumer table is full (" + std::to_string(s.options.max_consumers) +
+                                                  " live consumers); cannot add a consumer to group '" + std::string(group) + "'");
+      continue;
+    }
+    detail::ConsumerSlot& slot = s.consumers[free];
+    for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
+    slot.group = static_cast<std::uint32_t>(g);
+    slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    slot.max_in_flight = options.max_in_flight;
+    slot.visibility_timeout_ns = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
+    for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
+    slot.delivered.store(0, std::memory_order_relaxed);
+    slot.owner.store(detail::self_token(), std::memory_order_relaxed);
+    slot.heartbeat_ns.store(detail::now_ns(), std::memory_order_relaxed);
+    slot.state.store(detail::kActive, std::memory_order_release);  // pairs with the acquire in gate()
+  }
   detail::ConsumerSlot& slot = s.consumers[free];
-  for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
-  slot.group = static_cast<std::uint32_t>(g);
-  slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  slot.max_in_flight = options.max_in_flight;
-  slot.visibility_timeout_ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
-  for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
-  slot.delivered.store(0, std::memory_order_relaxed);
-  slot.owner.store(detail::self_token(), std::memory_order_relaxed);
-  slot.heartbeat_ns.store(detail::now_ns(), std::memory_order_relaxed);
-  slot.state.store(detail::kActive, std::memory_order_release);  // pairs with the acquire in gate()
   c.index = static_cast<std::uint32_t>(free);
   c.slot = &slot;
   c.group = &s.groups[g];

@@ -212,7 +212,7 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   p.name = std::string(name);
   const std::uint64_t me = detail::self_token();
   detail::calibrate_wall_clock();  // once per process, here rather than in a publish
-  detail::RegistryLock lock(s);
+  detail::SetupRegistryLock lock(s, "add producer '" + std::string(name) + "'");
   int found = -1, free = -1;
   for (std::uint32_t i = 0; i < s.options.max_producers; ++i) {
     detail::ProducerSlot& slot = s.producers[i];

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <random>
+#include <set>
 
 namespace shmq::test {
 namespace {
@@ -491,6 +492,96 @@ TEST_F(ScribbledTables, HostileCountsStepsAndTakersInTheGroupSlotAreSurvived) {
     CHILD_CHECK(g.give_back_step.load() == 0);
     return kChildOk;
   });
+}
+
+// Issue 11.13: joining reaps. A peer filled the consumer table and died: a new consumer joins
+// (the constructor reaps, forced, before it refuses) and gets what the dead ones held.
+using Joining = ChannelTest;
+
+TEST_F(Joining, AConsumerJoinsATableFilledByDeadConsumersAndGetsWhatTheyHeld) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.max_consumers = 3;
+  o.liveness_interval = std::chrono::hours(1);  // no poll would have reaped them by now
+  {
+    Channel ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+  }
+  for (int i = 0; i < 3; ++i) {
+    const pid_t pid = fork_child([&] {
+      Channel ch = Channel::open(name, o);
+      Consumer c(ch, "g");
+      CHILD_CHECK(c.poll(1s));
+      ::kill(::getpid(), SIGKILL);  // dies holding it, its slot taken
+      return kChildFailed;
+    });
+    ASSERT_TRUE(wait_child(pid, 30s).killed_by(SIGKILL));
+  }
+  Channel ch = Channel::open(name, o);
+  std::optional<Consumer> c;
+  try {
+    c.emplace(ch, "g");
+  } catch (const Error& e) {
+    FAIL() << "a table of dead consumers refused the join: " << e.what();
+  }
+  std::set<std::string> got;
+  while (auto m = c->poll(100ms)) {
+    got.emplace(m->text());
+    EXPECT_EQ(m->deliveries(), 2u);
+    EXPECT_EQ(c->ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(got, (std::set<std::string>{"m0", "m1", "m2"}));
+}
+
+// A live process that holds the registry lock (stuck, or stopped) makes constructors give up
+// after ChannelOptions::registry_timeout with an Error naming its pid, instead of waiting for ever.
+TEST_F(Joining, ConstructorsGiveUpOnARegistryLockALiveProcessHoldsAndNameIt) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.registry_timeout = 200ms;
+  { Channel ch = Channel::open(name, o); }
+  Pipe locked;
+  const pid_t holder = fork_child([&] {
+    locked.close_read();
+    Channel ch = Channel::open(name, o);
+    ch.state().lock_registry();
+    CHILD_CHECK(locked.send(std::uint32_t{1}));
+    ::pause();  // holds it until killed
+    return kChildOk;
+  });
+  locked.close_write();
+  std::uint32_t one = 0;
+  ASSERT_TRUE(locked.receive(one, 20s));
+  // In a child with its own deadline: before, these waited for ever.
+  const pid_t tryer = fork_child([&] {
+    Channel ch = Channel::open(name, o);
+    const std::string pid = std::to_string(holder);
+    for (int which = 0; which < 2; ++which) {
+      const auto t0 = Clock::now();
+      try {
+        if (which == 0) Consumer c(ch, "g");
+        else Producer p(ch, "p");
+        CHILD_CHECK(!"the constructor went ahead under another process's registry lock");
+      } catch (const Error& e) {
+        const std::string what = e.what();
+        if (what.find(pid) == std::string::npos) std::fprintf(stderr, "error without the holder's pid %s: %s\n", pid.c_str(), e.what());
+        CHILD_CHECK(what.find(pid) != std::string::npos);
+        CHILD_CHECK(e.code() == std::errc::timed_out);
+      }
+      CHILD_CHECK(Clock::now() - t0 >= 150ms);
+    }
+    return kChildOk;
+  }, 20);
+  const ChildResult r = wait_child(tryer, 30s);
+  kill_child(holder);
+  EXPECT_TRUE(r.ok()) << "the constructors under a held registry lock: " << r.describe();
+  // With the holder gone, its lock is taken over: joining works again.
+  Channel ch = Channel::open(name, o);
+  Consumer c(ch, "g");
+  Producer p(ch, "p");
+  EXPECT_EQ(p.publish("after").status, Status::Ok);
 }
 
 }  // namespace
