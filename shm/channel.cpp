@@ -1,5 +1,7 @@
 // Channel: open, attach, remove, stats, group table.
 #include <dirent.h>
+#include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -290,6 +292,35 @@ void ChannelState::reap_dead_consumers(bool force) noexcept {
     any |= release_consumer(c);
   }
   if (any) wake_consumers();
+}
+
+void ChannelState::lock_registry_for_setup(const std::string& what) {
+  const std::uint64_t me = self_token();
+  const auto timeout = static_cast<std::uint64_t>(std::max<std::int64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options.registry_timeout).count(), 0));
+  const std::uint64_t deadline = now_ns() + timeout;
+  for (unsigned round = 1;; ++round) {
+    std::uint64_t holder = 0;
+    // acquire: pairs with the release in unlock_owner_word(): the previous holder's work is visible.
+    if (header->registry_lock.compare_exchange_weak(holder, me, std::memory_order_acquire, std::memory_order_relaxed)) return;
+    if (holder != 0 && round % 64 == 0) {
+      if (!token_alive(holder)) {
+        // The holder died: take the lock from it (what it left half-done the tables' users redo).
+        if (header->registry_lock.compare_exchange_strong(holder, me, std::memory_order_acquire, std::memory_order_relaxed)) return;
+        continue;
+      }
+      if (now_ns() >= deadline)
+        fail(std::errc::timed_out, "cannot " + what + ": the registry lock is held by live process " +
+                                       std::to_string(token_pid(holder)) + " (waited " +
+                                       std::to_string(timeout / 1'000'000) + " ms, ChannelOptions::registry_timeout)");
+    }
+    if (round < 256) {
+      sched_yield();
+    } else {
+      timespec ts{0, 200'000};  // a holder that takes long: look every 0.2 ms, without a busy core
+      ::nanosleep(&ts, nullptr);
+    }
+  }
 }
 
 void ChannelState::wake_consumers() noexcept {

@@ -74,6 +74,10 @@ struct ChannelState {
   // Serialises changes to the producer, group and consumer tables (a dead holder is replaced).
   void lock_registry() noexcept { ring::lock_owner_word(header->registry_lock, self_token(), &ChannelState::alive); }
   void unlock_registry() noexcept { ring::unlock_owner_word(header->registry_lock); }
+  // For the constructors: lock_registry(), but waiting at most options.registry_timeout while a
+  // live process holds the lock; then throws Error (timed_out) naming the holder's pid and WHAT
+  // the caller was doing.
+  void lock_registry_for_setup(const std::string& what);
 
   // Index of the active group NAME, or -1. Call with the registry lock held.
   int find_group(std::string_view group) const noexcept;
@@ -134,6 +138,18 @@ class RegistryLock {
   ~RegistryLock() { s_.unlock_registry(); }
   RegistryLock(const RegistryLock&) = delete;
   RegistryLock& operator=(const RegistryLock&) = delete;
+
+ private:
+  ChannelState& s_;
+};
+
+// RAII for the registry lock of a constructor (lock_registry_for_setup()).
+class SetupRegistryLock {
+ public:
+  SetupRegistryLock(ChannelState& s, const std::string& what) : s_(s) { s_.lock_registry_for_setup(what); }
+  ~SetupRegistryLock() { s_.unlock_registry(); }
+  SetupRegistryLock(const SetupRegistryLock&) = delete;
+  SetupRegistryLock& operator=(const SetupRegistryLock&) = delete;
 
  private:
   ChannelState& s_;

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <bit>
+#include <utility>
 
 #include "shm/channel_state.hpp"
 #include "shm/crash_point.hpp"
@@ -39,18 +40,19 @@ struct ConsumerState {
   std::uint64_t pending_pos = ~0ull;          // a position seen claimed but not committed
   std::uint64_t pending_since = 0;
   std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
+  std::uint64_t bad_given_back = ~0ull;       // a give-back entry take_given_back() dropped as no message
 
   std::unique_ptr<Channel> dlq;               // NAME.dlq, opened at the first dead letter
-  std::unique_ptr<Producer> dlq_producer;
 
   std::uint64_t holder_id() const noexcept { return reinterpret_cast<std::uintptr_t>(this); }
   // The message at POS, now held in entry K with DELIVERIES deliveries; R is what read() found.
   Message hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries);
   // Takes the lowest eligible message of the group's give-back list into entry K; ~0 if none.
   std::uint64_t take_given_back(std::uint32_t k) noexcept;
-  // Copies a message delivered max_deliveries times to NAME.dlq and acks it here.
-  // False when NAME.dlq has no room (its ring is full): the message stays in this channel.
-  bool dead_letter(const Message& m);
+  // Copies a message delivered max_deliveries times to NAME.dlq (the caller then acks it here).
+  // False when that failed (NAME.dlq cannot be opened, has no room, ...): the caller gives the
+  // message back. Never throws.
+  bool dead_letter(const Message& m) noexcept;
   // Entries taken from us are free again once the mover let go of them.
   void reclaim_away() noexcept {
     for (std::uint32_t k = 0; k < options.max_in_flight; ++k)
@@ -171,16 +173,29 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
     return ~0ull;
   }
   const std::uint64_t now = now_ns();
-  std::uint32_t best = kGiveBackEntries;
+  // Every given-back position is checked against the ring before use: aligned, and in
+  // [cleaned, tail) (an entry on the list gates the ring, so a real one is never below cleaned).
+  const std::uint64_t cleaned = ring->cleaned(), tail = ring->tail();
+  std::uint32_t best = kGiveBackEntries, present = 0;
   std::uint64_t best_pos = ~0ull;
   for (std::uint32_t i = 0; i < kGiveBackEntries; ++i) {
-    const GiveBackEntry& e = group->give_back[i];
+    GiveBackEntry& e = group->give_back[i];
     const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed);
-    if (p && p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
+    if (!p) continue;
+    if ((p - 1) % ring::kAlign != 0 || p - 1 < cleaned || p - 1 >= tail) {
+      e.position_plus1.store(0, std::memory_order_seq_cst);  // not a message: dropped, reported by poll
+      bad_given_back = p - 1;
+      continue;
+    }
+    ++present;
+    if (p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
       best = i;
       best_pos = p - 1;
     }
   }
+  // The count, as the list says (under the lock nothing else changes it): a count left wrong
+  // (scribbled, or dropped entries) is put right rather than scanned for again at every poll.
+  if (group->given_back.load(std::memory_order_relaxed) != present) group->given_back.store(present, std::memory_order_seq_cst);
   if (best < kGiveBackEntries) {
     GiveBackEntry& e = group->give_back[best];
     // The step first, for a successor if we die inside it (ChannelState::settle_give_back()).
@@ -200,23 +215,44 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
   return best_pos;
 }
 
-bool ConsumerState::dead_letter(const Message& m) {
-  if (!dlq) {
-    ChannelOptions o;
-    o.durability = Durability::Memory;
-    o.max_message_bytes = ch->options.max_message_bytes;
-    o.ring_bytes = std::max<std::size_t>(std::size_t(1) << 20, std::bit_ceil(4 * o.max_message_bytes));
-    dlq = std::make_unique<Channel>(Channel::open(ch->name + ".dlq", o));
-    // The dead letters are kept for whoever comes to look, from the first one on.
-    dlq->ensure_group("dead-letters", Start::Earliest);
-    dlq_producer = std::make_unique<Producer>(*dlq, "dlq-" + std::to_string(token_pid(self_token())) + "-" +
-                                                       std::to_string(index));
+// Dead letters. Every copy from this group goes through one producer of NAME.dlq, "dlq-g<group
+// slot>", which one process at a time makes and drops under the group's dead_letter_lock: the
+// producer table of NAME.dlq holds one slot per group slot for good, however many processes come
+// and go. The copy's dedup sequence is derived from the original's ring position (records are at
+// least kHeaderBytes apart, so position / kHeaderBytes + 1 is one sequence per record): a copy
+// made again after a crash between the copy and the ack is a Duplicate (the dead holder's
+// announced copy is settled by the Producer's takeover), as long as it is within NAME.dlq's dedup
+// window of the group's latest dead letter; beyond that, a second copy rather than a loss.
+bool ConsumerState::dead_letter(const Message& m) noexcept {
+  try {
+    if (!dlq) {
+      ChannelOptions o;
+      o.durability = Durability::Memory;
+      o.max_message_bytes = ch->options.max_message_bytes;
+      o.ring_bytes = std::max<std::size_t>(std::size_t(1) << 20, std::bit_ceil(4 * o.max_message_bytes));
+      auto opened = std::make_unique<Channel>(Channel::open(ch->name + ".dlq", o));
+      // The dead letters are kept for whoever comes to look, from the first one on.
+      opened->ensure_group("dead-letters", Start::Earliest);
+      dlq = std::move(opened);
+    }
+  } catch (...) {
+    return false;  // given back, tried again later
   }
-  constexpr std::uint32_t kReasonMaxDeliveries = 1;
-  const Published p = publish_copy(*dlq_producer, m, kReasonMaxDeliveries);
-  if (p.status != Status::Ok) return false;
-  group->dead_lettered.fetch_add(1, std::memory_order_relaxed);
-  return true;
+  const auto group_index = static_cast<std::uint32_t>(group - ch->groups);
+  ring::lock_owner_word(group->dead_letter_lock, self_token(), &ChannelState::alive);
+  bool done = false;
+  try {
+    Producer p(*dlq, "dlq-g" + std::to_string(group_index));
+    constexpr std::uint32_t kReasonMaxDeliveries = 1;
+    const Published r = publish_copy(p, m, kReasonMaxDeliveries, m.position() / ring::kHeaderBytes + 1);
+    SHMQ_CRASH_POINT("dead_letter.after_copy");
+    done = r.status == Status::Ok || r.status == Status::Duplicate;
+    if (r.status == Status::Ok) group->dead_lettered.fetch_add(1, std::memory_order_relaxed);
+  } catch (...) {
+    done = false;
+  }
+  ring::unlock_owner_word(group->dead_letter_lock);
+  return done;
 }
 
 }  // namespace detail
@@ -233,26 +269,35 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
   c.ring = s.ring;
   c.group_name = std::string(group);
   c.options = options;
-  detail::RegistryLock lock(s);
-  const int g = s.ensure_group(group, options.start);
-  int free = -1;
-  for (std::uint32_t i = 0; i < s.options.max_consumers && free < 0; ++i)
-    if (s.consumers[i].state.load(std::memory_order_acquire) == detail::kFree) free = static_cast<int>(i);
-  if (free < 0)
-    s.fail(std::errc::no_space_on_device, "the consumer table is full (" + std::to_string(s.options.max_consumers) +
-                                              " consumers); cannot add a consumer to group '" + std::string(group) + "'");
+  int g = -1, free = -1;
+  // A table full of dead consumers is reaped (forced) before a join is refused: a peer that
+  // filled it and died must not lock everyone out until some poll happens to reap.
+  for (int attempt = 0; attempt < 2 && free < 0; ++attempt) {
+    if (attempt == 1) s.reap_dead_consumers(true);  // takes the registry lock itself
+    detail::SetupRegistryLock lock(s, "add a consumer to group '" + std::string(group) + "'");
+    g = s.ensure_group(group, options.start);
+    for (std::uint32_t i = 0; i < s.options.max_consumers && free < 0; ++i)
+      if (s.consumers[i].state.load(std::memory_order_acquire) == detail::kFree) free = static_cast<int>(i);
+    if (free < 0) {
+      if (attempt == 1)
+        s.fail(std::errc::no_space_on_device, "the consumer table is full (" + std::to_string(s.options.max_consumers) +
+                                                  " live consumers); cannot add a consumer to group '" + std::string(group) + "'");
+      continue;
+    }
+    detail::ConsumerSlot& slot = s.consumers[free];
+    for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
+    slot.group = static_cast<std::uint32_t>(g);
+    slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    slot.max_in_flight = options.max_in_flight;
+    slot.visibility_timeout_ns = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
+    for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
+    slot.delivered.store(0, std::memory_order_relaxed);
+    slot.owner.store(detail::self_token(), std::memory_order_relaxed);
+    slot.heartbeat_ns.store(detail::now_ns(), std::memory_order_relaxed);
+    slot.state.store(detail::kActive, std::memory_order_release);  // pairs with the acquire in gate()
+  }
   detail::ConsumerSlot& slot = s.consumers[free];
-  for (auto& e : slot.in_flight) e.store(0, std::memory_order_relaxed);
-  slot.group = static_cast<std::uint32_t>(g);
-  slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  slot.max_in_flight = options.max_in_flight;
-  slot.visibility_timeout_ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
-  for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
-  slot.delivered.store(0, std::memory_order_relaxed);
-  slot.owner.store(detail::self_token(), std::memory_order_relaxed);
-  slot.heartbeat_ns.store(detail::now_ns(), std::memory_order_relaxed);
-  slot.state.store(detail::kActive, std::memory_order_release);  // pairs with the acquire in gate()
   c.index = static_cast<std::uint32_t>(free);
   c.slot = &slot;
   c.group = &s.groups[g];
@@ -301,9 +346,23 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
     if (c.group->given_back.load(std::memory_order_relaxed) != 0) {  // redeliveries go before newer messages
       const std::uint32_t k = c.free_stack[c.free_top - 1];
       const std::uint64_t pos = c.take_given_back(k);
+      if (c.bad_given_back != ~0ull) {
+        const std::uint64_t bad = std::exchange(c.bad_given_back, ~0ull);
+        if (pos != ~0ull) {  // not handed out: back on the list it goes, for the next poll, uncounted
+          c.slot->deliveries[k].store(c.slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+          (void)c.ch->move_held(c.index, k, pos + 1, 0);
+          c.slot->in_flight[k].store(0, std::memory_order_release);
+        }
+        c.last = Status::Corrupt;
+        throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
+                    "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a give-back entry names position " +
+                        std::to_string(bad) + ", which is not a record position of the ring (dropped)");
+      }
       if (pos != ~0ull) {
         const ring::ReadResult r = c.ring->read(pos);
         if (r.kind != ring::ReadResult::Record) {
+          // Not handed out, and it must not gate the ring: let go of the entry first.
+          c.slot->in_flight[k].store(0, std::memory_order_release);
           c.last = Status::Corrupt;
           throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
                       "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a message given back at position " +

@@ -33,6 +33,8 @@ inline constexpr std::string_view kCrashPoints[] = {
     "move_held.after_moving_bit",  // entry marked moving, not yet on the give-back list
     "move_held.after_push",        // on the give-back list, entry not yet cleared
     "reap.before_release",         // a reaper holds the registry lock, about to give back
+    "dead_letter.after_commit",    // a poison message's copy committed in NAME.dlq, its dedup window not updated
+    "dead_letter.after_copy",      // the copy is in NAME.dlq, the message not yet acked here
     // Journaler (shm/journaler.cpp)
     "journal.after_write",         // records written to the file, not yet fdatasync'd
     "journal.after_sync",          // fdatasync'd, durable_position not yet published

@@ -178,7 +178,11 @@ void settle_dead_publish(ChannelState& ch, std::uint32_t index) noexcept {
     // Still in the ring: committed if the record there is ours; a claim not committed yet is dead
     // (its owner is) and will be padded.
     const ring::ReadResult r = ring.read(pos);
-    committed = r.kind == ring::ReadResult::Record && r.header->producer == slot.id && r.header->seq == seq;
+    // Ours by its inner id, or (a dead-letter copy keeps its original's id) by its claimer slot:
+    // the claim at POS was this slot's, and only its owner commits a record there.
+    committed = r.kind == ring::ReadResult::Record &&
+                ((r.header->producer == slot.id && r.header->seq == seq) ||
+                 ring::Frame::unpack(r.header->frame.load(std::memory_order_relaxed)).claimer == index);
   } else {
     // Reclaimed, so every group was past it, and not padded as a dead claim: it was committed.
     committed = true;
@@ -211,7 +215,7 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   p.name = std::string(name);
   const std::uint64_t me = detail::self_token();
   detail::calibrate_wall_clock();  // once per process, here rather than in a publish
-  detail::RegistryLock lock(s);
+  detail::SetupRegistryLock lock(s, "add producer '" + std::string(name) + "'");
   int found = -1, free = -1;
   for (std::uint32_t i = 0; i < s.options.max_producers; ++i) {
     detail::ProducerSlot& slot = s.producers[i];
@@ -308,26 +312,40 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   return {Status::Ok, {p.id, seq}, pos};
 }
 
-Published detail::publish_copy(Producer& producer, const Message& m, std::uint32_t reason) {
+Published detail::publish_copy(Producer& producer, const Message& m, std::uint32_t reason, std::uint64_t dedup_seq) {
   if (!producer.state_) return {Status::Closed, {}, 0};
   detail::ProducerState& p = *producer.state_;
   PublishOptions opts;
   opts.key = m.key();
   opts.timeout = std::chrono::milliseconds(10);  // a full NAME.dlq must not stall the consumer
   if (Status st = p.check(m.payload().size(), opts); st != Status::Ok) return {st, m.id(), 0};
+  if (dedup_seq != 0 && !detail::valid_seq(dedup_seq)) return {Status::InvalidSeq, m.id(), 0};
   if (const Status st = p.lock_publish(opts); st != Status::Ok) return {st, m.id(), 0};
+  if (dedup_seq != 0) {
+    // A copy made before (by a process that died before it acked the original) is a Duplicate.
+    // Below the window nothing is known: copy again rather than risk dropping the only one.
+    const std::uint64_t high = p.window.top();
+    const bool below = dedup_seq <= high && high - dedup_seq >= p.window.size();
+    if (!below && p.window.find(dedup_seq)) {
+      p.unlock_publish();
+      return {Status::Duplicate, m.id(), 0};
+    }
+  }
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + m.key().size() + m.payload().size());
   const std::uint64_t pos = p.claim_space(frame_len, opts);
   if (pos == ring::kNoIntent) {
     p.unlock_publish();
     return {Status::WouldBlock, m.id(), 0};
   }
+  if (dedup_seq != 0) p.begin(dedup_seq, pos);  // a successor records the copy if we die (settle_dead_publish)
   std::byte* body = p.write_header(pos, m.id().seq, m.key());
   auto* h = reinterpret_cast<ring::RecordHeader*>(p.ring->at(pos));
   h->producer = m.id().producer;  // the copy keeps the original inner id
   h->reserved = reason;
   if (!m.payload().empty()) std::memcpy(body, m.payload().data(), m.payload().size());
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
+  SHMQ_CRASH_POINT("dead_letter.after_commit");
+  if (dedup_seq != 0) p.accepted(dedup_seq, pos);
   p.committed(m.id().seq);
   p.unlock_publish();
   return {Status::Ok, m.id(), pos};

@@ -1,10 +1,12 @@
 // Channel: naming, options, the segment file (mode, validation of what is found there) and the
 // attach/create/remove lifecycle.
+#include "shm/channel_state.hpp"
 #include "support.hpp"
 
 #include <algorithm>
 #include <fstream>
 #include <random>
+#include <set>
 
 namespace shmq::test {
 namespace {
@@ -408,6 +410,194 @@ TEST_F(SegmentFile, DefaultMessageLimitFollowsASmallRing) {
   o.ring_bytes = 256 << 10;
   o.max_message_bytes = 128 << 10;  // set: still checked against the ring
   EXPECT_THROW(Channel::open(channel_name("bad"), o), Error);
+}
+
+// Issue 11.3: indices and positions in the consumer and group tables are hostile input. Each
+// scenario runs in a child process, so that a crash is a failed check rather than a dead test.
+using ScribbledTables = ChannelTest;
+
+void expect_child_ok(const std::function<int()>& fn) {
+  const pid_t pid = fork_child(fn, 30);
+  const ChildResult r = wait_child(pid, 40s);
+  EXPECT_TRUE(r.ok()) << "the scribbled-on process " << r.describe();
+}
+
+TEST_F(ScribbledTables, ANackAfterTheConsumersGroupIndexWasScribbledIsCorruptNotACrash) {
+  const std::string name = channel_name();
+  expect_child_ok([&] {
+    Channel ch = Channel::open(name, memory_options());
+    Producer p(ch, "p");
+    Consumer c(ch, "g");
+    CHILD_CHECK(p.publish("a").status == Status::Ok);
+    auto m = c.poll(1s);
+    CHILD_CHECK(m);
+    detail::ChannelState& s = ch.state();
+    for (std::uint32_t i = 0; i < s.options.max_consumers; ++i)
+      if (s.consumers[i].state.load() == detail::kActive) s.consumers[i].group.store(0x7ffffff0u);
+    CHILD_CHECK(c.nack(*m) == Status::Corrupt);
+    (void)ch.stats();
+    s.reap_dead_consumers(true);
+    return kChildOk;  // the destructor releases a slot whose group is out of range
+  });
+}
+
+TEST_F(ScribbledTables, AGiveBackEntryAtAPositionThatIsNoRecordIsDroppedAndNeverGatesTheRing) {
+  const std::string name = channel_name();
+  expect_child_ok([&] {
+    Channel ch = Channel::open(name, memory_options(64 << 10, 1 << 10));
+    Producer p(ch, "p");
+    Consumer c(ch, "g");
+    CHILD_CHECK(p.publish("a").status == Status::Ok);
+    detail::GroupSlot& g = ch.state().groups[0];
+    g.give_back[0].position_plus1.store(13 + 1);                 // not aligned
+    g.give_back[1].position_plus1.store(ch.state().ring->tail() + 4096 + 1);  // beyond the tail
+    g.given_back.store(2);
+    // Whatever poll says about them (an Error naming the entry, or nothing), it must not deliver
+    // them, and the group must go on: a ring's worth of messages flows through afterwards.
+    unsigned got = 0;
+    for (int i = 0; i < 4 && got == 0; ++i) {
+      try {
+        if (auto m = c.poll(100ms)) {
+          CHILD_CHECK(m->text() == "a");
+          CHILD_CHECK(c.ack(*m) == Status::Ok);
+          ++got;
+        }
+      } catch (const Error&) {
+      }
+    }
+    CHILD_CHECK(got == 1);
+    PublishOptions po;
+    po.timeout = 200ms;
+    const std::string payload(900, 'x');
+    for (int i = 0; i < 300; ++i) {  // about four laps of the 64 KiB ring
+      CHILD_CHECK(p.publish(payload, po).status == Status::Ok);
+      auto m = c.poll(1s);
+      CHILD_CHECK(m && m->payload().size() == payload.size());
+      CHILD_CHECK(c.ack(*m) == Status::Ok);
+    }
+    CHILD_CHECK(g.given_back.load() == 0);
+    return kChildOk;
+  });
+}
+
+TEST_F(ScribbledTables, HostileCountsStepsAndTakersInTheGroupSlotAreSurvived) {
+  const std::string name = channel_name();
+  expect_child_ok([&] {
+    Channel ch = Channel::open(name, memory_options());
+    Producer p(ch, "p");
+    Consumer c(ch, "g");
+    detail::GroupSlot& g = ch.state().groups[0];
+    // A count with nothing behind it: polls find the list empty and put the count right.
+    g.given_back.store(0xffffffffu);
+    CHILD_CHECK(!c.poll(20ms));
+    CHILD_CHECK(g.given_back.load() == 0);
+    // A dead holder's step naming slots that do not exist, and a taker naming a consumer that
+    // does not exist: the next lock holder and the next take ignore them.
+    g.give_back_step.store(detail::give_back_step(detail::GiveBackStep::Take, 4095, 255, 1023));
+    g.give_back_step_position.store(8 + 1);
+    g.next_taker.store((g.next_taker.load() & ~0xffffffffull) | 0xfffff0ffu);
+    for (int i = 0; i < 3; ++i) CHILD_CHECK(p.publish("m" + std::to_string(i)).status == Status::Ok);
+    auto m = c.poll(1s);
+    CHILD_CHECK(m && m->text() == "m0");
+    CHILD_CHECK(c.nack(*m) == Status::Ok);
+    for (int i = 0; i < 3; ++i) {
+      auto n = c.poll(1s);
+      CHILD_CHECK(n && n->text() == "m" + std::to_string(i));
+      CHILD_CHECK(c.ack(*n) == Status::Ok);
+    }
+    CHILD_CHECK(g.give_back_step.load() == 0);
+    return kChildOk;
+  });
+}
+
+// Issue 11.13: joining reaps. A peer filled the consumer table and died: a new consumer joins
+// (the constructor reaps, forced, before it refuses) and gets what the dead ones held.
+using Joining = ChannelTest;
+
+TEST_F(Joining, AConsumerJoinsATableFilledByDeadConsumersAndGetsWhatTheyHeld) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.max_consumers = 3;
+  o.liveness_interval = std::chrono::hours(1);  // no poll would have reaped them by now
+  {
+    Channel ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+  }
+  for (int i = 0; i < 3; ++i) {
+    const pid_t pid = fork_child([&] {
+      Channel ch = Channel::open(name, o);
+      Consumer c(ch, "g");
+      CHILD_CHECK(c.poll(1s));
+      ::kill(::getpid(), SIGKILL);  // dies holding it, its slot taken
+      return kChildFailed;
+    });
+    ASSERT_TRUE(wait_child(pid, 30s).killed_by(SIGKILL));
+  }
+  Channel ch = Channel::open(name, o);
+  std::optional<Consumer> c;
+  try {
+    c.emplace(ch, "g");
+  } catch (const Error& e) {
+    FAIL() << "a table of dead consumers refused the join: " << e.what();
+  }
+  std::set<std::string> got;
+  while (auto m = c->poll(100ms)) {
+    got.emplace(m->text());
+    EXPECT_EQ(m->deliveries(), 2u);
+    EXPECT_EQ(c->ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(got, (std::set<std::string>{"m0", "m1", "m2"}));
+}
+
+// A live process that holds the registry lock (stuck, or stopped) makes constructors give up
+// after ChannelOptions::registry_timeout with an Error naming its pid, instead of waiting for ever.
+TEST_F(Joining, ConstructorsGiveUpOnARegistryLockALiveProcessHoldsAndNameIt) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.registry_timeout = 200ms;
+  { Channel ch = Channel::open(name, o); }
+  Pipe locked;
+  const pid_t holder = fork_child([&] {
+    locked.close_read();
+    Channel ch = Channel::open(name, o);
+    ch.state().lock_registry();
+    CHILD_CHECK(locked.send(std::uint32_t{1}));
+    ::pause();  // holds it until killed
+    return kChildOk;
+  });
+  locked.close_write();
+  std::uint32_t one = 0;
+  ASSERT_TRUE(locked.receive(one, 20s));
+  // In a child with its own deadline: before, these waited for ever.
+  const pid_t tryer = fork_child([&] {
+    Channel ch = Channel::open(name, o);
+    const std::string pid = std::to_string(holder);
+    for (int which = 0; which < 2; ++which) {
+      const auto t0 = Clock::now();
+      try {
+        if (which == 0) Consumer c(ch, "g");
+        else Producer p(ch, "p");
+        CHILD_CHECK(!"the constructor went ahead under another process's registry lock");
+      } catch (const Error& e) {
+        const std::string what = e.what();
+        if (what.find(pid) == std::string::npos) std::fprintf(stderr, "error without the holder's pid %s: %s\n", pid.c_str(), e.what());
+        CHILD_CHECK(what.find(pid) != std::string::npos);
+        CHILD_CHECK(e.code() == std::errc::timed_out);
+      }
+      CHILD_CHECK(Clock::now() - t0 >= 150ms);
+    }
+    return kChildOk;
+  }, 20);
+  const ChildResult r = wait_child(tryer, 30s);
+  kill_child(holder);
+  EXPECT_TRUE(r.ok()) << "the constructors under a held registry lock: " << r.describe();
+  // With the holder gone, its lock is taken over: joining works again.
+  Channel ch = Channel::open(name, o);
+  Consumer c(ch, "g");
+  Producer p(ch, "p");
+  EXPECT_EQ(p.publish("after").status, Status::Ok);
 }
 
 }  // namespace

@@ -223,3 +223,77 @@ TEST_F(ConsumerCrashRace, ADeadConsumersUnfinishedTakeIsNotGivenBackAfterAnother
 
 }  // namespace
 }  // namespace shmq::test
+
+namespace shmq::test {
+namespace {
+
+class DeadLetterCrash : public ChannelTest, public ::testing::WithParamInterface<const char*> {};
+
+// Issue 10.10: a consumer killed after copying a poison message to NAME.dlq and before acking it
+// here: the message is given back, the next consumer dead-letters it again, and that copy is a
+// Duplicate in NAME.dlq (one copy in all), also when the death came before NAME.dlq's dedup
+// window recorded the first copy.
+TEST_P(DeadLetterCrash, ADeadLetterMadeAgainAfterACrashIsNotASecondCopy) {
+  const std::string point = GetParam();
+  const std::string name = channel_name();
+  const std::string dlq = name + ".dlq";
+  ChannelOptions o = memory_options();
+  o.max_deliveries = 1;
+  {
+    Channel ch = Channel::open(name, o);
+    ch.ensure_group("g", Start::Earliest);
+    Producer p(ch, "p");
+    // Not first: the copy's dedup sequence (from its position) and its inner id then differ.
+    ASSERT_EQ(p.publish("first" + std::string(400, '.')).status, Status::Ok);
+    ASSERT_EQ(p.publish("poison").status, Status::Ok);
+    ASSERT_EQ(p.publish("fine").status, Status::Ok);
+  }
+  const pid_t victim = fork_child([&] {
+    Channel ch = Channel::open(name, o);
+    Consumer c(ch, "g");
+    auto f = c.poll(1s);
+    CHILD_CHECK(f && f->text().substr(0, 5) == "first" && c.ack(*f) == Status::Ok);
+    auto m = c.poll(1s);
+    CHILD_CHECK(m && m->text() == "poison");
+    CHILD_CHECK(c.nack(*m) == Status::Ok);
+    detail::arm_crash_point(point, 1);
+    (void)c.poll(1s);  // dead-letters it, and dies there
+    return kChildFailed;
+  });
+  ASSERT_TRUE(wait_child(victim, 30s).killed_by(SIGKILL)) << point;
+  Channel ch = Channel::open(name, o);
+  ch.state().reap_dead_consumers(true);
+  {
+    Consumer s(ch, "g");
+    std::vector<std::string> got;
+    while (auto m = s.poll(100ms)) {
+      got.emplace_back(m->text());
+      EXPECT_EQ(s.ack(*m), Status::Ok);
+    }
+    EXPECT_EQ(got, std::vector<std::string>{"fine"}) << point << ": the poison message was dead-lettered again";
+  }
+  const ChannelStats st = ch.stats();
+  EXPECT_EQ(st.groups[0].lag_messages + st.groups[0].in_flight + st.groups[0].given_back, 0u) << "the group drained";
+  std::map<std::string, unsigned> copies;
+  {
+    auto d = Channel::attach(dlq);
+    Consumer dc(d, "dead-letters");
+    while (auto m = dc.poll(100ms)) {
+      ++copies[std::string(m->text())];
+      EXPECT_EQ(dc.ack(*m), Status::Ok);
+    }
+  }
+  EXPECT_EQ(copies, (std::map<std::string, unsigned>{{"poison", 1}})) << point;
+  Channel::remove(dlq);
+}
+
+INSTANTIATE_TEST_SUITE_P(EachPoint, DeadLetterCrash, ::testing::Values("dead_letter.after_commit", "dead_letter.after_copy"),
+                         [](const ::testing::TestParamInfo<const char*>& p) {
+                           std::string n = p.param;
+                           for (char& ch : n)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace shmq::test

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <map>
 #include <random>
 #include <set>
 
@@ -323,6 +324,122 @@ TEST_F(Redelivery, PoisonMessageMovesToTheDeadLetterChannelWhileTheRestFlows) {
   EXPECT_EQ(dc.ack(*dead), Status::Ok);
   EXPECT_FALSE(dc.poll(0ns));
   Channel::remove(dlq);
+}
+
+// Reads every copy in NAME.dlq's "dead-letters" group: how many of each original sequence.
+std::map<std::uint64_t, unsigned> dead_letter_copies(const std::string& dlq) {
+  std::map<std::uint64_t, unsigned> copies;
+  auto d = Channel::attach(dlq);
+  Consumer dc(d, "dead-letters");
+  while (auto m = dc.poll(100ms)) {
+    ++copies[m->id().seq];
+    EXPECT_EQ(dc.ack(*m), Status::Ok);
+  }
+  return copies;
+}
+
+// Issue 10.10: 200 short-lived consumer processes each dead-letter one poison message (before, the
+// 65th made poll throw "the producer table is full" of NAME.dlq, the next one crashed); the group
+// drains and NAME.dlq holds each poison message exactly once.
+TEST_F(Redelivery, TwoHundredShortLivedConsumersEachDeadLetterAPoisonMessageOnce) {
+  const std::string name = channel_name();
+  const std::string dlq = name + ".dlq";
+  ChannelOptions o = memory_options();
+  o.max_deliveries = 1;  // a nacked message goes to NAME.dlq at its next poll
+  constexpr std::uint64_t kPoison = 200;
+  {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (std::uint64_t i = 1; i <= kPoison; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  }
+  // Process i's poll dead-letters the message process i - 1 nacked (redeliveries go first), then
+  // gets message i + 1, which it nacks: processes 1 .. 200 dead-letter one message each.
+  for (std::uint64_t i = 0; i <= kPoison; ++i) {
+    const pid_t child = fork_child([&] {
+      auto ch = Channel::open(name, o);
+      Consumer c(ch, "g");
+      auto m = c.poll(i < kPoison ? 1s : 100ms);
+      if (i == kPoison) {
+        CHILD_CHECK(!m);
+        return kChildOk;
+      }
+      CHILD_CHECK(m);
+      CHILD_CHECK(m->deliveries() == 1 && m->text() == payload_of(i + 1));
+      CHILD_CHECK(c.nack(*m) == Status::Ok);
+      return kChildOk;
+    });
+    const ChildResult r = wait_child(child, 30s);
+    ASSERT_TRUE(r.ok()) << "consumer process " << i << " " << r.describe();
+  }
+  auto ch = Channel::open(name, o);
+  {
+    Consumer c(ch, "g");
+    while (auto m = c.poll(100ms)) EXPECT_EQ(c.nack(*m), Status::Ok);  // the rest go the same way
+  }
+  const ChannelStats st = ch.stats();
+  ASSERT_EQ(st.groups.size(), 1u);
+  EXPECT_EQ(st.groups[0].lag_messages, 0u) << "the group drained";
+  EXPECT_EQ(st.groups[0].in_flight, 0u);
+  EXPECT_EQ(st.groups[0].given_back, 0u);
+  EXPECT_EQ(st.depth_bytes, 0u) << "nothing holds the ring";
+  ASSERT_TRUE(Channel::exists(dlq));
+  const auto copies = dead_letter_copies(dlq);
+  EXPECT_EQ(copies.size(), kPoison);
+  for (std::uint64_t i = 1; i <= kPoison; ++i)
+    EXPECT_EQ(copies.count(i) ? copies.at(i) : 0u, 1u) << "copies of poison message " << i << " in NAME.dlq";
+  Channel::remove(dlq);
+}
+
+// Issue 10.9: a consumer (another process) of a removed group whose slot a new group reuses
+// gives its held messages back when it nacks or leaves: they must not reach the new group's
+// give-back list (before, the new group got them there and again from its cursor), and the old
+// consumer takes nothing of the new group.
+TEST_F(Redelivery, AConsumerOfARemovedGroupGivesNothingToTheGroupThatReusedItsSlot) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.max_groups = 1;  // the new group must take the old one's slot
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("old");
+  {
+    Producer p(ch, "p");
+    for (int i = 1; i <= 4; ++i) ASSERT_EQ(p.publish(payload_of(i)).status, Status::Ok);
+  }
+  Pipe holding, go;
+  const pid_t child = fork_child([&] {
+    holding.close_read();
+    go.close_write();
+    auto c = Channel::open(name, o);
+    Consumer a(c, "old");
+    auto m1 = a.poll(1s);
+    auto m2 = a.poll(1s);
+    CHILD_CHECK(m1 && m2);
+    CHILD_CHECK(holding.send(std::uint32_t{1}));
+    std::uint32_t ok = 0;
+    CHILD_CHECK(go.receive(ok, 20s));
+    CHILD_CHECK(!a.poll(50ms) && a.status() == Status::Closed);  // nothing of the new group
+    (void)a.nack(*m1);  // and m2 goes back when `a` leaves
+    return kChildOk;
+  });
+  holding.close_write();
+  go.close_read();
+  std::uint32_t one = 0;
+  ASSERT_TRUE(holding.receive(one, 20s));
+  ASSERT_TRUE(ch.remove_group("old"));
+  ch.ensure_group("new", Start::Earliest);  // the same slot; its messages are still in the ring
+  ASSERT_TRUE(go.send(std::uint32_t{1}));
+  ASSERT_TRUE(wait_child(child, 20s).ok());
+  Consumer b(ch, "new");
+  std::map<std::string, unsigned> got;
+  while (auto m = b.poll(100ms)) {
+    ++got[std::string(m->text())];
+    EXPECT_EQ(m->deliveries(), 1u) << m->text() << " came to the new group as a redelivery";
+    EXPECT_EQ(b.ack(*m), Status::Ok);
+  }
+  std::map<std::string, unsigned> want;
+  for (int i = 1; i <= 4; ++i) want[payload_of(i)] = 1;
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(ch.stats().groups[0].given_back, 0u);
 }
 
 }  // namespace

@@ -78,6 +78,10 @@ struct ChannelOptions {
   // How soon a consumer that died is noticed and its messages given back to its group (by any
   // process of the channel that polls, publishes into a full ring, or joins).
   std::chrono::milliseconds liveness_interval{500};
+  // How long the Producer and Consumer constructors wait for the channel's registry lock while a
+  // live process holds it (a dead holder is replaced at once); then they throw an Error naming the
+  // holder's pid. Not stored in the segment: each process's own.
+  std::chrono::milliseconds registry_timeout{5000};
   // Journal (Async/Sync): segment file size, and retention. A journal file whose records every
   // group has acked is deleted once it is older than `retention`, or while the journal is larger
   // than `retention_bytes` (0: no size budget); never earlier.
@@ -279,7 +283,7 @@ class Producer;
 class Message;
 namespace detail {
 // Appends a copy of M (its inner id, key and payload) through P: the dead-letter move.
-Published publish_copy(Producer& p, const Message& m, std::uint32_t reason);
+Published publish_copy(Producer& p, const Message& m, std::uint32_t reason, std::uint64_t dedup_seq = 0);
 }  // namespace detail
 
 class Producer {
@@ -306,7 +310,7 @@ class Producer {
   std::string_view name() const noexcept;
 
  private:
-  friend Published detail::publish_copy(Producer&, const Message&, std::uint32_t);
+  friend Published detail::publish_copy(Producer&, const Message&, std::uint32_t, std::uint64_t);
   std::unique_ptr<detail::ProducerState> state_;
 };
 
