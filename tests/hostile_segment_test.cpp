@@ -18,6 +18,53 @@ using detail::SegmentHeader;
 
 class HostileSegment : public ChannelTest {};
 
+// In an honest child: segments are mapped between PROT_NONE pages (test builds), so that an access
+// outside the segment is a SIGSEGV, not a silent read of a neighbour mapping.
+void guard_the_segment() {
+#if defined(SHMQ_CRASH_POINTS)
+  detail::set_guard_pages(true);
+#endif
+}
+
+// The honest process of the tests below: joins group "g", publishes and consumes COUNT messages
+// (acking them), tells the parent, waits for its go (the parent scribbles meanwhile), then runs
+// AFTER. Its exit code is what AFTER returns.
+pid_t honest_child(const std::string& name, Pipe& ready, Pipe& go, std::function<int(Channel&, Consumer&, Producer&)> after) {
+  return fork_child([&, after = std::move(after)] {
+    guard_the_segment();
+    Channel c = Channel::attach(name, false);
+    Consumer consumer(c, "g");
+    Producer producer(c, "p");
+    for (int i = 0; i < 20; ++i) CHILD_CHECK(producer.publish("message " + std::to_string(i)).status == Status::Ok);
+    for (int i = 0; i < 20; ++i) {
+      auto m = poll_for(consumer, 2000ms);
+      CHILD_CHECK(m);
+      CHILD_CHECK(consumer.ack(*m) == Status::Ok);
+    }
+    CHILD_CHECK(ready.send('r'));
+    char x;
+    CHILD_CHECK(go.receive(x, 10s));
+    return after(c, consumer, producer);
+  }, 30);
+}
+
+// Polls with a 10 ms timeout N times; true if none delivered anything. A Corrupt answer (an
+// Error, or status Corrupt) is a correct outcome too: it is reported, and polling stops.
+bool polls_deliver_nothing(Consumer& consumer, int n) {
+  for (int i = 0; i < n; ++i) {
+    try {
+      if (auto m = consumer.poll(10ms)) {
+        std::fprintf(stderr, "delivered again: position %lu\n", static_cast<unsigned long>(m->position()));
+        return false;
+      }
+    } catch (const Error& e) {
+      std::fprintf(stderr, "poll: %s\n", e.what());
+      return true;
+    }
+  }
+  return true;
+}
+
 // Issue 11.1: the offsets of the tables are validated at attach; a peer that rewrites them later
 // must not move where this process writes (before: the next Producer wrote 2^40 bytes past the
 // segment, SIGSEGV).
@@ -59,6 +106,110 @@ TEST_F(HostileSegment, TableOffsetsRewrittenAfterAttachAreNotFollowed) {
   EXPECT_TRUE(r.ok()) << "the honest process " << r.describe();
   // A process that attaches now validates the header it finds, and refuses it.
   EXPECT_THROW(Channel::attach(name, false), Error);
+}
+
+// Issue 11.4: every byte of the ring's data turned into padding frames (after everything was
+// acked). A reader at the tail followed them round and round: poll(10ms) never returned. A
+// position at or past the tail holds nothing, whatever its frame says.
+TEST_F(HostileSegment, PollOnARingOfOnlyPaddingReturnsAndDeliversNothingAgain) {
+  const std::string name = channel_name("padding");
+  Channel ch = Channel::open(name, memory_options(1 << 16, 1 << 10));
+  Pipe ready, go;
+  const pid_t child = honest_child(name, ready, go, [](Channel&, Consumer& consumer, Producer&) {
+    return polls_deliver_nothing(consumer, 20) ? 0 : 1;
+  });
+  char x;
+  ASSERT_TRUE(ready.receive(x, 10s));
+  {
+    RawSegment raw(name);
+    const std::size_t data = raw.ring_data();
+    for (std::uint64_t i = 0; i < raw.ring_capacity(); i += 8)
+      raw.store64(data + i, ring::Frame::pack(8, ring::RecordType::Padding, 0, 0));
+  }
+  ASSERT_TRUE(go.send('g'));
+  const ChildResult r = wait_child(child, 20s);
+  EXPECT_TRUE(r.ok()) << "the honest process " << r.describe();
+}
+
+// Issue 11.4, the other face: one stray padding frame at the tail, long enough to jump over the
+// free (zeroed) space onto records of the previous lap that were acked long ago.
+TEST_F(HostileSegment, AStrayPaddingFrameAtTheTailDoesNotRedeliverAckedMessages) {
+  const std::string name = channel_name("stray");
+  Channel ch = Channel::open(name, memory_options(1 << 16, 1 << 10));
+  Pipe ready, go;
+  const pid_t child = honest_child(name, ready, go, [](Channel&, Consumer& consumer, Producer&) {
+    return polls_deliver_nothing(consumer, 20) ? 0 : 1;
+  });
+  char x;
+  ASSERT_TRUE(ready.receive(x, 10s));
+  {
+    RawSegment raw(name);
+    const std::uint64_t tail = raw.load64(raw.ring_tail());
+    // Padding from the tail back to the first record of this lap (position 0 + capacity).
+    raw.store64(raw.ring_data() + (tail & (raw.ring_capacity() - 1)),
+                ring::Frame::pack(static_cast<std::int32_t>(raw.ring_capacity() - tail), ring::RecordType::Padding, 0, 0));
+  }
+  ASSERT_TRUE(go.send('g'));
+  const ChildResult r = wait_child(child, 20s);
+  EXPECT_TRUE(r.ok()) << "the honest process " << r.describe();
+}
+
+// Issue 11.5: the tail moved 2^40 bytes ahead. poll saw a claim pending at its cursor, asked
+// unblock() about it, and unblock scanned the zeroed words up to that tail (over a zeroed ring:
+// hours; here it stopped at the previous lap's first record and delivered it again).
+TEST_F(HostileSegment, PollReturnsWhenAPeerMovesTheTailFarAhead) {
+  const std::string name = channel_name("tail");
+  Channel ch = Channel::open(name, memory_options(1 << 16, 1 << 10));
+  Pipe ready, go;
+  const pid_t child = honest_child(name, ready, go, [](Channel&, Consumer& consumer, Producer& producer) {
+    CHILD_CHECK(polls_deliver_nothing(consumer, 20));
+    PublishOptions po;
+    po.timeout = 50ms;
+    const Published p = producer.publish("after", po);  // may not be Ok; must return
+    std::fprintf(stderr, "publish after the scribble: %s\n", to_string(p.status));
+    return 0;
+  });
+  char x;
+  ASSERT_TRUE(ready.receive(x, 10s));
+  {
+    RawSegment raw(name);
+    raw.store64(raw.ring_tail(), raw.load64(raw.ring_tail()) + (std::uint64_t(1) << 40));
+  }
+  ASSERT_TRUE(go.send('g'));
+  const ChildResult r = wait_child(child, 20s);
+  EXPECT_TRUE(r.ok()) << "the honest process " << r.describe();
+}
+
+// Issue 11.2: a group cursor, then a give-back entry, at index capacity - 4: the frame word read
+// there crossed the end of the segment (into the guard page: SIGSEGV). Corrupt now.
+TEST_F(HostileSegment, AMisalignedCursorOrGiveBackEntryIsCorruptNotACrash) {
+  for (const bool give_back : {false, true}) {
+    SCOPED_TRACE(give_back ? "give-back entry" : "group cursor");
+    const std::string name = channel_name(give_back ? "giveback" : "cursor");
+    Channel ch = Channel::open(name, memory_options(1 << 16, 1 << 10));
+    Pipe ready, go;
+    const pid_t child = honest_child(name, ready, go, [](Channel&, Consumer& consumer, Producer&) {
+      return polls_deliver_nothing(consumer, 5) ? 0 : 1;
+    });
+    char x;
+    ASSERT_TRUE(ready.receive(x, 10s));
+    {
+      RawSegment raw(name);
+      const std::uint64_t cap = raw.ring_capacity();
+      const std::uint64_t tail = raw.load64(raw.ring_tail());
+      const std::uint64_t bad = (tail & ~(cap - 1)) + cap - 4;
+      if (give_back) {
+        const std::size_t g = raw.group(0);
+        raw.store64(g + offsetof(detail::GroupSlot, give_back) + offsetof(detail::GiveBackEntry, position_plus1), bad + 1);
+        raw.store32(g + offsetof(detail::GroupSlot, given_back), 1);
+      } else {
+        raw.store64(raw.group_next(0), bad);
+      }
+    }
+    ASSERT_TRUE(go.send('g'));
+    const ChildResult r = wait_child(child, 20s);
+    EXPECT_TRUE(r.ok()) << "the honest process " << r.describe();
+  }
 }
 
 }  // namespace
