@@ -112,7 +112,9 @@ bool on_given_back(const GroupSlot& g, std::uint64_t pos) noexcept {
 
 Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t expected, std::uint64_t not_before_ns) noexcept {
   ConsumerSlot& slot = consumers[c];
-  GroupSlot& g = groups[slot.group];
+  const std::uint32_t group_index = slot.group.load(std::memory_order_relaxed);  // shared memory: read once, checked
+  if (group_index >= options.max_groups) return Status::Corrupt;
+  GroupSlot& g = groups[group_index];
   ring::lock_owner_word(g.give_back_lock, self_token(), &ChannelState::alive);
   Status st = Status::NotHeld;
   std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);

@@ -212,4 +212,42 @@ TEST_F(HostileSegment, AMisalignedCursorOrGiveBackEntryIsCorruptNotACrash) {
   }
 }
 
+// Issue 11.3 (found by the scribbler, seed 5111 of the long run): move_held indexed the group
+// table with the group of a consumer slot read from shared memory, unchecked: a nack after a
+// peer rewrote it was a SIGSEGV. It is Corrupt now.
+TEST_F(HostileSegment, NackAfterAPeerRewroteTheConsumersGroupIsCorruptNotACrash) {
+  const std::string name = channel_name("nack");
+  ChannelOptions o = memory_options(1 << 16, 1 << 10);
+  o.max_consumers = 4;
+  Channel ch = Channel::open(name, o);
+  Pipe ready, go;
+  const pid_t child = fork_child([&] {
+    guard_the_segment();
+    Channel c = Channel::attach(name, false);
+    Consumer consumer(c, "g");
+    Producer producer(c, "p");
+    CHILD_CHECK(producer.publish("held").status == Status::Ok);
+    auto m = poll_for(consumer, 2000ms);
+    CHILD_CHECK(m);
+    CHILD_CHECK(ready.send('r'));
+    char x;
+    CHILD_CHECK(go.receive(x, 10s));
+    const Status s = consumer.nack(*m);
+    std::fprintf(stderr, "nack after the scribble: %s\n", to_string(s));
+    CHILD_CHECK(s == Status::Corrupt);
+    return 0;
+  }, 30);
+  char x;
+  ASSERT_TRUE(ready.receive(x, 10s));
+  {
+    RawSegment raw(name);
+    const std::size_t consumers = static_cast<std::size_t>(raw.load64(offsetof(SegmentHeader, consumers_offset)));
+    for (std::size_t i = 0; i < 4; ++i)
+      raw.store32(consumers + i * sizeof(detail::ConsumerSlot) + offsetof(detail::ConsumerSlot, group), 0x40000000u);
+  }
+  ASSERT_TRUE(go.send('g'));
+  const ChildResult r = wait_child(child, 20s);
+  EXPECT_TRUE(r.ok()) << "the honest process " << r.describe();
+}
+
 }  // namespace
