@@ -6,7 +6,9 @@
 // of a signal (SIGSEGV, SIGBUS, abort) nor hang (each trial has a deadline).
 //
 // Every seed is one trial: a fresh channel, one honest child (a producer thread and a consumer on
-// the main thread), the parent scribbling through its own raw mapping. The seed is printed for
+// the main thread), the parent scribbling through its own raw mapping. One seed in four makes an
+// Async channel (made by a short-lived child, so that the honest child is its journaler: the
+// journaler thread reads the scribbled ring too). The seed is printed for
 // every failure; one seed is replayed with SHMQ_SCRIBBLER_FIRST_SEED=S SHMQ_SCRIBBLER_SEEDS=1.
 //
 // make test runs 1000 seeds (100 under the sanitizers). The long run (knobs: SHMQ_SCRIBBLER_RUN_MS,
@@ -83,14 +85,14 @@ void install_crash_reporter() {
 // The honest process: a producer thread (publish, claim/commit), the main thread consuming in two
 // groups (ack, nack), joining and leaving, and reading stats, for RUN of time after GO. Returns 0,
 // or kStoppedOnCorrupt when something told it the channel is corrupt.
-int honest(const std::string& name, const Pipe& ready, const Pipe& go, std::chrono::milliseconds run) {
+int honest(const std::string& name, const Pipe& ready, const Pipe& go, std::chrono::milliseconds run, bool journal) {
 #if defined(SHMQ_CRASH_POINTS)
   detail::set_guard_pages(true);
 #endif
   install_crash_reporter();
   std::atomic<bool> corrupt{false}, stop{false};
   try {
-    Channel ch = Channel::attach(name, false);
+    Channel ch = Channel::attach(name, journal);  // a durable channel: this process is its journaler
     Consumer c1(ch, "g1");
     std::optional<Consumer> c2(std::in_place, ch, "g2");
     Producer p(ch, "p");
@@ -210,10 +212,25 @@ TEST(Scribbler, HonestProcessesNeverCrashReadOutsideTheSegmentOrHang) {
     const std::string name = unique_name("s" + std::to_string(seed));
     ::unlink(segment_path(name).c_str());
     ++out.trials;
+    const bool journal = seed % 4 == 0;
+    std::optional<TestDir> dir;
+    if (journal) {
+      dir.emplace("scribbler-" + std::to_string(seed));
+      ChannelOptions o = scribbled_options();
+      o.durability = Durability::Async;
+      o.journal_dir = dir->path();
+      const pid_t creator = fork_child([&] {
+        Channel ch = Channel::open(name, o);
+        return 0;
+      }, 20);
+      const ChildResult made = wait_child(creator, 20s);
+      ASSERT_TRUE(made.ok()) << "seed " << seed << ": making the Async channel: " << made.describe();
+    }
     {
-      Channel ch = Channel::open(name, scribbled_options());
+      std::optional<Channel> ch;
+      if (!journal) ch.emplace(Channel::open(name, scribbled_options()));
       Pipe ready, go;
-      const pid_t child = fork_child([&] { return honest(name, ready, go, run); }, 20);
+      const pid_t child = fork_child([&] { return honest(name, ready, go, run, journal); }, 20);
       char x;
       if (!ready.receive(x, 10s)) {
         const ChildResult r = wait_child(child, 5s);
