@@ -94,9 +94,24 @@ int honest(const std::string& name, const Pipe& ready, const Pipe& go, std::chro
   try {
     Channel ch = Channel::attach(name, journal);  // a durable channel: this process is its journaler
     Consumer c1(ch, "g1");
-    std::optional<Consumer> c2(std::in_place, ch, "g2");
+    ConsumerOptions timed;
+    timed.visibility_timeout = 3ms;  // the reaper's timeout path runs too
+    std::optional<Consumer> c2(std::in_place, ch, "g2", timed);
     Producer p(ch, "p");
-    CHILD_CHECK(p.publish("before").status == Status::Ok);
+    for (int i = 0; i < 4; ++i) CHILD_CHECK(p.publish("before").status == Status::Ok);
+    // A consumer that dies holding a message: the reaper gives it back during the run, over
+    // scribbled tables.
+    const pid_t dying = ::fork();
+    if (dying == 0) {
+      try {
+        Channel d = Channel::attach(name, false);
+        Consumer c(d, "g1");
+        (void)c.poll(100ms);
+      } catch (...) {
+      }
+      ::_exit(0);
+    }
+    CHILD_CHECK(dying > 0 && wait_child(dying, 10s).exited);
     CHILD_CHECK(ready.send('r'));
     char x;
     CHILD_CHECK(go.receive(x, 10s));
@@ -112,6 +127,11 @@ int honest(const std::string& name, const Pipe& ready, const Pipe& go, std::chro
               std::memset(c.data().data(), 'c', 24);
               if (c.commit().status == Status::Corrupt) corrupt = true;
             }
+          } else if (i % 5 == 1) {  // a retry of an id that may be in the dedup window
+            PublishOptions retry = po;
+            retry.seq = 1 + i / 2;
+            const Published r = p.publish("retry " + std::to_string(i), retry);
+            if (r.status == Status::Corrupt) corrupt = true;
           } else {
             const Published r = p.publish("message " + std::to_string(i), po);
             if (r.status == Status::Corrupt) corrupt = true;
@@ -136,7 +156,7 @@ int honest(const std::string& name, const Pipe& ready, const Pipe& go, std::chro
         if (i % 64 == 17) (void)ch.stats();
         if (i % 97 == 50) {  // leave and join again
           c2.reset();
-          c2.emplace(ch, "g2");
+          c2.emplace(ch, "g2", timed);
         }
       }
     } catch (const Error&) {
