@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <thread>
 
+#include "shm/crash_point.hpp"
 #include "shm/process.hpp"
 
 namespace shmq::detail {
@@ -368,6 +369,7 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
         ::unlink(path.c_str());
         fail_errno(err, name, "cannot set the mode of " + path);
       }
+      SHMQ_CRASH_POINT("segment.after_create");
     } else if (errno != EEXIST) {
       fail_errno(errno, name, "cannot create " + path);
     }

@@ -4,9 +4,12 @@
 // forked child, so that a crash (SIGSEGV, SIGBUS) or a hang shows as that child's failure.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cstddef>
 
 #include "hostile_support.hpp"
+#include "shm/crash_point.hpp"
 #include "ringbuffer/record_ring.hpp"
 #include "shm/segment.hpp"
 #include "support.hpp"
@@ -248,6 +251,73 @@ TEST_F(HostileSegment, NackAfterAPeerRewroteTheConsumersGroupIsCorruptNotACrash)
   ASSERT_TRUE(go.send('g'));
   const ChildResult r = wait_child(child, 20s);
   EXPECT_TRUE(r.ok()) << "the honest process " << r.describe();
+}
+
+// Crash points of the ring and the segment (test builds): a process killed at each leaves a
+// channel that the next ones open and use.
+
+// A creator killed right after making the file (O_EXCL, mode set), before sizing it: the next
+// open finds an empty file of its own uid and mode, initialises it, and the channel works.
+TEST_F(HostileSegment, ACreatorKilledRightAfterMakingTheFileLeavesAChannelTheNextOpenMakes) {
+  if (!detail::crash_points_enabled()) GTEST_SKIP() << "needs -DSHMQ_CRASH_POINTS=ON (make test's builds)";
+  const std::string name = channel_name("created");
+  const pid_t creator = fork_child([&] {
+    detail::arm_crash_point("segment.after_create");
+    Channel ch = Channel::open(name, memory_options(1 << 16, 1 << 10));
+    return kChildOk;  // not reached
+  });
+  const ChildResult r = wait_child(creator, 20s);
+  ASSERT_TRUE(r.killed_by(SIGKILL)) << r.describe();
+  struct stat st {};
+  ASSERT_EQ(::stat(segment_path(name).c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 0);
+  Channel ch = Channel::open(name, memory_options(1 << 16, 1 << 10));
+  Consumer c(ch, "g");
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish("after").status, Status::Ok);
+  auto m = poll_for(c, 2000ms);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "after");
+}
+
+// A reader killed while it holds clean_lock to pad a dead producer's claim: the lock is taken
+// from it, the claim is padded by the next reader, and the ring goes on for laps.
+TEST_F(HostileSegment, AReaderKilledHoldingTheCleanLockInUnblockDoesNotStopTheRing) {
+  if (!detail::crash_points_enabled()) GTEST_SKIP() << "needs -DSHMQ_CRASH_POINTS=ON (make test's builds)";
+  const std::string name = channel_name("unblock");
+  const ChannelOptions o = memory_options(1 << 16, 1 << 10);
+  Channel ch = Channel::open(name, o);
+  ch.ensure_group("g", Start::Earliest);
+  // A producer killed with its claim open (claimed, frame not committed).
+  const pid_t producer = fork_child([&] {
+    Channel c = Channel::open(name, o);
+    Producer p(c, "dead");
+    detail::arm_crash_point("publish.after_announce");
+    (void)p.publish("never committed");
+    return kChildOk;  // not reached
+  });
+  ASSERT_TRUE(wait_child(producer, 20s).killed_by(SIGKILL));
+  // A reader meets the dead claim and dies in unblock() holding clean_lock.
+  const pid_t reader = fork_child([&] {
+    Channel c = Channel::open(name, o);
+    Consumer consumer(c, "g");
+    detail::arm_crash_point("unblock.holding_clean_lock");
+    (void)consumer.poll(5000ms);
+    return kChildOk;  // not reached
+  });
+  const ChildResult rr = wait_child(reader, 20s);
+  ASSERT_TRUE(rr.killed_by(SIGKILL)) << rr.describe();
+  // The survivors: what is published from now on arrives, across several laps of the ring.
+  Consumer consumer(ch, "g");
+  Producer p(ch, "live");
+  const std::string payload(500, 'x');
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_EQ(p.publish(payload + std::to_string(i)).status, Status::Ok) << "publish " << i;
+    auto m = poll_for(consumer, 5000ms);
+    ASSERT_TRUE(m) << "message " << i << " was not delivered";
+    ASSERT_EQ(m->text(), payload + std::to_string(i));
+    ASSERT_EQ(consumer.ack(*m), Status::Ok);
+  }
 }
 
 }  // namespace
