@@ -1,6 +1,8 @@
 // The record ring's slow paths: layout, validation, dead-claim recovery and reclaiming space.
 #include "ringbuffer/record_ring.hpp"
 
+#include "shm/crash_point.hpp"  // test builds: named points where a process may die
+
 #include <sched.h>
 
 #include <algorithm>
@@ -113,6 +115,7 @@ bool RecordRing::unblock_impl(std::uint64_t pos, std::uint64_t owner, AliveFn al
   auto pad = [&](std::uint64_t expected, std::uint64_t padding) {
     if (g_unblock_hook) g_unblock_hook(pos);
     if (!locked) lock_cleaning(owner, alive);
+    SHMQ_CRASH_POINT("unblock.holding_clean_lock");
     if (pos >= hdr_->cleaned.load(std::memory_order_relaxed))  // only the lock holder moves it
       // CAS: another reader may be turning the same claim into padding; either of us may win.
       word.compare_exchange_strong(expected, padding, std::memory_order_release, std::memory_order_relaxed);

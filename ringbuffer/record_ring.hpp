@@ -26,6 +26,11 @@
 //   padding frame is the frame word alone). clm/epoch: the claimer slot and its epoch, so a reader
 //   can tell whether the claimer is alive.
 //
+// Everything the ring reads from its header and its frames is hostile input (any process that
+// maps the segment can write it): positions are checked for alignment and against the tail,
+// `cleaned` and the lap before they are followed (read() says Empty or Corrupt, unblock() and
+// reclaim() decline), and every scan is bounded by a lap, a count of our own.
+//
 // Liveness of a claim whose frame word is still 0 (the claimer died between its CAS on the tail and
 // its first store) is found through the claimer table: every claimer publishes its intent (the tail
 // it is about to CAS from) before the CAS; a claim at P whose frame is 0 is dead when no live

@@ -40,6 +40,9 @@ inline constexpr std::string_view kCrashPoints[] = {
     "journal.after_sync",          // fdatasync'd, durable_position not yet published
     "checkpoint.after_write",      // checkpoint written, not yet renamed into place
     "checkpoint.after_keep_previous",  // the current version linked as NAME.prev, the new one not renamed in
+    // Ring and segment (ringbuffer/record_ring.cpp, shm/segment.cpp)
+    "unblock.holding_clean_lock",  // a reader holds clean_lock to pad a dead claim, padding not stored
+    "segment.after_create",        // segment file made (O_EXCL) and given its mode, not yet sized
 };
 
 consteval std::size_t crash_point_id(std::string_view name) {

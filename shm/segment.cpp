@@ -5,24 +5,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <type_traits>
 #include <thread>
 
+#include "shm/crash_point.hpp"
 #include "shm/process.hpp"
 
 namespace shmq::detail {
-namespace bip = boost::interprocess;
 
 namespace {
 
 void (*g_init_hook)() = nullptr;
+#if defined(SHMQ_CRASH_POINTS)
+bool g_guard_pages = false;
+#endif
 
 [[noreturn]] void fail(std::errc code, std::string_view channel, const std::string& what) {
   throw Error(std::make_error_code(code), "shmq channel '" + std::string(channel) + "': " + what);
@@ -115,11 +119,64 @@ void check_slot_name(std::string_view channel, std::string_view what, std::strin
 
 std::string segment_path(std::string_view name) { return "/dev/shm/shmq." + std::string(name); }
 
+// The segment file, opened with open(2) on /dev/shm (shm_open's semantics, with O_EXCL and
+// O_NOFOLLOW, which Boost.Interprocess's shared_memory_object does not offer, nor a mapping of an
+// fd it did not open), and its mapping.
 struct Segment::Mapping {
-  bip::shared_memory_object shm;
-  bip::mapped_region region;
-  int fd() const { return shm.get_mapping_handle().handle; }
+  int fd_ = -1;
+  void* address = nullptr;   // the mapping of the file
+  std::size_t bytes = 0;
+  void* reserved = nullptr;  // guard-page mode (tests): the PROT_NONE reservation around it
+  std::size_t reserved_bytes = 0;
+
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() {
+    unmap();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int fd() const { return fd_; }
+  void unmap() noexcept {
+    if (reserved) ::munmap(reserved, reserved_bytes);
+    else if (address) ::munmap(address, bytes);
+    address = reserved = nullptr;
+    bytes = reserved_bytes = 0;
+  }
+  // Maps the first N bytes of the file read-write, shared; returns 0 or an errno.
+  int map(std::size_t n) noexcept {
+    unmap();
+#if defined(SHMQ_CRASH_POINTS)
+    if (g_guard_pages) {
+      // A no-access page on either side: an access outside the segment dies with SIGSEGV.
+      const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+      const std::size_t span = (n + page - 1) / page * page;
+      void* r = ::mmap(nullptr, span + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (r == MAP_FAILED) return errno;
+      void* a = ::mmap(static_cast<char*>(r) + page, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0);
+      if (a == MAP_FAILED) {
+        const int err = errno;
+        ::munmap(r, span + 2 * page);
+        return err;
+      }
+      reserved = r;
+      reserved_bytes = span + 2 * page;
+      address = a;
+      bytes = n;
+      return 0;
+    }
+#endif
+    void* a = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (a == MAP_FAILED) return errno;
+    address = a;
+    bytes = n;
+    return 0;
+  }
 };
+
+#if defined(SHMQ_CRASH_POINTS)
+void set_guard_pages(bool on) noexcept { g_guard_pages = on; }
+#endif
 
 Segment::~Segment() = default;
 
@@ -263,6 +320,32 @@ bool all_zero(const void* p, std::size_t n) {
   return std::all_of(b, b + n, [](unsigned char c) { return c == 0; });
 }
 
+std::string octal(unsigned mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0%03o", mode & 07777);
+  return buf;
+}
+
+// A segment file this call did not create is used only when this uid owns it, and, when this call
+// may create (Channel::open, which knows the channel's mode), when its mode gives nobody more than
+// OPTIONS.mode: otherwise whoever made it first (a squatter) could read or write every message.
+// Attaching only (Channel::attach, which has no mode to compare with) checks the owner.
+// OPTIONS.allow_foreign_segment opts out, for setups that share channels between uids on purpose.
+void check_owner_and_mode(std::string_view name, const std::string& path, const struct stat& st,
+                          const ChannelOptions& options, bool create) {
+  if (options.allow_foreign_segment) return;
+  const unsigned mode = static_cast<unsigned>(st.st_mode) & 07777;
+  if (st.st_uid != ::geteuid())
+    fail(std::errc::permission_denied, name,
+         path + " is owned by uid " + std::to_string(st.st_uid) + " (mode " + octal(mode) + "), not by this process's uid " +
+             std::to_string(::geteuid()) + ": refused (someone else made it; ChannelOptions::allow_foreign_segment accepts it)");
+  if (create && (mode & ~(options.mode & 0777)))
+    fail(std::errc::permission_denied, name,
+         path + " (owner uid " + std::to_string(st.st_uid) + ") has mode " + octal(mode) +
+             ", which allows more than the channel's mode " + octal(options.mode) +
+             ": refused (ChannelOptions::allow_foreign_segment accepts it)");
+}
+
 }  // namespace
 
 std::unique_ptr<Segment> Segment::open(std::string_view name, const ChannelOptions& options, bool create,
@@ -276,31 +359,49 @@ std::unique_ptr<Segment> Segment::open(std::string_view name, const ChannelOptio
 
 std::unique_ptr<Segment> Segment::open_once(std::string_view name, const ChannelOptions& options, bool create,
                                             BeforeReady before_ready, void* ctx) {
-  const std::string shm_name = "shmq." + std::string(name);
   const std::string path = segment_path(name);
   std::unique_ptr<Segment> seg(new Segment());
   seg->mapping_ = std::make_unique<Mapping>();
   Mapping& m = *seg->mapping_;
-  try {
-    if (create) {
-      bip::permissions perm(options.mode);
-      m.shm = bip::shared_memory_object(bip::open_or_create, shm_name.c_str(), bip::read_write, perm);
-    } else {
-      m.shm = bip::shared_memory_object(bip::open_only, shm_name.c_str(), bip::read_write);
+  // Creation: O_CREAT|O_EXCL, so that a file somebody else made first is never taken for ours;
+  // O_NOFOLLOW everywhere: a symbolic link at the path is refused, never followed.
+  bool made_here = false;
+  if (create) {
+    m.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(options.mode & 0777));
+    if (m.fd_ >= 0) {
+      made_here = true;
+      // The requested mode, whatever the umask says (as shm_open callers expect of a shared file).
+      if (::fchmod(m.fd_, static_cast<mode_t>(options.mode & 0777)) != 0) {
+        const int err = errno;
+        ::unlink(path.c_str());
+        fail_errno(err, name, "cannot set the mode of " + path);
+      }
+      SHMQ_CRASH_POINT("segment.after_create");
+    } else if (errno != EEXIST) {
+      fail_errno(errno, name, "cannot create " + path);
     }
-  } catch (const bip::interprocess_exception& e) {
-    const int err = e.get_native_error() ? e.get_native_error() : EIO;
-    if (err == ENOENT) fail(std::errc::no_such_file_or_directory, name, "no such channel (" + path + " does not exist)");
-    fail_errno(err, name, "cannot open " + path);
+  }
+  if (m.fd_ < 0) {
+    m.fd_ = ::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (m.fd_ < 0) {
+      const int err = errno;
+      if (err == ENOENT) {
+        if (create) return nullptr;  // removed between our two opens: start again
+        fail(std::errc::no_such_file_or_directory, name, "no such channel (" + path + " does not exist)");
+      }
+      if (err == ELOOP) fail(std::errc::too_many_symbolic_link_levels, name, path + " is a symbolic link: refused (never followed)");
+      fail_errno(err, name, "cannot open " + path);
+    }
   }
   FileLock lock(m.fd(), name);
 
   struct stat st{};
   if (::fstat(m.fd(), &st) != 0) fail_errno(errno, name, "cannot stat " + path);
   if (!S_ISREG(st.st_mode)) fail(std::errc::invalid_argument, name, path + " is not a regular file");
+  if (!made_here) check_owner_and_mode(name, path, st, options, create);
   auto file_bytes = static_cast<std::uint64_t>(st.st_size);
   struct stat now{};
-  if (::stat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
+  if (::lstat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
     if (!create) fail(std::errc::no_such_file_or_directory, name, "no such channel (" + path + " was removed)");
     return nullptr;  // unlinked while we waited for its lock: start again
   }
@@ -314,8 +415,8 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
   } else if (file_bytes < sizeof(SegmentHeader)) {
     fail(std::errc::invalid_argument, name, path + " is not a shmq segment (" + std::to_string(file_bytes) + " bytes, too short for a header)");
   } else {
-    m.region = bip::mapped_region(m.shm, bip::read_write);
-    auto* h = static_cast<SegmentHeader*>(m.region.get_address());
+    if (const int err = m.map(file_bytes)) fail_errno(err, name, "cannot map " + path);
+    auto* h = static_cast<SegmentHeader*>(m.address);
     if (std::memcmp(h->magic, kMagicBytes, sizeof h->magic) == 0) {
       // acquire: pairs with the release store of Ready in initialize().
       const std::uint32_t state = h->init_state.load(std::memory_order_acquire);
@@ -332,12 +433,12 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
   if (init) {
     const Layout l = layout_for(options.ring_bytes, options.max_producers, options.max_groups, options.max_consumers,
                                 options.dedup_window);
-    m.region = bip::mapped_region();
+    m.unmap();
     // Fresh zeroed pages: shrink to 0 first so that a half-written earlier attempt leaves nothing.
     if (::ftruncate(m.fd(), 0) != 0 || ::ftruncate(m.fd(), static_cast<off_t>(l.total)) != 0)
       fail_errno(errno, name, "cannot size " + path + " to " + std::to_string(l.total) + " bytes");
-    m.region = bip::mapped_region(m.shm, bip::read_write);
-    auto* h = static_cast<SegmentHeader*>(m.region.get_address());
+    if (const int err = m.map(l.total)) fail_errno(err, name, "cannot map " + path);
+    auto* h = static_cast<SegmentHeader*>(m.address);
     initialize(h, l, options);
     file_bytes = l.total;
     seg->created_ = true;
@@ -356,8 +457,8 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
     // release: everything above is visible to whoever reads Ready (acquire below, in another opener).
     h->init_state.store(kReady, std::memory_order_release);
   }
-  seg->header_ = static_cast<SegmentHeader*>(m.region.get_address());
-  if (m.region.get_size() < file_bytes) fail(std::errc::io_error, name, "mapping of " + path + " is shorter than the file");
+  seg->header_ = static_cast<SegmentHeader*>(m.address);
+  if (m.bytes < file_bytes) fail(std::errc::io_error, name, "mapping of " + path + " is shorter than the file");
   Geometry g;
   if (std::string why = validate(seg->header_, file_bytes, g); !why.empty()) fail(std::errc::invalid_argument, name, path + ": " + why);
   seg->adopt(g);

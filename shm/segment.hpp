@@ -17,6 +17,12 @@
 //   | RecordRing     |  ring header, claimer table (one per producer slot), data (ring_bytes)
 //   +----------------+  segment_bytes
 //
+// The file is created with open(2) O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC and fchmod'ed to the
+// channel's mode; a file that was there already is used only if this uid owns it and its mode
+// allows no more than the channel's mode (a squatter's file is refused, with an Error naming the
+// path, its owner and mode; ChannelOptions::allow_foreign_segment opts out); a symbolic link at
+// the path is refused, never followed.
+//
 // Creation is race-free between processes: every opener takes an flock on the segment's file
 // (Boost.Interprocess's file_lock is an fcntl lock, which is per process and dropped when any fd of
 // the file is closed: not safe between threads, hence flock). The creator holds it while it sizes
@@ -203,6 +209,12 @@ static_assert(offsetof(ConsumerSlot, in_flight) % 64 == 0);
 
 // Hash of the sizes and offsets above: two builds that disagree on the layout refuse each other.
 std::uint32_t layout_fingerprint() noexcept;
+
+#if defined(SHMQ_CRASH_POINTS)
+// Tests only (builds with SHMQ_CRASH_POINTS): segments opened from now on in this process are
+// mapped between two PROT_NONE pages, so that any access outside the segment dies with SIGSEGV.
+void set_guard_pages(bool on) noexcept;
+#endif
 
 // Called by the creating process in the middle of initialising a new segment (after it is sized,
 // before it is marked Ready). For crash tests only.

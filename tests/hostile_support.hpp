@@ -14,6 +14,8 @@
 #include <cstring>
 #include <string>
 
+#include "ringbuffer/record_ring.hpp"
+#include "shm/segment.hpp"
 #include "support.hpp"
 
 namespace shmq::test {
@@ -57,6 +59,18 @@ class RawSegment {
   void store32(std::size_t offset, std::uint32_t v) const {
     reinterpret_cast<std::atomic<std::uint32_t>*>(base_ + offset)->store(v, std::memory_order_seq_cst);
   }
+
+  // Where things are, read from the header as it was made (call before scribbling over it).
+  std::size_t ring_offset() const { return static_cast<std::size_t>(load64(offsetof(detail::SegmentHeader, ring_offset))); }
+  const ring::RingHeader& ring_header() const { return *reinterpret_cast<const ring::RingHeader*>(base_ + ring_offset()); }
+  std::size_t ring_data() const { return ring_offset() + static_cast<std::size_t>(ring_header().data_offset); }
+  std::uint64_t ring_capacity() const { return ring_header().capacity; }
+  std::size_t ring_tail() const { return ring_offset() + offsetof(ring::RingHeader, tail); }
+  std::size_t ring_cleaned() const { return ring_offset() + offsetof(ring::RingHeader, cleaned); }
+  std::size_t group(std::uint32_t i) const {
+    return static_cast<std::size_t>(load64(offsetof(detail::SegmentHeader, groups_offset))) + i * sizeof(detail::GroupSlot);
+  }
+  std::size_t group_next(std::uint32_t i) const { return group(i) + offsetof(detail::GroupSlot, next); }
 
  private:
   std::byte* base_ = nullptr;

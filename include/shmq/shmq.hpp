@@ -67,6 +67,11 @@ struct ChannelOptions {
   std::uint32_t dedup_window = 4096;
   std::uint32_t max_deliveries = 5;         // then NAME.dlq
   unsigned mode = 0600;
+  // A segment file /dev/shm/shmq.NAME that this call did not create is refused when another uid
+  // owns it, or when its mode allows more than `mode` (attach(): more than its owner writing it):
+  // whoever made it first could read or write every message. true accepts such a file (setups
+  // that share a channel between uids on purpose).
+  bool allow_foreign_segment = false;
   // Table sizes of the segment (fixed when it is created).
   std::uint32_t max_producers = 64;
   std::uint32_t max_groups = 32;
