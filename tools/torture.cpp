@@ -292,15 +292,16 @@ int run_producer(const Config& c) {
   const int ok_fd = open_append(producer_file(c, i, ".ok"));
   shmq::Channel ch = shmq::Channel::open(c.name, channel_options(c));
   shmq::Producer p(ch, "tp" + std::to_string(i));
-  std::mt19937_64 rng(c.seed * 1000003 + static_cast<std::uint64_t>(i) * 7919 + static_cast<std::uint64_t>(c.incarnation));
   std::vector<std::byte> buf(sizeof(PayloadHead) + 600);
   const auto period = std::chrono::nanoseconds(1000000000ll / std::max(1, c.rate));
   auto next_at = Clock::now();
   std::uint64_t seq = last == 0 ? 1 : last;  // retry the last one started: it may not have been confirmed
   bool retry = last != 0;
   while (!g_stop) {
-    if (!retry) {
-      ::pwrite(state_fd, &seq, sizeof seq, 0);  // outbox first: a restart retries this seq
+    // Outbox first: a restart retries this seq. One pwrite of 8 bytes: a kill leaves old or new.
+    if (!retry && ::pwrite(state_fd, &seq, sizeof seq, 0) != static_cast<ssize_t>(sizeof seq)) {
+      std::fprintf(stderr, "shmq-torture: producer %d: outbox write: %s\n", i, std::strerror(errno));
+      return 2;
     }
     // The payload is a function of (seed, producer, seq), so a retry sends the same bytes.
     std::mt19937_64 body_rng(c.seed ^ (static_cast<std::uint64_t>(i) << 48) ^ seq);
