@@ -621,7 +621,7 @@ struct Supervisor {
     }
   }
 
-  void kill_proc(Proc& p) {
+  void kill_proc(Proc& p, const char* why = "") {
     if (p.pid == 0) return;
     killed_at[p.incarnation] = now_ns();  // before the signal: the kill happens after this time
     ::kill(p.pid, SIGKILL);
@@ -629,7 +629,7 @@ struct Supervisor {
     while (::waitpid(p.pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) note_exit(p, status, true);  // died on its own first
-    event("killed " + p.role + " " + std::to_string(p.index) + " incarnation " + std::to_string(p.incarnation));
+    event("killed " + p.role + " " + std::to_string(p.index) + " incarnation " + std::to_string(p.incarnation) + why);
     p.pid = 0;
   }
 
@@ -836,16 +836,18 @@ int Supervisor::run() {
     }
     // One in five kills (durable channels) goes to whichever process journals right now.
     Proc* victim = nullptr;
+    bool victim_is_journaler = false;
     if (host_crashes_on || durability_of(cfg) != shmq::Durability::Memory) {
       if (pick % 5 == 0) {
         const int jp = journaler_pid();
         for (Proc& p : procs)
           if (jp && p.pid == jp) victim = &p;
         if (victim) ++journaler_kills;
+        victim_is_journaler = victim != nullptr;
       }
     }
     if (!victim) victim = &procs[(pick >> 8) % procs.size()];
-    kill_proc(*victim);
+    kill_proc(*victim, victim_is_journaler ? " (the journaler's host)" : "");
     ++kills;
     spawn(*victim);
   }
