@@ -120,6 +120,7 @@ struct Config {
   // armed (SHMQ_CRASH_AT=point:N, point and N drawn from the seed) to die by SIGKILL at a named
   // point of the protocol: the narrow windows that a timed SIGKILL rarely hits.
   double crash_point_share = 0.3;
+  std::vector<std::string> crash_point_names;  // --crash-points a,b: only these (default: every listed point)
   // Host crashes also drop what the page cache held and fdatasync had not made durable: the
   // journal is cut at the first record at or past the segment's durable position (half the time
   // in the middle of that record: a torn write). Off: only the segment is lost.
@@ -555,8 +556,13 @@ struct Supervisor {
     p.armed.clear();
     if (shmq::detail::crash_points_enabled() && cfg.crash_point_share > 0 &&
         std::uniform_real_distribution<double>(0, 1)(arm_rng) < cfg.crash_point_share) {
-      const auto& names = shmq::detail::kCrashPoints;
-      const std::string_view point = names[arm_rng() % std::size(names)];
+      std::vector<std::string_view> names(std::begin(shmq::detail::kCrashPoints), std::end(shmq::detail::kCrashPoints));
+      if (!cfg.crash_point_names.empty())
+        std::erase_if(names, [&](std::string_view n) {
+          return std::find(cfg.crash_point_names.begin(), cfg.crash_point_names.end(), n) == cfg.crash_point_names.end();
+        });
+      if (names.empty()) names.push_back(shmq::detail::kCrashPoints[0]);
+      const std::string_view point = names[arm_rng() % names.size()];
       p.armed = std::string(point) + ":" + std::to_string(1 + arm_rng() % 50);
       who[p.incarnation] += " armed " + p.armed;
     }
@@ -1227,6 +1233,7 @@ void usage() {
                "                    [--max-deliveries 3] [--ring-bytes 1048576] [--drain-timeout S] [--dir DIR]\n"
                "                    [--keep] [--json] [--inject lose|dup|corrupt (self-check of the audit)]\n"
                "                    [--crash-point-share 0.3 (crash-point builds: share of starts armed)]\n"
+               "                    [--crash-points NAME,NAME (only these points; default: all of kCrashPoints)]\n"
                "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n"
                "                    [--lag-ms N (the last group sleeps 0-2N ms after each batch: it lags)]\n"
                "                    [--dlq-lag-ms N (the dead-letter reader sleeps 0-2N ms after each record)]\n");
@@ -1260,6 +1267,13 @@ bool parse(int argc, char** argv, Config& c) {
       else if (k == "--dir") c.dir = v;
       else if (k == "--inject") c.inject = v;
       else if (k == "--crash-point-share") c.crash_point_share = std::stod(v);
+      else if (k == "--crash-points") {
+        for (std::size_t at = 0; at <= v.size();) {
+          const std::size_t comma = std::min(v.find(',', at), v.size());
+          if (comma > at) c.crash_point_names.push_back(v.substr(at, comma - at));
+          at = comma + 1;
+        }
+      }
       else if (k == "--power-cut") c.power_cut = v != "0" && v != "off";
       else if (k == "--lag-ms") c.lag_ms = std::stoi(v);
       else if (k == "--dlq-lag-ms") c.dlq_lag_ms = std::stoi(v);
