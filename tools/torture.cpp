@@ -561,7 +561,6 @@ struct Supervisor {
         std::erase_if(names, [&](std::string_view n) {
           return std::find(cfg.crash_point_names.begin(), cfg.crash_point_names.end(), n) == cfg.crash_point_names.end();
         });
-      if (names.empty()) names.push_back(shmq::detail::kCrashPoints[0]);
       const std::string_view point = names[arm_rng() % names.size()];
       p.armed = std::string(point) + ":" + std::to_string(1 + arm_rng() % 50);
       who[p.incarnation] += " armed " + p.armed;
@@ -1289,6 +1288,12 @@ bool parse(int argc, char** argv, Config& c) {
   if (c.durability != "memory" && c.durability != "async" && c.durability != "sync") return false;
   if (c.producers < 1 || c.consumers < 1 || c.groups < 1 || c.groups > c.consumers) return false;
   if (c.kill_min_ms < 1 || c.kill_max_ms < c.kill_min_ms) return false;
+  for (const std::string& n : c.crash_point_names)
+    if (std::find(std::begin(shmq::detail::kCrashPoints), std::end(shmq::detail::kCrashPoints), n) ==
+        std::end(shmq::detail::kCrashPoints)) {
+      std::fprintf(stderr, "shmq-torture: no crash point named %s in shm/crash_point.hpp\n", n.c_str());
+      return false;
+    }
   if (!c.inject.empty() && c.inject != "lose" && c.inject != "dup" && c.inject != "corrupt") return false;
   if (c.max_deliveries < 1 || c.rate < 1 || c.duration_s <= 0) return false;
   return true;
