@@ -713,6 +713,19 @@ struct Supervisor {
   }
 
   void host_crash() {
+    // Who journals and how far behind, just before: the diagnosis of an Async loss beyond the bound.
+    try {
+      shmq::Channel ch = shmq::Channel::attach(cfg.name, false);
+      const shmq::ChannelStats st = ch.stats();
+      std::string host = "none";
+      for (const Proc& p : procs)
+        if (st.journaler_pid && p.pid == st.journaler_pid) host = p.role + " " + std::to_string(p.index);
+      event("before the host crash: write position " + std::to_string(st.write_position) + ", durable position " +
+            std::to_string(st.durable_position) + ", journaler pid " + std::to_string(st.journaler_pid) + " (" +
+            host + ")");
+    } catch (const std::exception& e) {
+      event(std::string("before the host crash: no stats: ") + e.what());
+    }
     const std::uint64_t t = now_ns();
     for (Proc& p : procs)
       if (p.pid) {
