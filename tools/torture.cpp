@@ -267,11 +267,17 @@ std::vector<R> read_records(const fs::path& p, std::uint32_t magic, std::uint64_
 volatile std::sig_atomic_t g_stop = 0;
 void on_term(int) { g_stop = 1; }
 
+// The supervisor starts a role with SIGTERM blocked (a SIGTERM sent before the handler is in
+// place stays pending instead of killing it); the role unblocks it once the handler is installed.
 void install_term_handler() {
   struct sigaction sa{};
   sa.sa_handler = on_term;
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGTERM, &sa, nullptr);
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  ::sigprocmask(SIG_UNBLOCK, &term, nullptr);
 }
 
 fs::path producer_file(const Config& c, int i, const char* ext) {
@@ -576,6 +582,10 @@ struct Supervisor {
         ::dup2(fd, 1);
         ::dup2(fd, 2);
       }
+      sigset_t term;
+      sigemptyset(&term);
+      sigaddset(&term, SIGTERM);
+      ::sigprocmask(SIG_BLOCK, &term, nullptr);  // kept across exec; the role unblocks it
       if (!p.armed.empty()) ::setenv("SHMQ_CRASH_AT", p.armed.c_str(), 1);
       else ::unsetenv("SHMQ_CRASH_AT");
       std::vector<char*> argv;
