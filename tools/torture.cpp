@@ -120,6 +120,7 @@ struct Config {
   // armed (SHMQ_CRASH_AT=point:N, point and N drawn from the seed) to die by SIGKILL at a named
   // point of the protocol: the narrow windows that a timed SIGKILL rarely hits.
   double crash_point_share = 0.3;
+  std::vector<std::string> crash_point_names;  // --crash-points a,b: only these (default: every listed point)
   // Host crashes also drop what the page cache held and fdatasync had not made durable: the
   // journal is cut at the first record at or past the segment's durable position (half the time
   // in the middle of that record: a torn write). Off: only the segment is lost.
@@ -266,11 +267,17 @@ std::vector<R> read_records(const fs::path& p, std::uint32_t magic, std::uint64_
 volatile std::sig_atomic_t g_stop = 0;
 void on_term(int) { g_stop = 1; }
 
+// The supervisor starts a role with SIGTERM blocked (a SIGTERM sent before the handler is in
+// place stays pending instead of killing it); the role unblocks it once the handler is installed.
 void install_term_handler() {
   struct sigaction sa{};
   sa.sa_handler = on_term;
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGTERM, &sa, nullptr);
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  ::sigprocmask(SIG_UNBLOCK, &term, nullptr);
 }
 
 fs::path producer_file(const Config& c, int i, const char* ext) {
@@ -292,15 +299,16 @@ int run_producer(const Config& c) {
   const int ok_fd = open_append(producer_file(c, i, ".ok"));
   shmq::Channel ch = shmq::Channel::open(c.name, channel_options(c));
   shmq::Producer p(ch, "tp" + std::to_string(i));
-  std::mt19937_64 rng(c.seed * 1000003 + static_cast<std::uint64_t>(i) * 7919 + static_cast<std::uint64_t>(c.incarnation));
   std::vector<std::byte> buf(sizeof(PayloadHead) + 600);
   const auto period = std::chrono::nanoseconds(1000000000ll / std::max(1, c.rate));
   auto next_at = Clock::now();
   std::uint64_t seq = last == 0 ? 1 : last;  // retry the last one started: it may not have been confirmed
   bool retry = last != 0;
   while (!g_stop) {
-    if (!retry) {
-      ::pwrite(state_fd, &seq, sizeof seq, 0);  // outbox first: a restart retries this seq
+    // Outbox first: a restart retries this seq. One pwrite of 8 bytes: a kill leaves old or new.
+    if (!retry && ::pwrite(state_fd, &seq, sizeof seq, 0) != static_cast<ssize_t>(sizeof seq)) {
+      std::fprintf(stderr, "shmq-torture: producer %d: outbox write: %s\n", i, std::strerror(errno));
+      return 2;
     }
     // The payload is a function of (seed, producer, seq), so a retry sends the same bytes.
     std::mt19937_64 body_rng(c.seed ^ (static_cast<std::uint64_t>(i) << 48) ^ seq);
@@ -554,8 +562,12 @@ struct Supervisor {
     p.armed.clear();
     if (shmq::detail::crash_points_enabled() && cfg.crash_point_share > 0 &&
         std::uniform_real_distribution<double>(0, 1)(arm_rng) < cfg.crash_point_share) {
-      const auto& names = shmq::detail::kCrashPoints;
-      const std::string_view point = names[arm_rng() % std::size(names)];
+      std::vector<std::string_view> names(std::begin(shmq::detail::kCrashPoints), std::end(shmq::detail::kCrashPoints));
+      if (!cfg.crash_point_names.empty())
+        std::erase_if(names, [&](std::string_view n) {
+          return std::find(cfg.crash_point_names.begin(), cfg.crash_point_names.end(), n) == cfg.crash_point_names.end();
+        });
+      const std::string_view point = names[arm_rng() % names.size()];
       p.armed = std::string(point) + ":" + std::to_string(1 + arm_rng() % 50);
       who[p.incarnation] += " armed " + p.armed;
     }
@@ -570,6 +582,10 @@ struct Supervisor {
         ::dup2(fd, 1);
         ::dup2(fd, 2);
       }
+      sigset_t term;
+      sigemptyset(&term);
+      sigaddset(&term, SIGTERM);
+      ::sigprocmask(SIG_BLOCK, &term, nullptr);  // kept across exec; the role unblocks it
       if (!p.armed.empty()) ::setenv("SHMQ_CRASH_AT", p.armed.c_str(), 1);
       else ::unsetenv("SHMQ_CRASH_AT");
       std::vector<char*> argv;
@@ -620,7 +636,7 @@ struct Supervisor {
     }
   }
 
-  void kill_proc(Proc& p) {
+  void kill_proc(Proc& p, const char* why = "") {
     if (p.pid == 0) return;
     killed_at[p.incarnation] = now_ns();  // before the signal: the kill happens after this time
     ::kill(p.pid, SIGKILL);
@@ -628,7 +644,7 @@ struct Supervisor {
     while (::waitpid(p.pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) note_exit(p, status, true);  // died on its own first
-    event("killed " + p.role + " " + std::to_string(p.index) + " incarnation " + std::to_string(p.incarnation));
+    event("killed " + p.role + " " + std::to_string(p.index) + " incarnation " + std::to_string(p.incarnation) + why);
     p.pid = 0;
   }
 
@@ -707,6 +723,19 @@ struct Supervisor {
   }
 
   void host_crash() {
+    // Who journals and how far behind, just before: the diagnosis of an Async loss beyond the bound.
+    try {
+      shmq::Channel ch = shmq::Channel::attach(cfg.name, false);
+      const shmq::ChannelStats st = ch.stats();
+      std::string host = "none";
+      for (const Proc& p : procs)
+        if (st.journaler_pid && p.pid == st.journaler_pid) host = p.role + " " + std::to_string(p.index);
+      event("before the host crash: write position " + std::to_string(st.write_position) + ", durable position " +
+            std::to_string(st.durable_position) + ", journaler pid " + std::to_string(st.journaler_pid) + " (" +
+            host + ")");
+    } catch (const std::exception& e) {
+      event(std::string("before the host crash: no stats: ") + e.what());
+    }
     const std::uint64_t t = now_ns();
     for (Proc& p : procs)
       if (p.pid) {
@@ -835,16 +864,18 @@ int Supervisor::run() {
     }
     // One in five kills (durable channels) goes to whichever process journals right now.
     Proc* victim = nullptr;
+    bool victim_is_journaler = false;
     if (host_crashes_on || durability_of(cfg) != shmq::Durability::Memory) {
       if (pick % 5 == 0) {
         const int jp = journaler_pid();
         for (Proc& p : procs)
           if (jp && p.pid == jp) victim = &p;
         if (victim) ++journaler_kills;
+        victim_is_journaler = victim != nullptr;
       }
     }
     if (!victim) victim = &procs[(pick >> 8) % procs.size()];
-    kill_proc(*victim);
+    kill_proc(*victim, victim_is_journaler ? " (the journaler's host)" : "");
     ++kills;
     spawn(*victim);
   }
@@ -1224,6 +1255,7 @@ void usage() {
                "                    [--max-deliveries 3] [--ring-bytes 1048576] [--drain-timeout S] [--dir DIR]\n"
                "                    [--keep] [--json] [--inject lose|dup|corrupt (self-check of the audit)]\n"
                "                    [--crash-point-share 0.3 (crash-point builds: share of starts armed)]\n"
+               "                    [--crash-points NAME,NAME (only these points; default: all of kCrashPoints)]\n"
                "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n"
                "                    [--lag-ms N (the last group sleeps 0-2N ms after each batch: it lags)]\n"
                "                    [--dlq-lag-ms N (the dead-letter reader sleeps 0-2N ms after each record)]\n");
@@ -1257,6 +1289,13 @@ bool parse(int argc, char** argv, Config& c) {
       else if (k == "--dir") c.dir = v;
       else if (k == "--inject") c.inject = v;
       else if (k == "--crash-point-share") c.crash_point_share = std::stod(v);
+      else if (k == "--crash-points") {
+        for (std::size_t at = 0; at <= v.size();) {
+          const std::size_t comma = std::min(v.find(',', at), v.size());
+          if (comma > at) c.crash_point_names.push_back(v.substr(at, comma - at));
+          at = comma + 1;
+        }
+      }
       else if (k == "--power-cut") c.power_cut = v != "0" && v != "off";
       else if (k == "--lag-ms") c.lag_ms = std::stoi(v);
       else if (k == "--dlq-lag-ms") c.dlq_lag_ms = std::stoi(v);
@@ -1272,6 +1311,12 @@ bool parse(int argc, char** argv, Config& c) {
   if (c.durability != "memory" && c.durability != "async" && c.durability != "sync") return false;
   if (c.producers < 1 || c.consumers < 1 || c.groups < 1 || c.groups > c.consumers) return false;
   if (c.kill_min_ms < 1 || c.kill_max_ms < c.kill_min_ms) return false;
+  for (const std::string& n : c.crash_point_names)
+    if (std::find(std::begin(shmq::detail::kCrashPoints), std::end(shmq::detail::kCrashPoints), n) ==
+        std::end(shmq::detail::kCrashPoints)) {
+      std::fprintf(stderr, "shmq-torture: no crash point named %s in shm/crash_point.hpp\n", n.c_str());
+      return false;
+    }
   if (!c.inject.empty() && c.inject != "lose" && c.inject != "dup" && c.inject != "corrupt") return false;
   if (c.max_deliveries < 1 || c.rate < 1 || c.duration_s <= 0) return false;
   return true;
