@@ -34,6 +34,7 @@ class InBridge {
     link_ = std::make_unique<detail::NatsLink>("in", o.server, o.connect_timeout, &jo);
     link_->check_stream(o.stream);
     ensure_consumer();
+    batch_ = std::min<std::uint32_t>(o.batch, std::max<std::uint32_t>(1, ch_->options().dedup_window / 4));
     // The producer first: it throws if another live bridge has the same (stream, consumer).
     producer_ = std::make_unique<Producer>(*ch_, "bridge-in." + o.stream + "." + o.consumer);
     jsSubOptions so;
@@ -65,7 +66,7 @@ class InBridge {
         next_status = now + 500ms;
       }
       if (o_.max_messages != 0 && settled() >= o_.max_messages) break;
-      int want = static_cast<int>(o_.batch);
+      int want = static_cast<int>(batch_);
       if (o_.max_messages != 0) want = static_cast<int>(std::min<std::uint64_t>(want, o_.max_messages - settled()));
       natsMsgList list{nullptr, 0};
       jsErrCode code = static_cast<jsErrCode>(0);
@@ -91,6 +92,23 @@ class InBridge {
   }
 
  private:
+  // Whether SEQ may be published now. The rule that makes every Duplicate exact: the producer's
+  // highest seq stays below ack_floor + dedup_window, where ack_floor is the consumer's (every
+  // stream sequence at or below it is acked, so never delivered again). Then whatever JetStream
+  // delivers again (above the floor) is inside the channel's dedup window, and a Duplicate there
+  // means the channel has it. The floor is read from the server only when SEQ is past the cached one.
+  bool inside_window(std::uint64_t seq) {
+    const std::uint64_t window = ch_->options().dedup_window;
+    if (seq < ack_floor_ + window) return true;
+    jsConsumerInfo* ci = nullptr;
+    if (js_GetConsumerInfo(&ci, link_->js(), o_.stream.c_str(), o_.consumer.c_str(), nullptr, nullptr) == NATS_OK &&
+        ci != nullptr) {
+      ack_floor_ = std::max(ack_floor_, ci->AckFloor.Stream);
+      jsConsumerInfo_Destroy(ci);
+    }
+    return seq < ack_floor_ + window;
+  }
+
   // Messages done with: forwarded, or terminated in JetStream.
   std::uint64_t settled() const { return summary_.forwarded + summary_.dead_lettered; }
 
@@ -153,6 +171,16 @@ class InBridge {
       const std::uint64_t seq = meta->Sequence.Stream;
       pending_ = meta->NumPending;
       jsMsgMetaData_Destroy(meta);
+      if (!inside_window(seq)) {
+        // Publishing it could push the producer's window past a message JetStream may still deliver
+        // again (fetched by a bridge that died, not acked): its Duplicate would then be a guess.
+        // Back to JetStream for now; the old ones come back after AckWait and move the floor.
+        natsMsg_NakWithDelay(m, 200, nullptr);
+        ++summary_.retries;
+        note_error("stream sequence " + std::to_string(seq) + " is " + std::to_string(seq - ack_floor_) +
+                   " past the consumer's ack floor, more than the channel's dedup window: waiting for the floor");
+        continue;
+      }
       const char* key_header = nullptr;
       std::string key;
       if (natsMsgHeader_Get(m, "Shmq-Key", &key_header) == NATS_OK && key_header != nullptr) key = decode_key(key_header);
@@ -240,6 +268,8 @@ class InBridge {
   std::unique_ptr<Producer> producer_;
   std::unique_ptr<detail::StatusFile> status_;
   std::uint64_t pending_ = 0;
+  std::uint64_t ack_floor_ = 0;  // the consumer's ack floor (stream sequence), as last read
+  std::uint32_t batch_ = 0;      // fetch size: o.batch, at most a quarter of the dedup window
   Summary summary_;
   std::string last_error_;
 };
