@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <system_error>
+#include <vector>
 
 #include "bridge/bridge.hpp"
 
@@ -38,7 +39,22 @@ NatsLink::NatsLink(const std::string& what, const std::string& server, std::chro
     : what_(what), server_(server) {
   if (server.empty()) fail(std::errc::invalid_argument, what, "no server given (--server nats://HOST:PORT)");
   natsStatus s = natsOptions_Create(&opts_);
-  if (s == NATS_OK) s = natsOptions_SetURL(opts_, server.c_str());
+  // A comma-separated list is split here and given as a server pool (natsOptions_SetURL would take
+  // it as one URL).
+  std::vector<std::string> urls;
+  for (std::size_t at = 0; at <= server.size();) {
+    std::size_t comma = server.find(',', at);
+    if (comma == std::string::npos) comma = server.size();
+    std::string one = server.substr(at, comma - at);
+    one.erase(0, one.find_first_not_of(' '));
+    one.erase(one.find_last_not_of(' ') + 1);
+    if (!one.empty()) urls.push_back(one);
+    at = comma + 1;
+  }
+  std::vector<const char*> url_ptrs;
+  for (const auto& u : urls) url_ptrs.push_back(u.c_str());
+  if (s == NATS_OK) s = natsOptions_SetServers(opts_, url_ptrs.data(), static_cast<int>(url_ptrs.size()));
+  if (s == NATS_OK) s = natsOptions_SetNoRandomize(opts_, false);
   if (s != NATS_OK) {
     const std::string why = status_text(s);
     natsOptions_Destroy(opts_);
