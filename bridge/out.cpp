@@ -43,6 +43,7 @@ struct Mailbox {
   std::mutex mu;
   std::condition_variable ready;
   std::vector<Outcome> outcomes;
+  bool waiting = false;  // the polling thread sleeps on `ready`: only then is it woken (one futex call saved a PubAck)
 };
 
 void on_pub_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
@@ -60,11 +61,13 @@ void on_pub_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* clos
   }
   natsMsg_Destroy(msg);
   if (o.msg_id.empty()) return;  // not ours (cannot happen: every message carries its id)
+  bool wake = false;
   {
     std::lock_guard lock(box->mu);
     box->outcomes.push_back(std::move(o));
+    wake = box->waiting;
   }
-  box->ready.notify_one();
+  if (wake) box->ready.notify_one();
 }
 
 // Refused for good: sending it again cannot succeed.
@@ -75,8 +78,9 @@ bool refused_for_good(natsStatus s, jsErrCode code) {
 struct Held {
   Message message;
   std::string msg_id;
-  bool in_flight = false;       // published, outcome not back yet
-  Clock::time_point send_at{};  // when not in flight: when to send it (again)
+  enum class State { New, InFlight, Waiting, Done };
+  State state = State::New;     // InFlight: published, outcome not back; Waiting: to send again at send_at
+  Clock::time_point send_at{};
   std::chrono::milliseconds backoff{0};
 };
 
@@ -137,13 +141,12 @@ class OutBridge {
   // pending means the server is in trouble: do not pile more on it).
   bool fill() {
     bool any = false;
-    const bool backing_off = std::any_of(held_.begin(), held_.end(), [](const auto& h) { return !h.second.in_flight; });
-    while (!backing_off && held_.size() < o_.max_in_flight && !stop_.load(std::memory_order_relaxed)) {
+    while (retry_pending_ == 0 && held_.size() < o_.max_in_flight && !stop_.load(std::memory_order_relaxed)) {
       if (o_.max_messages != 0 && settled() + held_.size() >= o_.max_messages) break;
       std::optional<Message> m = consumer_->poll(held_.empty() ? std::chrono::nanoseconds(100ms) : std::chrono::nanoseconds(0));
       if (!m) break;
       any = true;
-      Held h{*m, msg_id(*m), false, Clock::now(), 0ms};
+      Held h{*m, msg_id(*m), Held::State::New, Clock::now(), 0ms};
       const std::uint64_t pos = m->position();
       by_id_[h.msg_id] = pos;
       held_.emplace(pos, std::move(h));
@@ -179,7 +182,7 @@ class OutBridge {
     if (s == NATS_OK) s = js_PublishMsgAsync(link_->js(), &msg, &po);
     natsMsg_Destroy(msg);  // no-op when the library took it
     if (s == NATS_OK) {
-      h.in_flight = true;
+      set_state(h, Held::State::InFlight);
       return;
     }
     if (refused_for_good(s, static_cast<jsErrCode>(0))) {
@@ -189,8 +192,15 @@ class OutBridge {
     retry_later(h, "publish: " + detail::status_text(s));
   }
 
+  // Keeps retry_pending_ (how many are Waiting) in step.
+  void set_state(Held& h, Held::State st) {
+    if (h.state == Held::State::Waiting) --retry_pending_;
+    if (st == Held::State::Waiting) ++retry_pending_;
+    h.state = st;
+  }
+
   void retry_later(Held& h, const std::string& why) {
-    h.in_flight = false;
+    set_state(h, Held::State::Waiting);
     h.backoff = std::min<std::chrono::milliseconds>(h.backoff.count() == 0 ? 50ms : h.backoff * 2, 2000ms);
     h.send_at = Clock::now() + h.backoff;
     ++summary_.retries;
@@ -199,13 +209,14 @@ class OutBridge {
   }
 
   bool send_due() {
+    if (retry_pending_ == 0) return false;
     bool any = false;
     const Clock::time_point now = Clock::now();
     for (auto& [pos, h] : held_) {  // in position order: the oldest first
-      if (h.in_flight || h.send_at > now) continue;
+      if (h.state != Held::State::Waiting || h.send_at > now) continue;
       any = true;
       publish(h);
-      if (!h.in_flight) break;  // refused again (buffer full...): later
+      if (h.state == Held::State::Waiting) break;  // refused again (buffer full...): later
     }
     erase_done();
     return any;
@@ -216,15 +227,18 @@ class OutBridge {
     std::vector<Outcome> got;
     {
       std::unique_lock lock(box_.mu);
-      if (box_.outcomes.empty() && wait.count() > 0) box_.ready.wait_for(lock, wait);
+      if (box_.outcomes.empty() && wait.count() > 0) {
+        box_.waiting = true;
+        box_.ready.wait_for(lock, wait);
+        box_.waiting = false;
+      }
       got.swap(box_.outcomes);
     }
     for (Outcome& o : got) {
       const auto it = by_id_.find(o.msg_id);
       if (it == by_id_.end()) continue;  // a late answer for a message settled already
       Held& h = held_.at(it->second);
-      if (!h.in_flight) continue;        // a late answer (timed out and queued again): the resend decides
-      h.in_flight = false;
+      if (h.state != Held::State::InFlight) continue;  // a late answer (timed out, waiting again): the resend decides
       if (o.stored) {
         ack(h, o.duplicate);
       } else if (refused_for_good(o.status, o.code)) {
@@ -246,6 +260,7 @@ class OutBridge {
     }
     // NotHeld: the group gave it to someone else (it cannot with visibility_timeout 0, unless the
     // group was removed); it is in the stream and its next delivery will be a PubAck Duplicate.
+    set_state(h, Held::State::Done);
     done_.push_back(h.message.position());
   }
 
@@ -278,7 +293,7 @@ class OutBridge {
     if (!o_.quiet) std::fprintf(stderr, "shmq bridge out: %s\n", line.c_str());
     last_error_ = line;
     if (consumer_->ack(h.message) == Status::Ok) ++summary_.dead_lettered;
-    h.in_flight = false;
+    set_state(h, Held::State::Done);
     done_.push_back(h.message.position());
   }
 
@@ -300,7 +315,7 @@ class OutBridge {
     } catch (const std::exception&) {
     }
     std::size_t in_flight = 0;
-    for (const auto& [pos, h] : held_) in_flight += h.in_flight ? 1 : 0;
+    for (const auto& [pos, h] : held_) in_flight += h.state == Held::State::InFlight ? 1 : 0;
     status_->write({{"pid", std::to_string(::getpid())},
                     {"role", "out"},
                     {"channel", o_.channel},
@@ -332,7 +347,8 @@ class OutBridge {
   std::unique_ptr<detail::StatusFile> status_;
   std::map<std::uint64_t, Held> held_;                      // by position
   std::unordered_map<std::string, std::uint64_t> by_id_;    // Nats-Msg-Id -> position
-  std::vector<std::uint64_t> done_;
+  std::vector<std::uint64_t> done_;                          // settled this round: erased by erase_done()
+  std::size_t retry_pending_ = 0;                            // entries Waiting
   Summary summary_;
   std::string last_error_;
 };
