@@ -200,11 +200,18 @@ class InBridge {
         if (p.status == Status::Duplicate) {
           ++summary_.duplicates;
           if (p.position == kNoPosition) {
-            // Older than the window: shmq cannot say whether it was ever accepted. Counted and
-            // reported: the window is too small for this stream (bridge/README.md).
+            // Older than the window: shmq cannot say whether it was ever accepted. The floor rule
+            // (inside_window) makes that impossible for a redelivery, so the stream or the consumer
+            // was made again under the same names (sequences from 1 again). Acking could lose
+            // messages, publishing could duplicate them: stop, ack nothing of this batch, and say so.
             ++summary_.dedup_uncertain;
-            note_error("stream sequence " + std::to_string(seq) +
-                       " is older than the channel's dedup window: taken as a duplicate (enlarge dedup_window)");
+            detail::fail(std::errc::invalid_argument, "in",
+                         "stream sequence " + std::to_string(seq) + " of stream '" + o_.stream + "' (consumer '" +
+                             o_.consumer + "') is below what producer '" + std::string(producer_->name()) +
+                             "' already published into channel '" + o_.channel +
+                             "', by more than its dedup window: was the stream or the consumer made again? Give the "
+                             "new one another consumer name (a new producer), or remove the channel's copy first. "
+                             "Nothing of this batch was acked");
           }
           break;
         }

@@ -674,6 +674,40 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   if (HasFailure()) std::fprintf(stderr, "bridge logs:\n%s\n", read_file(log("ink")).c_str());
 }
 
+// A stream made again under the same names starts its sequences at 1: below what the bridge's
+// producer already published, by more than the dedup window. A Duplicate there would be a guess
+// (acking could lose the new messages): the bridge stops, says why, and acks none of them.
+TEST_F(BridgeTest, InRefusesAStreamMadeAgainUnderTheSameNames) {
+  Deadline guard(120, "InRefusesAStreamMadeAgainUnderTheSameNames");
+  NatsServer server(dir(), "n1", free_port());
+  Js js(server.url());
+  js.add_stream("AGAIN", "again.>");
+  const std::uint64_t first = 5000;  // past the channel's dedup window (4096)
+  js.publish("again.data", first);
+  const std::string name = channel_name("again");
+  Channel ch = Channel::open(name, bridge_channel(Durability::Memory, {}));
+  ch.ensure_group("app");
+  {
+    Tool bridge(in_args(name, server.url(), "AGAIN", {"--count", std::to_string(first)}), log("again1"));
+    ASSERT_TRUE(bridge.wait(60s).ok()) << read_file(log("again1"));
+  }
+  ASSERT_EQ(js_DeleteStream(js.js(), "AGAIN", nullptr, nullptr), NATS_OK);
+  js.add_stream("AGAIN", "again.>");
+  js.publish("again.data", 10);
+  Tool again(in_args(name, server.url(), "AGAIN", {"--idle-exit-ms", "2000"}), log("again2"));
+  const ChildResult r = again.wait(60s);
+  ASSERT_TRUE(r.exited);
+  EXPECT_TRUE(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 1) << r.describe() << "\n" << again.log();
+  EXPECT_NE(again.log().find("stream sequence 1 of stream 'AGAIN'"), std::string::npos) << again.log();
+  EXPECT_NE(again.log().find("was the stream or the consumer made again"), std::string::npos) << again.log();
+  jsConsumerInfo* ci = nullptr;
+  ASSERT_EQ(js_GetConsumerInfo(&ci, js.js(), "AGAIN", "to-shmq", nullptr, nullptr), NATS_OK);
+  EXPECT_EQ(ci->AckFloor.Stream, 0u) << "a message of the new stream was acked";
+  jsConsumerInfo_Destroy(ci);
+  const Drained d = drain(ch, "app", first, 20s);
+  EXPECT_EQ(d.total, first) << "only the first stream's messages are in the channel";
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 // Each setup error exits 1 with a line naming what was wrong, and acks nothing.
