@@ -99,7 +99,27 @@ NatsLink::~NatsLink() {
   if (opts_ != nullptr) natsOptions_Destroy(opts_);
 }
 
-std::int64_t NatsLink::check_stream(const std::string& stream) const {
+bool subject_matches(std::string_view pattern, std::string_view subject) {
+  auto next = [](std::string_view& rest) {
+    const std::size_t dot = rest.find('.');
+    const std::string_view token = rest.substr(0, dot);
+    rest = dot == std::string_view::npos ? std::string_view{} : rest.substr(dot + 1);
+    return token;
+  };
+  bool more_p = !pattern.empty(), more_s = !subject.empty();
+  while (more_p && more_s) {
+    const bool last_p = pattern.find('.') == std::string_view::npos;
+    const bool last_s = subject.find('.') == std::string_view::npos;
+    const std::string_view tp = next(pattern), ts = next(subject);
+    if (tp == ">") return true;
+    if (tp != "*" && tp != ts) return false;
+    more_p = !last_p;
+    more_s = !last_s;
+  }
+  return !more_p && !more_s;
+}
+
+std::int64_t NatsLink::check_stream(const std::string& stream, const std::string& subject) const {
   jsStreamInfo* si = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
   const natsStatus s = js_GetStreamInfo(&si, js_, stream.c_str(), nullptr, &code);
@@ -110,6 +130,19 @@ std::int64_t NatsLink::check_stream(const std::string& stream) const {
          "cannot read stream '" + stream + "' on '" + server_ + "' (is JetStream enabled?): " + js_error_text(s, code));
   }
   const std::int64_t max_msg_size = si->Config != nullptr ? si->Config->MaxMsgSize : -1;
+  if (!subject.empty() && si->Config != nullptr) {
+    bool found = false;
+    std::string subjects;
+    for (int i = 0; i < si->Config->SubjectsLen; ++i) {
+      found |= subject_matches(si->Config->Subjects[i], subject);
+      subjects += (i ? ", " : "") + std::string(si->Config->Subjects[i]);
+    }
+    if (!found) {
+      jsStreamInfo_Destroy(si);
+      fail(std::errc::invalid_argument, what_,
+           "subject '" + subject + "' is not one of stream '" + stream + "''s subjects (" + subjects + ") on '" + server_ + "'");
+    }
+  }
   jsStreamInfo_Destroy(si);
   return max_msg_size;
 }

@@ -34,7 +34,9 @@ class NatsLink {
   jsCtx* js() const noexcept { return js_; }
   // Throws an Error naming STREAM and the server when the stream does not exist (or JetStream is
   // not enabled there). Returns the stream's max_msg_size (-1: none).
-  std::int64_t check_stream(const std::string& stream) const;
+  // With SUBJECT (bridge out): also throws when SUBJECT is not one of the stream's subjects, which
+  // would leave every publish unanswered (no responders) for ever.
+  std::int64_t check_stream(const std::string& stream, const std::string& subject = {}) const;
   bool connected() const;
 
  private:
@@ -44,6 +46,9 @@ class NatsLink {
   natsConnection* nc_ = nullptr;
   jsCtx* js_ = nullptr;
 };
+
+// Whether SUBJECT is matched by the subject filter PATTERN ('*' one token, '>' the rest).
+bool subject_matches(std::string_view pattern, std::string_view subject);
 
 // The status file of a running bridge: key=value lines, replaced whole (write, rename).
 class StatusFile {

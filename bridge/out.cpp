@@ -99,7 +99,7 @@ class OutBridge {
     jo.PublishAsync.AckHandler = &on_pub_ack;
     jo.PublishAsync.AckHandlerClosure = &box_;
     link_ = std::make_unique<detail::NatsLink>("out", o.server, o.connect_timeout, &jo);
-    link_->check_stream(o.stream);
+    link_->check_stream(o.stream, o.subject);
     max_payload_ = natsConnection_GetMaxPayload(link_->connection());
     ConsumerOptions co;
     co.start = Start::Earliest;

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "bridge/bridge.hpp"
+#include "bridge/nats_link.hpp"
 #include "tests/support.hpp"
 
 #ifndef SHMQ_TOOL
@@ -710,6 +711,34 @@ TEST_F(BridgeTest, InRefusesAStreamMadeAgainUnderTheSameNames) {
 
 // ---- errors ----------------------------------------------------------------------------------
 
+TEST(BridgeSubjects, StreamSubjectFiltersMatchAsNatsDoes) {
+  using bridge::detail::subject_matches;
+  EXPECT_TRUE(subject_matches("a.b", "a.b"));
+  EXPECT_FALSE(subject_matches("a.b", "a.b.c"));
+  EXPECT_FALSE(subject_matches("a.b.c", "a.b"));
+  EXPECT_TRUE(subject_matches("a.*", "a.x"));
+  EXPECT_FALSE(subject_matches("a.*", "a.x.y"));
+  EXPECT_TRUE(subject_matches("a.>", "a.x.y"));
+  EXPECT_FALSE(subject_matches("a.>", "a"));
+  EXPECT_TRUE(subject_matches("*.b.>", "x.b.c"));
+  EXPECT_FALSE(subject_matches("*.b.>", "x.c.c"));
+  EXPECT_TRUE(subject_matches(">", "anything.at.all"));
+  EXPECT_FALSE(subject_matches("a", ""));
+}
+
+TEST(BridgeKeys, KeyBytesSurviveTheHeaderEncoding) {
+  const std::string all = [] {
+    std::string s;
+    for (int c = 0; c < 256; ++c) s += static_cast<char>(c);
+    return s;
+  }();
+  for (const std::string& key : {std::string("plain"), std::string("with space\r\n"), std::string("100%"), all}) {
+    const std::string text = bridge::encode_key(key);
+    EXPECT_EQ(text.find_first_of(" \r\n"), std::string::npos) << text;
+    EXPECT_EQ(bridge::decode_key(text), key);
+  }
+}
+
 // Each setup error exits 1 with a line naming what was wrong, and acks nothing.
 TEST_F(BridgeTest, SetupErrorsNameTheCauseAndAckNothing) {
   Deadline guard(120, "SetupErrorsNameTheCauseAndAckNothing");
@@ -730,9 +759,26 @@ TEST_F(BridgeTest, SetupErrorsNameTheCauseAndAckNothing) {
       {"wrong url", out_args(name, "nats://no-such-host.invalid:4222", "S", "s.x"), "no-such-host.invalid"},
       {"not a url", out_args(name, "http//:::", "S", "s.x"), "http//:::"},
       {"missing stream", out_args(name, server.url(), "NOSUCH", "s.x"), "stream 'NOSUCH' does not exist"},
+      {"subject not in the stream", out_args(name, server.url(), "HAS", "other.x"),
+       "subject 'other.x' is not one of stream 'HAS''s subjects (has.>, also.*.b)"},
       {"in: missing stream", in_args(name, server.url(), "NOSUCH"), "stream 'NOSUCH' does not exist"},
       {"in: missing channel", in_args(name + "-none", server.url(), "NOSUCH"), name + "-none"},
   };
+  {
+    Js js(server.url());
+    js.add_stream("HAS", "has.>");
+    jsStreamInfo* si = nullptr;
+    ASSERT_EQ(js_GetStreamInfo(&si, js.js(), "HAS", nullptr, nullptr), NATS_OK);
+    const char* subjects[] = {"has.>", "also.*.b"};
+    si->Config->Subjects = subjects;
+    si->Config->SubjectsLen = 2;
+    jsStreamInfo* updated = nullptr;
+    ASSERT_EQ(js_UpdateStream(&updated, js.js(), si->Config, nullptr, nullptr), NATS_OK);
+    si->Config->Subjects = nullptr;  // ours, not the library's to free
+    si->Config->SubjectsLen = 0;
+    jsStreamInfo_Destroy(si);
+    jsStreamInfo_Destroy(updated);
+  }
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
     Tool t(c.args, log("err-" + std::to_string(&c - cases.data())));
