@@ -6,6 +6,9 @@
 #include <shmq/shmq.hpp>
 
 #include "tools/commands.hpp"
+#ifdef SHMQ_HAVE_NATS
+#include "tools/bridge_command.hpp"
+#endif
 
 namespace {
 
@@ -227,6 +230,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 1'000'000u))
       ->capture_default_str();
 
+#ifdef SHMQ_HAVE_NATS
+  CLI::App* bridge = shmq::tool::add_bridge_command(app);  // bridge out|in|stat (tools/bridge_command.cpp)
+#endif
   if (unknown_command(app, argc, argv)) return kExitUsage;
   try {
     app.parse(argc, argv);
@@ -262,6 +268,9 @@ int main(int argc, char** argv) {
     if (*dlq) return shmq::tool::cmd_dlq(dlq_args);
     if (*top) return shmq::tool::cmd_top(top_args);
     if (*demo) return shmq::tool::cmd_demo(demo_args);
+#ifdef SHMQ_HAVE_NATS
+    if (*bridge) return shmq::tool::cmd_bridge();
+#endif
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shmq %s: %s\n", command.c_str(), shmq::tool::error_text(e).c_str());
     return kExitFailure;
