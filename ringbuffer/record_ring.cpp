@@ -71,6 +71,12 @@ RecordRing::RecordRing(void* region, std::uint64_t capacity, std::uint32_t claim
       max_frame_(max_frame),
       claimer_count_(claimers) {}
 
+bool RecordRing::tail_usable(std::uint64_t t, std::uint64_t& cleaned_hint) const noexcept {
+  // acquire: pairs with the release store of `cleaned` in reclaim().
+  cleaned_hint = hdr_->cleaned.load(std::memory_order_acquire);
+  return t % kAlign == 0 && t >= cleaned_hint;
+}
+
 void RecordRing::adopt_claimer(std::uint32_t i, std::uint64_t owner) noexcept {
   ClaimerSlot& c = claimers_[i];
   c.intent.store(kNoIntent, std::memory_order_relaxed);

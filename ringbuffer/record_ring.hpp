@@ -182,7 +182,8 @@ class RecordRing {
   // Claims FRAME_LEN bytes (header included) for claimer I. Returns the record's position, or
   // kNoIntent when the ring has no room below cleaned + capacity (call reclaim and try again).
   // CLEANED_HINT caches `cleaned` across calls (the caller's copy; refreshed here when short).
-  std::uint64_t try_claim(std::uint32_t i, std::uint32_t frame_len, std::uint64_t& cleaned_hint) noexcept {
+  // (always inlined: the hot path of every publish; the checks of a hostile tail are out of line.)
+  [[gnu::always_inline]] std::uint64_t try_claim(std::uint32_t i, std::uint32_t frame_len, std::uint64_t& cleaned_hint) noexcept {
     const std::uint64_t need = align_up(frame_len);
     ClaimerSlot& me = claimers_[i];
     const std::uint32_t epoch = me.epoch.load(std::memory_order_relaxed);
@@ -191,12 +192,9 @@ class RecordRing {
       // The tail comes from shared memory: one that is not a record boundary, or below the space
       // known to be reclaimed, is not claimed from (a frame at a misaligned index would cross the
       // end of the region). The caller's reclaim() refuses such a ring too, so it times out.
-      if (t % kAlign != 0 || t < cleaned_hint) {
-        cleaned_hint = hdr_->cleaned.load(std::memory_order_acquire);
-        if (t % kAlign != 0 || t < cleaned_hint) {
-          me.intent.store(kNoIntent, std::memory_order_relaxed);
-          return kNoIntent;
-        }
+      if ((t % kAlign != 0 || t < cleaned_hint) && !tail_usable(t, cleaned_hint)) [[unlikely]] {
+        me.intent.store(kNoIntent, std::memory_order_relaxed);
+        return kNoIntent;
       }
       const std::uint64_t to_end = capacity_ - (t & mask_);
       const std::uint64_t pad = need > to_end ? to_end : 0;
@@ -334,6 +332,9 @@ class RecordRing {
     return {ReadResult::Corrupt, pos, nullptr, why, 0};
   }
   void zero(std::uint64_t from, std::uint64_t to) noexcept;
+  // try_claim's slow path: is tail T (not aligned, or below CLEANED_HINT) one to claim from?
+  // Refreshes CLEANED_HINT. Out of line, so that try_claim stays small enough to inline.
+  [[gnu::cold, gnu::noinline]] bool tail_usable(std::uint64_t t, std::uint64_t& cleaned_hint) const noexcept;
   // unblock() with clean_lock held by the caller (LOCKED), or taken here for the store.
   bool unblock_impl(std::uint64_t pos, std::uint64_t owner, AliveFn alive, bool locked) noexcept;
 
