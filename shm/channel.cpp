@@ -583,13 +583,15 @@ ChannelStats Channel::stats() const {
     detail::ConsumerSlot& slot = s.consumers[c];
     if (slot.state.load(std::memory_order_acquire) != detail::kActive) continue;
     const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
-    if (slot.group >= s.options.max_groups) continue;
+    // Shared memory: the index is read once and checked; the same value indexes the vectors.
+    const std::uint32_t gi = slot.group.load(std::memory_order_relaxed);
+    if (gi >= s.options.max_groups) continue;
     std::uint32_t held = 0;
     for (std::uint32_t k = 0; k < std::min(slot.max_in_flight.load(std::memory_order_relaxed), detail::kMaxInFlight); ++k)
       held += slot.in_flight[k].load(std::memory_order_relaxed) != 0;
-    held_by[slot.group] += held;
+    held_by[gi] += held;
     if (owner && detail::token_alive(owner)) {
-      ++consumers_of[slot.group];
+      ++consumers_of[gi];
       ++out.live_consumers;
     }
   }
