@@ -11,7 +11,9 @@
 // crash point armed at its Nth pass, reporting through a pipe what it got and what it acked. Once
 // the victim is dead the parent, as the survivor, reaps (forced) and polls everything without
 // acking, so that a message handed out twice shows up twice while the first copy is still held.
+#include <fstream>
 #include <map>
+#include <random>
 #include <set>
 
 #include "shm/channel_state.hpp"
@@ -294,6 +296,126 @@ INSTANTIATE_TEST_SUITE_P(EachPoint, DeadLetterCrash, ::testing::Values("dead_let
                              if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return n;
                          });
+
+}  // namespace
+}  // namespace shmq::test
+
+namespace shmq::test {
+namespace {
+
+class ConsumerCrashTorture : public ChannelTest {};
+
+// Competing consumer processes, each killed at a random pass of a random consumer crash point
+// and replaced, until the group is drained: every message is acked exactly once in all (a
+// message handed out twice, or again after its ack, would be acked twice; one lost, never).
+// Each process writes what it acked to its own file with write(2), which a SIGKILL does not undo.
+TEST_F(ConsumerCrashTorture, CompetingConsumersKilledAtRandomPointsAckEveryMessageExactlyOnce) {
+  const std::string name = channel_name();
+  TestDir dir("consumer-torture", true);
+  ChannelOptions o = memory_options();
+  o.liveness_interval = 20ms;  // survivors reap the dead quickly
+  o.max_deliveries = 1000;     // nothing goes to NAME.dlq: the counts are exact
+  const std::uint64_t n = scaled(3000);
+  {
+    Channel ch = Channel::open(name, o);
+    ch.ensure_group("g", Start::Earliest);
+    Producer p(ch, "p");
+    for (std::uint64_t i = 1; i <= n; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+  }
+  const char* points[] = {"poll.after_in_flight_store", "poll.after_cursor_cas", "poll.take_given_back.after_hold",
+                          "poll.take_given_back.after_clear", "ack.before_clear", "move_held.after_moving_bit",
+                          "move_held.after_push"};  // reap.before_release needs a dead peer: walked above
+  const unsigned seed = static_cast<unsigned>(::getpid());
+  std::mt19937 rng(seed);
+  std::vector<pid_t> live;
+  unsigned spawned = 0, killed = 0, finished = 0;
+  auto spawn = [&] {
+    const char* point = points[rng() % std::size(points)];
+    const unsigned hit = 1 + static_cast<unsigned>(rng() % 30);
+    const unsigned child_seed = static_cast<unsigned>(rng());
+    const std::string file = (dir.path() / ("acked-" + std::to_string(spawned++))).string();
+    live.push_back(fork_child([=] {
+      const int fd = ::open(file.c_str(), O_CREAT | O_WRONLY | O_APPEND, 0600);
+      CHILD_CHECK(fd >= 0);
+      std::mt19937 r(child_seed);
+      Channel ch = Channel::open(name, o);
+      ConsumerOptions co;
+      co.max_in_flight = 4;
+      Consumer c(ch, "g", co);
+      detail::arm_crash_point(point, hit);
+      unsigned idle = 0;
+      while (idle < 5) {
+        auto m = c.poll(30ms);
+        if (!m) {
+          ++idle;
+          continue;
+        }
+        idle = 0;
+        if (r() % 8 == 0) {
+          CHILD_CHECK(c.nack(*m) == Status::Ok);
+          continue;
+        }
+        const std::uint64_t seq = m->id().seq;
+        CHILD_CHECK(c.ack(*m) == Status::Ok);
+        CHILD_CHECK(::write(fd, &seq, sizeof seq) == static_cast<ssize_t>(sizeof seq));
+      }
+      return kChildOk;
+    }, 120));
+  };
+  const auto deadline = Clock::now() + 200s;
+  for (int i = 0; i < 3; ++i) spawn();
+  while (!live.empty() && Clock::now() < deadline) {
+    for (std::size_t i = 0; i < live.size();) {
+      int st = 0;
+      const pid_t got = ::waitpid(live[i], &st, WNOHANG);
+      if (got != live[i]) {
+        ++i;
+        continue;
+      }
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+      if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) {
+        ++killed;
+        if (spawned < 400) spawn();  // replaced; the survivors reap it
+      } else {
+        ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "seed " << seed << ": a consumer failed, status " << st;
+        ++finished;
+      }
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  for (pid_t pid : live) kill_child(pid);
+  ASSERT_TRUE(live.empty()) << "seed " << seed << ": the consumers did not finish in time";
+  // The last of them may have died with messages held: a survivor here takes the rest.
+  Channel ch = Channel::open(name, o);
+  ch.state().reap_dead_consumers(true);
+  std::map<std::uint64_t, unsigned> acks;
+  {
+    Consumer s(ch, "g");
+    while (auto m = s.poll(100ms)) {
+      ++acks[m->id().seq];
+      EXPECT_EQ(s.ack(*m), Status::Ok);
+    }
+  }
+  for (unsigned i = 0; i < spawned; ++i) {
+    std::ifstream in(dir.path() / ("acked-" + std::to_string(i)), std::ios::binary);
+    std::uint64_t seq = 0;
+    while (in.read(reinterpret_cast<char*>(&seq), sizeof seq)) ++acks[seq];
+  }
+  std::uint64_t missing = 0, twice = 0;
+  for (std::uint64_t i = 1; i <= n; ++i) {
+    const unsigned a = acks.count(i) ? acks[i] : 0;
+    missing += a == 0;
+    twice += a > 1;
+  }
+  std::printf("consumer torture, seed %u: %u processes, %u killed at a crash point, %u finished; %llu messages: "
+              "%llu never acked, %llu acked twice\n",
+              seed, spawned, killed, finished, static_cast<unsigned long long>(n), static_cast<unsigned long long>(missing),
+              static_cast<unsigned long long>(twice));
+  EXPECT_EQ(missing, 0u) << "seed " << seed;
+  EXPECT_EQ(twice, 0u) << "seed " << seed;
+  EXPECT_EQ(acks.size(), n) << "seed " << seed;
+  EXPECT_GT(killed, 0u) << "seed " << seed << ": no process was killed; the test proved nothing";
+}
 
 }  // namespace
 }  // namespace shmq::test
