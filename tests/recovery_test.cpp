@@ -289,6 +289,33 @@ TEST_F(Recovery, ABitFlipInTheLastDurableRecordIsCorruptionNotATornTail) {
   EXPECT_EQ(drain(ch, "g").size(), 19u);
 }
 
+// The same after a SIGKILL right after the last Sync publish returned (no close, no final
+// checkpoint): the durable mark written after each fdatasync is what tells the damage from a tail.
+TEST_F(Recovery, ABitFlipInTheLastSyncRecordOfAKilledProcessIsCorruptionNotATornTail) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable();
+  const pid_t child = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 1; i <= 20; ++i) CHILD_CHECK(p.publish("m" + std::to_string(i)).status == Status::Ok);
+    ::raise(SIGKILL);
+    return kChildOk;
+  });
+  EXPECT_TRUE(wait_child(child, 30s).killed_by(SIGKILL));
+  reboot(name);
+  const fs::path log = last_log(jdir(name));
+  std::string b = read_file(log);
+  ASSERT_GT(b.size(), 8u);
+  b[b.size() - 3] = static_cast<char>(b[b.size() - 3] ^ 0x01);
+  write_file(log, b);
+  auto ch = Channel::open(name, o);
+  const RecoveryReport& r = ch.recovery();
+  EXPECT_EQ(r.torn_bytes, 0u) << "a Sync-acknowledged record reported as a torn tail: " << r.torn_what;
+  ASSERT_TRUE(r.lost_from);
+  EXPECT_EQ(drain(ch, "g").size(), 19u);
+}
+
 // ---- 11.8: held messages beyond the journal's end are dropped and reported, not restored --------
 
 TEST_F(Recovery, HeldMessagesTheTruncatedJournalNoLongerHoldsAreDroppedAndReported) {
