@@ -246,9 +246,11 @@ Reader Reader::open(const std::filesystem::path& dir, std::uint64_t from_positio
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
   impl->dirfd = detail::open_dir(dir);
+  // The mark first: read after the listing, it could name records of a file created since (a
+  // Writer appending meanwhile), which this Reader does not see; read before, it never does.
+  impl->report.durable_mark = read_durable_mark(dir);
   impl->files = detail::list_segments(impl->dirfd.get(), dir);
   impl->from = from_position;
-  impl->report.durable_mark = read_durable_mark(dir);
   // Start in the last file whose name is <= FROM (its records are >= its name, those of the files
   // before it are below it).
   for (std::size_t i = 0; i < impl->files.size() && impl->files[i].first <= from_position; ++i) impl->index = i;

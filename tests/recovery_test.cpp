@@ -289,6 +289,33 @@ TEST_F(Recovery, ABitFlipInTheLastDurableRecordIsCorruptionNotATornTail) {
   EXPECT_EQ(drain(ch, "g").size(), 19u);
 }
 
+// The same after a SIGKILL right after the last Sync publish returned (no close, no final
+// checkpoint): the durable mark written after each fdatasync is what tells the damage from a tail.
+TEST_F(Recovery, ABitFlipInTheLastSyncRecordOfAKilledProcessIsCorruptionNotATornTail) {
+  const auto name = channel_name();
+  const ChannelOptions o = durable();
+  const pid_t child = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    for (int i = 1; i <= 20; ++i) CHILD_CHECK(p.publish("m" + std::to_string(i)).status == Status::Ok);
+    ::raise(SIGKILL);
+    return kChildOk;
+  });
+  EXPECT_TRUE(wait_child(child, 30s).killed_by(SIGKILL));
+  reboot(name);
+  const fs::path log = last_log(jdir(name));
+  std::string b = read_file(log);
+  ASSERT_GT(b.size(), 8u);
+  b[b.size() - 3] = static_cast<char>(b[b.size() - 3] ^ 0x01);
+  write_file(log, b);
+  auto ch = Channel::open(name, o);
+  const RecoveryReport& r = ch.recovery();
+  EXPECT_EQ(r.torn_bytes, 0u) << "a Sync-acknowledged record reported as a torn tail: " << r.torn_what;
+  ASSERT_TRUE(r.lost_from);
+  EXPECT_EQ(drain(ch, "g").size(), 19u);
+}
+
 // ---- 11.8: held messages beyond the journal's end are dropped and reported, not restored --------
 
 TEST_F(Recovery, HeldMessagesTheTruncatedJournalNoLongerHoldsAreDroppedAndReported) {
@@ -494,13 +521,30 @@ TEST_F(Recovery, ARecoveryWaitsForTheJournalLockAndNamesTheProcessThatKeepsIt) {
 TEST_F(Recovery, AScribbledJournalPathInTheHeaderMakesNobodyWriteOutsideTheJournal) {
   const auto name = channel_name();
   const ChannelOptions o = durable(D::Sync);
-  auto ch = Channel::open(name, o);
-  ch.ensure_group("g");
-  Producer p(ch, "p");
-  ASSERT_EQ(p.publish("before").status, Status::Ok);
   const fs::path evil_root = tmp_.path() / "evil";
   fs::create_directories(evil_root);
   const fs::path evil = evil_root / name;
+  // The live process (a child, so that this one forks the others without threads of its own).
+  Pipe ready, go, done, quit;
+  const pid_t owner = fork_child([&] {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    CHILD_CHECK(p.publish("before").status == Status::Ok);
+    ready.send(1);
+    int one = 0;
+    CHILD_CHECK(go.receive(one, 30s));
+    PublishOptions async;
+    async.durability = D::Async;
+    CHILD_CHECK(p.publish("async after", async).status == Status::Ok);
+    CHILD_CHECK(p.publish("sync after").status == Status::Ok);
+    CHILD_CHECK(ch.stats().journal_dir == (tmp_.path() / name).string());
+    done.send(1);
+    CHILD_CHECK(quit.receive(one, 60s));
+    return kChildOk;
+  }, 90);
+  int one = 0;
+  ASSERT_TRUE(ready.receive(one, 30s));
   {
     const int fd = ::open(segment_path(name).c_str(), O_RDWR);
     ASSERT_GE(fd, 0);
@@ -512,10 +556,8 @@ TEST_F(Recovery, AScribbledJournalPathInTheHeaderMakesNobodyWriteOutsideTheJourn
     ::munmap(m, sizeof(detail::SegmentHeader));
     ::close(fd);
   }
-  PublishOptions async;
-  async.durability = D::Async;
-  EXPECT_EQ(p.publish("async after", async).status, Status::Ok);
-  EXPECT_EQ(p.publish("sync after").status, Status::Ok);
+  go.send(1);
+  ASSERT_TRUE(done.receive(one, 30s));
   const pid_t attacher = fork_child([&] {
     try {
       auto c2 = Channel::attach(name);
@@ -540,8 +582,11 @@ TEST_F(Recovery, AScribbledJournalPathInTheHeaderMakesNobodyWriteOutsideTheJourn
   ChannelOptions other = o;
   other.journal_dir = tmp_.path() / "other";
   EXPECT_THROW(Channel::open(name, other), Error) << "options naming another journal than the channel's";
+  quit.send(1);
+  EXPECT_TRUE(wait_child(owner, 30s).ok());
   EXPECT_FALSE(fs::exists(evil)) << "a journal was written where the peer said";
   EXPECT_FALSE(fs::exists(tmp_.path() / "other" / name / "LOCK"));
+  auto ch = Channel::open(name, o);
   std::set<std::string> texts;
   {
     Consumer c(ch, "g");
@@ -550,8 +595,9 @@ TEST_F(Recovery, AScribbledJournalPathInTheHeaderMakesNobodyWriteOutsideTheJourn
       ASSERT_EQ(c.ack(*m), Status::Ok);
     }
   }
-  EXPECT_TRUE(texts.count("from an opener"));
+  for (const char* t : {"before", "async after", "sync after", "from an opener"}) EXPECT_TRUE(texts.count(t)) << t;
   EXPECT_EQ(ch.stats().journal_dir, jdir(name).string());
+  EXPECT_FALSE(fs::exists(evil));
 }
 
 // ---- 11.12: journal directories are 0700, ours, never a symlink --------------------------------
