@@ -784,6 +784,7 @@ struct Supervisor {
   }
 
   void stop_role(const std::string& role, int timeout_s) {
+    const std::uint64_t term_sent = now_ns();
     for (Proc& p : procs)
       if (p.role == role && p.pid) ::kill(p.pid, SIGTERM);
     const auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
@@ -793,7 +794,15 @@ struct Supervisor {
       for (;;) {
         const pid_t r = ::waitpid(p.pid, &status, WNOHANG);
         if (r == p.pid) {
-          if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) note_exit(p, status, false);
+          if (WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) {
+            // Our SIGTERM reached it before its handler was in place (seen under TSan, whose
+            // start-up is slow): a kill like the others, sent at term_sent.
+            killed_at.emplace(p.incarnation, term_sent);
+            event("stopped " + p.role + " " + std::to_string(p.index) + " incarnation " +
+                  std::to_string(p.incarnation) + " by SIGTERM before its handler");
+          } else if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+            note_exit(p, status, false);
+          }
           killed_at.emplace(p.incarnation, now_ns());
           p.pid = 0;
           break;
