@@ -1365,7 +1365,8 @@ int main(int argc, char** argv) {
   s.unlink_segments();
   const int rc = s.run();
   s.unlink_segments();
-  if (rc == 0 && own_dir && !cfg.keep) {
+  // A self-check (--inject) fails on purpose: its directory is not worth keeping.
+  if ((rc == 0 || !cfg.inject.empty()) && own_dir && !cfg.keep) {
     fs::remove_all(cfg.dir, ec);
   } else {
     std::printf("logs kept in %s\n", cfg.dir.c_str());
