@@ -1229,7 +1229,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                 static_cast<unsigned long long>(t.dlq), static_cast<unsigned long long>(t.dlq_lost_host_crash),
                 static_cast<unsigned long long>(is_async ? t.lost_within : 0),
                 static_cast<unsigned long long>(is_async ? t.lost_beyond : 0),
-                static_cast<unsigned long long>(total_errors + unexpected_exits), drain_ok ? "yes" : "no",
+                static_cast<unsigned long long>(std::max<std::uint64_t>(total_errors, unexpected_exits)), drain_ok ? "yes" : "no",
                 pass ? "PASS" : "FAIL");
   std::printf("%s\n", line);
   if (cfg.json) {
@@ -1246,7 +1246,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                 static_cast<unsigned long long>(t.dlq), static_cast<unsigned long long>(t.dlq_lost_host_crash),
                 static_cast<unsigned long long>(is_async ? t.lost_within : 0),
                 static_cast<unsigned long long>(is_async ? t.lost_beyond : 0),
-                static_cast<unsigned long long>(total_errors + unexpected_exits), drain_ok ? "true" : "false",
+                static_cast<unsigned long long>(std::max<std::uint64_t>(total_errors, unexpected_exits)), drain_ok ? "true" : "false",
                 pass ? "true" : "false");
   }
   std::fflush(stdout);
