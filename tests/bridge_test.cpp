@@ -903,6 +903,53 @@ TEST_F(BridgeTest, OutRidesThroughTheStreamLeadersDeathInAThreeNodeCluster) {
   expect_each_once_in_order(js.read_all("R3", "r3.>"), 1, per, 64, /*check_order=*/false);
 }
 
+// The same for bridge in: the leader of the R3 stream (and of its consumer, most likely on the same
+// node) dies while the bridge pulls; every stream message reaches the channel once.
+TEST_F(BridgeTest, InRidesThroughTheStreamLeadersDeathInAThreeNodeCluster) {
+  Deadline guard(240, "InRidesThroughTheStreamLeadersDeathInAThreeNodeCluster");
+  const int p[3] = {free_port(), free_port(), free_port()};
+  const int c[3] = {free_port(), free_port(), free_port()};
+  std::vector<std::unique_ptr<NatsServer>> nodes;
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int> routes;
+    for (int j = 0; j < 3; ++j)
+      if (j != i) routes.push_back(c[j]);
+    nodes.push_back(std::make_unique<NatsServer>(dir(), "node" + std::to_string(i), p[i], c[i], routes));
+  }
+  std::string urls;
+  for (const auto& n : nodes) urls += (urls.empty() ? "" : ",") + n->url();
+  Js js(urls);
+  js.add_stream("R3IN", "r3in.>", /*replicas=*/3, -1, 60s);
+  const std::uint64_t count = scaled(20'000);
+  js.publish("r3in.data", count);
+  const std::string name = channel_name("r3in");
+  Channel ch = Channel::open(name, bridge_channel(Durability::Async, dir() / "journal", 16 << 20));
+  ch.ensure_group("app");
+  Tool bridge(in_args(name, urls, "R3IN", {"--ack-wait-ms", "2000", "--batch", "64", "--idle-exit-ms", "8000"}),
+              log("r3in"));
+  // Kill the leader once a part has been acked.
+  const auto deadline = Clock::now() + 60s;
+  std::uint64_t floor = 0;
+  while (floor < count / 4 && Clock::now() < deadline) {
+    jsConsumerInfo* ci = nullptr;
+    if (js_GetConsumerInfo(&ci, js.js(), "R3IN", "to-shmq", nullptr, nullptr) == NATS_OK) {
+      floor = ci->AckFloor.Stream;
+      jsConsumerInfo_Destroy(ci);
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  const std::string leader = js.stream_leader("R3IN");
+  ASSERT_FALSE(leader.empty());
+  EXPECT_LT(floor, count) << "the leader died after everything was through: nothing tested";
+  for (auto& n : nodes)
+    if (n->name() == leader) n->kill9();
+  const Drained d = drain(ch, "app", count, 150s);
+  const ChildResult r = bridge.wait(60s);
+  ASSERT_TRUE(r.ok()) << r.describe() << "\n" << bridge.log();
+  expect_stream_in_channel(d, count, /*ordered=*/false);
+  if (HasFailure()) std::fprintf(stderr, "bridge log:\n%s\n", bridge.log().c_str());
+}
+
 }  // namespace
 }  // namespace shmq::test
 
