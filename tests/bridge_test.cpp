@@ -623,6 +623,31 @@ TEST_F(BridgeTest, OutWaitsForARestartedServerAndLosesNothing) {
   expect_each_once_in_order(js.read_all("OUTR", "outr.>"), 1, per, 64, /*check_order=*/false);
 }
 
+// A Memory channel removed and made again restarts its producers' sequences: its messages get
+// another incarnation in their Nats-Msg-Id, so JetStream does not drop them as duplicates of the
+// old channel's (within its duplicate window, it would, and they would be acked: lost).
+TEST_F(BridgeTest, OutKeepsARemadeChannelsMessagesApartFromTheOldOnes) {
+  Deadline guard(120, "OutKeepsARemadeChannelsMessagesApartFromTheOldOnes");
+  NatsServer server(dir(), "n1", free_port());
+  Js js(server.url());
+  js.add_stream("REMADE", "remade.>");
+  const std::string name = channel_name("remade");
+  for (int life = 0; life < 2; ++life) {
+    SCOPED_TRACE("life " + std::to_string(life));
+    {
+      Channel ch = Channel::open(name, bridge_channel(Durability::Memory, {}));
+      ch.ensure_group("to-nats");
+      publish_channel(ch, 1, 10);  // prod-0, seqs 1..10 both times
+      Tool bridge(out_args(name, server.url(), "REMADE", "remade.x", {"--count", "10"}), log("remade"));
+      ASSERT_TRUE(bridge.wait(60s).ok()) << bridge.log();
+    }
+    Channel::remove(name);
+  }
+  EXPECT_EQ(js.stream_messages("REMADE"), 20u);
+  EXPECT_NE(read_file(log("remade")).find("forwarded 10 (0 already there)"), std::string::npos);
+  EXPECT_EQ(read_file(log("remade")).find("forwarded 10 (10 already there)"), std::string::npos) << read_file(log("remade"));
+}
+
 // ---- in --------------------------------------------------------------------------------------
 
 TEST_F(BridgeTest, InDeliversEachStreamMessageOnceInOrder) {
