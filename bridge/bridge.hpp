@@ -77,9 +77,9 @@ Summary run_in(const InOptions&, const std::atomic<bool>& stop);
 
 // The Nats-Msg-Id of a message of channel CHANNEL: "CHANNEL.INCARNATION:PRODUCER:SEQ". The
 // incarnation names the life of the channel's inner ids: for a durable channel, its journal
-// directory (device and inode: stable across a rebuild from the journal, which keeps producers'
-// sequences); for a Memory channel, its segment (inode and the boot id: a new segment restarts
-// the sequences).
+// directory (inode and birth time: stable across a rebuild from the journal, which keeps
+// producers' sequences); for a Memory channel, its segment (the boot id, inode and birth time: a
+// new segment restarts the sequences).
 std::string incarnation_of(const Channel& ch);
 
 // Where a running bridge writes its status (key=value lines: pid, role, lag, in_flight, retries,

@@ -22,6 +22,15 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
+// A fetched batch, destroyed on every path (deliver() may throw).
+struct Batch {
+  natsMsgList list{nullptr, 0};
+  Batch() = default;
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+  ~Batch() { natsMsgList_Destroy(&list); }
+};
+
 class InBridge {
  public:
   InBridge(const InOptions& o, const std::atomic<bool>& stop) : o_(o), stop_(stop) {
@@ -68,16 +77,15 @@ class InBridge {
       if (o_.max_messages != 0 && settled() >= o_.max_messages) break;
       int want = static_cast<int>(batch_);
       if (o_.max_messages != 0) want = static_cast<int>(std::min<std::uint64_t>(want, o_.max_messages - settled()));
-      natsMsgList list{nullptr, 0};
+      Batch batch;
+      natsMsgList& list = batch.list;
       jsErrCode code = static_cast<jsErrCode>(0);
       const natsStatus s = natsSubscription_Fetch(&list, sub_, want, 200, &code);
       if (s == NATS_TIMEOUT || (s == NATS_OK && list.Count == 0)) {
-        natsMsgList_Destroy(&list);
         if (o_.idle_exit.count() > 0 && Clock::now() - last_activity >= o_.idle_exit) break;
         continue;
       }
       if (s != NATS_OK) {
-        natsMsgList_Destroy(&list);
         note_error("fetch: " + detail::js_error_text(s, code));
         ++summary_.retries;
         std::this_thread::sleep_for(200ms);
@@ -85,7 +93,6 @@ class InBridge {
       }
       last_activity = Clock::now();
       deliver(list);
-      natsMsgList_Destroy(&list);
     }
     write_status();
     return summary_;

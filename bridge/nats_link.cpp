@@ -210,25 +210,33 @@ std::string decode_key(std::string_view text) {
   return out;
 }
 
-std::string incarnation_of(const Channel& ch) {
-  struct stat st {};
+namespace {
+// "INODE-BIRTH" of PATH (birth time in ns where the file system records it: an inode number freed
+// and given to a new directory gets a new birth time), or "" if PATH cannot be looked at.
+std::string file_identity(const std::string& path) {
+  struct statx sx {};
+  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_INO | STATX_BTIME, &sx) != 0) return {};
   std::ostringstream id;
-  const ChannelOptions& o = ch.options();
-  if (o.durability != Durability::Memory) {
+  id << std::hex << static_cast<unsigned long long>(sx.stx_ino);
+  if (sx.stx_mask & STATX_BTIME)
+    id << '-' << static_cast<unsigned long long>(sx.stx_btime.tv_sec) * 1'000'000'000ull + sx.stx_btime.tv_nsec;
+  return id.str();
+}
+}  // namespace
+
+std::string incarnation_of(const Channel& ch) {
+  if (ch.options().durability != Durability::Memory) {
     const std::string dir = ch.stats().journal_dir;
-    if (!dir.empty() && ::stat(dir.c_str(), &st) == 0) {
-      id << std::hex << static_cast<unsigned long long>(st.st_dev) << '-' << static_cast<unsigned long long>(st.st_ino);
-      return id.str();
-    }
+    if (std::string id = dir.empty() ? std::string() : file_identity(dir); !id.empty()) return id;
   }
   const std::string segment = "/dev/shm/shmq." + std::string(ch.name());
-  if (::stat(segment.c_str(), &st) != 0)
+  const std::string id = file_identity(segment);
+  if (id.empty())
     detail::fail(std::errc::no_such_file_or_directory, "out",
                  "channel '" + std::string(ch.name()) + "': cannot stat its segment " + segment);
   std::string boot;
   std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
-  id << boot.substr(0, 8) << '-' << std::hex << static_cast<unsigned long long>(st.st_ino);
-  return id.str();
+  return boot.substr(0, 8) + "-" + id;
 }
 
 }  // namespace shmq::bridge
