@@ -161,7 +161,8 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
   const auto log = [&](const char* who) { return dir.path() / (std::string(who) + ".log"); };
   SCOPED_TRACE("crash point " + std::string(point) + ", pass " + std::to_string(hit));
 
-  // A: publishes the first ten, and dies holding two of them (its process exits, no destructor).
+  // A: publishes the first ten, and dies holding two of them and an open claim (its process
+  // exits, no destructor).
   const pid_t a = fork_child([&]() -> int {
     Channel ch = Channel::open(name, o);
     ch.ensure_group("g", Start::Earliest);
@@ -170,6 +171,9 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
     Consumer c(ch, "g");
     CHILD_CHECK(c.poll(1s).has_value());
     CHILD_CHECK(c.poll(1s).has_value());
+    // And a zero-copy claim it never commits: the readers after it must unblock the dead claim.
+    Claim open = p.claim(32);
+    CHILD_CHECK(open);
     ::_exit(kChildOk);
   });
   ASSERT_TRUE(wait_child(a, 60s).ok());
