@@ -226,8 +226,18 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
 bool ConsumerState::dead_letter(const Message& m) noexcept {
   try {
     if (!dlq) {
+      // As durable as the origin: the message is acked there once its copy is here, so a Memory
+      // NAME.dlq would lose the dead letters of a durable channel with the host. Its journal is
+      // DIR/NAME.dlq beside the origin's DIR/NAME.
       ChannelOptions o;
-      o.durability = Durability::Memory;
+      o.durability = ch->options.durability;
+      if (ch->durable()) {
+        o.journal_dir = ch->journal_dir.parent_path();
+        o.flush_interval = ch->options.flush_interval;
+        o.retention = ch->options.retention;
+        o.retention_bytes = ch->options.retention_bytes;
+        o.mode = ch->options.mode;
+      }
       o.max_message_bytes = ch->options.max_message_bytes;
       o.ring_bytes = std::max<std::size_t>(std::size_t(1) << 20, std::bit_ceil(4 * o.max_message_bytes));
       auto opened = std::make_unique<Channel>(Channel::open(ch->name + ".dlq", o));
@@ -247,6 +257,10 @@ bool ConsumerState::dead_letter(const Message& m) noexcept {
     const Published r = publish_copy(p, m, kReasonMaxDeliveries, m.position() / ring::kHeaderBytes + 1);
     SHMQ_CRASH_POINT("dead_letter.after_copy");
     done = r.status == Status::Ok || r.status == Status::Duplicate;
+    // A Duplicate (a copy made before a crash) says nothing of durability: on a Sync NAME.dlq the
+    // message is acked here only once its copy is durable there.
+    if (r.status == Status::Duplicate && dlq->options().durability == Durability::Sync && r.position != kNoPosition)
+      done = p.wait_durable(r.position, std::chrono::seconds(1));
     if (r.status == Status::Ok) group->dead_lettered.fetch_add(1, std::memory_order_relaxed);
   } catch (...) {
     done = false;

@@ -3,6 +3,7 @@
 // is reported, retention deletes only what every group acked.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -555,6 +556,77 @@ TEST_F(Journaled, ACorruptRecordInTheMiddleOfTheJournalIsReportedNotSkipped) {
 
 // With the default options (retention one hour, retention_bytes 0 = no size budget), acked files
 // stay: they are young and no budget is exceeded. A size budget, when set, still cuts them down.
+// The journaler behind a claim that stays open (a zero-copy Claim held by another process) sleeps:
+// over a second its process uses less than 5% of a core, which the sched_yield loop it had could
+// not (it took whatever CPU was free: most of a core). Once committed, the record is journaled.
+TEST_F(Journaled, TheJournalerSleepsBehindAClaimThatStaysOpen) {
+  const std::string name = channel_name();
+  const ChannelOptions o = durable(D::Async);
+  Pipe ready, measure, result;
+  const pid_t journaler = fork_child([&] {
+    ready.close_read();
+    measure.close_write();
+    result.close_read();
+    Channel ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    for (int i = 0; i < 2000 && ch.stats().journaler_pid != ::getpid(); ++i) std::this_thread::sleep_for(1ms);
+    CHILD_CHECK(ch.stats().journaler_pid == ::getpid());
+    CHILD_CHECK(ready.send(std::uint32_t{1}));
+    std::uint32_t go = 0;
+    CHILD_CHECK(measure.receive(go, 30s));
+    rusage u0{}, u1{};
+    ::getrusage(RUSAGE_SELF, &u0);
+    const auto t0 = Clock::now();
+    std::this_thread::sleep_for(1s);
+    ::getrusage(RUSAGE_SELF, &u1);
+    auto ns = [](const timeval& t) { return std::uint64_t(t.tv_sec) * 1'000'000'000ull + std::uint64_t(t.tv_usec) * 1000ull; };
+    const std::uint64_t cpu = ns(u1.ru_utime) + ns(u1.ru_stime) - ns(u0.ru_utime) - ns(u0.ru_stime);
+    const auto waited = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+    CHILD_CHECK(result.send(cpu) && result.send(waited));
+    CHILD_CHECK(measure.receive(go, 30s));  // stay the journaler until the record is checked
+    return kChildOk;
+  });
+  ready.close_write();
+  measure.close_read();
+  result.close_write();
+  std::uint32_t one = 0;
+  ASSERT_TRUE(ready.receive(one, 30s)) << "the journaler child did not start";
+  Pipe claimed, commit;
+  const pid_t producer = fork_child([&] {
+    claimed.close_read();
+    commit.close_write();
+    ChannelOptions po = o;
+    Channel ch = Channel::open(name, po);
+    Producer p(ch, "p");
+    Claim c = p.claim(16);
+    CHILD_CHECK(c);
+    std::memcpy(c.data().data(), "behind the claim", 16);
+    CHILD_CHECK(claimed.send(std::uint32_t{1}));
+    std::uint32_t go = 0;
+    CHILD_CHECK(commit.receive(go, 30s));
+    CHILD_CHECK(c.commit().status == Status::Ok);
+    CHILD_CHECK(p.flush(10s));
+    return kChildOk;
+  });
+  claimed.close_write();
+  commit.close_read();
+  ASSERT_TRUE(claimed.receive(one, 30s)) << "the producer never claimed";
+  std::this_thread::sleep_for(50ms);  // the journaler reaches the claim and starts waiting on it
+  ASSERT_TRUE(measure.send(std::uint32_t{1}));
+  std::uint64_t cpu = 0, waited = 0;
+  const bool got = result.receive(cpu, 30s) && result.receive(waited, 5s);
+  ASSERT_TRUE(commit.send(std::uint32_t{1}));
+  EXPECT_TRUE(wait_child(producer, 60s).ok());
+  ASSERT_TRUE(measure.send(std::uint32_t{1}));
+  EXPECT_TRUE(wait_child(journaler, 60s).ok());
+  ASSERT_TRUE(got) << "the journaler child did not report";
+  std::printf("journaler behind an open claim: %.2f ms CPU in %.0f ms\n", static_cast<double>(cpu) / 1e6,
+              static_cast<double>(waited) / 1e6);
+  EXPECT_LT(cpu, waited / 20) << "the journaler's process used " << cpu / 1000000 << " ms of CPU in " << waited / 1000000
+                              << " ms behind an open claim";
+  EXPECT_EQ(journaled(dir_ / name).size(), 1u) << "the committed record is in the journal";
+}
+
 TEST_F(Journaled, WithTheDefaultRetentionAckedJournalFilesStay) {
   for (const std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{16384}}) {
     const auto name = channel_name();

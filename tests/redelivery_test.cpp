@@ -326,6 +326,54 @@ TEST_F(Redelivery, PoisonMessageMovesToTheDeadLetterChannelWhileTheRestFlows) {
   Channel::remove(dlq);
 }
 
+// The dead letters of a durable channel are as durable as it is: NAME.dlq gets the origin's
+// durability and a journal beside its own, so a host crash (both segments gone) keeps them. Before,
+// NAME.dlq was a Memory channel and the acked-away poison message was gone with the host.
+TEST_F(Redelivery, DeadLettersOfASyncChannelSurviveAHostCrash) {
+  const std::string name = channel_name();
+  const std::string dlq = name + ".dlq";
+  TestDir dir("dlq-durable", true);
+  ChannelOptions o = memory_options();
+  o.durability = Durability::Sync;
+  o.journal_dir = dir.path();
+  o.max_deliveries = 2;
+  {
+    auto ch = Channel::open(name, o);
+    ch.ensure_group("g");
+    Producer p(ch, "p");
+    PublishOptions poison;
+    poison.key = "order-13";
+    ASSERT_EQ(p.publish("poison", poison).status, Status::Ok);
+    Consumer c(ch, "g");
+    unsigned seen = 0;
+    while (auto m = c.poll(300ms)) {
+      ++seen;
+      EXPECT_EQ(c.nack(*m), Status::Ok);
+    }
+    EXPECT_EQ(seen, 2u);
+    ASSERT_TRUE(Channel::exists(dlq));
+    EXPECT_EQ(Channel::attach(dlq, false).options().durability, Durability::Sync);
+  }
+  // The host crashes: every segment is gone, the journals stay.
+  ::unlink(segment_path(name).c_str());
+  ::unlink(segment_path(dlq).c_str());
+  ChannelOptions d = o;
+  d.max_deliveries = 5;
+  auto back = Channel::open(dlq, d);
+  EXPECT_TRUE(back.recovery().recovered);
+  Consumer dc(back, "dead-letters");
+  auto dead = dc.poll(2s);
+  ASSERT_TRUE(dead) << "the dead letter was lost with the host";
+  EXPECT_EQ(dead->text(), "poison");
+  EXPECT_EQ(dead->key(), "order-13");
+  EXPECT_EQ(dc.ack(*dead), Status::Ok);
+  // And the origin does not deliver it again: it was acked there once its copy was durable.
+  auto origin = Channel::open(name, o);
+  Consumer c(origin, "g");
+  auto again = c.poll(300ms);
+  EXPECT_FALSE(again && again->text() == "poison" && again->deliveries() <= 2) << "delivered again below max_deliveries";
+}
+
 // Reads every copy in NAME.dlq's "dead-letters" group: how many of each original sequence.
 std::map<std::uint64_t, unsigned> dead_letter_copies(const std::string& dlq) {
   std::map<std::uint64_t, unsigned> copies;

@@ -159,10 +159,11 @@ shmq::ChannelOptions channel_options(const Config& c) {
 // The options of NAME.dlq as the library opens it (shm/consumer.cpp, dead_letter()).
 shmq::ChannelOptions dlq_options(const Config& c) {
   shmq::ChannelOptions o;
-  o.durability = shmq::Durability::Memory;
+  o.durability = durability_of(c);  // as durable as the origin, its journal beside the origin's
+  o.journal_dir = fs::path(c.dir) / "journal";
+  o.flush_interval = std::chrono::milliseconds(c.flush_interval_ms);
   o.max_message_bytes = 4096;
   o.ring_bytes = std::max<std::size_t>(std::size_t(1) << 20, std::bit_ceil(std::size_t(4) * o.max_message_bytes));
-  (void)c;
   return o;
 }
 
