@@ -350,7 +350,12 @@ TEST_F(Recovery, HeldMessagesTheTruncatedJournalNoLongerHoldsAreDroppedAndReport
   EXPECT_EQ(seqs.size(), 10u);
   // The channel goes on: new messages are delivered.
   Producer p(ch, "p");
-  ASSERT_EQ(p.publish("after").status, Status::Ok);
+  // Sync, right after a recovery: the journaler's takeover (open, cut, write-out, checkpoint: a few
+  // fsyncs) can take more than publish's default second on a loaded machine; Timeout would only
+  // mean "not yet durable".
+  PublishOptions patient;
+  patient.timeout = std::chrono::seconds(30);
+  ASSERT_EQ(p.publish("after", patient).status, Status::Ok);
   EXPECT_EQ(drain(ch, "g").size(), 1u);
 }
 
