@@ -106,14 +106,7 @@ TEST_F(Journaled, EveryClaimCommittedWithOkSurvivesARebootRightAfterIt) {
   }
   ASSERT_TRUE(wait_child(child, 30s).killed_by(SIGKILL));
   ASSERT_EQ(ok.size(), static_cast<std::size_t>(n));
-  ::unlink(segment_path(name).c_str());
-  auto ch = Channel::open(name, o);
-  Consumer c(ch, "g");
-  std::set<std::string> got;
-  while (auto m = c.poll(200ms)) {
-    got.insert(std::string(m->text()));
-    ASSERT_EQ(c.ack(*m), Status::Ok);
-  }
+  const std::set<std::string> got = texts_after_reboot(name, o);
   for (const auto& t : ok) EXPECT_TRUE(got.count(t)) << t << " was committed with Ok and is lost";
 }
 
@@ -506,7 +499,9 @@ TEST_F(Journaled, AGroupCreatedJustBeforeASyncPublishSurvivesACrash) {
       std::this_thread::sleep_for(250ms);
       c2.ensure_group("orders-" + std::to_string(round));
       Producer p(c2, "p");
-      CHILD_CHECK(p.publish("the one").status == Status::Ok);
+      PublishOptions patient;  // a loaded machine's fsyncs may take more than the default second
+      patient.timeout = 30s;
+      CHILD_CHECK(p.publish("the one", patient).status == Status::Ok);
       ::raise(SIGKILL);
       return kChildOk;
     });

@@ -128,14 +128,7 @@ TEST_P(FailedFdatasync, SyncIsNotOkAfterAFailedFdatasync) {
   ASSERT_TRUE(r.killed_by(SIGKILL)) << "the child failed a check (see its output)";
   ASSERT_EQ(ok.size(), static_cast<std::size_t>(n));
   zero(lost_of(child));
-  ::unlink(segment_path(name).c_str());
-  auto ch = Channel::open(name, o);
-  Consumer c(ch, "g");
-  std::set<std::string> got;
-  while (auto m = c.poll(200ms)) {
-    got.insert(std::string(m->text()));
-    ASSERT_EQ(c.ack(*m), Status::Ok);
-  }
+  const std::set<std::string> got = texts_after_reboot(name, o);
   for (const auto& t : ok) EXPECT_TRUE(got.count(t)) << t << " was Ok'd and is lost";
 }
 

@@ -76,14 +76,7 @@ TEST_P(JournalerCrash, NoSyncOkIsLostASuccessorTakesOverAndARebootRecoversEveryt
   EXPECT_TRUE(wait_child(journaler, 10s).killed_by(SIGKILL)) << "the journaler did not die at " << point;
   // The reboot.
   ASSERT_TRUE(kill_child(publisher).killed_by(SIGKILL));
-  ::unlink(segment_path(name).c_str());
-  auto ch = Channel::open(name, o);
-  Consumer c(ch, "g");
-  std::set<std::string> got;
-  while (auto m = c.poll(200ms)) {
-    got.insert(std::string(m->text()));
-    ASSERT_EQ(c.ack(*m), Status::Ok);
-  }
+  const std::set<std::string> got = texts_after_reboot(name, o);
   for (const auto& t : ok) EXPECT_TRUE(got.count(t)) << t << " was Ok'd (Sync) and is lost";
   EXPECT_GT(ok.size(), 50u);
 }

@@ -31,6 +31,7 @@
 #include <exception>
 #include <functional>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -265,6 +266,21 @@ inline ChildResult kill_child(pid_t pid) {
 }
 
 // A pipe with helpers for fixed-size records. Both ends are closed on destruction.
+// A reboot: the segment of NAME goes (the journal stays), the channel is opened again with OPTIONS
+// (rebuilt from the journal) and group G is drained, each message acked. Returns their texts.
+inline std::set<std::string> texts_after_reboot(const std::string& name, const ChannelOptions& options,
+                                                std::string_view group = "g") {
+  ::unlink(segment_path(name).c_str());
+  auto ch = Channel::open(name, options);
+  Consumer c(ch, group);
+  std::set<std::string> got;
+  while (auto m = c.poll(std::chrono::milliseconds(200))) {
+    got.insert(std::string(m->text()));
+    if (c.ack(*m) != Status::Ok) ADD_FAILURE() << "ack after the reboot failed";
+  }
+  return got;
+}
+
 struct Pipe {
   int fds[2] = {-1, -1};
   Pipe() {
