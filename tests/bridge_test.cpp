@@ -548,8 +548,9 @@ TEST_F(BridgeTest, OutLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   int kills_mid_run = 0;  // kills while the stream did not have everything yet
   for (int kill = 0; kill < 22; ++kill) {
-    Tool bridge(out_args(name, server.url(), "OUTK", "outk.data", {"--max-in-flight", "4"}), log("outk"));
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 200)(rng)));
+    // One publish in flight: slow enough that the kills land mid-run on a fast idle machine too.
+    Tool bridge(out_args(name, server.url(), "OUTK", "outk.data", {"--max-in-flight", "1"}), log("outk"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(10, 120)(rng)));
     bridge.kill9();
     if (js.stream_messages("OUTK") < per * kProducers) ++kills_mid_run;
   }
@@ -676,7 +677,7 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   NatsServer server(dir(), "n1", free_port());
   Js js(server.url());
   js.add_stream("INK", "ink.>");
-  const std::uint64_t count = kSanitized ? 20'000 : 40'000;  // the kills must land while there is work
+  const std::uint64_t count = 20'000;  // not scaled: the kills must land while there is work
   js.publish("ink.data", count);
   const std::string name = channel_name("ink");
   Channel ch = Channel::open(name, bridge_channel(Durability::Async, dir() / "journal"));
@@ -685,7 +686,8 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   std::mt19937 rng(seed);
   SCOPED_TRACE("seed " + std::to_string(seed));
   // AckWait 1 s: what a killed bridge fetched and did not ack comes back within a second.
-  const std::vector<std::string> extra{"--ack-wait-ms", "1000", "--batch", "128", "--max-ack-pending", "512"};
+  // Batches of 8, each flushed to the journal: slow enough that the kills land mid-run.
+  const std::vector<std::string> extra{"--ack-wait-ms", "1000", "--batch", "8", "--max-ack-pending", "512"};
   int kills_mid_run = 0;  // kills while the consumer had not acked everything yet
   for (int kill = 0; kill < 22; ++kill) {
     Tool bridge(in_args(name, server.url(), "INK", extra), log("ink"));
@@ -698,8 +700,7 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
     }
   }
   EXPECT_GE(kills_mid_run, 20) << "the kills came too late to test anything";
-  std::vector<std::string> last_args = extra;
-  last_args.insert(last_args.end(), {"--idle-exit-ms", "3000"});
+  const std::vector<std::string> last_args{"--batch", "256", "--idle-exit-ms", "3000"};
   Tool last(in_args(name, server.url(), "INK", last_args), log("ink"));
   const Drained d = drain(ch, "app", count, 120s);
   const ChildResult r = last.wait(60s);
@@ -908,8 +909,10 @@ TEST_F(BridgeTest, OutRidesThroughTheStreamLeadersDeathInAThreeNodeCluster) {
   const std::string name = channel_name("r3");
   Channel ch = Channel::open(name, bridge_channel(Durability::Memory, {}));
   ch.ensure_group("to-nats");
-  const std::uint64_t per = scaled(20'000);
-  Tool bridge(out_args(name, urls, "R3", "r3.data", {"--ack-wait-ms", "1000", "--count", std::to_string(per)}), log("r3"));
+  const std::uint64_t per = 20'000;  // not scaled, 8 in flight: the leader must die while there is work
+  Tool bridge(out_args(name, urls, "R3", "r3.data",
+                       {"--ack-wait-ms", "1000", "--max-in-flight", "8", "--count", std::to_string(per)}),
+              log("r3"));
   std::thread producer([&] { publish_channel(ch, 1, per); });
   // Kill the leader once a part has gone through.
   const auto deadline = Clock::now() + 60s;
@@ -945,12 +948,12 @@ TEST_F(BridgeTest, InRidesThroughTheStreamLeadersDeathInAThreeNodeCluster) {
   for (const auto& n : nodes) urls += (urls.empty() ? "" : ",") + n->url();
   Js js(urls);
   js.add_stream("R3IN", "r3in.>", /*replicas=*/3, -1, 60s);
-  const std::uint64_t count = scaled(20'000);
+  const std::uint64_t count = 20'000;  // not scaled: the leader must die while there is work
   js.publish("r3in.data", count);
   const std::string name = channel_name("r3in");
   Channel ch = Channel::open(name, bridge_channel(Durability::Async, dir() / "journal", 16 << 20));
   ch.ensure_group("app");
-  Tool bridge(in_args(name, urls, "R3IN", {"--ack-wait-ms", "2000", "--batch", "64", "--idle-exit-ms", "8000"}),
+  Tool bridge(in_args(name, urls, "R3IN", {"--ack-wait-ms", "2000", "--batch", "16", "--idle-exit-ms", "8000"}),
               log("r3in"));
   // Kill the leader once a part has been acked.
   const auto deadline = Clock::now() + 60s;
