@@ -682,7 +682,7 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   NatsServer server(dir(), "n1", free_port());
   Js js(server.url());
   js.add_stream("INK", "ink.>");
-  const std::uint64_t count = 20'000;  // not scaled: the kills must land while there is work
+  const std::uint64_t count = 40'000;  // not scaled: the kills must land while there is work
   js.publish("ink.data", count);
   const std::string name = channel_name("ink");
   Channel ch = Channel::open(name, bridge_channel(Durability::Async, dir() / "journal"));
@@ -691,12 +691,12 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   std::mt19937 rng(seed);
   SCOPED_TRACE("seed " + std::to_string(seed));
   // AckWait 1 s: what a killed bridge fetched and did not ack comes back within a second.
-  // Batches of 8, each flushed to the journal: slow enough that the kills land mid-run.
-  const std::vector<std::string> extra{"--ack-wait-ms", "1000", "--batch", "8", "--max-ack-pending", "512"};
+  // Batches of 4, each flushed to the journal: slow enough that the kills land mid-run.
+  const std::vector<std::string> extra{"--ack-wait-ms", "1000", "--batch", "4", "--max-ack-pending", "512"};
   int kills_mid_run = 0;  // kills while the consumer had not acked everything yet
   for (int kill = 0; kill < 22; ++kill) {
     Tool bridge(in_args(name, server.url(), "INK", extra), log("ink"));
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(80, 400)(rng)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(50, 300)(rng)));
     bridge.kill9();
     jsConsumerInfo* ci = nullptr;
     if (js_GetConsumerInfo(&ci, js.js(), "INK", "to-shmq", nullptr, nullptr) == NATS_OK) {
