@@ -345,6 +345,11 @@ class BridgeTest : public ChannelTest {
  protected:
   void SetUp() override { dir_ = std::make_unique<TestDir>("bridge", true); }
   void TearDown() override {
+    // The status files of the bridges this test SIGKILLed (a bridge that ends removes its own).
+    std::error_code ec;
+    const std::string mine = "shmq-bridge." + unique_name();
+    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec))
+      if (e.path().filename().string().rfind(mine, 0) == 0) std::filesystem::remove(e.path(), ec);
     ChannelTest::TearDown();
     for (const auto& n : dlqs_)
       if (Channel::exists(n)) Channel::remove(n);
@@ -548,8 +553,9 @@ TEST_F(BridgeTest, OutLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   int kills_mid_run = 0;  // kills while the stream did not have everything yet
   for (int kill = 0; kill < 22; ++kill) {
-    Tool bridge(out_args(name, server.url(), "OUTK", "outk.data", {"--max-in-flight", "4"}), log("outk"));
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 200)(rng)));
+    // One publish in flight: slow enough that the kills land mid-run on a fast idle machine too.
+    Tool bridge(out_args(name, server.url(), "OUTK", "outk.data", {"--max-in-flight", "1"}), log("outk"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(10, 120)(rng)));
     bridge.kill9();
     if (js.stream_messages("OUTK") < per * kProducers) ++kills_mid_run;
   }
@@ -676,7 +682,7 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   NatsServer server(dir(), "n1", free_port());
   Js js(server.url());
   js.add_stream("INK", "ink.>");
-  const std::uint64_t count = kSanitized ? 20'000 : 40'000;  // the kills must land while there is work
+  const std::uint64_t count = 40'000;  // not scaled: the kills must land while there is work
   js.publish("ink.data", count);
   const std::string name = channel_name("ink");
   Channel ch = Channel::open(name, bridge_channel(Durability::Async, dir() / "journal"));
@@ -685,11 +691,12 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
   std::mt19937 rng(seed);
   SCOPED_TRACE("seed " + std::to_string(seed));
   // AckWait 1 s: what a killed bridge fetched and did not ack comes back within a second.
-  const std::vector<std::string> extra{"--ack-wait-ms", "1000", "--batch", "128", "--max-ack-pending", "512"};
+  // Batches of 4, each flushed to the journal: slow enough that the kills land mid-run.
+  const std::vector<std::string> extra{"--ack-wait-ms", "1000", "--batch", "4", "--max-ack-pending", "512"};
   int kills_mid_run = 0;  // kills while the consumer had not acked everything yet
   for (int kill = 0; kill < 22; ++kill) {
     Tool bridge(in_args(name, server.url(), "INK", extra), log("ink"));
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(80, 400)(rng)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(50, 300)(rng)));
     bridge.kill9();
     jsConsumerInfo* ci = nullptr;
     if (js_GetConsumerInfo(&ci, js.js(), "INK", "to-shmq", nullptr, nullptr) == NATS_OK) {
@@ -698,8 +705,7 @@ TEST_F(BridgeTest, InLosesNothingAndDuplicatesNothingAcrossTwentySigkills) {
     }
   }
   EXPECT_GE(kills_mid_run, 20) << "the kills came too late to test anything";
-  std::vector<std::string> last_args = extra;
-  last_args.insert(last_args.end(), {"--idle-exit-ms", "3000"});
+  const std::vector<std::string> last_args{"--batch", "256", "--idle-exit-ms", "3000"};
   Tool last(in_args(name, server.url(), "INK", last_args), log("ink"));
   const Drained d = drain(ch, "app", count, 120s);
   const ChildResult r = last.wait(60s);
@@ -908,18 +914,21 @@ TEST_F(BridgeTest, OutRidesThroughTheStreamLeadersDeathInAThreeNodeCluster) {
   const std::string name = channel_name("r3");
   Channel ch = Channel::open(name, bridge_channel(Durability::Memory, {}));
   ch.ensure_group("to-nats");
-  const std::uint64_t per = scaled(20'000);
-  Tool bridge(out_args(name, urls, "R3", "r3.data", {"--ack-wait-ms", "1000", "--count", std::to_string(per)}), log("r3"));
-  std::thread producer([&] { publish_channel(ch, 1, per); });
-  // Kill the leader once a part has gone through.
-  const auto deadline = Clock::now() + 60s;
-  while (js.stream_messages("R3") < per / 4 && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
-  const std::string leader = js.stream_leader("R3");
+  const std::uint64_t per = 20'000;  // not scaled, 8 in flight: the leader must die while there is work
+  const std::string leader = js.stream_leader("R3");  // before the bridge: a request to the cluster takes time
   ASSERT_FALSE(leader.empty());
-  std::uint64_t at_kill = js.stream_messages("R3");
+  Tool bridge(out_args(name, urls, "R3", "r3.data",
+                       {"--ack-wait-ms", "1000", "--max-in-flight", "8", "--count", std::to_string(per)}),
+              log("r3"));
+  std::thread producer([&] { publish_channel(ch, 1, per); });
+  // Kill the leader once a quarter was delivered to the bridge (watched in the channel: a local
+  // read, unlike a request to the cluster).
+  const auto deadline = Clock::now() + 60s;
+  while (ch.stats().groups.at(0).delivered < per / 4 && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
   for (auto& n : nodes)
     if (n->name() == leader) n->kill9();
-  EXPECT_LT(at_kill, per) << "the leader died after everything was through: nothing tested";
+  const GroupStats at_kill = ch.stats().groups.at(0);
+  EXPECT_GT(per - at_kill.delivered + at_kill.in_flight, 0u) << "the leader died after everything was through: nothing tested";
   producer.join();
   const ChildResult r = bridge.wait(180s);
   ASSERT_TRUE(r.ok()) << r.describe() << "\n" << bridge.log();
@@ -945,29 +954,28 @@ TEST_F(BridgeTest, InRidesThroughTheStreamLeadersDeathInAThreeNodeCluster) {
   for (const auto& n : nodes) urls += (urls.empty() ? "" : ",") + n->url();
   Js js(urls);
   js.add_stream("R3IN", "r3in.>", /*replicas=*/3, -1, 60s);
-  const std::uint64_t count = scaled(20'000);
+  const std::uint64_t count = 20'000;  // not scaled: the leader must die while there is work
   js.publish("r3in.data", count);
   const std::string name = channel_name("r3in");
   Channel ch = Channel::open(name, bridge_channel(Durability::Async, dir() / "journal", 16 << 20));
   ch.ensure_group("app");
-  Tool bridge(in_args(name, urls, "R3IN", {"--ack-wait-ms", "2000", "--batch", "64", "--idle-exit-ms", "8000"}),
-              log("r3in"));
-  // Kill the leader once a part has been acked.
-  const auto deadline = Clock::now() + 60s;
-  std::uint64_t floor = 0;
-  while (floor < count / 4 && Clock::now() < deadline) {
-    jsConsumerInfo* ci = nullptr;
-    if (js_GetConsumerInfo(&ci, js.js(), "R3IN", "to-shmq", nullptr, nullptr) == NATS_OK) {
-      floor = ci->AckFloor.Stream;
-      jsConsumerInfo_Destroy(ci);
-    }
-    std::this_thread::sleep_for(10ms);
-  }
-  const std::string leader = js.stream_leader("R3IN");
+  const std::string leader = js.stream_leader("R3IN");  // before the bridge: a request to the cluster takes time
   ASSERT_FALSE(leader.empty());
-  EXPECT_LT(floor, count) << "the leader died after everything was through: nothing tested";
+  Tool bridge(in_args(name, urls, "R3IN", {"--ack-wait-ms", "2000", "--batch", "8", "--idle-exit-ms", "8000"}),
+              log("r3in"));
+  // Kill the leader once a quarter is in the channel (watched there: a local read, unlike a
+  // consumer-info request to the cluster, which can take longer than the whole run).
+  auto in_channel = [&] {
+    for (const ProducerStats& ps : ch.stats().producers)
+      if (ps.name == "bridge-in.R3IN.to-shmq") return ps.published;
+    return std::uint64_t{0};
+  };
+  const auto deadline = Clock::now() + 60s;
+  while (in_channel() < count / 4 && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
   for (auto& n : nodes)
     if (n->name() == leader) n->kill9();
+  const std::uint64_t at_kill = in_channel();
+  EXPECT_LT(at_kill, count) << "the leader died after everything was through: nothing tested";
   const Drained d = drain(ch, "app", count, 150s);
   const ChildResult r = bridge.wait(60s);
   ASSERT_TRUE(r.ok()) << r.describe() << "\n" << bridge.log();
