@@ -569,7 +569,9 @@ ChannelStats Channel::stats() const {
         continue;
       }
       if (r.kind == ring::ReadResult::Record && ring::RecordRing::check_record(r) == nullptr) {
-        const std::uint64_t now = detail::wall_clock_ns(), ts = r.header->timestamp_ns;
+        // An atomic load: a scribbled durable position may name space a reclaim zeroes meanwhile
+        // (the value is then garbage, and only a figure), which must not be a data race.
+        const std::uint64_t now = detail::wall_clock_ns(), ts = __atomic_load_n(&r.header->timestamp_ns, __ATOMIC_RELAXED);
         out.durable_lag_ms = now > ts ? static_cast<double>(now - ts) / 1e6 : 0.0;
       }
       break;

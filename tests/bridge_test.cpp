@@ -620,6 +620,22 @@ TEST_F(BridgeTest, OutWaitsForARestartedServerAndLosesNothing) {
   EXPECT_NE(json.find("\"connected\":\"no\""), std::string::npos) << json;
   EXPECT_NE(json.find("\"alive\":\"yes\""), std::string::npos) << json;
   EXPECT_EQ(json.find("\"last_error\":\"\""), std::string::npos) << "no error reported while the server is down: " << json;
+  // The channel's own views show its bridges too: shmq stat (text and JSON) and shmq top --once.
+  {
+    Tool stat({"stat", name}, stat_log + ".channel");
+    ASSERT_TRUE(stat.wait(10s).ok());
+    Tool stat_json({"stat", name, "--json"}, stat_log + ".channel.json");
+    ASSERT_TRUE(stat_json.wait(10s).ok());
+    Tool top({"top", name, "--once", "--interval-ms", "100"}, stat_log + ".top");
+    ASSERT_TRUE(top.wait(20s).ok());
+  }
+  const std::string channel_text = read_file(stat_log + ".channel"), channel_json = read_file(stat_log + ".channel.json"),
+                    top_text = read_file(stat_log + ".top");
+  EXPECT_NE(channel_text.find("bridges"), std::string::npos) << channel_text;
+  EXPECT_NE(channel_text.find("to-nats -> OUTR"), std::string::npos) << channel_text;
+  EXPECT_NE(channel_json.find("\"bridges\":[{"), std::string::npos) << channel_json;
+  EXPECT_NE(channel_json.find("\"connected\":\"no\""), std::string::npos) << channel_json;
+  EXPECT_NE(top_text.find("to-nats -> OUTR"), std::string::npos) << top_text;
   EXPECT_GT(ch.stats().groups.at(0).lag_messages + ch.stats().groups.at(0).in_flight, 0u);
   server.start();
   more.join();

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bridge/bridge.hpp"
+#include "tools/bridge_status.hpp"
 #include "tools/commands.hpp"
 
 namespace shmq::tool {
@@ -51,60 +52,17 @@ void print_summary(const char* role, const bridge::Summary& s) {
                static_cast<unsigned long long>(s.dedup_uncertain));
 }
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    out += c;
-  }
-  return out + "\"";
-}
-
 int cmd_stat() {
-  std::vector<std::map<std::string, std::string>> rows;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-    const std::string file = e.path().filename().string();
-    if (file.rfind("shmq-bridge.", 0) != 0 || (file.size() > 4 && file.substr(file.size() - 4) == ".tmp")) continue;
-    std::map<std::string, std::string> row;
-    std::ifstream in(e.path());
-    std::string line;
-    for (int i = 0; i < 64 && std::getline(in, line); ++i) {
-      const auto eq = line.find('=');
-      if (eq != std::string::npos) row[line.substr(0, eq)] = line.substr(eq + 1);
-    }
-    if (!stat_channel.empty() && row["channel"] != stat_channel) continue;
-    const int pid = std::atoi(row["pid"].c_str());
-    row["alive"] = pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM) ? "yes" : "no";
-    rows.push_back(std::move(row));
-  }
+  const std::vector<BridgeRow> rows = bridge_rows(stat_channel);
   if (stat_json) {
-    std::printf("[");
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      std::printf("%s{", i ? "," : "");
-      bool first = true;
-      for (const auto& [k, v] : rows[i]) {
-        std::printf("%s%s:%s", first ? "" : ",", json_string(k).c_str(), json_string(v).c_str());
-        first = false;
-      }
-      std::printf("}");
-    }
-    std::printf("]\n");
+    std::printf("%s\n", bridge_rows_json(rows).c_str());
     return kExitOk;
   }
   if (rows.empty()) {
     std::printf("no bridge%s\n", stat_channel.empty() ? "" : (" for channel " + stat_channel).c_str());
     return kExitOk;
   }
-  std::printf("%-4s %-20s %-24s %-6s %10s %9s %12s %8s %6s  %s\n", "ROLE", "CHANNEL", "GROUP/CONSUMER", "ALIVE", "LAG",
-              "IN_FLIGHT", "FORWARDED", "RETRIES", "DLQ", "LAST ERROR");
-  for (auto& r : rows) {
-    const std::string who = r["role"] == "out" ? r["group"] + " -> " + r["stream"] : r["stream"] + "/" + r["consumer"];
-    std::printf("%-4s %-20s %-24s %-6s %10s %9s %12s %8s %6s  %s\n", r["role"].c_str(), r["channel"].c_str(), who.c_str(),
-                r["alive"].c_str(), r["lag"].c_str(), r["in_flight"].c_str(), r["forwarded"].c_str(),
-                r["retries"].c_str(), r["dead_lettered"].c_str(), r["last_error"].c_str());
-  }
+  print_bridge_rows(stdout, rows);
   return kExitOk;
 }
 

@@ -12,6 +12,7 @@
 #include <shmq/shmq.hpp>
 
 #include "shm/durability.hpp"
+#include "tools/bridge_status.hpp"
 #include "tools/commands.hpp"
 #include "tools/output.hpp"
 
@@ -122,6 +123,7 @@ std::string stats_json(const ChannelStats& s) {
       .num("journal_errors", s.journal_errors)
       .raw("groups", json_array(groups))
       .raw("producers", json_array(producers))
+      .raw("bridges", bridge_rows_json(bridge_rows(s.name)))
       .done();
 }
 
@@ -303,6 +305,10 @@ int cmd_stat(const std::string& channel, bool json) {
              std::to_string(g.consumers), std::to_string(g.delivered), std::to_string(g.next_position),
              std::to_string(g.low_water_mark)});
     t.print(stdout, "  ");
+  }
+  if (const std::vector<BridgeRow> bridges = bridge_rows(s.name); !bridges.empty()) {
+    std::printf("\nbridges (shmq bridge stat)\n");
+    print_bridge_rows(stdout, bridges, "  ");
   }
   return kExitOk;
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "tools/commands.hpp"
+#include "tools/bridge_status.hpp"
 #include "tools/output.hpp"
 
 namespace shmq::tool {
@@ -111,10 +112,12 @@ std::string screen(const std::vector<Row>& rows, const TopArgs& a) {
     for (const GroupStats& g : s.groups)
       t.add({g.name, std::to_string(g.lag_messages), human_bytes(g.lag_bytes), std::to_string(g.in_flight),
              std::to_string(g.given_back), std::to_string(g.consumers), rate_text(r.delivered_per_s(g))});
+    const std::vector<BridgeRow> bridges = bridge_rows(s.name);
     char* buf = nullptr;
     std::size_t len = 0;
     if (std::FILE* mem = ::open_memstream(&buf, &len)) {
       t.print(mem, "  ");
+      if (!bridges.empty()) print_bridge_rows(mem, bridges, "  ");  // the NATS bridges of the channel
       std::fclose(mem);
       out.append(buf, len);
       std::free(buf);
@@ -159,6 +162,7 @@ std::string sample_json(const std::vector<Row>& rows, const TopArgs& a) {
                            .num("live_producers", s.live_producers)
                            .num("live_consumers", s.live_consumers)
                            .raw("groups", json_array(groups))
+                           .raw("bridges", bridge_rows_json(bridge_rows(s.name)))
                            .done());
   }
   return JsonObject().num("interval_ms", a.interval_ms).raw("channels", json_array(channels)).done();
