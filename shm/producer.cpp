@@ -326,9 +326,9 @@ Published detail::publish_copy(Producer& producer, const Message& m, std::uint32
     // Below the window nothing is known: copy again rather than risk dropping the only one.
     const std::uint64_t high = p.window.top();
     const bool below = dedup_seq <= high && high - dedup_seq >= p.window.size();
-    if (!below && p.window.find(dedup_seq)) {
+    if (const std::optional<std::uint64_t> original = below ? std::nullopt : p.window.find(dedup_seq)) {
       p.unlock_publish();
-      return {Status::Duplicate, m.id(), 0};
+      return {Status::Duplicate, m.id(), *original};  // where the first copy is (or kNoPosition)
     }
   }
   const auto frame_len = static_cast<std::uint32_t>(ring::kHeaderBytes + m.key().size() + m.payload().size());

@@ -374,6 +374,30 @@ TEST_F(Redelivery, DeadLettersOfASyncChannelSurviveAHostCrash) {
   EXPECT_FALSE(again && again->text() == "poison" && again->deliveries() <= 2) << "delivered again below max_deliveries";
 }
 
+// A dead letter copied again (its first copy made by a process that died before acking the
+// original) is a Duplicate that names where the first copy is: on a Sync NAME.dlq the original is
+// acked only once that copy is durable, and the wait needs its position (it was 0).
+TEST_F(Redelivery, ADeadLetterCopiedAgainIsADuplicateThatNamesTheFirstCopy) {
+  const std::string name = channel_name();
+  auto ch = Channel::open(name, memory_options());
+  ch.ensure_group("g");
+  Producer origin(ch, "p");
+  ASSERT_EQ(origin.publish("poison").status, Status::Ok);
+  Consumer c(ch, "g");
+  auto m = c.poll(1s);
+  ASSERT_TRUE(m);
+  auto dlq = Channel::open(channel_name("dlq"), memory_options());
+  Producer copier(dlq, "dlq-g0");
+  ASSERT_EQ(copier.publish("an earlier dead letter").status, Status::Ok);  // the copy is not at position 0
+  const Published first = detail::publish_copy(copier, *m, 1, 7);
+  ASSERT_EQ(first.status, Status::Ok);
+  ASSERT_NE(first.position, 0u);
+  const Published again = detail::publish_copy(copier, *m, 1, 7);
+  EXPECT_EQ(again.status, Status::Duplicate);
+  EXPECT_EQ(again.position, first.position);
+  EXPECT_EQ(c.ack(*m), Status::Ok);
+}
+
 // Reads every copy in NAME.dlq's "dead-letters" group: how many of each original sequence.
 std::map<std::uint64_t, unsigned> dead_letter_copies(const std::string& dlq) {
   std::map<std::uint64_t, unsigned> copies;
