@@ -76,8 +76,15 @@ void create_directories(const std::filesystem::path& dir) {
     if (p == p.parent_path()) break;  // the root
   }
   for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
-    if (::mkdir(it->c_str(), 0777) == 0) sync_parent_of(*it);
-    else if (errno != EEXIST) throw_errno(errno, dir, "cannot create directory " + it->string());
+    if (::mkdir(it->c_str(), 0700) != 0) {
+      if (errno == EEXIST) continue;
+      throw_errno(errno, dir, "cannot create directory " + it->string());
+    }
+    const int fd = ::open(it->c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) throw_errno(errno, dir, "cannot open the new directory " + it->string());
+    const Fd made(fd);
+    if (::fchmod(fd, 0700) != 0) throw_errno(errno, dir, "cannot make " + it->string() + " mode 0700");
+    sync_parent_of(*it);
   }
 }
 

@@ -40,8 +40,9 @@ class Fd {
 // Creates DIR with mode 0700 if it is missing (its parent must exist), then opens it. A DIR it
 // creates is made durable: its parent is fsync'd after the mkdir.
 Fd open_or_create_dir(const std::filesystem::path& dir);
-// Creates DIR and every missing parent (mode 0777 less the umask, as mkdir -p), fsyncing the parent
-// of each directory it creates, so that after a host crash the path still leads to DIR.
+// Creates DIR and every missing parent, each mode 0700 whatever the umask (mkdir, then fchmod of
+// the new directory opened with O_NOFOLLOW), fsyncing the parent of each directory it creates, so
+// that after a host crash the path still leads to DIR. Existing components are used as they are.
 void create_directories(const std::filesystem::path& dir);
 // Opens DIR, which must exist.
 Fd open_dir(const std::filesystem::path& dir);

@@ -241,8 +241,6 @@ struct Writer::Impl {
   }
 };
 
-void create_journal_directories(const std::filesystem::path& dir) { detail::create_directories(dir); }
-
 Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Writer::Writer(Writer&&) noexcept = default;
 Writer& Writer::operator=(Writer&&) noexcept = default;

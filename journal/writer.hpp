@@ -75,9 +75,6 @@ struct RecoveryReport {
   std::string what;                 // why the first dropped byte is not a record
 };
 
-// Creates DIR and its missing parents as mkdir -p does, fsyncing the parent of every directory it
-// creates (a directory entry is durable only once its parent is). Throws shmq::Error with the errno.
-void create_journal_directories(const std::filesystem::path& dir);
 
 class Writer {
  public:

@@ -17,12 +17,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <vector>
 
+#include "journal/files.hpp"
 #include "journal/journal.hpp"
 #include "shm/channel_state.hpp"
 #include "shm/checkpoint_state.hpp"
@@ -339,33 +341,14 @@ void check_journal_dir(std::string_view channel, const std::filesystem::path& di
 }
 
 void make_journal_dir(std::string_view channel, const std::filesystem::path& dir) {
-  // Every missing component, 0700 whatever the umask (fchmod after mkdir); an existing one is used
-  // as it is. mkdir never follows a symlink in its last component; DIR itself is then checked.
-  std::filesystem::path p;
-  int depth = 0;
-  for (const auto& part : dir) {
-    p /= part;
-    if (++depth > 256) fail(channel, std::errc::filename_too_long, "journal directory " + dir.string() + " is too deep");
-    if (p == p.root_path()) continue;
-    if (::mkdir(p.c_str(), 0700) == 0) {
-      const int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd < 0 || ::fchmod(fd, 0700) != 0) {
-        const int err = errno;
-        if (fd >= 0) ::close(fd);
-        throw Error(std::error_code(err, std::generic_category()),
-                    "shmq channel '" + std::string(channel) + "': cannot make " + p.string() + " mode 0700");
-      }
-      ::close(fd);
-      // The parent holds the new name: make it durable (the first Sync records need it).
-      const int parent = ::open(p.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (parent >= 0) {
-        (void)::fsync(parent);
-        ::close(parent);
-      }
-    } else if (errno != EEXIST) {
-      throw Error(std::error_code(errno, std::generic_category()),
-                  "shmq channel '" + std::string(channel) + "': cannot create journal directory " + p.string());
-    }
+  // Every missing component 0700 whatever the umask, each fsync'd into its parent (the first Sync
+  // records need the path to survive a power cut); DIR itself is then checked: ours, not a symlink.
+  if (std::distance(dir.begin(), dir.end()) > 256)
+    fail(channel, std::errc::filename_too_long, "journal directory " + dir.string() + " is too deep");
+  try {
+    journal::detail::create_directories(dir);
+  } catch (const Error& e) {
+    throw Error(e.code(), "shmq channel '" + std::string(channel) + "': " + e.what());
   }
   check_journal_dir(channel, dir);
 }
