@@ -568,7 +568,10 @@ ChannelStats Channel::stats() const {
         p = r.next;
         continue;
       }
-      if (r.kind == ring::ReadResult::Record && ring::RecordRing::check_record(r) == nullptr) {
+      // read() vouched for the header's 40 bytes (a Record is at least that long); only the
+      // timestamp is read, atomically (below): nothing else of a record another process may be
+      // zeroing meanwhile (a scribbled durable position).
+      if (r.kind == ring::ReadResult::Record) {
         // An atomic load: a scribbled durable position may name space a reclaim zeroes meanwhile
         // (the value is then garbage, and only a figure), which must not be a data race.
         const std::uint64_t now = detail::wall_clock_ns(), ts = __atomic_load_n(&r.header->timestamp_ns, __ATOMIC_RELAXED);
