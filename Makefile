@@ -2,7 +2,7 @@
 #   make deps    install the Debian packages the build needs (only those missing)
 #   make build   Release build in build/
 #   make test    the suite three times: Release (build/), ASan+UBSan (build-asan/), TSan (build-tsan/),
-#                then the libFuzzer targets for 30 s each (build-fuzz/, clang)
+#                then the libFuzzer targets for 20 s each (build-fuzz/, clang)
 #   make demo    the shmq tool's demo
 #   make bench   the benchmarks
 #   make clean

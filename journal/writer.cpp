@@ -3,6 +3,7 @@
 #include "journal/files.hpp"
 #include "journal/format.hpp"
 #include "journal/reader.hpp"
+#include "ringbuffer/shared_bytes.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -101,8 +102,9 @@ struct Writer::Impl {
       if (buf_used + padded > opt.buffer_bytes) flush();
       std::byte* r = buf.get() + buf_used;
       encode_header(r, position, producer, seq, timestamp_ns, key_len, payload_len, flags);
-      if (!key.empty()) std::memcpy(r + kHeaderBytes, key.data(), key.size());
-      if (!payload.empty()) std::memcpy(r + kHeaderBytes + key.size(), payload.data(), payload.size());
+      // From the ring (see ring::copy_out): a scribbled position can let a producer reuse it meanwhile.
+      ring::copy_out(r + kHeaderBytes, key.data(), key.size());
+      ring::copy_out(r + kHeaderBytes + key.size(), payload.data(), payload.size());
       std::memset(r + length, 0, padded - length);
       seal_crc(r);
       buf_used += padded;

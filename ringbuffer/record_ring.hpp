@@ -45,6 +45,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "ringbuffer/shared_bytes.hpp"
+
 namespace shmq::ring {
 
 inline constexpr std::uint64_t kRingMagic = 0x474e4952514d4853ull;  // "SHMQRING"
@@ -138,11 +140,19 @@ inline void unlock_owner_word(std::atomic<std::uint64_t>& word) noexcept {
   word.store(0, std::memory_order_release);  // pairs with the acquire CAS in lock_owner_word()
 }
 
+// A record's header fields, each read once from shared memory (load_record()): what is checked is
+// what is used, whatever another process writes there meanwhile.
+struct RecordFields {
+  std::uint64_t producer, seq, timestamp_ns;
+  std::uint32_t key_len;
+  std::uint32_t payload_len;  // the frame length less the header and the key
+};
+
 // What a reader finds at a position.
 struct ReadResult {
   enum Kind { Empty, Pending, Record, Padding, Corrupt } kind;
   std::uint64_t next;              // position after this record (Record, Padding)
-  const RecordHeader* header;      // Record only: not read yet (see check_record)
+  const RecordHeader* header;      // Record only: not read yet (see load_record)
   const char* why;                 // Corrupt only
   std::uint32_t length;            // frame length (Record, Padding)
 };
@@ -280,8 +290,18 @@ class RecordRing {
   }
 
   // The rest of a Record's validation, once the reader owns it (the header fields may be read).
-  static const char* check_record(const ReadResult& r) noexcept {
-    return r.header->key_len > r.length - kHeaderBytes ? "key longer than its record" : nullptr;
+  // Reads the header fields of the Record R once each into OUT and checks them against R's frame
+  // length (which read() vouched for); nullptr when sound, otherwise what is wrong. Callers use
+  // OUT, never the header again: a second read could see another value.
+  static const char* load_record(const ReadResult& r, RecordFields& out) noexcept {
+    const RecordHeader& h = *r.header;
+    out.producer = load_shared(h.producer);
+    out.seq = load_shared(h.seq);
+    out.timestamp_ns = load_shared(h.timestamp_ns);
+    out.key_len = load_shared(h.key_len);
+    if (out.key_len > r.length - kHeaderBytes) return "key longer than its record";
+    out.payload_len = r.length - static_cast<std::uint32_t>(kHeaderBytes) - out.key_len;
+    return nullptr;
   }
 
   // Where a claim of FRAME_LEN bytes starting at tail T would end (padding at the wrap included).

@@ -569,12 +569,10 @@ ChannelStats Channel::stats() const {
         continue;
       }
       // read() vouched for the header's 40 bytes (a Record is at least that long); only the
-      // timestamp is read, atomically (below): nothing else of a record another process may be
-      // zeroing meanwhile (a scribbled durable position).
+      // timestamp is read, once (load_shared): a scribbled durable position may name space a
+      // reclaim zeroes or a producer writes meanwhile (the figure is then garbage, and only a figure).
       if (r.kind == ring::ReadResult::Record) {
-        // An atomic load: a scribbled durable position may name space a reclaim zeroes meanwhile
-        // (the value is then garbage, and only a figure), which must not be a data race.
-        const std::uint64_t now = detail::wall_clock_ns(), ts = __atomic_load_n(&r.header->timestamp_ns, __ATOMIC_RELAXED);
+        const std::uint64_t now = detail::wall_clock_ns(), ts = ring::load_shared(r.header->timestamp_ns);
         out.durable_lag_ms = now > ts ? static_cast<double>(now - ts) / 1e6 : 0.0;
       }
       break;

@@ -142,7 +142,8 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
   --free_top;
   held[k] = pos + 1;
   slot->delivered.store(++delivered, std::memory_order_relaxed);  // our own line: no locked op
-  if (const char* why = ring::RecordRing::check_record(r)) {
+  ring::RecordFields f;
+  if (const char* why = ring::RecordRing::load_record(r, f)) {
     // The caller never gets this message: let go of the entry before reporting the record.
     slot->in_flight[k].store(0, std::memory_order_release);
     let_go(k);
@@ -151,14 +152,13 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
                 "shmq channel '" + ch->name + "', group '" + group_name + "': corrupt record at position " +
                     std::to_string(pos) + ": " + why);
   }
-  const ring::RecordHeader* h = r.header;
-  const auto* body = reinterpret_cast<const std::byte*>(h) + ring::kHeaderBytes;
+  const auto* body = reinterpret_cast<const std::byte*>(r.header) + ring::kHeaderBytes;
   Message m;
-  m.id_ = InnerId{h->producer, h->seq};
-  m.key_ = std::string_view(reinterpret_cast<const char*>(body), h->key_len);
-  m.payload_ = std::span<const std::byte>(body + h->key_len, r.length - ring::kHeaderBytes - h->key_len);
+  m.id_ = InnerId{f.producer, f.seq};
+  m.key_ = std::string_view(reinterpret_cast<const char*>(body), f.key_len);
+  m.payload_ = std::span<const std::byte>(body + f.key_len, f.payload_len);
   m.position_ = pos;
-  m.timestamp_ns_ = h->timestamp_ns;
+  m.timestamp_ns_ = f.timestamp_ns;
   m.deliveries_ = deliveries;
   m.slot_ = k;
   m.holder_ = holder_id();

@@ -270,12 +270,11 @@ void Journaler::journal(journal::Writer& w) {
     const ring::ReadResult r = ring.read(cursor);
     if (r.kind == ring::ReadResult::Record) {
       {
-        const ring::RecordHeader* rec = r.header;
-        if (const char* why = ring::RecordRing::check_record(r))
+        ring::RecordFields f;
+        if (const char* why = ring::RecordRing::load_record(r, f))
           fail(ch_.name, std::errc::illegal_byte_sequence, "journaler: corrupt record at position " + std::to_string(cursor) + ": " + why);
-        const auto* body = reinterpret_cast<const std::byte*>(rec) + ring::kHeaderBytes;
-        w.append(cursor, rec->producer, rec->seq, rec->timestamp_ns, {body, rec->key_len},
-                 {body + rec->key_len, r.length - ring::kHeaderBytes - rec->key_len});
+        const auto* body = reinterpret_cast<const std::byte*>(r.header) + ring::kHeaderBytes;
+        w.append(cursor, f.producer, f.seq, f.timestamp_ns, {body, f.key_len}, {body + f.key_len, f.payload_len});
         dirty = true;
       }
       cursor = r.next;

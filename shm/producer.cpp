@@ -147,13 +147,15 @@ Status ProducerState::check(std::size_t payload, const PublishOptions& opts) con
 
 std::byte* ProducerState::write_header(std::uint64_t pos, std::uint64_t seq, std::string_view key) noexcept {
   auto* h = reinterpret_cast<ring::RecordHeader*>(ring->at(pos));
-  h->producer = id;
-  h->seq = seq;
-  h->timestamp_ns = wall_clock_ns();
-  h->key_len = static_cast<std::uint32_t>(key.size());
-  h->reserved = 0;
+  // Relaxed atomic stores (plain stores on the hardware): a reader at a scribbled position may
+  // load these words meanwhile (see ring::copy_in).
+  ring::store_shared(h->producer, id);
+  ring::store_shared(h->seq, seq);
+  ring::store_shared(h->timestamp_ns, wall_clock_ns());
+  ring::store_shared(h->key_len, static_cast<std::uint32_t>(key.size()));
+  ring::store_shared(h->reserved, 0u);
   auto* body = reinterpret_cast<std::byte*>(h) + ring::kHeaderBytes;
-  if (!key.empty()) std::memcpy(body, key.data(), key.size());
+  ring::copy_in(body, key.data(), key.size());
   return body + key.size();
 }
 
@@ -181,7 +183,7 @@ void settle_dead_publish(ChannelState& ch, std::uint32_t index) noexcept {
     // Ours by its inner id, or (a dead-letter copy keeps its original's id) by its claimer slot:
     // the claim at POS was this slot's, and only its owner commits a record there.
     committed = r.kind == ring::ReadResult::Record &&
-                ((r.header->producer == slot.id && r.header->seq == seq) ||
+                ((ring::load_shared(r.header->producer) == slot.id && ring::load_shared(r.header->seq) == seq) ||
                  ring::Frame::unpack(r.header->frame.load(std::memory_order_relaxed)).claimer == index);
   } else {
     // Reclaimed, so every group was past it, and not padded as a dead claim: it was committed.
@@ -296,7 +298,7 @@ Published Producer::publish(std::span<const std::byte> payload, const PublishOpt
   detail::publish_hook(detail::PublishStage::Claimed);
   SHMQ_CRASH_POINT("publish.after_announce");
   std::byte* body = p.write_header(pos, seq, opts.key);
-  if (!payload.empty()) std::memcpy(body, payload.data(), payload.size());
+  ring::copy_in(body, payload.data(), payload.size());
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
   detail::publish_hook(detail::PublishStage::Committed);
   SHMQ_CRASH_POINT("publish.after_commit");
@@ -340,9 +342,9 @@ Published detail::publish_copy(Producer& producer, const Message& m, std::uint32
   if (dedup_seq != 0) p.begin(dedup_seq, pos);  // a successor records the copy if we die (settle_dead_publish)
   std::byte* body = p.write_header(pos, m.id().seq, m.key());
   auto* h = reinterpret_cast<ring::RecordHeader*>(p.ring->at(pos));
-  h->producer = m.id().producer;  // the copy keeps the original inner id
-  h->reserved = reason;
-  if (!m.payload().empty()) std::memcpy(body, m.payload().data(), m.payload().size());
+  ring::store_shared(h->producer, m.id().producer);  // the copy keeps the original inner id
+  ring::store_shared(h->reserved, reason);
+  ring::copy_in(body, m.payload().data(), m.payload().size());
   p.ring->commit(pos, frame_len, ring::RecordType::Data, p.index);
   SHMQ_CRASH_POINT("dead_letter.after_commit");
   if (dedup_seq != 0) p.accepted(dedup_seq, pos);

@@ -79,7 +79,8 @@ struct TestRing {
       ReadResult r = ring.read(reader);
       if (r.kind == ReadResult::Padding) { reader = r.next; continue; }
       if (r.kind != ReadResult::Record) return nullptr;
-      EXPECT_EQ(RecordRing::check_record(r), nullptr);
+      RecordFields f;
+      EXPECT_EQ(RecordRing::load_record(r, f), nullptr);
       if (payload) *payload = r.length - static_cast<std::uint32_t>(kHeaderBytes);
       reader = r.next;
       return r.header;
@@ -225,7 +226,8 @@ TEST(RecordRing, CorruptFramesAreReportedNotFollowed) {
   reinterpret_cast<RecordHeader*>(t.ring.at(pos))->key_len = 100;
   const ReadResult r = t.ring.read(pos);
   ASSERT_EQ(r.kind, ReadResult::Record);
-  EXPECT_NE(RecordRing::check_record(r), nullptr);
+  RecordFields f;
+  EXPECT_NE(RecordRing::load_record(r, f), nullptr);
 }
 
 TEST(RecordRing, ValidateRejectsGarbageHeaders) {
