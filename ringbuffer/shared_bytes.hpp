@@ -33,7 +33,7 @@ inline void copy_in(void* dst, const void* src, std::size_t n) noexcept {
   const auto* s = static_cast<const std::uint8_t*>(src);
   for (std::size_t i = 0; i < n; ++i) store_shared(d[i], s[i]);
 #else
-  std::memcpy(dst, src, n);
+  if (n) std::memcpy(dst, src, n);  // (an empty key or payload may have a null data())
 #endif
 }
 
@@ -45,7 +45,7 @@ inline void copy_out(void* dst, const void* src, std::size_t n) noexcept {
   const auto* s = static_cast<const std::uint8_t*>(src);
   for (std::size_t i = 0; i < n; ++i) d[i] = load_shared(s[i]);
 #else
-  std::memcpy(dst, src, n);
+  if (n) std::memcpy(dst, src, n);  // (an empty key or payload may have a null data())
 #endif
 }
 
