@@ -11,9 +11,10 @@
 //     the parent), at an address of its own choosing;
 //   - it is lock-free only if those atomics are: a static_assert says std::atomic<std::size_t> is
 //     always lock-free (on x86-64 a plain aligned load / store), and a queue whose is_lock_free()
-//     says otherwise at run time is SKIPPED; lock-free atomics are address-free (they are plain
-//     instructions on the memory, no side table), which is what sharing them between processes
-//     needs;
+//     says otherwise at run time is SKIPPED. Lock-free operations "should also be address-free"
+//     ([atomics.lockfree]); with GCC on x86-64 they are plain instructions on the memory (no
+//     side table of locks keyed by address, as a non-lock-free std::atomic would use), which is
+//     what sharing them between processes needs;
 //   - its element type is fixed at compile time: a Slot of exactly the message size (64 B, 1 KiB
 //     and 64 KiB are built; another --sizes is SKIPPED), trivially copyable, so the queue's
 //     copy-in on push and the in-place front() / pop() on the consumer side are what it does for

@@ -13,7 +13,7 @@
 //               Frames in harness.hpp: sequence, tail word, checksum of every byte; shmq: also its
 //               inner id, and acks it); msgs/s and MB/s (payload bytes, 10^6) in the consumer's
 //               steady state: timed from its receipt of the first message after the warm-up (one
-//               lap of the ring for shmq and the floor) to its last message.
+//               lap of the ring for shmq, the floors and Boost.Lockfree) to its last message.
 //   transports  shmq Wait::Spin and shmq Wait::Block (consumers poll with that wait);
 //               the floors (what the hardware gives when nothing else is done; the receiver
 //               checks every message as for shmq): a one-cache-line mailbox each way (the
@@ -53,7 +53,6 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <map>
 
 #include "transport.hpp"
 
