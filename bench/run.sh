@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the built benchmarks and prints ONE markdown table: every headline figure of shmq beside its
-# floor and its peers from the same run, the ratios, and each speed goal as met / MISSED; then a
+# floors and its peers from the same run, the ratios, and each speed goal as met / MISSED; then a
 # PNG plot. It builds nothing: `make bench` builds them (in build-bench/) and runs this; or by hand
 #   cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DSHMQ_BUILD_BENCH=ON -DSHMQ_BUILD_TESTS=OFF \
 #     -DSHMQ_BUILD_TOOLS=OFF && cmake --build build-bench -j2 --target bench
@@ -112,7 +112,7 @@ run_section() {
 }
 
 if wants pingpong; then
-  run_section pingpong "latency and throughput, 64 B / 1 KiB / 64 KiB, shmq beside the floor, memcpy and the peers" \
+  run_section pingpong "latency and throughput, 64 B / 1 KiB / 64 KiB, shmq beside the floors, memcpy and the peers" \
     "$bench_dir/shmq_pingpong" "${q[@]}" --json "$out_dir/pingpong.json" --csv "$out_dir/pingpong.csv" \
     --summary "$out_dir/pingpong.summary.tsv"
 fi

@@ -23,8 +23,9 @@ trap 'rm -f "$section"' EXIT
   echo
   echo "The latest full run of \`make bench\` ($((${seconds:-0} / 60)) min $((${seconds:-0} % 60)) s of benchmarks after the build): $when,"
   echo "$machine, commit \`$commit\`."
-  echo "Every figure comes from that one run: shmq beside a bare shared-memory ring (the floor), one"
-  echo "core's memcpy, and its peers (POSIX mq, a Unix socket, Boost.Interprocess message_queue, iceoryx);"
+  echo "Every figure comes from that one run: shmq beside the floors (a one-line mailbox each way, a slot-sequence"
+  echo "ring, the head/tail ring), one core's memcpy, and its peers (POSIX mq, a Unix socket, Boost.Interprocess"
+  echo "message_queue, Boost.Lockfree spsc_queue in shared memory, iceoryx);"
   echo "every message was checked by its receiver. What each row measures and how: [bench/README.md](bench/README.md)."
   echo "The machine is shared (2 vCPUs): the CPU other processes took during each case is in the logs."
   echo
