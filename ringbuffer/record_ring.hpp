@@ -261,7 +261,11 @@ class RecordRing {
       // acquire: a claim marker stored by a peer's CAS comes with that peer's slot (its stores before it).
       std::uint64_t w = word.load(std::memory_order_acquire);
       if (w != mine) {  // (equal: the word T holds is the very marker we would store)
-        if (const std::uint64_t span = claim_in_progress(t, w)) [[unlikely]] {
+        // (Only a frame of this lap naming a claimer can be one in progress: the usual stale word
+        // is told apart here, without the call.)
+        const Frame seen = Frame::unpack(w);
+        const bool maybe = seen.lap == lap_of(t) && (seen.type == RecordType::Claimed || seen.type == RecordType::Padding);
+        if (const std::uint64_t span = maybe ? claim_in_progress(t, w) : 0) [[unlikely]] {
           // A peer's claim marker at the tail: move the tail past its claim for it.
           hdr_->tail.compare_exchange_strong(t, t + span, std::memory_order_seq_cst, std::memory_order_acquire);
           t = hdr_->tail.load(std::memory_order_acquire);
