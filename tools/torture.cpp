@@ -195,9 +195,10 @@ struct OkRecord {
   std::uint32_t kind;   // OkKind
   std::uint64_t seq;
   std::uint64_t time_ns;
+  std::uint64_t position;  // ring position of the record (publish's Published::position; 0 if not known)
   std::uint64_t check;
 };
-static_assert(sizeof(OkRecord) == 32);
+static_assert(sizeof(OkRecord) == 40);
 constexpr std::uint32_t kOkMagic = 0x4f4b4f4b;
 
 enum RecordKind : std::uint8_t { kDeliver = 1, kAck = 2, kNack = 3, kAckFailed = 4, kLeave = 5, kError = 6, kDlq = 7 };
@@ -334,6 +335,7 @@ int run_producer(const Config& c) {
     OkRecord rec{};
     rec.magic = kOkMagic;
     rec.seq = seq;
+    rec.position = r.position;
     if (r.status == shmq::Status::Ok) {
       rec.kind = kOkPublished;
       confirmed = true;
@@ -512,6 +514,9 @@ struct Supervisor {
   // process may still log in between, so a record in that span is from before the crash.
   struct HostCrash {
     std::uint64_t start, end;
+    // The durable position the power cut kept the journal up to (records at or past it were
+    // dropped); ~0: nothing was dropped (no power cut, or the journal was left whole).
+    std::uint64_t durable = ~0ull;
   };
   std::vector<HostCrash> host_crashes;
   // Times the supervisor itself did not run for much longer than its 5 ms sleeps (the whole machine
@@ -696,14 +701,15 @@ struct Supervisor {
   // is cut in the middle instead (a torn write). Reads the journal format of journal/format.hpp:
   // records back to back at 8-byte aligned offsets, length at +4, position at +8, flags at +44.
   std::uint64_t power_cut_bytes = 0, power_cuts_torn = 0;
-  void cut_unsynced_journal() {
+  // Returns the durable position it cut at (~0 when it left the journal whole).
+  std::uint64_t cut_unsynced_journal() {
     std::uint64_t durable = 0;
     try {
       shmq::Channel ch = shmq::Channel::attach(cfg.name, false);
       durable = ch.stats().durable_position;
     } catch (const std::exception& e) {
       event(std::string("power cut: no durable position (") + e.what() + "): journal left whole");
-      return;
+      return ~0ull;
     }
     std::error_code ec;
     std::vector<fs::path> files;
@@ -715,6 +721,10 @@ struct Supervisor {
       if (ec) continue;
       const int fd = ::open(f.c_str(), O_RDWR | O_CLOEXEC);
       if (fd < 0) continue;
+      // Self-check of the audit (--inject cut-durable): the cut takes the last 256 KiB of durable
+      // records too (as a disk that lied about fdatasync would), and the audit must report them
+      // as lost although durable.
+      const std::uint64_t cut_from = cfg.inject == "cut-durable" ? durable - std::min<std::uint64_t>(durable, 256 << 10) : durable;
       std::uint64_t off = 0;
       bool cut = false;
       unsigned char h[48];
@@ -727,7 +737,7 @@ struct Supervisor {
         std::memcpy(&flags, h + 44, 4);
         const std::uint64_t span = (std::uint64_t{length} + 7) & ~std::uint64_t{7};
         if (length < sizeof h || off + span > size) break;  // already a torn tail: recovery's business
-        if (flags == 0 && position >= durable) {
+        if (flags == 0 && position >= cut_from) {
           std::uint64_t at = off;
           if (arm_rng() % 2) {
             at += 1 + arm_rng() % (span - 1);
@@ -745,6 +755,7 @@ struct Supervisor {
       ::close(fd);
       (void)cut;
     }
+    return durable;
   }
 
   void host_crash() {
@@ -774,8 +785,8 @@ struct Supervisor {
         }
         p.pid = 0;
       }
-    host_crashes.push_back({t, now_ns()});
-    if (cfg.power_cut) cut_unsynced_journal();
+    const std::uint64_t end = now_ns();
+    host_crashes.push_back({t, end, cfg.power_cut ? cut_unsynced_journal() : ~0ull});
     unlink_segments();  // as a reboot does: /dev/shm is gone, the journal stays
     event("host crash");
     for (Proc& p : procs) spawn(p);
@@ -954,11 +965,22 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
   const bool is_async = durability_of(cfg) == shmq::Durability::Async;
   const bool is_memory = durability_of(cfg) == shmq::Durability::Memory;
   std::uint64_t torn = 0;
-  // Published: (producer, seq) -> confirmation time.
-  std::map<std::pair<int, std::uint64_t>, std::uint64_t> published;
+  // Published: (producer, seq) -> confirmation time; and the ring position it was published at.
+  std::map<std::pair<int, std::uint64_t>, std::uint64_t> published, position_of;
   for (int i = 0; i < cfg.producers; ++i)
-    for (const OkRecord& r : read_records<OkRecord>(producer_file(cfg, i, ".ok"), kOkMagic, torn))
+    for (const OkRecord& r : read_records<OkRecord>(producer_file(cfg, i, ".ok"), kOkMagic, torn)) {
       published.emplace(std::make_pair(i, r.seq), r.time_ns);
+      position_of.emplace(std::make_pair(i, r.seq), r.position);
+    }
+  // A message the journal held when a host crash cut it: confirmed before that crash, at a
+  // position below the durable position the power cut kept. Losing one is never within the Async
+  // bound, whatever its age (a Duplicate's position is the first copy's: it counts the same).
+  auto was_durable = [&](const std::pair<int, std::uint64_t>& key, std::uint64_t ok_time) {
+    const std::uint64_t pos = position_of[key];
+    for (const HostCrash& h : host_crashes)
+      if (h.end >= ok_time) return pos != 0 && h.durable != ~0ull && pos < h.durable;
+    return false;
+  };
   // Poison target of each message (from the payload the producers wrote, recomputed).
   auto poison_of = [&](int i, std::uint64_t seq) {
     std::mt19937_64 body_rng(cfg.seed ^ (static_cast<std::uint64_t>(i) << 48) ^ seq);
@@ -1014,7 +1036,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
   struct GroupResult {
     std::uint64_t delivered = 0, lost = 0, dup = 0, dup_after_ack = 0, dup_held_twice = 0, redelivered = 0,
                   redelivered_after_crash = 0, corrupt = 0, ack_failed = 0, unconfirmed = 0, never_acked = 0, lost_within = 0,
-                  lost_beyond = 0, dlq_lost_host_crash = 0, dlq = 0, errors = 0;
+                  lost_beyond = 0, lost_durable = 0, dlq_lost_host_crash = 0, dlq = 0, errors = 0;
     std::vector<std::string> examples;
     std::vector<std::string> info;
   };
@@ -1165,7 +1187,9 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
         continue;
       }
       ++res.lost;
-      const bool within = is_async && within_bound(ok_time);
+      const bool durable_lost = was_durable(key, ok_time);
+      if (durable_lost) ++res.lost_durable;
+      const bool within = is_async && !durable_lost && within_bound(ok_time);
       (within ? res.lost_within : res.lost_beyond) += 1;
       {  // how long before the next host crash it was confirmed: the measured Async window
         std::uint64_t age = ~0ull;
@@ -1177,7 +1201,8 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
         std::uint64_t before = 0;
         for (const HostCrash& h : host_crashes)
           if (h.start >= ok_time && (before == 0 || h.start - ok_time < before)) before = h.start - ok_time;
-        res.examples.push_back(std::string(target == g ? "poison message lost (not in NAME.dlq)" : "lost") + ": producer " +
+        res.examples.push_back(std::string(target == g ? "poison message lost (not in NAME.dlq)" : "lost") +
+                               (durable_lost ? " although the journal held it (below the durable position of the crash)" : "") + ": producer " +
                                std::to_string(key.first) + " seq " + std::to_string(key.second) +
                                (before ? ", confirmed " + std::to_string(before / 1000000) + " ms before a host crash (" +
                                              std::to_string(stalled_between(ok_time, ok_time + before) / 1000000) + " ms of it stalled)"
@@ -1195,6 +1220,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
     t.redelivered += r.redelivered + r.redelivered_after_crash;
     t.lost_within += r.lost_within;
     t.lost_beyond += r.lost_beyond;
+    t.lost_durable += r.lost_durable;
     t.dlq += r.dlq;
     t.dlq_lost_host_crash += r.dlq_lost_host_crash;
     t.ack_failed += r.ack_failed;
@@ -1262,7 +1288,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
   std::snprintf(line, sizeof line,
                 "torture seed=%llu durability=%s dur=%.0fs kills=%llu journaler_kills=%llu crash_points=%llu host_crashes=%zu "
                 "published=%zu delivered=%llu lost=%llu dup=%llu redelivered=%llu corrupt=%llu dlq=%llu "
-                "dlq_lost_host_crash=%llu async_lost_within_bound=%llu beyond=%llu errors=%llu drained=%s => %s",
+                "dlq_lost_host_crash=%llu async_lost_within_bound=%llu beyond=%llu (durable=%llu) errors=%llu drained=%s => %s",
                 static_cast<unsigned long long>(cfg.seed), cfg.durability.c_str(), seconds,
                 static_cast<unsigned long long>(kills), static_cast<unsigned long long>(journaler_kills),
                 static_cast<unsigned long long>(crash_point_deaths), host_crashes.size(), published.size(), static_cast<unsigned long long>(t.delivered),
@@ -1270,7 +1296,7 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                 static_cast<unsigned long long>(t.redelivered), static_cast<unsigned long long>(corrupt_total),
                 static_cast<unsigned long long>(t.dlq), static_cast<unsigned long long>(t.dlq_lost_host_crash),
                 static_cast<unsigned long long>(is_async ? t.lost_within : 0),
-                static_cast<unsigned long long>(is_async ? t.lost_beyond : 0),
+                static_cast<unsigned long long>(is_async ? t.lost_beyond : 0), static_cast<unsigned long long>(t.lost_durable),
                 static_cast<unsigned long long>(std::max<std::uint64_t>(total_errors, unexpected_exits)), drain_ok ? "yes" : "no",
                 pass ? "PASS" : "FAIL");
   std::printf("%s\n", line);
@@ -1304,7 +1330,7 @@ void usage() {
                "                    [--host-crash-every S (0: none; never on memory)] [--poison-every N (0: none)]\n"
                "                    [--rate MSGS_PER_S_PER_PRODUCER] [--flush-interval-ms 5] [--async-slack-ms 50]\n"
                "                    [--max-deliveries 3] [--ring-bytes 1048576] [--drain-timeout S] [--dir DIR]\n"
-               "                    [--keep] [--json] [--inject lose|dup|corrupt (self-check of the audit)]\n"
+               "                    [--keep] [--json] [--inject lose|dup|corrupt|cut-durable (self-check of the audit)]\n"
                "                    [--crash-point-share 0.3 (crash-point builds: share of starts armed)]\n"
                "                    [--crash-points NAME,NAME (only these points; default: all of kCrashPoints)]\n"
                "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n"
@@ -1368,7 +1394,8 @@ bool parse(int argc, char** argv, Config& c) {
       std::fprintf(stderr, "shmq-torture: no crash point named %s in shm/crash_point.hpp\n", n.c_str());
       return false;
     }
-  if (!c.inject.empty() && c.inject != "lose" && c.inject != "dup" && c.inject != "corrupt") return false;
+  if (!c.inject.empty() && c.inject != "lose" && c.inject != "dup" && c.inject != "corrupt" && c.inject != "cut-durable")
+    return false;
   if (c.max_deliveries < 1 || c.rate < 1 || c.duration_s <= 0) return false;
   return true;
 }
