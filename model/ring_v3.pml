@@ -50,11 +50,35 @@
  * for) are out of scope; one reader (its position is
  * the gate), or none (-DNOREADER: the gate is the tail, as with no consumer group).
  *
+ * Switches. Default: the C++ as it is, against the full adversary. FIX_LOST: a claimer whose tail
+ * CAS fails takes its claim if the tail is at or past its END (helped, and claims went on) and
+ * `cleaned` is not past its position (its frame CAS did not land in space reclaimed since); the
+ * C++ takes it only if the tail is exactly END and otherwise pads it (claim_lost). FIX_TOGGLE
+ * (partial, see the report): the marker carries a bit that readers ignore, chosen to differ from
+ * the word it replaces. NOCOINCIDE: stale frames carry an epoch no claimer has, so a stale word is
+ * never exactly a value the protocol writes (the adversary of the C++'s own assumption). STRICT_LOST:
+ * claim_lost() is an assertion. NOREADER: no reader (gate = tail).
+ *
+ * Counterexamples against the C++ as it is (ring_v3.sh's as_is run; see the report of branch
+ * modelv3 for the trails):
+ *   1. ABA on the frame CAS: claimers A and B load the same stale word W at the tail T; B marks,
+ *      moves the tail, commits, and its Data frame happens to equal W; A (past its tail re-check)
+ *      CASes W -> its marker and succeeds over B's committed record (lost, or overwritten by A's).
+ *   2. A stale word equal to the marker that B's slot publishes: A (which read B's slot before B
+ *      published it) CASes it to A's marker while B takes the same word as its own (w == mine) or
+ *      a peer helps B past it: both claim T (overlap), or the tail moves by B's span over A's marker.
+ *   3. claim_lost() is reached in an honest ring (STRICT_LOST): a peer helps B's claim (tail ->
+ *      END), then claims on past END before B's tail CAS; B pads its own record and retries, and
+ *      two claimers can keep doing this to each other for ever (N=2: the tail grows without bound).
+ *
  * Mutants (each must give a counterexample; ring_v3.sh runs them):
  *   MUT_A  the claimer stores its marker after the tail CAS (ring v2 order, without zeroing)
  *   MUT_B  read() loads the frame word before the tail
  *   MUT_C  claim_in_progress does not check the slot (trusts any Claimed/Padding frame of this lap)
- *   MUT_D  adopt_claimer does not move the tail past the dead claimer's marked claim
+ *   MUT_D  adopt_claimer does not move the tail past the dead claimer's marked claim (gives NO
+ *          counterexample: once the slot is cleared, the dead claimer's marker at the tail reads as
+ *          stale to every peer and is replaced by CAS; nothing reads at the tail; so the move is
+ *          not needed for safety nor for progress; ring_v3.sh expects "ok" for it)
  *   MUT_E  reclaim ignores live claims (cleaned = min(gate, tail))
  */
 
