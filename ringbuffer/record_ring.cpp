@@ -94,7 +94,8 @@ std::uint64_t RecordRing::claim_in_progress(std::uint64_t t, std::uint64_t w) co
 void RecordRing::claim_lost(std::uint64_t pos, std::uint64_t end, std::uint64_t mine) noexcept {
   std::uint64_t expected = mine;
   // release: pairs with the acquire in read(); CAS: a reader may be padding it too.
-  frame_at(pos).compare_exchange_strong(expected, Frame::pack(static_cast<std::uint32_t>(end - pos), RecordType::Padding, 0, 0, lap_of(pos)),
+  // The padding keeps the marker's toggle (see Frame): it too differs from the word the claim replaced.
+  frame_at(pos).compare_exchange_strong(expected, Frame::pack(static_cast<std::uint32_t>(end - pos), RecordType::Padding, 0, 0, lap_of(pos), Frame::toggle_of(mine)),
                                         std::memory_order_release, std::memory_order_relaxed);
 }
 
@@ -181,7 +182,8 @@ bool RecordRing::unblock_impl(std::uint64_t pos, std::uint64_t owner, AliveFn al
   if (pos >= hdr_->cleaned.load(std::memory_order_relaxed)) {  // only the lock holder moves it
     std::uint64_t expected = w;
     // CAS: another reader may be turning the same claim into padding; either of us may win.
-    word.compare_exchange_strong(expected, Frame::pack(static_cast<std::uint32_t>(len), RecordType::Padding, 0, 0, lap_of(pos)),
+    // The padding keeps the marker's toggle (see Frame): it too differs from the word the claim replaced.
+    word.compare_exchange_strong(expected, Frame::pack(static_cast<std::uint32_t>(len), RecordType::Padding, 0, 0, lap_of(pos), f.toggle),
                                  std::memory_order_release, std::memory_order_relaxed);
   }
   if (!locked) unlock_cleaning();
@@ -243,8 +245,9 @@ void RecordRing::lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept {
 bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept {
   lock_cleaning(owner, alive);
   const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
-  // acquire: pairs with the tail CAS in try_claim().
-  const std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
+  // seq_cst: pairs with the seq_cst intent store in try_claim() (through its seq_cst tail re-check
+  // and the tail CAS): if this tail is past a claimer's T, the intent loads below see its intent T.
+  const std::uint64_t t = hdr_->tail.load(std::memory_order_seq_cst);
   // `cleaned` and the tail come from shared memory: a ring where they are not record boundaries
   // a lap apart at most is corrupt; no space is made in it (the caller's wait times out).
   if (c % kAlign != 0 || t % kAlign != 0 || t < c || t - c > capacity_) {
@@ -256,16 +259,23 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
     return true;
   }
   // The lowest position a reader (or the journal) still needs: a record boundary, never past what
-  // was claimed. Space from there on stays; so does every claim still being written: with no group
-  // (nobody reads), the gate is the tail, and a live claim below it must not be reused under its
-  // writer. A claimer's slot names its last claim; a dead claimer's claim is padded here.
+  // was claimed. Space from there on stays; so does the intent of every live claimer (from before
+  // its tail re-check to its commit: its frame CAS may still be to come, or its record still being
+  // written; with no group the gate is the tail and this is what keeps the claim). A dead
+  // claimer's marked claim is padded here; a dead claimer with no marker makes no more stores.
   std::uint64_t g = std::min(gate(ctx), t);
   for (std::uint32_t i = 0; i < claimer_count_; ++i) {
-    const std::uint64_t p = claimers_[i].intent.load(std::memory_order_acquire);
+    // seq_cst: see the tail load above.
+    const std::uint64_t p = claimers_[i].intent.load(std::memory_order_seq_cst);
     if (p == kNoIntent || p < c || p >= g || p % kAlign != 0) continue;
     const Frame f = Frame::unpack(frame_at(p).load(std::memory_order_acquire));
-    if (f.type != RecordType::Claimed || f.lap != lap_of(p) || f.claimer != i) continue;  // committed (or not a claim)
-    if (!unblock_impl(p, owner, alive, true)) g = p;  // live: still being written
+    if (f.type == RecordType::Claimed && f.lap == lap_of(p) && f.claimer == i) {
+      if (!unblock_impl(p, owner, alive, true)) g = p;  // live: still being written
+      continue;
+    }
+    // No marker of its own there (yet): a live claimer may still CAS it, or commit is clearing it.
+    const std::uint64_t owner_token = claimers_[i].owner.load(std::memory_order_acquire);  // pairs with adopt_claimer()
+    if (owner_token != 0 && alive(owner_token)) g = p;
   }
   // The gate comes from shared memory (cursors, held positions): only an aligned one within
   // [cleaned, tail] moves `cleaned`.

@@ -22,14 +22,17 @@
 //
 //   0                               8               16              24              32      36      40
 //   +-------------------------------+---------------+---------------+---------------+-------+-------+---..
-//   | len 30 |typ 2|clm 12|ep 12|lap 8| producer id   | sequence      | timestamp ns  |key len| rsvd  | key, payload
+//   | len 30|typ 2|clm 12|ep 11|tg 1|lap 8| producer id   | sequence      | timestamp ns  |key len| rsvd  | key, payload
 //   +-------------------------------+---------------+---------------+---------------+-------+-------+---..
 //   \____ frame word (atomic u64) _/
 //   typ: Claimed (the claim marker: len is the frame length being written), Data (committed: len is
 //   the frame length, header + key + payload, unaligned; the record occupies align8(len) bytes) or
-//   Padding (len bytes skipped; the frame word alone). clm/epoch: the claimer slot and the low 12
-//   bits of its epoch, so that a reader can tell whether the claimer is alive. lap: the low 8 bits
-//   of position / capacity.
+//   Padding (len bytes skipped; the frame word alone). clm/epoch: the claimer slot and the low 11
+//   bits of its epoch, so that a reader can tell whether the claimer is alive. tg: the claim's
+//   toggle (readers ignore it): a claimer that loaded the word W at T marks T with the toggle NOT
+//   W's, and every frame stored at T for that claim (marker, commit, padding) carries it, so that no
+//   frame stored at T during this lap equals W and a stalled CAS expecting W fails (no ABA).
+//   lap: the low 8 bits of position / capacity.
 //
 // Everything the ring reads from its header and its frames is hostile input (any process that
 // maps the segment can write it): positions are checked for alignment and against the tail,
@@ -53,6 +56,22 @@
 
 namespace shmq::ring {
 
+// Tests only (builds with -DSHMQ_CRASH_POINTS=ON; nothing at all elsewhere): called inside
+// try_claim() at the named step of claimer I's claim of T, so that a test can play a peer (or lap
+// the ring) while the claimer is stopped there. Not for production use.
+enum class ClaimStep { BeforeFrameCas, AfterFrameCas };
+#ifdef SHMQ_CRASH_POINTS
+inline void (*g_claim_hook)(ClaimStep step, std::uint32_t i, std::uint64_t t) = nullptr;
+#define SHMQ_CLAIM_HOOK(step, i, t) \
+  do {                               \
+    if (::shmq::ring::g_claim_hook) ::shmq::ring::g_claim_hook(step, i, t); \
+  } while (0)
+#else
+#define SHMQ_CLAIM_HOOK(step, i, t) \
+  do {                               \
+  } while (0)
+#endif
+
 inline constexpr std::uint64_t kRingMagic = 0x474e4952514d4853ull;  // "SHMQRING"
 inline constexpr std::uint32_t kRingVersion = 3;
 inline constexpr std::size_t kAlign = 8;
@@ -69,8 +88,8 @@ enum class RecordType : std::uint8_t { None = 0, Data = 1, Padding = 2, Claimed 
 // position / capacity): a frame left from an earlier lap at the same index is told from this lap's.
 inline constexpr unsigned kLapBits = 8;
 
-// The frame word, packed: length (30 bits) | type (2 bits) | claimer (12 bits) | epoch (12 bits) |
-// lap (8 bits). Length: Data, the frame length (header + key + payload, unaligned; the record
+// The frame word, packed: length (30 bits) | type (2 bits) | claimer (12 bits) | epoch (11 bits) |
+// toggle (1 bit) | lap (8 bits). Length: Data, the frame length (header + key + payload, unaligned; the record
 // occupies align8(length) bytes); Padding, the bytes skipped (aligned); Claimed, the frame length
 // being written. Claimed is the claim marker, Data and Padding are committed. A word of 0 is no frame.
 struct Frame {
@@ -79,20 +98,25 @@ struct Frame {
   std::uint16_t claimer;
   std::uint16_t epoch;
   std::uint8_t lap;
+  std::uint8_t toggle;
 
+  static constexpr unsigned kToggleShift = 55;
   static constexpr std::uint64_t pack(std::uint32_t length, RecordType type, std::uint32_t claimer,
-                                      std::uint32_t epoch, std::uint32_t lap = 0) {
+                                      std::uint32_t epoch, std::uint32_t lap = 0, std::uint32_t toggle = 0) {
     return (length & 0x3fffffffu) | (std::uint64_t(static_cast<std::uint8_t>(type) & 0x3) << 30) |
-           (std::uint64_t(claimer & 0xfff) << 32) | (std::uint64_t(epoch & 0xfff) << 44) |
-           (std::uint64_t(lap & 0xff) << 56);
+           (std::uint64_t(claimer & 0xfff) << 32) | (std::uint64_t(epoch & 0x7ff) << 44) |
+           (std::uint64_t(toggle & 1) << kToggleShift) | (std::uint64_t(lap & 0xff) << 56);
   }
   static constexpr Frame unpack(std::uint64_t w) {
     return Frame{static_cast<std::uint32_t>(w & 0x3fffffffu), static_cast<RecordType>((w >> 30) & 0x3),
-                 static_cast<std::uint16_t>((w >> 32) & 0xfff), static_cast<std::uint16_t>((w >> 44) & 0xfff),
-                 static_cast<std::uint8_t>(w >> 56)};
+                 static_cast<std::uint16_t>((w >> 32) & 0xfff), static_cast<std::uint16_t>((w >> 44) & 0x7ff),
+                 static_cast<std::uint8_t>(w >> 56), static_cast<std::uint8_t>((w >> kToggleShift) & 1)};
   }
+  // The toggle a claim of a position holding W takes: not W's.
+  static constexpr std::uint32_t toggle_over(std::uint64_t w) { return static_cast<std::uint32_t>(((w >> kToggleShift) & 1) ^ 1); }
+  static constexpr std::uint32_t toggle_of(std::uint64_t w) { return static_cast<std::uint32_t>((w >> kToggleShift) & 1); }
 };
-inline constexpr std::uint32_t kEpochMask = 0xfff;
+inline constexpr std::uint32_t kEpochMask = 0x7ff;
 inline constexpr std::uint32_t kMaxFrameLength = 0x3fffffffu;
 
 struct RecordHeader {
@@ -131,11 +155,14 @@ static_assert(offsetof(RingHeader, data_seq) % kCacheLine == 0);
 static_assert(offsetof(RingHeader, space_seq) % kCacheLine == 0);
 
 struct alignas(kCacheLine) ClaimerSlot {
-  // The claim this claimer makes or made last: its position (the tail it claims from; kNoIntent
-  // when none) and the frame word it stores there by CAS (a claim marker, or a padding frame at the
-  // end of the ring). Written before that CAS and kept until the claimer's next claim, which it
-  // starts only after committing this one: a peer that finds a frame naming this claimer at the
-  // tail tells a claim in progress (the slot says that position and that word) from a stale word.
+  // The claim this claimer is making: its position (the tail it claims from; kNoIntent when none)
+  // and the frame word it stores there by CAS (a claim marker, or a padding frame at the end of the
+  // ring). Published before the claimer's tail re-check (intent: seq_cst, pairs with reclaim()'s
+  // seq_cst loads of the tail and then of intent) and kept until the claim's commit (commit() clears
+  // intent after the frame; a try_claim() that returns kNoIntent clears it too): a peer that finds a
+  // frame naming this claimer at the tail tells a claim in progress (the slot says that position and
+  // that word) from a stale word, and reclaim() never frees the position of a live claimer's intent,
+  // so that its frame CAS can never land on the same index a lap later.
   std::atomic<std::uint64_t> intent;
   std::atomic<std::uint64_t> claim_frame;
   std::atomic<std::uint64_t> owner;   // owner token of the process using this slot; 0 when unowned
@@ -222,9 +249,12 @@ class RecordRing {
   // (always inlined: the hot path of every publish; the checks of a hostile tail are out of line.)
   //
   // The claim of position T (the tail) is made in two steps, so that no word below the tail is ever
-  // one left from an earlier lap: (1) the claimer publishes T and its claim marker in its slot, then
-  // stores the marker at T with a CAS from whatever T held (a word of an earlier lap: freed space is
-  // never zeroed); (2) it moves the tail past its claim with a CAS. A peer that finds a claim marker
+  // one left from an earlier lap: (1) the claimer loads the word W at T, publishes T and its claim
+  // marker (toggle: not W's, see Frame) in its slot, re-checks the tail, and stores the marker at T
+  // with a CAS from W (a word of an earlier lap: freed space is never zeroed); (2) it moves the tail
+  // past its claim with a CAS (failing on a tail at or past END: a peer helped, the claim is ours).
+  // The slot's intent stays published until commit(), and reclaim() never frees it while the
+  // claimer lives: the frame CAS cannot land on the same index a lap later. A peer that finds a claim marker
   // at the tail whose claimer's slot names that position and that word (claim_in_progress()) moves
   // the tail past it for that claimer instead of waiting (a claimer that stalls or dies between the
   // two steps blocks nobody); any other word at the tail is stale and is replaced. At the end of the
@@ -243,66 +273,81 @@ class RecordRing {
       // known to be reclaimed, is not claimed from (a frame at a misaligned index would cross the
       // end of the region). The caller's reclaim() refuses such a ring too, so it times out.
       if ((t % kAlign != 0 || t < cleaned_hint) && !tail_usable(t, cleaned_hint)) [[unlikely]]
-        return kNoIntent;
+        return no_claim(me);
       const std::uint64_t to_end = capacity_ - (t & mask_);
       const bool wrap = need > to_end;
       const std::uint64_t end = t + (wrap ? to_end : need);
       if (end > cleaned_hint + capacity_) {
         // acquire: pairs with the release store of `cleaned` in reclaim(): readers are done there.
         cleaned_hint = hdr_->cleaned.load(std::memory_order_acquire);
-        if (end > cleaned_hint + capacity_) return kNoIntent;
+        if (end > cleaned_hint + capacity_) return no_claim(me);
       }
-      const std::uint64_t mine = wrap ? Frame::pack(static_cast<std::uint32_t>(to_end), RecordType::Padding, i, epoch, lap_of(t))
-                                      : Frame::pack(frame_len, RecordType::Claimed, i, epoch, lap_of(t));
-      // relaxed: published by the frame CAS below (a full barrier) to whoever acquires that frame.
-      me.claim_frame.store(mine, std::memory_order_relaxed);
-      me.intent.store(t, std::memory_order_relaxed);
       std::atomic<std::uint64_t>& word = frame_at(t);
       // acquire: a claim marker stored by a peer's CAS comes with that peer's slot (its stores before it).
       std::uint64_t w = word.load(std::memory_order_acquire);
-      if (w != mine) {  // (equal: the word T holds is the very marker we would store)
-        // (Only a frame of this lap naming a claimer can be one in progress: the usual stale word
-        // is told apart here, without the call.)
-        const Frame seen = Frame::unpack(w);
-        const bool maybe = seen.lap == lap_of(t) && (seen.type == RecordType::Claimed || seen.type == RecordType::Padding);
-        if (const std::uint64_t span = maybe ? claim_in_progress(t, w) : 0) [[unlikely]] {
-          // A peer's claim marker at the tail: move the tail past its claim for it.
-          hdr_->tail.compare_exchange_strong(t, t + span, std::memory_order_seq_cst, std::memory_order_acquire);
-          t = hdr_->tail.load(std::memory_order_acquire);
-          continue;
-        }
-        // A word of an earlier lap (or a marker whose claimer moved on): replaced, if the tail is
-        // still at T. seq_cst CAS: publishes the slot stores above with the marker.
-        if (const std::uint64_t live = hdr_->tail.load(std::memory_order_acquire); live != t) {
-          t = live;
-          continue;
-        }
-        if (!word.compare_exchange_strong(w, mine, std::memory_order_seq_cst, std::memory_order_relaxed)) [[unlikely]] {
-          t = hdr_->tail.load(std::memory_order_acquire);
-          continue;
-        }
+      // The toggle is not W's: no frame this claim stores at T (marker, commit, padding) equals W,
+      // so no CAS expecting W (ours, or a stalled peer's) succeeds over it (ABA); and MINE != W.
+      const std::uint32_t toggle = Frame::toggle_over(w);
+      const std::uint64_t mine = wrap ? Frame::pack(static_cast<std::uint32_t>(to_end), RecordType::Padding, i, epoch, lap_of(t), toggle)
+                                      : Frame::pack(frame_len, RecordType::Claimed, i, epoch, lap_of(t), toggle);
+      // relaxed: published by the seq_cst intent store below and the frame CAS (a full barrier).
+      me.claim_frame.store(mine, std::memory_order_relaxed);
+      // seq_cst: store-load ordering with the tail re-check below (pairs with reclaim()'s seq_cst
+      // loads of the tail, then of intent): a reclaim that saw the tail past T sees this intent, or
+      // the re-check sees the tail moved and this round makes no CAS at T.
+      me.intent.store(t, std::memory_order_seq_cst);
+      // (Only a frame of this lap naming a claimer can be one in progress: the usual stale word
+      // is told apart here, without the call.)
+      const Frame seen = Frame::unpack(w);
+      const bool maybe = seen.lap == lap_of(t) && (seen.type == RecordType::Claimed || seen.type == RecordType::Padding);
+      if (const std::uint64_t span = maybe ? claim_in_progress(t, w) : 0) [[unlikely]] {
+        // A peer's claim marker at the tail: move the tail past its claim for it.
+        hdr_->tail.compare_exchange_strong(t, t + span, std::memory_order_seq_cst, std::memory_order_acquire);
+        t = hdr_->tail.load(std::memory_order_acquire);
+        continue;
+      }
+      // A word of an earlier lap (or a marker whose claimer moved on): replaced, if the tail is
+      // still at T. seq_cst load: see the intent store above.
+      if (const std::uint64_t live = hdr_->tail.load(std::memory_order_seq_cst); live != t) {
+        t = live;
+        continue;
+      }
+      SHMQ_CLAIM_HOOK(ClaimStep::BeforeFrameCas, i, t);
+      // seq_cst CAS: publishes the slot stores above with the marker.
+      if (!word.compare_exchange_strong(w, mine, std::memory_order_seq_cst, std::memory_order_relaxed)) [[unlikely]] {
+        t = hdr_->tail.load(std::memory_order_acquire);
+        continue;
       }
       SHMQ_CRASH_POINT("claim.after_frame_cas");
+      SHMQ_CLAIM_HOOK(ClaimStep::AfterFrameCas, i, t);
       // The frame at T is ours; move the tail past it. Only a peer that found our marker there moves
-      // it otherwise, and then to END: any other tail is a hostile one.
+      // it otherwise, and then to END, after which claims go on: a tail at or past END is ours
+      // (helped); one in (T, END) or below T is a hostile one.
       std::uint64_t expected = t;
       if (!hdr_->tail.compare_exchange_strong(expected, end, std::memory_order_seq_cst, std::memory_order_acquire) &&
-          expected != end) [[unlikely]] {
+          expected < end) [[unlikely]] {
         claim_lost(t, end, mine);
-        return kNoIntent;
+        return no_claim(me);
       }
       if (!wrap) return t;
       t = end;  // padded to the end of the ring: claim the record at the start of the next lap
     }
-    return kNoIntent;
+    return no_claim(me);
   }
 
   // Commits the record at POS (its header fields and payload are written). TYPE Padding abandons it.
+  // The frame carries the toggle of the claim's marker (the slot's claim_frame); then the claim is
+  // no longer in progress (intent cleared).
   void commit(std::uint64_t pos, std::uint32_t frame_len, RecordType type, std::uint32_t i) noexcept {
-    const std::uint32_t epoch = claimers_[i].epoch.load(std::memory_order_relaxed);
+    ClaimerSlot& me = claimers_[i];
+    const std::uint32_t epoch = me.epoch.load(std::memory_order_relaxed);
+    const std::uint32_t toggle = Frame::toggle_of(me.claim_frame.load(std::memory_order_relaxed));
     const std::uint32_t len = type == RecordType::Padding ? static_cast<std::uint32_t>(align_up(frame_len)) : frame_len;
     // release: publishes the header fields and payload written above; pairs with acquire in read().
-    frame_at(pos).store(Frame::pack(len, type, i, epoch, lap_of(pos)), std::memory_order_release);
+    frame_at(pos).store(Frame::pack(len, type, i, epoch, lap_of(pos), toggle), std::memory_order_release);
+    // release: after the frame (pairs with the seq_cst load in reclaim(): a reclaimer that sees no
+    // intent sees the frame, so the space is never reused under a store still in flight).
+    me.intent.store(kNoIntent, std::memory_order_release);
   }
 
   // What is at POS, a position this reader reached by reading records in order from a known
@@ -425,6 +470,11 @@ class RecordRing {
   // try_claim() found the tail moved past its marked claim at POS to somewhere other than END (a
   // hostile tail): the marker MINE becomes padding, so that no reader waits on it.
   [[gnu::cold, gnu::noinline]] void claim_lost(std::uint64_t pos, std::uint64_t end, std::uint64_t mine) noexcept;
+  // try_claim() gives up (kNoIntent): its claim is no longer in progress.
+  static std::uint64_t no_claim(ClaimerSlot& me) noexcept {
+    me.intent.store(kNoIntent, std::memory_order_relaxed);  // (only lets reclaim() free more: no order needed)
+    return kNoIntent;
+  }
   static ReadResult corrupt(std::uint64_t pos, const char* why) noexcept {
     return {ReadResult::Corrupt, pos, nullptr, why, 0};
   }

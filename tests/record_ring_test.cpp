@@ -9,6 +9,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <algorithm>
 #include <memory>
 #include <random>
 #include <thread>
@@ -182,7 +184,9 @@ TEST(RecordRing, ClaimOfADeadClaimerBecomesPaddingAndReadingGoesOn) {
 std::uint64_t mark_claim_at_tail(TestRing& t, std::uint32_t i, std::uint32_t frame_len) {
   const std::uint64_t t0 = t.ring.tail();
   const std::uint32_t lap = static_cast<std::uint32_t>(t0 / t.ring.capacity());
-  const std::uint64_t marker = Frame::pack(frame_len, RecordType::Claimed, i, t.ring.claimer(i).epoch.load(), lap);
+  const std::uint64_t was = reinterpret_cast<std::atomic<std::uint64_t>*>(t.ring.at(t0))->load();
+  const std::uint64_t marker =
+      Frame::pack(frame_len, RecordType::Claimed, i, t.ring.claimer(i).epoch.load(), lap, Frame::toggle_over(was));
   t.ring.claimer(i).claim_frame.store(marker);
   t.ring.claimer(i).intent.store(t0);
   reinterpret_cast<std::atomic<std::uint64_t>*>(t.ring.at(t0))->store(marker);
@@ -490,6 +494,145 @@ TEST(RecordRing, AStalledUnblockDoesNotWritePaddingIntoSpaceReclaimedMeanwhile) 
     ASSERT_NE(h, nullptr) << "record " << expect << " was skipped";
     ASSERT_EQ(h->seq, expect++);
   }
+}
+
+// --- ring v3 claim protocol, issue 12 item 1: a claimer stopped inside try_claim() (the test hook
+// of crash-point builds) while a peer, in the hook, does what the SPIN model's counterexamples do.
+#ifdef SHMQ_CRASH_POINTS
+std::function<void(ClaimStep, std::uint32_t, std::uint64_t)> g_claim_step;
+void run_claim_step(ClaimStep step, std::uint32_t i, std::uint64_t t) {
+  if (g_claim_step) g_claim_step(step, i, t);
+}
+// Installs FN as the claim hook for one scope; FN runs once (the first call that it accepts).
+struct ClaimHook {
+  explicit ClaimHook(std::function<bool(ClaimStep, std::uint32_t, std::uint64_t)> fn) {
+    g_claim_step = [fn = std::move(fn)](ClaimStep s, std::uint32_t i, std::uint64_t t) {
+      if (fn(s, i, t)) g_claim_step = nullptr;  // done: later steps run unhooked
+    };
+    g_claim_hook = &run_claim_step;
+  }
+  ~ClaimHook() {
+    g_claim_hook = nullptr;
+    g_claim_step = nullptr;
+  }
+};
+#define NEEDS_CLAIM_HOOK() ((void)0)
+#else
+#define NEEDS_CLAIM_HOOK() GTEST_SKIP() << "needs -DSHMQ_CRASH_POINTS=ON (the claim hook)"
+#endif
+
+// Finding 1 (ABA): claimer 0 loaded the free word W at the tail and stalls before its frame CAS;
+// claimer 1 claims there and commits a record whose frame equals W in value (freed space holds
+// anything: here, exactly that frame). Claimer 0's CAS from W must fail over the committed record.
+TEST(RecordRing, AStalledFrameCasFailsOverACommittedFrameEqualToTheWordItLoaded) {
+  NEEDS_CLAIM_HOOK();
+#ifdef SHMQ_CRASH_POINTS
+  TestRing t(4096);
+  const auto len = static_cast<std::uint32_t>(kHeaderBytes + 8);
+  const std::uint64_t t0 = t.ring.tail();
+  const std::uint64_t w = Frame::pack(len, RecordType::Data, 1, t.ring.claimer(1).epoch.load(), 0);
+  reinterpret_cast<std::atomic<std::uint64_t>*>(t.ring.at(t0))->store(w);
+  int hooked = 0;
+  ClaimHook hook([&](ClaimStep s, std::uint32_t i, std::uint64_t at) {
+    if (s != ClaimStep::BeforeFrameCas || i != 0 || at != t0) return false;
+    ++hooked;
+    EXPECT_EQ(t.publish(1, 8, 1, 77), t0);  // the peer's record, committed at T
+    return true;
+  });
+  const std::uint64_t pos = t.ring.try_claim(0, len, t.hint);
+  ASSERT_EQ(hooked, 1) << "the hook did not run";
+  ASSERT_NE(pos, kNoIntent);
+  EXPECT_NE(pos, t0) << "claimer 0 claimed over claimer 1's committed record";
+  if (pos != t0) {
+    auto* h = reinterpret_cast<RecordHeader*>(t.ring.at(pos));
+    h->producer = 0;
+    h->seq = 5;
+    h->key_len = 0;
+    t.ring.commit(pos, len, RecordType::Data, 0);
+  }
+  const RecordHeader* a = t.next();
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->seq, 77u);
+  const RecordHeader* b = t.next();
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->seq, 5u);
+#endif
+}
+
+// Finding 3: claimer 0 marked its claim and stalls before its tail CAS; a peer moves the tail past
+// the claim for it (claim_in_progress) and claims on. Claimer 0's tail CAS then sees the tail past
+// its END: helped, the claim is its own (not claim_lost: nothing hostile happened).
+TEST(RecordRing, AClaimerHelpedPastItsClaimKeepsItWhenPeersClaimedOn) {
+  NEEDS_CLAIM_HOOK();
+#ifdef SHMQ_CRASH_POINTS
+  TestRing t(4096);
+  const auto len = static_cast<std::uint32_t>(kHeaderBytes + 8);
+  const std::uint64_t t0 = t.ring.tail();
+  int hooked = 0;
+  ClaimHook hook([&](ClaimStep s, std::uint32_t i, std::uint64_t at) {
+    if (s != ClaimStep::AfterFrameCas || i != 0) return false;
+    ++hooked;
+    EXPECT_EQ(t.publish(1, 8, 1, 9), at + 48) << "the peer claims after claimer 0's marked claim";
+    EXPECT_EQ(t.ring.tail(), at + 96);
+    return true;
+  });
+  const std::uint64_t pos = t.ring.try_claim(0, len, t.hint);
+  ASSERT_EQ(hooked, 1) << "the hook did not run";
+  ASSERT_EQ(pos, t0) << "a helped claim was given up (claim_lost on an honest ring)";
+  auto* h = reinterpret_cast<RecordHeader*>(t.ring.at(pos));
+  h->producer = 0;
+  h->seq = 5;
+  h->key_len = 0;
+  t.ring.commit(pos, len, RecordType::Data, 0);
+  const RecordHeader* a = t.next();
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->seq, 5u);
+  const RecordHeader* b = t.next();
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->seq, 9u);
+#endif
+}
+
+// Finding 4: claimer 0 passed its tail re-check at T and stalls before its frame CAS while a peer
+// claims T and the ring laps; a lap later T's index is a zero payload word, the very word claimer 0
+// loaded. Reclaim must not free T while its claimer lives (intent published until commit), so the
+// stalled CAS can never land on a later lap's record.
+TEST(RecordRing, ReclaimNeverFreesThePositionALiveClaimerIsAboutToMark) {
+  NEEDS_CLAIM_HOOK();
+#ifdef SHMQ_CRASH_POINTS
+  TestRing t(4096, 4, 1024);
+  ASSERT_EQ(t.publish(2, 24, 1, 0), 0u);  // 64 bytes: the tail is at 64, mid-lap
+  ASSERT_NE(t.next(), nullptr);
+  const std::uint64_t t0 = t.ring.tail();
+  ASSERT_EQ(t0, 64u);
+  const auto len = static_cast<std::uint32_t>(kHeaderBytes + 8);
+  std::uint64_t max_cleaned = 0, published = 0;
+  int hooked = 0;
+  ClaimHook hook([&](ClaimStep s, std::uint32_t i, std::uint64_t at) {
+    if (s != ClaimStep::BeforeFrameCas || i != 0 || at != t0) return false;
+    ++hooked;
+    // 128-byte records of zero payload, read as they come: a lap later T's index is payload.
+    for (int n = 0; n < 80 && t.ring.tail() < t0 + 4096 + 256; ++n) {
+      if (t.publish(1, 88, 0, 100 + published) == kNoIntent) break;
+      ++published;
+      max_cleaned = std::max(max_cleaned, t.ring.cleaned());
+      while (t.next()) {
+      }
+    }
+    return true;
+  });
+  const std::uint64_t pos = t.ring.try_claim(0, len, t.hint);
+  ASSERT_EQ(hooked, 1) << "the hook did not run";
+  EXPECT_GT(published, 10u);
+  EXPECT_LE(max_cleaned, t0) << "reclaim freed the position a live claimer was about to mark";
+  EXPECT_NE(pos, t0);
+  // Whatever the peer committed past a lap is intact: its payload words are still zero.
+  for (std::uint64_t p = 4096; p + 128 <= t.ring.tail() && p < 4096 + 256; p += 128) {
+    const auto* body = reinterpret_cast<const std::uint8_t*>(t.ring.at(p)) + kHeaderBytes;
+    for (int b = 0; b < 88; ++b) ASSERT_EQ(body[b], 0) << "record at " << p << " overwritten at byte " << b;
+  }
+  if (pos != kNoIntent) t.ring.commit(pos, len, RecordType::Padding, 0);
+#endif
 }
 
 // Several producer threads, one reader: every record arrives once, each producer's in order.
