@@ -10,19 +10,25 @@
  *   - a claimer never finds its marked claim taken by another (claim_lost() is not reached: no hostile
  *     tail is modelled), and a commit finds its own marker still there (no live claim padded);
  *   - a dead claimer blocks nobody forever: every run ends with all processes at their end (SPIN's
- *     invalid-end-state check: every wait is a blocking guard), and (ring_v3.sh, NP run) no cycle
- *     without progress exists (a reader or claimer spinning forever on a dead claim).
+ *     invalid-end-state check: every wait is a blocking guard). (Cycles without progress, a reader
+ *     or claimer spinning forever, are not checked: ring_v3.sh has no NP run.)
  *
- * The C++ it follows (ringbuffer/record_ring.hpp and .cpp of branch ringv3, commit 400af76):
- *   claimer():    RecordRing::try_claim  -- steps (1) slot store, (2) load word(t), help via
- *                 claim_in_progress / tail re-check / frame CAS, (4) tail CAS t -> end, wrap padding;
- *                 then the record write and RecordRing::commit (store of the Data frame).
- *   CIP():        RecordRing::claim_in_progress (type, lap, slot's claim_frame then intent, span).
+ * The C++ it follows (ringbuffer/record_ring.hpp and .cpp of branch ringv3, with the fixes of
+ * issue 12 item 1):
+ *   claimer():    RecordRing::try_claim  -- load word(t) W, pick the marker's toggle = NOT(W's), (1)
+ *                 slot stores (claim_frame, then intent: seq_cst), help via claim_in_progress, tail
+ *                 re-check, frame CAS W -> marker (no w == mine shortcut), (4) tail CAS t -> end (a
+ *                 failed one seeing the tail at or past END: helped, ours), wrap padding; then the
+ *                 record write and RecordRing::commit (the Data frame with the marker's toggle, then
+ *                 intent = kNoIntent); a try_claim that returns kNoIntent clears intent.
+ *   CIP():        RecordRing::claim_in_progress (type, lap, slot's intent then claim_frame, span).
  *   adopt:        RecordRing::adopt_claimer (move the tail past the dead owner's marked claim, clear
  *                 the slot, bump the epoch, store the new owner).
- *   UNBLOCK():    RecordRing::unblock_impl (under clean_lock; `padded` is not modelled, see below).
- *   reclaim:      RecordRing::reclaim (cleaned = min(gate, tail, live claims' intents); dead claims
- *                 padded by unblock_impl; no zeroing).
+ *   UNBLOCK():    RecordRing::unblock_impl (under clean_lock; its padding keeps the marker's toggle;
+ *                 `padded` is not modelled, see below).
+ *   reclaim:      RecordRing::reclaim (cleaned = min(gate, tail, the intents of live claimers); a
+ *                 dead claimer's marked claim is padded by unblock_impl, a dead claimer's intent with
+ *                 no marker is ignored; no zeroing).
  *   reader():     RecordRing::read (the tail hint tail_seen_, the peek at or past it, the live tail
  *                 load, then the acquire load of the frame word; the checks that make it Corrupt are
  *                 assertions here: a correct protocol never makes an honest ring look corrupt) and
@@ -50,42 +56,45 @@
  * for) are out of scope; one reader (its position is
  * the gate), or none (-DNOREADER: the gate is the tail, as with no consumer group).
  *
- * Switches. Default: the C++ as it is, against the full adversary. FIX_LOST: a claimer whose tail
- * CAS fails takes its claim if the tail is at or past its END (helped, and claims went on) and
- * `cleaned` is not past its position (its frame CAS did not land in space reclaimed since); the
- * C++ takes it only if the tail is exactly END and otherwise pads it (claim_lost). FIX_TOGGLE
- * (partial, see the report): the marker carries a bit that readers ignore, chosen to differ from
- * the word it replaces. NOCOINCIDE: stale frames carry an epoch no claimer has, so a stale word is
- * never exactly a value the protocol writes (the adversary of the C++'s own assumption). STRICT_LOST:
- * claim_lost() is an assertion. NOREADER: no reader (gate = tail).
+ * Switches. Default: the C++ as it is, against the full adversary (stale words may equal any value
+ * the protocol writes, either toggle). NOCOINCIDE: stale frames carry an epoch no claimer has (a
+ * weaker adversary, kept for comparison). NOREADER: no reader (gate = tail). K, K1: claims of
+ * claimer 0 and 1 (K1 <= K); with K=2 a dead claimer's adopted successor claims again.
  *
- * Counterexamples against the C++ as it is (ring_v3.sh's as_is run; see the report of branch
- * modelv3 for the trails):
+ * Counterexamples found against the C++ before the fixes (branch modelv3; fixed on ringv3):
  *   1. ABA on the frame CAS: claimers A and B load the same stale word W at the tail T; B marks,
  *      moves the tail, commits, and its Data frame happens to equal W; A (past its tail re-check)
- *      CASes W -> its marker and succeeds over B's committed record (lost, or overwritten by A's).
- *   2. A stale word equal to the marker that B's slot publishes: A (which read B's slot before B
- *      published it) CASes it to A's marker while B takes the same word as its own (w == mine) or
- *      a peer helps B past it: both claim T (overlap), or the tail moves by B's span over A's marker.
- *   3. claim_lost() is reached in an honest ring (STRICT_LOST): a peer helps B's claim (tail ->
- *      END), then claims on past END before B's tail CAS; B pads its own record and retries, and
- *      two claimers can keep doing this to each other for ever (N=2: the tail grows without bound).
+ *      CASes W -> its marker and succeeds over B's committed record. Fixed by the toggle: every
+ *      frame stored at T for a claim that replaced W differs from W in that bit. (With the adopt
+ *      move, only one claim per lap replaces the word at T: a marker loses its slot's backing only
+ *      after the tail has moved past it. MUT_D shows the move is now needed.)
+ *   2. A stale word equal to the marker that B's slot publishes (two owners of T, or the tail moved
+ *      by B's span over A's marker). Gone: a marker differs from the word its claimer loaded, and
+ *      TAIL_MOVE now asserts the tail only moves past a marker the protocol wrote (real).
+ *   3. claim_lost() reached on an honest ring: a peer helps B's claim (tail -> END), then claims on
+ *      past END before B's tail CAS. Fixed: a tail at or past END is "helped: ours"; claim_lost()
+ *      is now an assertion (assert(ok)): it is never reached without a hostile tail.
+ *   4. A claimer stalled between its tail re-check and its frame CAS while the ring laps: its CAS
+ *      lands on the same index a lap later and its claim covers another claim. Fixed: intent is
+ *      published before the re-check and kept until commit, and reclaim keeps a live claimer's
+ *      intent whether or not its marker is stored yet.
  *
  * Mutants (each must give a counterexample; ring_v3.sh runs them):
+ *   MUT_NOTOGGLE  the marker's toggle is always 0 (fixes 1 and 2 removed)
+ *   MUT_LOST      a failed tail CAS is "helped" only if the tail is exactly END (fix 3 removed)
+ *   MUT_INTENT    reclaim keeps an intent only if its claimer's marker is there (fix 4 removed;
+ *                 needs a lap: K=2)
+ *   MUT_CIP_ORDER claim_in_progress reads claim_frame before intent (found with K=2: an older
+ *                 claim's frame and a newer claim's position pass a stale word equal to that frame
+ *                 for a claim in progress; fixed: intent first, acquire)
  *   MUT_A  the claimer stores its marker after the tail CAS (ring v2 order, without zeroing)
  *   MUT_B  read() loads the frame word before the tail
  *   MUT_C  claim_in_progress does not check the slot (trusts any Claimed/Padding frame of this lap)
- *   MUT_D  adopt_claimer does not move the tail past the dead claimer's marked claim (gives NO
- *          counterexample: once the slot is cleared, the dead claimer's marker at the tail reads as
- *          stale to every peer and is replaced by CAS; nothing reads at the tail; so the move is
- *          not needed for safety nor for progress; ring_v3.sh expects "ok" for it)
+ *   MUT_D  adopt_claimer does not move the tail past the dead claimer's marked claim (needs an
+ *          adopted owner that claims again: K=2; the successor then replaces the old marker, a second
+ *          claim of T in one lap, and the toggle flips back to the one a stalled claimer's W had)
  *   MUT_E  reclaim ignores live claims (cleaned = min(gate, tail))
  */
-
-#ifdef FIX
-#define FIX_TOGGLE
-#define FIX_LOST
-#endif
 
 #ifndef N
 #define N 4            /* ring capacity, word slots */
@@ -117,7 +126,7 @@
 #define CL(w) (((w) / 16) % 4)
 #define EP(w) (((w) / 64) % 4)
 #define LP(w) (((w) / 256) % 16)
-#define TG(w) ((w) / 4096)        /* FIX_TOGGLE: the marker's toggle bit (readers ignore it) */
+#define TG(w) ((w) / 4096)        /* the claim's toggle bit (readers ignore it) */
 #define LAP(p) ((p) / N)          /* the model's lap tags do not wrap: tail < 16 * N is asserted */
 #define IX(p) ((p) % N)
 #define LAPEND(p) ((LAP(p) + 1) * N)
@@ -173,9 +182,7 @@ inline RESOLVE(ix, p) {
         if :: scl = 0 :: scl = 1 fi;
         if :: sep = 0 :: DEATHS >= 1 -> sep = 1 :: DEATHS >= 2 -> sep = 2 fi;
         word[ix] = W(sty, sln, scl, sep, LAP(p));
-#ifdef FIX_TOGGLE
-        if :: skip :: word[ix] = word[ix] + 4096 fi;
-#endif
+        if :: skip :: word[ix] = word[ix] + 4096 fi;  /* either toggle bit */
         sty = 0; sln = 0; scl = 0; sep = 0
      fi;
 #endif
@@ -185,17 +192,15 @@ inline RESOLVE(ix, p) {
 }
 
 /* The tail moves from F to T (in the step of a successful CAS): only past a marked claim of this
- * lap, to its end. Marked: the protocol stored the marker there, or the word (stale) is, by
- * coincidence, exactly the marker that a claimer's slot publishes for F: that claimer takes it for
- * its own (try_claim's w == mine) and so does any peer (claim_in_progress); from then on it is that
- * claimer's marker (real). */
+ * lap, to its end. Marked: the protocol stored the marker there in this lap (real), never a stale
+ * word that happens to equal a published marker. */
 #ifdef MUT_A
 #define TAIL_MOVE(f, t) assert((t) < 16 * N); tail = (t)
 #else
 #define TAIL_MOVE(f, t) \
   assert((TY(word[IX(f)]) == CLM || TY(word[IX(f)]) == PAD) && LP(word[IX(f)]) == LAP(f) && \
          (f) + LN(word[IX(f)]) == (t) && \
-         (real[IX(f)] || (cframe[CL(word[IX(f)])] == word[IX(f)] && intent[CL(word[IX(f)])] == (f)))); \
+         real[IX(f)]); \
   assert((t) < 16 * N); \
   real[IX(f)] = 1; \
   tail = (t)
@@ -209,8 +214,13 @@ inline CIP(t, w, span, x) {
 #ifdef MUT_C
      x = 1;
 #else
-     x = (cframe[CL(w)] == w);          /* claim_frame first ... */
-     if :: x -> x = (intent[CL(w)] == t) :: else fi;  /* ... then intent (another step) */
+#ifndef MUT_CIP_ORDER
+     x = (intent[CL(w)] == t);          /* intent first (acquire: the claim_frame stored before it) ... */
+     if :: x -> x = (cframe[CL(w)] == w) :: else fi;  /* ... then claim_frame (another step) */
+#else
+     x = (cframe[CL(w)] == w);          /* claim_frame first: a torn read (an older claim's frame, */
+     if :: x -> x = (intent[CL(w)] == t) :: else fi;  /* a newer claim's position) */
+#endif
 #endif
      if
      :: x && LN(w) >= 1 && t + LN(w) <= LAPEND(t) && !(TY(w) == CLM && LN(w) > MAXF) -> span = LN(w)
@@ -256,7 +266,7 @@ inline UNBLOCK(p, locked, tok, res, uw, ut, ul) {
                          if
                          :: word[IX(p)] == uw ->
                             assert(gown[IX(p)] == 0);  /* no live claim is padded */
-                            word[IX(p)] = W(PAD, ul, 0, 0, LAP(p)); real[IX(p)] = 1
+                            word[IX(p)] = W(PAD, ul, 0, 0, LAP(p)) + TG(uw) * 4096; real[IX(p)] = 1
                          :: else
                          fi
                       :: else
@@ -304,28 +314,19 @@ round:
   fi;
   mine = (wrap -> W(PAD, e - t, i, ep, LAP(t)) : W(CLM, sz, i, ep, LAP(t)));
 #ifndef MUT_A
-#ifdef FIX_TOGGLE
-  /* the fix: load the word first, then pick the marker's toggle so that it differs from it */
+  /* (2) load the word at T first, then pick the marker's toggle so that it differs from it */
   atomic { RESOLVE(IX(t), t); w = word[IX(t)] }
   DP;
+#ifndef MUT_NOTOGGLE
   mine = mine + (1 - TG(w)) * 4096;
-  cframe[i] = mine;                            /* (1) the slot: claim_frame, then intent */
-  DP;
-  intent[i] = t;
-  DP;
-#else
-  cframe[i] = mine;                            /* (1) the slot: claim_frame, then intent */
-  DP;
-  intent[i] = t;
-  DP;
-  atomic {                                     /* (2) */
-    RESOLVE(IX(t), t); w = word[IX(t)];
-    if :: w == mine -> real[IX(t)] = 1 :: else fi  /* the very marker we would store: taken as ours */
-  }
-  DP;
 #endif
+  cframe[i] = mine;                            /* (1) the slot: claim_frame, then intent (seq_cst) */
+  DP;
+  intent[i] = t;
+  DP;
+  /* (no w == mine shortcut: MINE differs from W in its toggle) */
   if
-  :: w != mine ->
+  :: true ->
      CIP(t, w, span, x);
      if
      :: span > 0 ->                            /* help the claim in progress at T */
@@ -354,31 +355,15 @@ round:
   atomic {                                     /* (4) */
     if
     :: tail == t -> TAIL_MOVE(t, e); ok = 1
-#ifdef FIX_LOST
-    :: else -> ok = (tail >= e && cleaned <= t)  /* the fix: helped (claims may have gone on past it),
-                                                  * and not a CAS into space reclaimed since */
+#ifndef MUT_LOST
+    :: else -> ok = (tail >= e)                /* helped (claims may have gone on past END): ours */
 #else
-    :: else -> ok = (tail == e)                /* helped (any other tail: claim_lost) */
+    :: else -> ok = (tail == e)                /* v3 as it was: helped only if exactly END */
 #endif
     fi
   }
-#ifdef STRICT_LOST
-  assert(ok);                                  /* claim_lost() is reached only on a hostile tail */
-#else
-  if
-  :: !ok ->                                    /* claim_lost(): our marker becomes padding */
-     DP;
-     atomic {
-       if
-       :: word[IX(t)] == mine -> assert(gown[IX(t)] == 0); word[IX(t)] = W(PAD, e - t, 0, 0, LAP(t)); real[IX(t)] = 1
-       :: else
-       fi
-     }
-     ch = 0; mine = 0; wrap = 0; ok = 0;
-     goto noroom                               /* kNoIntent: the caller reclaims and tries again */
-  :: else
-  fi;
-#endif
+  /* claim_lost() (a tail in (T, END) or below T) is reached only on a hostile tail, not modelled */
+  assert(ok);
 #else
   /* v2 order: the tail CAS, then the marker (a plain store), no zeroing */
   cframe[i] = mine;
@@ -406,7 +391,7 @@ round:
   DP;                                          /* (5) the record is written ... */
   atomic {                                     /* ... and committed */
     assert(word[IX(t)] == mine && real[IX(t)]);  /* nobody took or padded our claim */
-    word[IX(t)] = W(DATA, sz, i, ep, LAP(t));
+    word[IX(t)] = W(DATA, sz, i, ep, LAP(t)) + TG(mine) * 4096;  /* claim_frame's toggle */
     gdata[IX(t)] = i * K + k + 1;
     commrec[i * K + k] = 1;
     gq = t;
@@ -416,11 +401,15 @@ round:
     od;
     gq = 0
   }
+  DP;
+  intent[i] = NOINT;                           /* commit: the claim is no longer being made */
   k++;
   t = 0; e = 0; mine = 0; sz = 0; wrap = 0; ok = 0;
   goto next_claim;
 
 noroom:                                        /* reclaim(E), then try again */
+  intent[i] = NOINT;                           /* try_claim returned kNoIntent */
+  DP;
   atomic { lock == 0 -> lock = i + 1 };
   DP;
   c = cleaned;
@@ -441,9 +430,13 @@ noroom:                                        /* reclaim(E), then try again */
         atomic { RESOLVE(IX(p), p); w = word[IX(p)] }
         if
         :: TY(w) == CLM && LP(w) == LAP(p) && CL(w) == j ->
-           UNBLOCK(p, 1, i + 1, res, uw, ut, ul);
+           UNBLOCK(p, 1, i + 1, res, uw, ut, ul);   /* a dead one's marked claim is padded */
            if :: !res -> g = p :: else fi
-        :: else
+#ifndef MUT_INTENT
+        :: else -> if :: alive[j] -> g = p :: else fi  /* a live claimer may still CAS at P */
+#else
+        :: else                                   /* v3 as it was: no marker, nothing to keep */
+#endif
         fi;
         w = 0; res = 0
      :: else

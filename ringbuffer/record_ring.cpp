@@ -83,8 +83,13 @@ std::uint64_t RecordRing::claim_in_progress(std::uint64_t t, std::uint64_t w) co
   if ((f.type != RecordType::Claimed && f.type != RecordType::Padding) || f.lap != lap_of(t) || f.claimer >= claimer_count_)
     return 0;
   const ClaimerSlot& c = claimers_[f.claimer];
-  // relaxed: the caller's acquire load of W (stored by the claimer's CAS) ordered them.
-  if (c.claim_frame.load(std::memory_order_relaxed) != w || c.intent.load(std::memory_order_relaxed) != t) return 0;
+  // intent first, then claim_frame: the claimer stores claim_frame, then intent (seq_cst, so
+  // release), so an intent of T read here (acquire) comes with the claim_frame of that claim or a
+  // later one (made only once the tail is past T, or at T again: a pair of one claim). Read the
+  // other way round, an older claim's frame could pair with a newer claim's position: a stale word
+  // at T equal in value to that older marker would pass for a claim in progress (the SPIN model's
+  // counterexample with an adopted owner that claims again: ring_v3.sh, MUT_CIP_ORDER).
+  if (c.intent.load(std::memory_order_acquire) != t || c.claim_frame.load(std::memory_order_relaxed) != w) return 0;
   const std::uint64_t span = f.type == RecordType::Padding ? f.length : align_up(f.length);
   if (span < kAlign || span % kAlign != 0 || t + span > lap_end(t) || (f.type == RecordType::Claimed && f.length > max_frame_))
     return 0;  // not a claim of ours to believe: replaced as a stale word

@@ -345,6 +345,7 @@ class RecordRing {
     const std::uint32_t len = type == RecordType::Padding ? static_cast<std::uint32_t>(align_up(frame_len)) : frame_len;
     // release: publishes the header fields and payload written above; pairs with acquire in read().
     frame_at(pos).store(Frame::pack(len, type, i, epoch, lap_of(pos), toggle), std::memory_order_release);
+    SHMQ_CRASH_POINT("commit.after_frame");
     // release: after the frame (pairs with the seq_cst load in reclaim(): a reclaimer that sees no
     // intent sees the frame, so the space is never reused under a store still in flight).
     me.intent.store(kNoIntent, std::memory_order_release);

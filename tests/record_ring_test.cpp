@@ -635,6 +635,24 @@ TEST(RecordRing, ReclaimNeverFreesThePositionALiveClaimerIsAboutToMark) {
 #endif
 }
 
+// The rule of finding 4 keeps a live claimer's intent even before its marker is stored; a dead
+// claimer's intent with no marker makes no more stores and must not hold the ring for ever.
+TEST(RecordRing, ReclaimKeepsALiveClaimersIntentAndIgnoresADeadOnesWithNoMarker) {
+  TestRing t(4096, 4, 1024);
+  for (int i = 0; i < 4; ++i) ASSERT_NE(t.publish(0, 100, 1, i), kNoIntent);
+  const std::uint64_t at = t.ring.tail();
+  t.ring.claimer(2).intent.store(at);  // claimer 2 published its intent, no marker yet
+  for (int i = 0; i < 4; ++i) ASSERT_NE(t.publish(0, 100, 1, 4 + i), kNoIntent);
+  while (t.next()) {
+  }
+  ASSERT_GT(t.reader, at);
+  (void)t.ring.reclaim(t.ring.tail() + t.ring.capacity(), 1, &TestRing::gate, &t, test_alive);
+  EXPECT_EQ(t.ring.cleaned(), at) << "a live claimer's intent was freed under it";
+  g_dead[3] = true;  // claimer 2 (token 3) dies before its frame CAS
+  (void)t.ring.reclaim(t.ring.tail() + t.ring.capacity(), 1, &TestRing::gate, &t, test_alive);
+  EXPECT_EQ(t.ring.cleaned(), t.reader) << "a dead claimer's intent with no marker held the ring";
+}
+
 // Several producer threads, one reader: every record arrives once, each producer's in order.
 TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
   constexpr int kProducers = 4;
