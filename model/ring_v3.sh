@@ -35,7 +35,7 @@ run() {
     echo "FAIL $name: gcc: $(head -3 gcc.out)"; status=1; return
   fi
   ./pan -m400000 -w${HASHW:-26} >pan.out 2>&1
-  states=$(sed -n 's/^ *\([0-9][0-9]*\) states, stored.*/\1/p' pan.out)
+  states=$(sed -n 's/^ *\([0-9][0-9.e+]*\) states, stored.*/\1/p' pan.out)
   secs=$(sed -n 's/^pan: elapsed time \([0-9.]*\) seconds.*/\1/p' pan.out)
   errs=$(sed -n 's/.*errors: \([0-9][0-9]*\).*/\1/p' pan.out)
   what=$(grep -m1 -E '^pan:[0-9]+:' pan.out | sed 's/^pan:[0-9]*: *//' | cut -c1-110)
