@@ -355,7 +355,7 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     for (GiveBackEntry& e : g.give_back) e.position_plus1.store(0, std::memory_order_seq_cst);
     g.given_back.store(0, std::memory_order_seq_cst);
     const std::uint32_t generation = g.generation.fetch_add(1, std::memory_order_seq_cst) + 1;
-    // Under the cleaning lock no reclaim runs: the start position cannot be zeroed under us, and
+    // Under the cleaning lock no reclaim runs: the start position cannot be reused under us, and
     // the next reclaim sees the group (it takes the same lock, then reads the table).
     ring->lock_cleaning(self_token(), &ChannelState::alive);
     const std::uint64_t pos = start == Start::Earliest ? ring->cleaned() : ring->tail();
@@ -623,7 +623,7 @@ ChannelStats Channel::stats() const {
     gs.lag_bytes = out.write_position - std::min(gs.next_position, out.write_position);
     // Count the records between the cursor and the tail (bounded walk over committed frames).
     std::uint64_t p = gs.next_position;
-    // Under the cleaning lock: nothing is zeroed while the walk reads it.
+    // Under the cleaning lock: `cleaned` does not pass the walk while it reads.
     s.ring->lock_cleaning(detail::self_token(), &detail::ChannelState::alive);
     for (std::uint64_t steps = 0; p < out.write_position && p >= s.ring->cleaned() && steps < s.ring->capacity() / ring::kAlign; ++steps) {
       const ring::ReadResult r = s.ring->read(p);
