@@ -1,8 +1,7 @@
 // The multi-producer record ring: variable-length records over a byte region in shared memory.
 //
-// Contract. Any number of producers (in any processes) claim space at the tail (a claim marker
-// stored by CAS, then a CAS on `tail`), write their record, and commit it by storing its frame word
-// last (release). Readers (any number, each
+// Contract. Any number of producers (in any processes) claim space with a CAS on `tail`, write
+// their record, and commit it by storing its frame word last (release). Readers (any number, each
 // with its own position) read committed records in ring order and never write them, except to turn
 // the claim of a dead producer into padding. The ring knows bytes, positions and claimers only:
 // who may reuse space is told by the caller through a gate function (the lowest position anybody
@@ -10,36 +9,34 @@
 //
 // Positions are absolute 64-bit byte offsets that never wrap; index = position & (capacity - 1).
 // Positions in [cleaned, tail) hold records; the bytes of [tail, cleaned + capacity) are free and
-// hold whatever an earlier lap left there: freed space is never zeroed. Frame words carry the lap
-// of their position (Aeron's term ids are the model), and a claim is marked at the tail (a CAS
-// from the stale word) before the tail moves past it, so that every position below the tail that a
-// reader reaches holds a frame of this lap; at or past the tail nothing is read, whatever is there.
-// Reclaiming space is a store of `cleaned` (a record boundary no reader, journal or live claim
-// needs any more), under a lock whose dead holder is detected.
+// zeroed, so a frame word of 0 always means "not claimed yet". That range is never empty (a claim
+// must end strictly below cleaned + capacity): the word at the tail is always a zeroed one. The zeroing is done in batches by
+// whichever producer needs space (reclaim), under a lock whose dead holder is detected.
 //
 // A record, at an 8-byte aligned position, never straddles the end of the buffer (padding fills
 // the gap):
 //
-//   0                               8               16              24              32      36      40
-//   +-------------------------------+---------------+---------------+---------------+-------+-------+---..
-//   | len 30 |typ 2|clm 12|ep 12|lap 8| producer id   | sequence      | timestamp ns  |key len| rsvd  | key, payload
-//   +-------------------------------+---------------+---------------+---------------+-------+-------+---..
-//   \____ frame word (atomic u64) _/
-//   typ: Claimed (the claim marker: len is the frame length being written), Data (committed: len is
-//   the frame length, header + key + payload, unaligned; the record occupies align8(len) bytes) or
-//   Padding (len bytes skipped; the frame word alone). clm/epoch: the claimer slot and the low 12
-//   bits of its epoch, so that a reader can tell whether the claimer is alive. lap: the low 8 bits
-//   of position / capacity.
+//   0       4       6       8               16              24              32      36      40
+//   +-------+---+---+-------+---------------+---------------+---------------+-------+-------+---..
+//   | length|typ|clm|epoch  | producer id   | sequence      | timestamp ns  |key len| rsvd  | key, payload
+//   +-------+---+---+-------+---------------+---------------+---------------+-------+-------+---..
+//   \_____ frame word (atomic u64) _____/
+//   length (int32): 0 free; < 0 claimed, -(frame length); > 0 committed frame length (header +
+//   key + payload, unaligned; the record occupies align8(length) bytes). typ: Data or Padding (a
+//   padding frame is the frame word alone). clm/epoch: the claimer slot and its epoch, so a reader
+//   can tell whether the claimer is alive.
 //
 // Everything the ring reads from its header and its frames is hostile input (any process that
 // maps the segment can write it): positions are checked for alignment and against the tail,
 // `cleaned` and the lap before they are followed (read() says Empty or Corrupt, unblock() and
 // reclaim() decline), and every scan is bounded by a lap, a count of our own.
 //
-// A claimer that dies after marking its claim and before moving the tail blocks nobody: the next
-// claimer finds its marker at the tail, sees in the dead claimer's slot that this is its claim in
-// progress, and moves the tail past it; a reader then finds the marker of a dead claimer and turns
-// it into padding (unblock()), as for a claimer that dies before committing.
+// Liveness of a claim whose frame word is still 0 (the claimer died between its CAS on the tail and
+// its first store) is found through the claimer table: every claimer publishes its intent (the tail
+// it is about to CAS from) before the CAS; a claim at P whose frame is 0 is dead when no live
+// claimer has intent P. Its length is then found by scanning the zeroed bytes up to the next frame
+// word that is not 0, or the next live claimer's intent (leveldb-style: the region is reported,
+// turned into padding, and reading carries on at a known record boundary).
 #pragma once
 
 #include <atomic>
@@ -49,51 +46,38 @@
 #include <type_traits>
 
 #include "ringbuffer/shared_bytes.hpp"
-#include "shm/crash_point.hpp"  // test builds: named points where a process may die
 
 namespace shmq::ring {
 
 inline constexpr std::uint64_t kRingMagic = 0x474e4952514d4853ull;  // "SHMQRING"
-inline constexpr std::uint32_t kRingVersion = 3;
+inline constexpr std::uint32_t kRingVersion = 2;
 inline constexpr std::size_t kAlign = 8;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kMaxClaimers = 4096;  // 12 bits in the frame word
 inline constexpr std::uint64_t kNoIntent = ~0ull;
-inline constexpr std::uint32_t kClaimRounds = 1u << 16;  // a claim's tries before try_claim() gives up
 
 constexpr std::uint64_t align_up(std::uint64_t n) { return (n + kAlign - 1) & ~(kAlign - 1); }
 
-enum class RecordType : std::uint8_t { None = 0, Data = 1, Padding = 2, Claimed = 3 };
+enum class RecordType : std::uint8_t { None = 0, Data = 1, Padding = 2 };
 
-// Frame words carry the lap of the position they were written for (the low 8 bits of
-// position / capacity): a frame left from an earlier lap at the same index is told from this lap's.
-inline constexpr unsigned kLapBits = 8;
-
-// The frame word, packed: length (30 bits) | type (2 bits) | claimer (12 bits) | epoch (12 bits) |
-// lap (8 bits). Length: Data, the frame length (header + key + payload, unaligned; the record
-// occupies align8(length) bytes); Padding, the bytes skipped (aligned); Claimed, the frame length
-// being written. Claimed is the claim marker, Data and Padding are committed. A word of 0 is no frame.
+// The frame word, packed: length (int32) | type (4 bits) | claimer (12 bits) | epoch (16 bits).
 struct Frame {
-  std::uint32_t length;
+  std::int32_t length;
   RecordType type;
   std::uint16_t claimer;
   std::uint16_t epoch;
-  std::uint8_t lap;
 
-  static constexpr std::uint64_t pack(std::uint32_t length, RecordType type, std::uint32_t claimer,
-                                      std::uint32_t epoch, std::uint32_t lap = 0) {
-    return (length & 0x3fffffffu) | (std::uint64_t(static_cast<std::uint8_t>(type) & 0x3) << 30) |
-           (std::uint64_t(claimer & 0xfff) << 32) | (std::uint64_t(epoch & 0xfff) << 44) |
-           (std::uint64_t(lap & 0xff) << 56);
+  static constexpr std::uint64_t pack(std::int32_t length, RecordType type, std::uint32_t claimer,
+                                      std::uint32_t epoch) {
+    return static_cast<std::uint32_t>(length) | (std::uint64_t(static_cast<std::uint8_t>(type) & 0xf) << 32) |
+           (std::uint64_t(claimer & 0xfff) << 36) | (std::uint64_t(epoch & 0xffff) << 48);
   }
   static constexpr Frame unpack(std::uint64_t w) {
-    return Frame{static_cast<std::uint32_t>(w & 0x3fffffffu), static_cast<RecordType>((w >> 30) & 0x3),
-                 static_cast<std::uint16_t>((w >> 32) & 0xfff), static_cast<std::uint16_t>((w >> 44) & 0xfff),
-                 static_cast<std::uint8_t>(w >> 56)};
+    return Frame{static_cast<std::int32_t>(static_cast<std::uint32_t>(w)),
+                 static_cast<RecordType>((w >> 32) & 0xf), static_cast<std::uint16_t>((w >> 36) & 0xfff),
+                 static_cast<std::uint16_t>(w >> 48)};
   }
 };
-inline constexpr std::uint32_t kEpochMask = 0xfff;
-inline constexpr std::uint32_t kMaxFrameLength = 0x3fffffffu;
 
 struct RecordHeader {
   std::atomic<std::uint64_t> frame;
@@ -117,8 +101,9 @@ struct alignas(kCacheLine) RingHeader {
   std::uint64_t data_offset;     // from the start of this header
   std::uint64_t max_frame;       // largest frame length a producer may claim
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;        // next position to claim
-  alignas(kCacheLine) std::atomic<std::uint64_t> cleaned;     // below: needed by nobody, free to reuse
+  alignas(kCacheLine) std::atomic<std::uint64_t> cleaned;     // below: consumed by all and zeroed
   alignas(kCacheLine) std::atomic<std::uint64_t> clean_lock;  // owner token of the reclaimer; 0 free
+  std::atomic<std::uint64_t> cleaning_to;                     // where the lock holder is zeroing to
   alignas(kCacheLine) std::atomic<std::uint32_t> data_seq;    // futex word: bumped when data arrives for a waiter
   std::atomic<std::uint32_t> data_waiters;                    // readers blocked on data_seq
   alignas(kCacheLine) std::atomic<std::uint32_t> space_seq;   // futex word: bumped when space may have freed
@@ -131,13 +116,7 @@ static_assert(offsetof(RingHeader, data_seq) % kCacheLine == 0);
 static_assert(offsetof(RingHeader, space_seq) % kCacheLine == 0);
 
 struct alignas(kCacheLine) ClaimerSlot {
-  // The claim this claimer makes or made last: its position (the tail it claims from; kNoIntent
-  // when none) and the frame word it stores there by CAS (a claim marker, or a padding frame at the
-  // end of the ring). Written before that CAS and kept until the claimer's next claim, which it
-  // starts only after committing this one: a peer that finds a frame naming this claimer at the
-  // tail tells a claim in progress (the slot says that position and that word) from a stale word.
-  std::atomic<std::uint64_t> intent;
-  std::atomic<std::uint64_t> claim_frame;
+  std::atomic<std::uint64_t> intent;  // tail value this claimer is about to CAS from; kNoIntent when idle
   std::atomic<std::uint64_t> owner;   // owner token of the process using this slot; 0 when unowned
   std::atomic<std::uint32_t> epoch;   // bumped at every change of owner
   std::uint32_t reserved;
@@ -203,13 +182,7 @@ class RecordRing {
   std::byte* at(std::uint64_t position) const noexcept { return data_ + (position & mask_); }
   std::uint64_t tail() const noexcept { return hdr_->tail.load(std::memory_order_acquire); }
   std::uint64_t cleaned() const noexcept { return hdr_->cleaned.load(std::memory_order_acquire); }
-  // Whether POS was claimed (the tail is past it). Refreshes the tail read() relies on: a position
-  // below the tail whose word is no frame of this lap then reads as Corrupt, not Empty.
-  bool claimed(std::uint64_t pos) const noexcept {
-    const std::uint64_t t = tail();
-    tail_seen_.store(t, std::memory_order_release);
-    return t > pos;
-  }
+  bool claimed(std::uint64_t pos) const noexcept { return tail() > pos; }
 
   // --- claimers -----------------------------------------------------------------------------
   // Takes claimer slot I for OWNER (a new epoch: claims of the previous owner read as dead).
@@ -220,89 +193,61 @@ class RecordRing {
   // kNoIntent when the ring has no room below cleaned + capacity (call reclaim and try again).
   // CLEANED_HINT caches `cleaned` across calls (the caller's copy; refreshed here when short).
   // (always inlined: the hot path of every publish; the checks of a hostile tail are out of line.)
-  //
-  // The claim of position T (the tail) is made in two steps, so that no word below the tail is ever
-  // one left from an earlier lap: (1) the claimer publishes T and its claim marker in its slot, then
-  // stores the marker at T with a CAS from whatever T held (a word of an earlier lap: freed space is
-  // never zeroed); (2) it moves the tail past its claim with a CAS. A peer that finds a claim marker
-  // at the tail whose claimer's slot names that position and that word (claim_in_progress()) moves
-  // the tail past it for that claimer instead of waiting (a claimer that stalls or dies between the
-  // two steps blocks nobody); any other word at the tail is stale and is replaced. At the end of the
-  // ring the claim is first a padding frame up to the end (committed as it is stored), then the
-  // record's claim at the start of the next lap.
   [[gnu::always_inline]] std::uint64_t try_claim(std::uint32_t i, std::uint32_t frame_len, std::uint64_t& cleaned_hint) noexcept {
     const std::uint64_t need = align_up(frame_len);
     ClaimerSlot& me = claimers_[i];
     const std::uint32_t epoch = me.epoch.load(std::memory_order_relaxed);
-    // acquire: pairs with the CAS that moved the tail here: the frames below it are visible.
-    std::uint64_t t = hdr_->tail.load(std::memory_order_acquire);
-    // Bounded: every failed round is a peer's claim going through, or a hostile word; a caller that
-    // gets kNoIntent reclaims and tries again until its timeout.
-    for (std::uint32_t round = 0; round < kClaimRounds; ++round) {
+    std::uint64_t t = hdr_->tail.load(std::memory_order_relaxed);
+    for (;;) {
       // The tail comes from shared memory: one that is not a record boundary, or below the space
       // known to be reclaimed, is not claimed from (a frame at a misaligned index would cross the
       // end of the region). The caller's reclaim() refuses such a ring too, so it times out.
-      if ((t % kAlign != 0 || t < cleaned_hint) && !tail_usable(t, cleaned_hint)) [[unlikely]]
+      if ((t % kAlign != 0 || t < cleaned_hint) && !tail_usable(t, cleaned_hint)) [[unlikely]] {
+        me.intent.store(kNoIntent, std::memory_order_relaxed);
         return kNoIntent;
+      }
       const std::uint64_t to_end = capacity_ - (t & mask_);
-      const bool wrap = need > to_end;
-      const std::uint64_t end = t + (wrap ? to_end : need);
-      if (end > cleaned_hint + capacity_) {
-        // acquire: pairs with the release store of `cleaned` in reclaim(): readers are done there.
+      const std::uint64_t pad = need > to_end ? to_end : 0;
+      const std::uint64_t end = t + pad + need;
+      // Strictly below cleaned + capacity: the word at the tail must stay a zeroed one, or a
+      // reader that caught up would find the oldest record's frame there.
+      if (end >= cleaned_hint + capacity_) {
+        // acquire: pairs with the release store of `cleaned` in reclaim(): the zeroing is visible.
         cleaned_hint = hdr_->cleaned.load(std::memory_order_acquire);
-        if (end > cleaned_hint + capacity_) return kNoIntent;
+        if (end >= cleaned_hint + capacity_) {
+          me.intent.store(kNoIntent, std::memory_order_relaxed);
+          return kNoIntent;
+        }
       }
-      const std::uint64_t mine = wrap ? Frame::pack(static_cast<std::uint32_t>(to_end), RecordType::Padding, i, epoch, lap_of(t))
-                                      : Frame::pack(frame_len, RecordType::Claimed, i, epoch, lap_of(t));
-      // relaxed: published by the frame CAS below (a full barrier) to whoever acquires that frame.
-      me.claim_frame.store(mine, std::memory_order_relaxed);
+      // relaxed: ordered before the CAS below, which is a full barrier; read by dead-claim checks
+      // after their acquire load of `tail`.
       me.intent.store(t, std::memory_order_relaxed);
-      std::atomic<std::uint64_t>& word = frame_at(t);
-      // acquire: a claim marker stored by a peer's CAS comes with that peer's slot (its stores before it).
-      std::uint64_t w = word.load(std::memory_order_acquire);
-      if (w != mine) {  // (equal: the word T holds is the very marker we would store)
-        // (Only a frame of this lap naming a claimer can be one in progress: the usual stale word
-        // is told apart here, without the call.)
-        const Frame seen = Frame::unpack(w);
-        const bool maybe = seen.lap == lap_of(t) && (seen.type == RecordType::Claimed || seen.type == RecordType::Padding);
-        if (const std::uint64_t span = maybe ? claim_in_progress(t, w) : 0) [[unlikely]] {
-          // A peer's claim marker at the tail: move the tail past its claim for it.
-          hdr_->tail.compare_exchange_strong(t, t + span, std::memory_order_seq_cst, std::memory_order_acquire);
-          t = hdr_->tail.load(std::memory_order_acquire);
-          continue;
+      // acq_rel: releases the intent above to readers of `tail`; acquires earlier claimers' state.
+      if (hdr_->tail.compare_exchange_weak(t, end, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+        const std::uint64_t pos = t + pad;
+        // relaxed: the claim marker (length and claimer) for unblock(). No fence is needed before
+        // the payload: a scan never enters the claim of a live claimer (its intent bounds it), and
+        // all the stores of a dead one are visible. The padding's release store below orders the
+        // marker before the padding frame, so a reader past the padding finds the marker.
+        frame_at(pos).store(Frame::pack(-static_cast<std::int32_t>(frame_len), RecordType::None, i, epoch),
+                            std::memory_order_relaxed);
+        if (pad) {
+          // release: the padding frame is complete in one word; pairs with acquire in read().
+          frame_at(t).store(Frame::pack(static_cast<std::int32_t>(pad), RecordType::Padding, i, epoch),
+                            std::memory_order_release);
         }
-        // A word of an earlier lap (or a marker whose claimer moved on): replaced, if the tail is
-        // still at T. seq_cst CAS: publishes the slot stores above with the marker.
-        if (const std::uint64_t live = hdr_->tail.load(std::memory_order_acquire); live != t) {
-          t = live;
-          continue;
-        }
-        if (!word.compare_exchange_strong(w, mine, std::memory_order_seq_cst, std::memory_order_relaxed)) [[unlikely]] {
-          t = hdr_->tail.load(std::memory_order_acquire);
-          continue;
-        }
+        return pos;
       }
-      SHMQ_CRASH_POINT("claim.after_frame_cas");
-      // The frame at T is ours; move the tail past it. Only a peer that found our marker there moves
-      // it otherwise, and then to END: any other tail is a hostile one.
-      std::uint64_t expected = t;
-      if (!hdr_->tail.compare_exchange_strong(expected, end, std::memory_order_seq_cst, std::memory_order_acquire) &&
-          expected != end) [[unlikely]] {
-        claim_lost(t, end, mine);
-        return kNoIntent;
-      }
-      if (!wrap) return t;
-      t = end;  // padded to the end of the ring: claim the record at the start of the next lap
     }
-    return kNoIntent;
   }
 
   // Commits the record at POS (its header fields and payload are written). TYPE Padding abandons it.
   void commit(std::uint64_t pos, std::uint32_t frame_len, RecordType type, std::uint32_t i) noexcept {
     const std::uint32_t epoch = claimers_[i].epoch.load(std::memory_order_relaxed);
-    const std::uint32_t len = type == RecordType::Padding ? static_cast<std::uint32_t>(align_up(frame_len)) : frame_len;
+    const std::int32_t len = type == RecordType::Padding ? static_cast<std::int32_t>(align_up(frame_len))
+                                                          : static_cast<std::int32_t>(frame_len);
     // release: publishes the header fields and payload written above; pairs with acquire in read().
-    frame_at(pos).store(Frame::pack(len, type, i, epoch, lap_of(pos)), std::memory_order_release);
+    frame_at(pos).store(Frame::pack(len, type, i, epoch), std::memory_order_release);
   }
 
   // What is at POS, a position this reader reached by reading records in order from a known
@@ -314,44 +259,31 @@ class RecordRing {
   // it); a record never runs past the tail.
   ReadResult read(std::uint64_t pos) const noexcept {
     if (pos % kAlign != 0) return corrupt(pos, "position is not a multiple of 8");
-    // Below the tail, and only there, the frame word at a record boundary is this lap's: a claim is
-    // marked before the tail moves past it; at or past the tail the word is whatever an earlier lap
-    // left (nothing is zeroed) and is not read as a frame. So the tail is known to be past POS
-    // BEFORE the frame word is loaded: a word loaded earlier could be a stale one that happened to
-    // look like a frame. The tail this process saw last is enough while POS is below it; otherwise
-    // a reader that spins at the tail looks at the word first (its own line) and loads the live tail
-    // (the producers' line) only once the word looks like a frame of this lap.
-    // acquire/release on the hint: another thread of this process that stored it had acquired that
-    // tail, so the claim markers below it are visible here too.
-    std::uint64_t t = tail_seen_.load(std::memory_order_acquire);
-    if (pos >= t) {
-      const Frame peek = Frame::unpack(frame_at(pos).load(std::memory_order_relaxed));
-      if (peek.lap != lap_of(pos) || peek.type == RecordType::None) return {ReadResult::Empty, pos, nullptr, nullptr, 0};
-      // acquire: pairs with the tail CAS in try_claim(), made after the claim marker's CAS.
-      t = hdr_->tail.load(std::memory_order_acquire);
-      tail_seen_.store(t, std::memory_order_release);
-      if (pos >= t) return {ReadResult::Empty, pos, nullptr, nullptr, 0};
-    }
-    if (t - pos > capacity_) return corrupt(pos, "position more than a lap behind the tail");
-    // acquire: pairs with the release store in commit() (and the claim CAS); makes the record's bytes visible.
+    // acquire: pairs with the release store in commit(); makes the record's bytes visible.
     const Frame f = Frame::unpack(frame_at(pos).load(std::memory_order_acquire));
-    if (f.lap != lap_of(pos) || f.type == RecordType::None) return corrupt(pos, "no frame of this lap below the tail");
-    // Claimed: being written (unblock() tells whether its claimer still lives).
-    if (f.type == RecordType::Claimed) return {ReadResult::Pending, pos, nullptr, nullptr, 0};
-    if (f.length < kAlign) return corrupt(pos, "record shorter than a frame word");
-    const std::uint64_t next = pos + align_up(f.length);
+    // Empty: no frame here yet, which may be a claim whose frame is not written yet (claimed() tells;
+    // it reads the producers' tail line, so a spinning reader asks it only now and then).
+    if (f.length <= 0) return {f.length == 0 ? ReadResult::Empty : ReadResult::Pending, pos, nullptr, nullptr, 0};
+    if (static_cast<std::uint32_t>(f.length) < kAlign) return corrupt(pos, "record shorter than a frame word");
+    const std::uint64_t next = pos + align_up(static_cast<std::uint32_t>(f.length));
     if (next > lap_end(pos)) return corrupt(pos, "record crosses the end of the ring");
-    // A committed record's claim moved the tail past it before its frame was stored: the live tail
-    // (acquire, after the frame's acquire) is at or past NEXT.
-    if (next > t) {
-      const std::uint64_t live = hdr_->tail.load(std::memory_order_acquire);
-      tail_seen_.store(live, std::memory_order_release);
-      if (next > live) return corrupt(pos, "record runs past the tail");
+    // Against the tail. The tail seen last by this process is enough while POS and NEXT are below
+    // it (the tail only grows: a record below a tail once seen was claimed); otherwise the live one.
+    // acquire (the live load, after the frame's acquire): a committed record's claim moved the
+    // tail past it before its frame was stored, so the load sees a tail at or past NEXT.
+    std::uint64_t t = tail_seen_.load(std::memory_order_relaxed);
+    if (next > t || t - pos > capacity_) {
+      t = hdr_->tail.load(std::memory_order_acquire);
+      tail_seen_.store(t, std::memory_order_relaxed);
     }
+    if (pos >= t) return {ReadResult::Empty, pos, nullptr, nullptr, 0};  // free space: a stray frame
+    if (t - pos > capacity_) return corrupt(pos, "position more than a lap behind the tail");
+    if (next > t) return corrupt(pos, "record runs past the tail");
     // acquire: pairs with the release store of `cleaned` in reclaim().
     if (pos < hdr_->cleaned.load(std::memory_order_acquire)) return corrupt(pos, "position below the reclaimed space");
-    const std::uint32_t len = f.length;
+    const auto len = static_cast<std::uint32_t>(f.length);
     if (f.type == RecordType::Padding) return {ReadResult::Padding, next, nullptr, nullptr, len};
+    if (f.type != RecordType::Data) return corrupt(pos, "unknown record type");
     if (len < kHeaderBytes) return corrupt(pos, "record shorter than its header");
     if (len > max_frame_) return corrupt(pos, "record longer than the channel allows");
     return {ReadResult::Record, next, reinterpret_cast<const RecordHeader*>(at(pos)), nullptr, len};
@@ -384,17 +316,16 @@ class RecordRing {
   // committed meanwhile); false if a live claimer holds it, or POS is not a claimed position of
   // this lap (not aligned, outside [cleaned, tail)). The padding is stored under clean_lock (OWNER
   // is the caller's token), after checking again that POS was not reclaimed meanwhile: a reader
-  // that stalled before its store must not write a frame into space reused since (issue 10.8).
+  // that stalled before its store must not write a frame into space zeroed since (issue 10.8).
   bool unblock(std::uint64_t pos, std::uint64_t owner, AliveFn alive) noexcept;
 
   // Tests only: called inside unblock() just before it takes clean_lock to store its padding, so
   // that a test can stall a reader there while others lap the ring. Not for production use.
   static void set_unblock_hook(void (*hook)(std::uint64_t pos)) noexcept;
 
-  // Makes room so that a claim may reach NEED_END: advances `cleaned` to the lowest position a
-  // reader still needs (GATE) or a live claim still writes (nothing is zeroed: a store of a record
-  // boundary). Serialised by clean_lock (OWNER is the caller's token; a dead holder is
-  // replaced). Returns true if cleaned + capacity >= need_end afterwards.
+  // Makes room so that a claim may reach NEED_END: zeroes space every reader is past (GATE) and
+  // advances `cleaned`. Serialised by clean_lock (OWNER is the caller's token; a dead holder is
+  // replaced). Returns true if cleaned + capacity > need_end afterwards.
   bool reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept;
 
   // Recovery into a fresh (zeroed, unshared) ring: start() makes POS the first position (nothing
@@ -406,8 +337,9 @@ class RecordRing {
   // Pads from the tail up to END (an aligned position within a ring of the tail); false if not.
   bool pad_to(std::uint64_t end) noexcept;
 
-  // clean_lock also serialises joiners that must pick a start position nobody will reuse under
+  // clean_lock also serialises joiners that must pick a start position nobody will zero under
   // them (a new reader registers its position while holding it).
+  // Takes clean_lock and first finishes what a holder that died was zeroing.
   void lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept;
   void unlock_cleaning() noexcept { unlock_owner_word(hdr_->clean_lock); }
 
@@ -416,18 +348,10 @@ class RecordRing {
     return *reinterpret_cast<std::atomic<std::uint64_t>*>(data_ + (pos & mask_));
   }
   std::uint64_t lap_end(std::uint64_t pos) const noexcept { return (pos | mask_) + 1; }
-  std::uint32_t lap_of(std::uint64_t pos) const noexcept { return static_cast<std::uint32_t>(pos >> lap_shift_) & 0xff; }
-  // The span (aligned bytes) of the claim W at the tail T if W is a claim marker (or a wrap padding
-  // frame) that its claimer is making now, as its slot says (position T, word W); 0 otherwise (a
-  // word of an earlier lap, or one whose claimer moved on). W and the slot come from shared memory:
-  // the span is checked against the lap and the largest frame.
-  [[gnu::noinline]] std::uint64_t claim_in_progress(std::uint64_t t, std::uint64_t w) const noexcept;
-  // try_claim() found the tail moved past its marked claim at POS to somewhere other than END (a
-  // hostile tail): the marker MINE becomes padding, so that no reader waits on it.
-  [[gnu::cold, gnu::noinline]] void claim_lost(std::uint64_t pos, std::uint64_t end, std::uint64_t mine) noexcept;
   static ReadResult corrupt(std::uint64_t pos, const char* why) noexcept {
     return {ReadResult::Corrupt, pos, nullptr, why, 0};
   }
+  void zero(std::uint64_t from, std::uint64_t to) noexcept;
   // try_claim's slow path: is tail T (not aligned, or below CLEANED_HINT) one to claim from?
   // Refreshes CLEANED_HINT. Out of line, so that try_claim stays small enough to inline.
   [[gnu::cold, gnu::noinline]] bool tail_usable(std::uint64_t t, std::uint64_t& cleaned_hint) const noexcept;
@@ -439,7 +363,6 @@ class RecordRing {
   std::byte* data_ = nullptr;
   std::uint64_t capacity_ = 0;
   std::uint64_t mask_ = 0;
-  unsigned lap_shift_ = 0;  // log2(capacity)
   std::uint64_t max_frame_ = 0;
   std::uint32_t claimer_count_ = 0;  // validated at attach; the live header field is not trusted again
   // The tail this process saw last (relaxed: a hint; a stale one only makes read() load the live

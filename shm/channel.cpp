@@ -353,7 +353,7 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     // consumers (who still point here) see another generation and stop. Under the give-back lock,
     // whose movers check the generation under it: none of them pushes onto the new group's list,
     // and none is half-way through a push that the reset would cut in two.
-    // Under the cleaning lock no reclaim runs: the start position cannot be reused under us, and
+    // Under the cleaning lock no reclaim runs: the start position cannot be zeroed under us, and
     // the next reclaim sees the group (it takes the same lock, then reads the table). Taken
     // before the give-back lock: reclaim's gate() takes the give-back locks under it.
     ring->lock_cleaning(self_token(), &ChannelState::alive);
@@ -626,7 +626,7 @@ ChannelStats Channel::stats() const {
     gs.lag_bytes = out.write_position - std::min(gs.next_position, out.write_position);
     // Count the records between the cursor and the tail (bounded walk over committed frames).
     std::uint64_t p = gs.next_position;
-    // Under the cleaning lock: `cleaned` does not pass the walk while it reads.
+    // Under the cleaning lock: nothing is zeroed while the walk reads it.
     s.ring->lock_cleaning(detail::self_token(), &detail::ChannelState::alive);
     for (std::uint64_t steps = 0; p < out.write_position && p >= s.ring->cleaned() && steps < s.ring->capacity() / ring::kAlign; ++steps) {
       const ring::ReadResult r = s.ring->read(p);

@@ -43,7 +43,6 @@ inline constexpr std::string_view kCrashPoints[] = {
     // Ring and segment (ringbuffer/record_ring.cpp, shm/segment.cpp)
     "unblock.holding_clean_lock",  // a reader holds clean_lock to pad a dead claim, padding not stored
     "segment.after_create",        // segment file made (O_EXCL) and given its mode, not yet sized
-    "claim.after_frame_cas",       // claim marker stored at the tail by CAS, the tail not yet moved past it
 };
 
 consteval std::size_t crash_point_id(std::string_view name) {

@@ -76,7 +76,7 @@ std::uint32_t layout_fingerprint() noexcept {
       offsetof(SegmentHeader, registry_version), offsetof(SegmentHeader, dedup_offset), offsetof(ProducerSlot, pending_seq),
       offsetof(ProducerSlot, pending_entry), offsetof(ProducerSlot, reserved_seq), offsetof(ring::ClaimerSlot, padded),
       sizeof(DedupEntry), offsetof(SegmentHeader, incarnation),
-      sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned), offsetof(ring::RingHeader, clean_lock), offsetof(ring::ClaimerSlot, claim_frame),
+      sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned), offsetof(ring::RingHeader, cleaning_to),
       offsetof(ring::RingHeader, data_seq), offsetof(ring::RingHeader, space_seq), sizeof(ring::ClaimerSlot),
       sizeof(ring::RecordHeader), ring::kRingVersion};
   std::uint32_t h = 2166136261u;  // FNV-1a over the facts
