@@ -108,11 +108,14 @@ std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishO
   if (pos != ring::kNoIntent) return pos;
   const std::uint64_t deadline = now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0));
   ring::RingHeader& h = ring->header();
-  for (;;) {
+  // Retries at once while reclaim says there is room (peers took it first); a bounded number of
+  // times: a hostile tail or claim word can make every claim fail however much room there is, and
+  // the deadline must still end the wait.
+  for (std::uint32_t quick = 0;;) {
     if (ch->reclaim(ring->claim_end(ring->tail(), frame_len))) {
       pos = ring->try_claim(index, frame_len, cleaned_hint);
       if (pos != ring::kNoIntent) return pos;
-      continue;
+      if (++quick % 64 != 0) continue;
     }
     const std::uint64_t now = now_ns();
     if (now >= deadline) return ring::kNoIntent;
