@@ -227,7 +227,8 @@ unblock_wait: skip
                    :: wk[IX(pos)] == k && wl[IX(pos)] == l && wt[IX(pos)] == g ->
                       wk[IX(pos)] = PADW; wl[IX(pos)] = end - pos; wt[IX(pos)] = 0
                    :: else
-                   fi
+                   fi;
+                   DIE_IN(tok)                               /* (dies holding clean_lock) */
                  }
               :: else
               fi;
@@ -322,7 +323,7 @@ claim:
            :: target > c ->
               atomic { cleaning_to = target; DIE_IN(tok) };
               zero(tok, c, target, x);
-              cleaned = target
+              atomic { cleaned = target; DIE_IN(tok) }      /* (dies holding clean_lock) */
            :: else
            fi;
            ok = (target + CAP > cend)
