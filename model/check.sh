@@ -11,8 +11,8 @@
 # default 1500); PAN_RUN adds flags to the verifier run (default -m200000).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then echo "usage: $0 MODEL.pml verify|counterexample [-D...]" >&2; exit 2; fi
-model=$(realpath "$1"); expect=$2; shift 2
 command -v spin >/dev/null || { echo "FAIL: spin (Debian package 'spin') is not installed: make deps installs it" >&2; exit 1; }
+model=$(realpath "$1"); expect=$2; shift 2
 command -v gcc >/dev/null || { echo "FAIL: gcc is needed to compile SPIN's verifier" >&2; exit 1; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/shmq-model.XXXXXX")
 trap 'rm -rf "$work"' EXIT
