@@ -12,7 +12,7 @@
  * is LEN words: the frame word, then LEN-1 body words. Positions are absolute and never wrap.
  *
  * Processes:
- *   producer(i)  NP of them; producer i publishes K records of LEN(i) words (try_claim, commit),
+ *   producer(i)  NP of them; producer 0 publishes K records of 2 words, the others K1 of 1 word,
  *                making room with reclaim() when the ring is full. May die at any step.
  *   consumer(r)  NC consumers of one group sharing its cursor `gnext` (Consumer::poll's take:
  *                tentative in-flight entry, cursor CAS, read the body, ack; Padding: cursor CAS);
