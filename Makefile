@@ -11,7 +11,7 @@ SHELL := /bin/bash
 
 JOBS ?= $(shell nproc)
 CTEST_JOBS ?= 2
-DEPS := cmake g++ make libboost-dev libgtest-dev libbenchmark-dev libcli11-dev tmux clang libclang-rt-14-dev libnats-dev nats-server
+DEPS := cmake g++ make spin libboost-dev libgtest-dev libbenchmark-dev libcli11-dev tmux clang libclang-rt-14-dev libnats-dev nats-server
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Any sanitizer report fails the test that produced it.
