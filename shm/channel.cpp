@@ -480,6 +480,7 @@ Channel Channel::open(std::string_view name, const ChannelOptions& options) {
 Channel Channel::attach(std::string_view name, bool run_journaler) {
   ChannelOptions none;
   none.durability = Durability::Memory;
+  none.prefault = false;  // a look (the tools): its own page tables need not hold the whole ring
   return Channel(detail::make_state(name, none, false, run_journaler));
 }
 
@@ -493,8 +494,7 @@ void Channel::remove(std::string_view name, const std::filesystem::path& journal
                           detail::journal_path_for(name, journal_dir).string() + ": " + ec.message());
     if (!std::filesystem::exists(detail::segment_path(name))) return;
   }
-  if (::unlink(detail::segment_path(name).c_str()) != 0) {
-    const int err = errno;
+  if (const int err = detail::remove_segment(name); err != 0) {
     throw Error(std::error_code(err, std::generic_category()),
                 "shmq channel '" + std::string(name) + "': cannot remove " + detail::segment_path(name) + ": " +
                     (err == ENOENT ? std::string("no such channel") : std::strerror(err)));
