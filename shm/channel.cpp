@@ -492,7 +492,7 @@ void Channel::remove(std::string_view name, const std::filesystem::path& journal
     if (ec)
       throw Error(ec, "shmq channel '" + std::string(name) + "': cannot remove its journal in " +
                           detail::journal_path_for(name, journal_dir).string() + ": " + ec.message());
-    if (!std::filesystem::exists(detail::segment_path(name))) return;
+    if (!std::filesystem::exists(std::filesystem::symlink_status(detail::segment_path(name)))) return;
   }
   if (const int err = detail::remove_segment(name); err != 0) {
     throw Error(std::error_code(err, std::generic_category()),
@@ -503,7 +503,9 @@ void Channel::remove(std::string_view name, const std::filesystem::path& journal
 
 bool Channel::exists(std::string_view name) {
   detail::check_channel_name(name);
-  return std::filesystem::exists(detail::segment_path(name));
+  // The name itself: a huge-page segment's link counts even while it names no file yet (its
+  // creator died half-way), as a file not yet sized does.
+  return std::filesystem::exists(std::filesystem::symlink_status(detail::segment_path(name)));
 }
 
 std::vector<std::string> Channel::list() {

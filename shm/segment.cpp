@@ -537,7 +537,9 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
     if (file != path) ::unlink(file.c_str());
     ::unlink(path.c_str());
   };
-  if (create && options.huge_pages) {
+  struct stat existing{};
+  // huge_pages is the creator's choice: a channel that exists is opened wherever it lives.
+  if (create && options.huge_pages && ::lstat(path.c_str(), &existing) != 0) {
     // The name is taken by symlink(2) (atomic, EEXIST when taken), the file made in hugetlbfs below.
     const HugeMount hm = find_huge_mount();
     if (hm.dir.empty()) {
@@ -566,7 +568,7 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
   // Creation: O_CREAT|O_EXCL, so that a file somebody else made first is never taken for ours;
   // O_NOFOLLOW everywhere: a symbolic link at the path is refused, never followed, unless it is
   // the link of a huge-page segment that this uid made (follow_link below).
-  if (create && !made_link && !options.huge_pages) {
+  if (create && !options.huge_pages) {  // (huge pages: never a plain file in its place)
     m.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     if (m.fd_ >= 0) {
       made_here = true;

@@ -318,6 +318,17 @@ TEST_F(PrefaultTest, HugePagesNeedARingThatIsAMultipleOfTheHugePageSize) {
     CHILD_CHECK(threw);
     CHILD_CHECK(!fs::exists(segment_path(name)) && !fs::is_symlink(segment_path(name)));
     CHILD_CHECK(fs::is_empty(mnt.path()));
+    // huge_pages is the creator's choice: a channel that exists (here on 4 KiB pages) is opened
+    // where it is, whatever huge_pages says.
+    Channel plain = Channel::open(name, memory_options(1 << 20));
+    Producer p(plain, "p");
+    plain.ensure_group("g", Start::Earliest);
+    CHILD_CHECK(p.publish("plain").status == Status::Ok);
+    Channel same = Channel::open(name, o);
+    Consumer c(same, "g");
+    auto m = poll_for(c, 5s);
+    CHILD_CHECK(m && m->text() == "plain");
+    CHILD_CHECK(fs::is_regular_file(fs::symlink_status(segment_path(name))) && fs::is_empty(mnt.path()));
     return kChildOk;
   });
   EXPECT_TRUE(wait_child(pid, 30s).ok());
@@ -470,6 +481,17 @@ TEST_F(PrefaultTest, ACreatorKilledAfterLinkingTheNameLeavesANameTheNextCreatorM
     }
     Channel::remove(name);
     CHILD_CHECK(fs::is_empty(mnt.path()) && !fs::is_symlink(segment_path(name)));
+    // Killed there again: the half-made name is a channel that exists (shmq ls, shmq rm see it)
+    // and that remove takes away.
+    const pid_t again = fork_child([&] {
+      detail::arm_crash_point("segment.after_name_link");
+      Channel ch = Channel::open(name, o);
+      return kChildOk;  // not reached
+    });
+    CHILD_CHECK(wait_child(again, 30s).killed_by(SIGKILL));
+    CHILD_CHECK(Channel::exists(name));
+    Channel::remove(name);
+    CHILD_CHECK(!Channel::exists(name) && !fs::is_symlink(segment_path(name)) && fs::is_empty(mnt.path()));
     return kChildOk;
   });
   EXPECT_TRUE(wait_child(pid, 60s).ok());
