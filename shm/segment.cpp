@@ -166,6 +166,16 @@ HugeMount find_huge_mount() {
   return found.empty() ? HugeMount{} : found.front();
 }
 
+// What the hugetlbfs mount holding FILE allows when it was mounted with a size= limit (its own
+// share of the pool); empty when it has none.
+std::string huge_mount_limit(const std::string& file) {
+  const std::string dir = file.substr(0, file.find_last_of('/'));
+  struct statfs fs{};
+  if (::statfs(dir.c_str(), &fs) != 0 || fs.f_blocks == 0 || fs.f_blocks == static_cast<decltype(fs.f_blocks)>(-1)) return {};
+  return "; the mount at " + dir + " allows " + std::to_string(fs.f_blocks) + " huge pages (its size= option), " +
+         std::to_string(fs.f_bfree) + " of them free";
+}
+
 // Whether TARGET, what the link at /dev/shm/shmq.NAME names, is where a huge-page segment of NAME
 // may live: an absolute path to shmq.NAME in a hugetlbfs directory.
 bool plausible_huge_file(std::string_view name, const std::string& target) {
@@ -690,8 +700,9 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
       fail_errno(err, name,
                  "huge_pages: " + file + " cannot have the segment's " + size_text + ", " + std::to_string(bytes / huge) +
                      " huge pages of " + std::to_string(huge >> 10) + " kB, with " + std::to_string(pool.available()) +
-                     " free and not reserved (" + pool.describe() + "): reserve more (`sysctl vm.nr_hugepages=" +
-                     std::to_string(pool.total + bytes / huge) + "`), or open without huge_pages");
+                     " free and not reserved (" + pool.describe() + huge_mount_limit(file) +
+                     "): reserve more (`sysctl vm.nr_hugepages=" +
+                     std::to_string(pool.total + bytes / huge - std::min(pool.available(), bytes / huge)) + "`), or open without huge_pages");
     };
     if (huge && options.ring_bytes % huge != 0) {
       undo();

@@ -354,7 +354,7 @@ TEST_F(PrefaultTest, TooFewFreeHugePagesIsAClearErrorThatLeavesNothingBehind) {
         threw = true;
         std::fprintf(stderr, "error: %s\n", e.what());
         CHILD_CHECK(error_says(e, {name.c_str(), "huge_pages", "huge pages of 2048 kB", "HugePages_Total", "HugePages_Free",
-                                   "HugePages_Rsvd", "vm.nr_hugepages"}));
+                                   "HugePages_Rsvd", "vm.nr_hugepages", "allows 1 huge pages (its size= option)"}));
       }
       CHILD_CHECK(threw);
       CHILD_CHECK(!fs::exists(segment_path(name)) && !fs::is_symlink(segment_path(name)));
