@@ -33,7 +33,7 @@ inline void copy_in(void* dst, const void* src, std::size_t n) noexcept {
   const auto* s = static_cast<const std::uint8_t*>(src);
   for (std::size_t i = 0; i < n; ++i) store_shared(d[i], s[i]);
 #else
-  std::memcpy(dst, src, n);
+  if (n != 0) std::memcpy(dst, src, n);  // (an empty key's SRC may be null: memcpy must not see it)
 #endif
 }
 
@@ -45,7 +45,7 @@ inline void copy_out(void* dst, const void* src, std::size_t n) noexcept {
   const auto* s = static_cast<const std::uint8_t*>(src);
   for (std::size_t i = 0; i < n; ++i) d[i] = load_shared(s[i]);
 #else
-  std::memcpy(dst, src, n);
+  if (n != 0) std::memcpy(dst, src, n);  // (an empty key's SRC may be null: memcpy must not see it)
 #endif
 }
 
