@@ -275,9 +275,13 @@ TEST_F(PrefaultTest, TheFirstLapOfAPrefaultedRingTakesNoPageFault) {
   // Without pre-faulting, one fault a page written (at least most of the 0.9 lap's pages): the
   // measurement sees them.
   EXPECT_GE(sparse_faults, static_cast<long>(kRing / 4096 / 2));
-  // With it, next to none: fewer than 1 in 64 of that. Under a sanitizer its own shadow of the
-  // ring (1/8 of it for ASan, faulted in lazily by its checks of each access) adds its faults.
+  // With it, next to none: fewer than 1 in 64 of that. Under ASan its own shadow of the ring
+  // (1/8 of it, faulted in lazily by its checks of each access) adds its faults: 1 in 4. Under
+  // TSan, whose shadow is larger than the ring and touched per byte copied, the process's fault
+  // count measures TSan (16817 vs 18633 faults): there the claim rests on the page tables above.
+#if !defined(__SANITIZE_THREAD__)
   EXPECT_LE(hot_faults * (kSanitized ? 4 : 64), sparse_faults);
+#endif
 }
 
 TEST_F(PrefaultTest, APrefaultThatCannotGetItsMemoryIsAnErrorAndLeavesNothingBehind) {
