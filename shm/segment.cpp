@@ -745,6 +745,7 @@ std::unique_ptr<Segment> Segment::open_once(std::string_view name, const Channel
                        (err == EFAULT ? ": its pages cannot all be had (a touch would raise SIGBUS: the file system is full, or a memory cgroup limit)"
                                       : std::string()));
       }
+      SHMQ_CRASH_POINT("segment.after_prefault");
     }
     auto* h = static_cast<SegmentHeader*>(m.address);
     initialize(h, l, options);

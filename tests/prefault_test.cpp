@@ -555,6 +555,46 @@ TEST_F(PrefaultTest, ACreatorKilledAfterLinkingTheNameLeavesANameTheNextCreatorM
   EXPECT_TRUE(wait_child(pid, 60s).ok());
 }
 
+// A creator killed once its segment is sized, allocated and populated, before its header is
+// written: an all-zero segment that no attacher takes for a channel and the next creator
+// initialises (as after any creator that died before Ready).
+TEST_F(PrefaultTest, ACreatorKilledAfterPrefaultingLeavesASegmentTheNextCreatorInitialises) {
+  if (!detail::crash_points_enabled()) GTEST_SKIP() << "built without SHMQ_CRASH_POINTS: the crash point is not compiled in";
+  const std::string name = channel_name();
+  const ChannelOptions o = memory_options(1 << 20);
+  const pid_t dies = fork_child([&] {
+    detail::arm_crash_point("segment.after_prefault");
+    Channel ch = Channel::open(name, o);
+    return kChildOk;  // not reached
+  });
+  ASSERT_TRUE(wait_child(dies, 30s).killed_by(SIGKILL));
+  const Residency r = residency(segment_path(name));
+  EXPECT_GT(r.pages, 256u);
+  EXPECT_EQ(r.resident, r.pages);  // it died after the pre-fault
+  const pid_t attacher = fork_child([&] {
+    try {
+      Channel ch = Channel::attach(name, false);
+    } catch (const Error& e) {
+      CHILD_CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHILD_CHECK(error_says(e, {"never fully created"}));
+      return kChildOk;
+    }
+    return kChildFailed;
+  });
+  EXPECT_TRUE(wait_child(attacher, 30s).ok());
+  const pid_t creator = fork_child([&] {
+    Channel ch = Channel::open(name, o);
+    ch.ensure_group("g", Start::Earliest);
+    Producer p(ch, "p");
+    CHILD_CHECK(p.publish("after").status == Status::Ok);
+    Consumer c(ch, "g");
+    auto m = poll_for(c, 5s);
+    CHILD_CHECK(m && m->text() == "after");
+    return kChildOk;
+  });
+  EXPECT_TRUE(wait_child(creator, 30s).ok());
+}
+
 // A link at /dev/shm/shmq.NAME that names anything but shmq.NAME in a hugetlbfs mount is refused,
 // never followed (as any symbolic link there was before huge pages).
 TEST_F(PrefaultTest, ALinkThatDoesNotNameAHugePageSegmentIsRefused) {
