@@ -500,20 +500,25 @@ void check_owner_and_mode(std::string_view name, const std::string& path, const 
              ": refused (ChannelOptions::allow_foreign_segment accepts it)");
 }
 
-// Faults in every page of [ADDRESS, ADDRESS + BYTES) for writing, into this process's page tables
-// (allocating those that are not allocated yet). Returns 0 or an errno (ENOMEM; EFAULT where an
-// access would have raised SIGBUS). A kernel without MADV_POPULATE_WRITE (before 5.14) gets a
-// touch of each page instead: a write of 0 when ZEROED (a new segment, nothing written yet), else
-// a read, which never changes what a peer wrote.
-int populate(void* address, std::size_t bytes, bool zeroed) noexcept {
+// Faults in every page of [ADDRESS, ADDRESS + BYTES) into this process's page tables (allocating
+// those that are not allocated yet). Returns 0 or an errno (ENOMEM; EFAULT where an access would
+// have raised SIGBUS). CREATOR (a new segment, nothing written yet): MADV_POPULATE_WRITE, or on a
+// kernel without it (before 5.14) a write of 0 to each page. An opener: MADV_POPULATE_READ, or a
+// read of each page, which never changes what a peer wrote; a read fault on a shared tmpfs or
+// hugetlbfs mapping maps the page writable (neither tracks dirty pages through write faults),
+// and maps its neighbours too (fault-around): 22-30 ms for a 64 MiB segment where
+// MADV_POPULATE_WRITE took 84-87 ms, with no fault on the writes after it either (the first-lap
+// test of tests/prefault_test.cpp counts them).
+int populate(void* address, std::size_t bytes, bool creator) noexcept {
+  constexpr int kPopulateRead = 22;  // MADV_POPULATE_READ, Linux 5.14
   for (int attempt = 0; attempt < 100; ++attempt) {
-    if (::madvise(address, bytes, MADV_POPULATE_WRITE) == 0) return 0;
+    if (::madvise(address, bytes, creator ? MADV_POPULATE_WRITE : kPopulateRead) == 0) return 0;
     if (errno == EINTR) continue;
     if (errno != EINVAL) return errno;
     const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     auto* p = static_cast<volatile char*>(address);
     for (std::size_t off = 0; off < bytes; off += page) {
-      if (zeroed) p[off] = 0;
+      if (creator) p[off] = 0;
       else (void)p[off];
     }
     return 0;

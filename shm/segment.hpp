@@ -22,7 +22,8 @@
 // is taken, as O_EXCL does); an opener follows such a link only when this uid owns it and it names
 // shmq.NAME in a hugetlbfs directory, and then opens the file O_NOFOLLOW with the checks below.
 // Pre-faulting (ChannelOptions::prefault): the creator allocates the whole file (fallocate) and
-// populates its mapping before it initialises it; every opener populates its own mapping.
+// populates its mapping (MADV_POPULATE_WRITE) before it initialises it; every opener populates its
+// own mapping (MADV_POPULATE_READ).
 //
 // The file is created with open(2) O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC and fchmod'ed to the
 // channel's mode; a file that was there already is used only if this uid owns it and its mode

@@ -100,8 +100,8 @@ struct ChannelOptions {
   std::chrono::milliseconds journal_lock_timeout{10000};
   // Pre-faulting. true (the default): the process that creates the segment allocates every page
   // of it at open (fallocate, then MADV_POPULATE_WRITE), and every process that opens it maps all
-  // of its pages into its own page tables (MADV_POPULATE_WRITE), so that no publish or poll takes
-  // a page fault, the first lap of the ring included (without it, the first lap faults once per
+  // of its pages into its own page tables (MADV_POPULATE_READ), so that no publish or poll takes a
+  // page fault, the first lap of the ring included (without it, the first lap faults once per
   // 4 KiB page written). The cost is paid at open: the whole segment is memory from the start (it
   // is after one lap anyway), and a /dev/shm (or memory cgroup) too small for it is an Error from
   // open naming the size and the cause, instead of a SIGBUS in the middle of a publish. false:
