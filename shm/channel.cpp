@@ -483,6 +483,7 @@ Channel Channel::open(std::string_view name, const ChannelOptions& options) {
 Channel Channel::attach(std::string_view name, bool run_journaler) {
   ChannelOptions none;
   none.durability = Durability::Memory;
+  none.prefault = false;  // a look (the tools): its own page tables need not hold the whole ring
   return Channel(detail::make_state(name, none, false, run_journaler));
 }
 
@@ -494,10 +495,9 @@ void Channel::remove(std::string_view name, const std::filesystem::path& journal
     if (ec)
       throw Error(ec, "shmq channel '" + std::string(name) + "': cannot remove its journal in " +
                           detail::journal_path_for(name, journal_dir).string() + ": " + ec.message());
-    if (!std::filesystem::exists(detail::segment_path(name))) return;
+    if (!std::filesystem::exists(std::filesystem::symlink_status(detail::segment_path(name)))) return;
   }
-  if (::unlink(detail::segment_path(name).c_str()) != 0) {
-    const int err = errno;
+  if (const int err = detail::remove_segment(name); err != 0) {
     throw Error(std::error_code(err, std::generic_category()),
                 "shmq channel '" + std::string(name) + "': cannot remove " + detail::segment_path(name) + ": " +
                     (err == ENOENT ? std::string("no such channel") : std::strerror(err)));
@@ -506,7 +506,9 @@ void Channel::remove(std::string_view name, const std::filesystem::path& journal
 
 bool Channel::exists(std::string_view name) {
   detail::check_channel_name(name);
-  return std::filesystem::exists(detail::segment_path(name));
+  // The name itself: a huge-page segment's link counts even while it names no file yet (its
+  // creator died half-way), as a file not yet sized does.
+  return std::filesystem::exists(std::filesystem::symlink_status(detail::segment_path(name)));
 }
 
 std::vector<std::string> Channel::list() {

@@ -43,6 +43,8 @@ inline constexpr std::string_view kCrashPoints[] = {
     // Ring and segment (ringbuffer/record_ring.cpp, shm/segment.cpp)
     "unblock.holding_clean_lock",  // a reader holds clean_lock to pad a dead claim, padding not stored
     "segment.after_create",        // segment file made (O_EXCL) and given its mode, not yet sized
+    "segment.after_name_link",     // huge pages: /dev/shm/shmq.NAME links to the hugetlbfs file, which is not made yet
+    "segment.after_prefault",      // segment sized, allocated and populated (prefault), header not yet written
 };
 
 consteval std::size_t crash_point_id(std::string_view name) {
