@@ -41,6 +41,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The suite's memory_options() turn pre-faulting off (test time); here it is the default again.
+ChannelOptions prefaulted_options(std::size_t ring_bytes = 1 << 20, std::size_t max_message_bytes = 64 << 10) {
+  ChannelOptions o = memory_options(ring_bytes, max_message_bytes);
+  o.prefault = true;
+  return o;
+}
+
 constexpr std::uint64_t kHugePage = 2u << 20;  // x86-64's default huge page size (checked below)
 
 // Pages of the file PATH in the page cache: a fresh mapping of it in this process, and mincore.
@@ -169,7 +176,7 @@ class PrefaultTest : public ChannelTest {};
 
 TEST_F(PrefaultTest, APrefaultedSegmentIsResidentRightAfterOpen) {
   const std::string hot = channel_name("hot"), sparse = channel_name("sparse");
-  ChannelOptions o = memory_options(8 << 20);
+  ChannelOptions o = prefaulted_options(8 << 20);
   Channel a = Channel::open(hot, o);
   o.prefault = false;
   Channel b = Channel::open(sparse, o);
@@ -246,7 +253,7 @@ LapFaults first_lap_faults(const std::string& name, const ChannelOptions& o) {
 TEST_F(PrefaultTest, TheFirstLapOfAPrefaultedRingTakesNoPageFault) {
   constexpr std::size_t kRing = 8 << 20;  // 2048 pages of 4 KiB
   const std::string hot = channel_name("hot"), sparse = channel_name("sparse");
-  ChannelOptions on = memory_options(kRing), off = memory_options(kRing);
+  ChannelOptions on = prefaulted_options(kRing), off = prefaulted_options(kRing);
   off.prefault = false;
   // Each created (and pre-faulted, or not) by a process of its own that then leaves, so that the
   // publishing child inherits no mapping of it: its own is the only one in its smaps.
@@ -290,7 +297,7 @@ TEST_F(PrefaultTest, APrefaultThatCannotGetItsMemoryIsAnErrorAndLeavesNothingBeh
     // /dev/shm, in this process only: a tmpfs of 2 MiB, too small for an 8 MiB ring.
     CHILD_CHECK(private_mounts_without_hugetlbfs());
     CHILD_CHECK(::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=2m,mode=1777") == 0);
-    ChannelOptions o = memory_options(8 << 20);
+    ChannelOptions o = prefaulted_options(8 << 20);
     bool threw = false;
     try {
       Channel ch = Channel::open(name, o);
@@ -338,7 +345,7 @@ TEST_F(PrefaultTest, HugePagesWithoutAHugetlbfsMountIsAClearError) {
   const std::string name = channel_name();
   const pid_t pid = fork_child([&] {
     CHILD_CHECK(private_mounts_without_hugetlbfs());
-    ChannelOptions o = memory_options(kHugePage);
+    ChannelOptions o = prefaulted_options(kHugePage);
     o.huge_pages = true;
     bool threw = false;
     try {
@@ -362,7 +369,7 @@ TEST_F(PrefaultTest, HugePagesNeedARingThatIsAMultipleOfTheHugePageSize) {
   const pid_t pid = fork_child([&] {
     CHILD_CHECK(private_mounts_without_hugetlbfs());
     CHILD_CHECK(mount_hugetlbfs(mnt.path()));
-    ChannelOptions o = memory_options(1 << 20);
+    ChannelOptions o = prefaulted_options(1 << 20);
     o.huge_pages = true;
     bool threw = false;
     try {
@@ -378,7 +385,7 @@ TEST_F(PrefaultTest, HugePagesNeedARingThatIsAMultipleOfTheHugePageSize) {
     CHILD_CHECK(fs::is_empty(mnt.path()));
     // huge_pages is the creator's choice: a channel that exists (here on 4 KiB pages) is opened
     // where it is, whatever huge_pages says.
-    Channel plain = Channel::open(name, memory_options(1 << 20));
+    Channel plain = Channel::open(name, prefaulted_options(1 << 20));
     Producer p(plain, "p");
     plain.ensure_group("g", Start::Earliest);
     CHILD_CHECK(p.publish("plain").status == Status::Ok);
@@ -402,7 +409,7 @@ TEST_F(PrefaultTest, TooFewFreeHugePagesIsAClearErrorThatLeavesNothingBehind) {
     const pid_t pid = fork_child([&] {
       CHILD_CHECK(private_mounts_without_hugetlbfs());
       CHILD_CHECK(mount_hugetlbfs(mnt.path(), "size=2M"));  // one huge page; the segment needs 5
-      ChannelOptions o = memory_options(8 << 20);
+      ChannelOptions o = prefaulted_options(8 << 20);
       o.huge_pages = true;
       o.prefault = prefault;
       bool threw = false;
@@ -428,7 +435,7 @@ TEST_F(PrefaultTest, TooFewFreeHugePagesIsAClearErrorThatLeavesNothingBehind) {
 int huge_page_channel_life(const std::string& name, const fs::path& mnt, std::uint64_t pages) {
   CHILD_CHECK(private_mounts_without_hugetlbfs());
   CHILD_CHECK(mount_hugetlbfs(mnt));
-  ChannelOptions o = memory_options(2 * kHugePage);
+  ChannelOptions o = prefaulted_options(2 * kHugePage);
   o.huge_pages = true;
   const std::uint64_t free_before = meminfo("HugePages_Free");
   {
@@ -448,7 +455,7 @@ int huge_page_channel_life(const std::string& name, const fs::path& mnt, std::ui
     Producer p(ch, "p");
     for (int i = 0; i < 100; ++i) CHILD_CHECK(p.publish("m" + std::to_string(i)).status == Status::Ok);
     const pid_t reader = fork_child([&] {
-      Channel mine = Channel::open(name, memory_options(2 * kHugePage));  // no huge_pages asked: found anyway
+      Channel mine = Channel::open(name, prefaulted_options(2 * kHugePage));  // no huge_pages asked: found anyway
       Consumer c(mine, "g");
       for (int i = 0; i < 100; ++i) {
         auto m = poll_for(c, 5s);
@@ -482,7 +489,7 @@ TEST_F(PrefaultTest, HugePagesBackTheSegmentAndAttachersFindIt) {
     const pid_t pid = fork_child([&] {
       CHILD_CHECK(private_mounts_without_hugetlbfs());
       CHILD_CHECK(mount_hugetlbfs(mnt.path()));
-      ChannelOptions o = memory_options(2 * kHugePage);
+      ChannelOptions o = prefaulted_options(2 * kHugePage);
       o.huge_pages = true;
       try {
         Channel ch = Channel::open(name, o);
@@ -508,7 +515,7 @@ TEST_F(PrefaultTest, ACreatorKilledAfterLinkingTheNameLeavesANameTheNextCreatorM
   const pid_t pid = fork_child([&] {
     CHILD_CHECK(private_mounts_without_hugetlbfs());
     CHILD_CHECK(mount_hugetlbfs(mnt.path()));
-    ChannelOptions o = memory_options(2 * kHugePage);
+    ChannelOptions o = prefaulted_options(2 * kHugePage);
     o.huge_pages = true;
     const pid_t dies = fork_child([&] {
       detail::arm_crash_point("segment.after_name_link");
@@ -561,7 +568,7 @@ TEST_F(PrefaultTest, ACreatorKilledAfterLinkingTheNameLeavesANameTheNextCreatorM
 TEST_F(PrefaultTest, ACreatorKilledAfterPrefaultingLeavesASegmentTheNextCreatorInitialises) {
   if (!detail::crash_points_enabled()) GTEST_SKIP() << "built without SHMQ_CRASH_POINTS: the crash point is not compiled in";
   const std::string name = channel_name();
-  const ChannelOptions o = memory_options(1 << 20);
+  const ChannelOptions o = prefaulted_options(1 << 20);
   const pid_t dies = fork_child([&] {
     detail::arm_crash_point("segment.after_prefault");
     Channel ch = Channel::open(name, o);
@@ -605,7 +612,7 @@ TEST_F(PrefaultTest, ALinkThatDoesNotNameAHugePageSegmentIsRefused) {
   ASSERT_EQ(::symlink(target.c_str(), segment_path(name).c_str()), 0);
   for (bool create : {true, false}) {
     try {
-      if (create) Channel ch = Channel::open(name, memory_options());
+      if (create) Channel ch = Channel::open(name, prefaulted_options());
       else Channel ch = Channel::attach(name, false);
       ADD_FAILURE() << "a link to " << target << " was followed";
     } catch (const Error& e) {
