@@ -172,7 +172,25 @@ class HugePageReservation {
   std::uint64_t original_ = 0, granted_ = 0;
 };
 
-class PrefaultTest : public ChannelTest {};
+// Every case of this suite holds an flock for its whole run: ctest -j runs them in parallel
+// processes, and the huge-page cases measure the system's pool (HugePages_Free) while others take
+// pages from it (a case that mounts a hugetlbfs with size=2M takes one for its attempt). CI saw a
+// segment "take" 6 pages where it takes 3. (Not the pool's own lock: HugePageReservation takes that
+// one inside a case.)
+class PrefaultTest : public ChannelTest {
+ protected:
+  void SetUp() override {
+    suite_lock_ = ::open("/tmp/shmq-prefault-test-suite.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (suite_lock_ < 0 || ::flock(suite_lock_, LOCK_EX) != 0) FAIL() << "cannot lock the prefault suite: " << std::strerror(errno);
+  }
+  void TearDown() override {
+    ChannelTest::TearDown();
+    if (suite_lock_ >= 0) ::close(suite_lock_);
+  }
+
+ private:
+  int suite_lock_ = -1;
+};
 
 TEST_F(PrefaultTest, APrefaultedSegmentIsResidentRightAfterOpen) {
   const std::string hot = channel_name("hot"), sparse = channel_name("sparse");
