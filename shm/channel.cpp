@@ -494,13 +494,13 @@ void Channel::remove(std::string_view name, const std::filesystem::path& journal
     std::filesystem::remove_all(detail::journal_path_for(name, journal_dir), ec);
     if (ec)
       throw Error(ec, "shmq channel '" + std::string(name) + "': cannot remove its journal in " +
-                          detail::journal_path_for(name, journal_dir).string() + ": " + ec.message());
+                          detail::journal_path_for(name, journal_dir).string());  // what() appends ec's text
     if (!std::filesystem::exists(std::filesystem::symlink_status(detail::segment_path(name)))) return;
   }
   if (const int err = detail::remove_segment(name); err != 0) {
     throw Error(std::error_code(err, std::generic_category()),
-                "shmq channel '" + std::string(name) + "': cannot remove " + detail::segment_path(name) + ": " +
-                    (err == ENOENT ? std::string("no such channel") : std::strerror(err)));
+                "shmq channel '" + std::string(name) + "': cannot remove " + detail::segment_path(name) +
+                    (err == ENOENT ? ": no such channel" : ""));  // what() appends strerror
   }
 }
 

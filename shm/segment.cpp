@@ -36,9 +36,9 @@ bool g_guard_pages = false;
 [[noreturn]] void fail(std::errc code, std::string_view channel, const std::string& what) {
   throw Error(std::make_error_code(code), "shmq channel '" + std::string(channel) + "': " + what);
 }
+// std::system_error appends the errno text to what(): the message does not add it again.
 [[noreturn]] void fail_errno(int err, std::string_view channel, const std::string& what) {
-  throw Error(std::error_code(err, std::generic_category()),
-              "shmq channel '" + std::string(channel) + "': " + what + ": " + std::strerror(err));
+  throw Error(std::error_code(err, std::generic_category()), "shmq channel '" + std::string(channel) + "': " + what);
 }
 
 bool name_char_ok(char c) {

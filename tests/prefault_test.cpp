@@ -136,6 +136,13 @@ bool error_says(const Error& e, std::initializer_list<const char*> parts) {
       std::fprintf(stderr, "the error does not say '%s': %s\n", p, w.c_str());
       return false;
     }
+  // std::system_error appends the code's text itself: a message that also appends strerror says
+  // it twice ("...: No space left on device: No space left on device").
+  const std::string code_text = e.code().message();
+  if (const std::size_t first = w.find(code_text); first != std::string::npos && w.find(code_text, first + 1) != std::string::npos) {
+    std::fprintf(stderr, "the error says '%s' twice: %s\n", code_text.c_str(), w.c_str());
+    return false;
+  }
   return true;
 }
 
