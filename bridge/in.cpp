@@ -68,6 +68,7 @@ class InBridge {
   Summary run() {
     Clock::time_point last_activity = Clock::now();
     Clock::time_point next_status{};
+    Clock::time_point next_idle_check{};
     while (!stop_.load(std::memory_order_relaxed)) {
       const Clock::time_point now = Clock::now();
       if (now >= next_status) {
@@ -82,7 +83,14 @@ class InBridge {
       jsErrCode code = static_cast<jsErrCode>(0);
       const natsStatus s = natsSubscription_Fetch(&list, sub_, want, 200, &code);
       if (s == NATS_TIMEOUT || (s == NATS_OK && list.Count == 0)) {
-        if (o_.idle_exit.count() > 0 && Clock::now() - last_activity >= o_.idle_exit) break;
+        // Nothing came, which is not yet "nothing to do": a cluster electing a leader, or a server
+        // that stopped answering, does not answer a fetch either. Idle is what the consumer's
+        // leader says: nothing pending, nothing waiting for an ack. Asked at most once a second.
+        const Clock::time_point t = Clock::now();
+        if (o_.idle_exit.count() > 0 && t - last_activity >= o_.idle_exit && t >= next_idle_check) {
+          if (consumer_is_drained()) break;
+          next_idle_check = Clock::now() + 1s;
+        }
         continue;
       }
       if (s != NATS_OK) {
@@ -114,6 +122,22 @@ class InBridge {
       jsConsumerInfo_Destroy(ci);
     }
     return seq < ack_floor_ + window;
+  }
+
+  // Whether the consumer's leader answers that nothing is left: no message pending delivery and
+  // none delivered and waiting for an ack (a redelivery to come). No answer is not "drained".
+  bool consumer_is_drained() {
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    const natsStatus s = js_GetConsumerInfo(&ci, link_->js(), o_.stream.c_str(), o_.consumer.c_str(), nullptr, &code);
+    if (s != NATS_OK || ci == nullptr) {
+      note_error("idle check: consumer info: " + detail::js_error_text(s, code));
+      return false;
+    }
+    const bool drained = ci->NumPending == 0 && ci->NumAckPending == 0;
+    ack_floor_ = std::max(ack_floor_, ci->AckFloor.Stream);
+    jsConsumerInfo_Destroy(ci);
+    return drained;
   }
 
   // Messages done with: forwarded, or terminated in JetStream.

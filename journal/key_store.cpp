@@ -18,8 +18,7 @@ namespace {
   throw Error(std::make_error_code(code), "shmq key store '" + path.string() + "': " + what);
 }
 [[noreturn]] void fail_errno(const std::filesystem::path& path, int err, const std::string& what) {
-  throw Error(std::error_code(err, std::generic_category()),
-              "shmq key store '" + path.string() + "': " + what + ": " + std::strerror(err));
+  throw Error(std::error_code(err, std::generic_category()), "shmq key store '" + path.string() + "': " + what);  // what() appends strerror
 }
 
 std::uint64_t monotonic_ns() noexcept {

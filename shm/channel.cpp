@@ -47,10 +47,19 @@ void ChannelState::fail(std::errc code, const std::string& what) const {
   throw Error(std::make_error_code(code), "shmq channel '" + name + "': " + what);
 }
 
-std::uint64_t ChannelState::gate() const noexcept {
+std::uint64_t ChannelState::gate() noexcept {
   std::uint64_t g = ring->tail();
   // A durable channel reuses ring space only once the journal holds it.
   if (durable()) g = std::min(g, header->durable_position.load(std::memory_order_acquire));
+  // Messages move between a group's give-back list and its consumers' in-flight tables only under
+  // the group's give-back lock (move_held, take_given_back, settle_give_back). A scan that reads
+  // the lists and the tables while a message moves can miss it in both places: given back by a
+  // nack after the tables were read there, taken again before the lists were read again (the
+  // SPIN model model/consumer.pml found it; reading the lists before and after the tables did not
+  // close it). So they are read with every group's give-back lock held, in index order; the lock
+  // order is clean_lock (held by reclaim, our caller), then the give-back locks (ensure_group
+  // takes them in that order too). Reclaim is rare: once a lap, or while a producer waits.
+  for (std::uint32_t i = 0; i < options.max_groups; ++i) lock_give_back(groups[i]);
   for (std::uint32_t i = 0; i < options.max_groups; ++i) {
     // acquire: pairs with the release store of kActive in ensure_group(); its cursor is set.
     if (groups[i].state.load(std::memory_order_acquire) != kActive) continue;
@@ -58,15 +67,8 @@ std::uint64_t ChannelState::gate() const noexcept {
     // position in their in-flight table, so the scan below sees what they hold.
     g = std::min(g, groups[i].next.load(std::memory_order_acquire));
   }
-  // Messages move between give-back lists and in-flight tables in two orders: given back (list
-  // entry set, count raised, then held entry cleared) and taken again (held entry set, then list
-  // entry cleared, count lowered). Reading the lists before and after the tables sees each
-  // message in one of the three reads whichever move runs meanwhile (all of them seq_cst).
-  auto lists = [&] {
-    for (std::uint32_t i = 0; i < options.max_groups; ++i)
-      if (groups[i].state.load(std::memory_order_acquire) != kFree) g = std::min(g, lowest_given_back(groups[i]));
-  };
-  lists();
+  for (std::uint32_t i = 0; i < options.max_groups; ++i)
+    if (groups[i].state.load(std::memory_order_acquire) != kFree) g = std::min(g, lowest_given_back(groups[i]));
   // What consumers hold stays in the ring until acked, whatever the state of their group.
   for (std::uint32_t c = 0; c < options.max_consumers; ++c) {
     ConsumerSlot& slot = consumers[c];
@@ -78,7 +80,7 @@ std::uint64_t ChannelState::gate() const noexcept {
       if (held) g = std::min(g, held_position(held));
     }
   }
-  lists();
+  for (std::uint32_t i = options.max_groups; i-- > 0;) ring::unlock_owner_word(groups[i].give_back_lock);
   return g;
 }
 
@@ -351,13 +353,14 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     // consumers (who still point here) see another generation and stop. Under the give-back lock,
     // whose movers check the generation under it: none of them pushes onto the new group's list,
     // and none is half-way through a push that the reset would cut in two.
+    // Under the cleaning lock no reclaim runs: the start position cannot be reused under us, and
+    // the next reclaim sees the group (it takes the same lock, then reads the table). Taken
+    // before the give-back lock: reclaim's gate() takes the give-back locks under it.
+    ring->lock_cleaning(self_token(), &ChannelState::alive);
     lock_give_back(g);
     for (GiveBackEntry& e : g.give_back) e.position_plus1.store(0, std::memory_order_seq_cst);
     g.given_back.store(0, std::memory_order_seq_cst);
     const std::uint32_t generation = g.generation.fetch_add(1, std::memory_order_seq_cst) + 1;
-    // Under the cleaning lock no reclaim runs: the start position cannot be reused under us, and
-    // the next reclaim sees the group (it takes the same lock, then reads the table).
-    ring->lock_cleaning(self_token(), &ChannelState::alive);
     const std::uint64_t pos = start == Start::Earliest ? ring->cleaned() : ring->tail();
     g.created_position = pos;
     // The taker first, then the cursor: a consumer of the old generation that reads the new cursor
@@ -366,8 +369,8 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     g.next_taker.store(std::uint64_t(generation) << 32, std::memory_order_seq_cst);  // nobody of this generation yet
     g.next.store(pos, std::memory_order_seq_cst);
     g.state.store(kActive, std::memory_order_release);  // pairs with the acquire in gate()
-    ring->unlock_cleaning();
     ring::unlock_owner_word(g.give_back_lock);
+    ring->unlock_cleaning();
     header->registry_version.fetch_add(1, std::memory_order_release);  // the journaler checkpoints it
     return static_cast<int>(i);
   }
@@ -480,6 +483,7 @@ Channel Channel::open(std::string_view name, const ChannelOptions& options) {
 Channel Channel::attach(std::string_view name, bool run_journaler) {
   ChannelOptions none;
   none.durability = Durability::Memory;
+  none.prefault = false;  // a look (the tools): its own page tables need not hold the whole ring
   return Channel(detail::make_state(name, none, false, run_journaler));
 }
 
@@ -490,20 +494,21 @@ void Channel::remove(std::string_view name, const std::filesystem::path& journal
     std::filesystem::remove_all(detail::journal_path_for(name, journal_dir), ec);
     if (ec)
       throw Error(ec, "shmq channel '" + std::string(name) + "': cannot remove its journal in " +
-                          detail::journal_path_for(name, journal_dir).string() + ": " + ec.message());
-    if (!std::filesystem::exists(detail::segment_path(name))) return;
+                          detail::journal_path_for(name, journal_dir).string());  // what() appends ec's text
+    if (!std::filesystem::exists(std::filesystem::symlink_status(detail::segment_path(name)))) return;
   }
-  if (::unlink(detail::segment_path(name).c_str()) != 0) {
-    const int err = errno;
+  if (const int err = detail::remove_segment(name); err != 0) {
     throw Error(std::error_code(err, std::generic_category()),
-                "shmq channel '" + std::string(name) + "': cannot remove " + detail::segment_path(name) + ": " +
-                    (err == ENOENT ? std::string("no such channel") : std::strerror(err)));
+                "shmq channel '" + std::string(name) + "': cannot remove " + detail::segment_path(name) +
+                    (err == ENOENT ? ": no such channel" : ""));  // what() appends strerror
   }
 }
 
 bool Channel::exists(std::string_view name) {
   detail::check_channel_name(name);
-  return std::filesystem::exists(detail::segment_path(name));
+  // The name itself: a huge-page segment's link counts even while it names no file yet (its
+  // creator died half-way), as a file not yet sized does.
+  return std::filesystem::exists(std::filesystem::symlink_status(detail::segment_path(name)));
 }
 
 std::vector<std::string> Channel::list() {

@@ -62,7 +62,9 @@ struct ChannelState {
 
   // The lowest position any group still needs: its delivery cursor or a message one of its
   // consumers holds. Ring space below it may be reused. With no group at all, the tail.
-  std::uint64_t gate() const noexcept;
+  // The lowest ring position anybody still needs (cursors, held and given-back messages, the
+  // journal). Takes every group's give-back lock: call it holding clean_lock or no lock at all.
+  std::uint64_t gate() noexcept;
   static std::uint64_t gate_of(void* self) noexcept { return static_cast<ChannelState*>(self)->gate(); }
   static bool alive(std::uint64_t token) noexcept { return token_alive(token); }
 

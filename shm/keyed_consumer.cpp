@@ -1,6 +1,7 @@
 // KeyedConsumer: a Consumer and a store of processed keys (include/shmq/keyed.hpp).
 #include <cstring>
 
+#include "journal/files.hpp"
 #include "journal/key_store.hpp"
 #include "shm/channel_state.hpp"
 #include "shm/durability.hpp"
@@ -50,11 +51,9 @@ std::filesystem::path default_store(const Channel& ch, std::string_view group) {
   // would be.
   const ChannelState& st = ch.state();
   const std::filesystem::path dir = st.durable() ? st.journal_dir : journal_path_for(ch.name(), ch.options().journal_dir);
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec)
-    throw Error(ec, "shmq channel '" + std::string(ch.name()) + "': cannot create the directory of the key store " +
-                        dir.string() + ": " + ec.message());
+  // As the journal makes its directories: mode 0700, each parent fsync'd (the path to the keys
+  // survives a power loss). Errors name the directory and the cause.
+  journal::detail::create_directories(dir);
   return dir / ("keys." + std::string(group));
 }
 }  // namespace

@@ -17,6 +17,14 @@
 //   | RecordRing     |  ring header, claimer table (one per producer slot), data (ring_bytes)
 //   +----------------+  segment_bytes
 //
+// A huge-page segment (ChannelOptions::huge_pages) is the file shmq.NAME in a hugetlbfs mount,
+// and /dev/shm/shmq.NAME is a symbolic link to it, made by symlink(2) (which fails when the name
+// is taken, as O_EXCL does); an opener follows such a link only when this uid owns it and it names
+// shmq.NAME in a hugetlbfs directory, and then opens the file O_NOFOLLOW with the checks below.
+// Pre-faulting (ChannelOptions::prefault): the creator allocates the whole file (fallocate) and
+// populates its mapping (MADV_POPULATE_WRITE) before it initialises it; every opener populates its
+// own mapping (MADV_POPULATE_READ).
+//
 // The file is created with open(2) O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC and fchmod'ed to the
 // channel's mode; a file that was there already is used only if this uid owns it and its mode
 // allows no more than the channel's mode (a squatter's file is refused, with an Error naming the
@@ -226,6 +234,10 @@ void check_channel_name(std::string_view name);
 // Checks a group or producer name (WHAT says which): 1..63 characters of [A-Za-z0-9._-].
 void check_slot_name(std::string_view channel, std::string_view what, std::string_view name);
 std::string segment_path(std::string_view name);  // /dev/shm/shmq.NAME
+// Removes the segment of NAME: /dev/shm/shmq.NAME and, when that is the link of a huge-page
+// segment (ChannelOptions::huge_pages), first the file in hugetlbfs it names. Returns 0 or the
+// errno of the failed unlink (ENOENT: no such channel).
+int remove_segment(std::string_view name) noexcept;
 
 // The geometry of a segment: its sizes and the offsets of its tables. Copied out of the header
 // into process-local memory once, at attach, and validated there; never read from the segment

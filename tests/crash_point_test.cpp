@@ -263,8 +263,12 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
 
 std::vector<std::tuple<std::string_view, unsigned>> walk_cases() {
   std::vector<std::tuple<std::string_view, unsigned>> cases;
-  for (std::string_view p : detail::kCrashPoints)
+  for (std::string_view p : detail::kCrashPoints) {
+    // Passed only by the creation of a huge-page segment, which this scenario does not make
+    // (the host may have no huge pages): tests/prefault_test.cpp kills a creator there.
+    if (p == "segment.after_name_link") continue;
     for (unsigned hit : {1u, 3u}) cases.emplace_back(p, hit);
+  }
   return cases;
 }
 

@@ -6,6 +6,7 @@
 //   - killed anywhere: nothing lost, at most one extra call per kill.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -237,6 +238,26 @@ TEST_F(KeyedConsumerTest, APlainConsumerKilledBeforeItsAckRepeatsTheSideEffect) 
   int total = 0;
   for (const auto& [key, times] : effects()) total += times;
   EXPECT_EQ(total - n, kills) << "each kill repeats one side effect";
+}
+
+// The default store lives in the channel's journal directory, which a Memory channel may not
+// have made yet: the directories KeyedConsumer makes are the journal's (mode 0700 whatever the
+// umask, each parent fsync'd after the mkdir so that the path survives a power loss), not
+// std::filesystem's (0777 minus the umask, nothing synced): the keys say what was processed.
+TEST_F(KeyedConsumerTest, TheDefaultStoresDirectoriesAreOwnerOnlyAndDurableWhateverTheUmask) {
+  const auto name = channel_name();
+  ChannelOptions o = options();
+  o.journal_dir = dir_ / "made" / "by" / "keyed";
+  auto ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  const mode_t old_umask = ::umask(0);
+  { KeyedConsumer kc(ch, "g"); }
+  ::umask(old_umask);
+  for (const std::filesystem::path& p : {dir_ / "made", dir_ / "made" / "by", o.journal_dir, o.journal_dir / name}) {
+    struct stat st{};
+    ASSERT_EQ(::stat(p.c_str(), &st), 0) << p;
+    EXPECT_EQ(st.st_mode & 07777, 0700u) << p << " was made with mode " << std::oct << (st.st_mode & 07777);
+  }
 }
 
 TEST_F(KeyedConsumerTest, AMessageWithoutAKeyIsRecognisedByItsInnerId) {

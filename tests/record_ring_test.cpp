@@ -666,17 +666,23 @@ TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
   struct Ctx { std::atomic<std::uint64_t>* gate; };
   Ctx ctx{&gate};
   auto gate_fn = [](void* c) { return static_cast<Ctx*>(c)->gate->load(std::memory_order_acquire); };
+  // A claim protocol that loses a record or wedges the ring must fail the test, not hang it: the
+  // reader gives up at a deadline and tells the producers to stop.
+  std::atomic<bool> stop{false};
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   std::vector<std::thread> threads;
   for (int p = 0; p < kProducers; ++p) {
     threads.emplace_back([&, p] {
       std::uint64_t hint = 0;
       std::mt19937 rng(p);
-      for (std::uint64_t seq = 0; seq < kPerProducer; ++seq) {
+      for (std::uint64_t seq = 0; seq < kPerProducer && !stop.load(std::memory_order_relaxed); ++seq) {
         const auto payload = static_cast<std::uint32_t>(rng() % 300);
         const auto len = static_cast<std::uint32_t>(kHeaderBytes + payload);
         std::uint64_t pos;
-        while ((pos = t.ring.try_claim(p, len, hint)) == kNoIntent)
+        while ((pos = t.ring.try_claim(p, len, hint)) == kNoIntent) {
+          if (stop.load(std::memory_order_relaxed)) return;
           if (!t.ring.reclaim(t.ring.claim_end(t.ring.tail(), len), p + 1, gate_fn, &ctx, test_alive)) std::this_thread::yield();
+        }
         auto* h = reinterpret_cast<RecordHeader*>(t.ring.at(pos));
         h->producer = p;
         h->seq = seq;
@@ -688,9 +694,23 @@ TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
   }
   std::vector<std::uint64_t> expect(kProducers, 0);
   std::uint64_t total = 0, pos = 0;
+  // The checks below stop the producers before they return, so that the threads can be joined.
+  struct StopAndJoin {
+    std::atomic<bool>& stop;
+    std::vector<std::thread>& threads;
+    ~StopAndJoin() {
+      stop.store(true);
+      for (auto& th : threads) th.join();
+    }
+  } joiner{stop, threads};
   while (total < kProducers * kPerProducer) {
     const ReadResult r = t.ring.read(pos);
-    if (r.kind == ReadResult::Empty || r.kind == ReadResult::Pending) { std::this_thread::yield(); continue; }
+    if (r.kind == ReadResult::Empty || r.kind == ReadResult::Pending) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+          << "no record at " << pos << " for 60 s after " << total << " of " << kProducers * kPerProducer;
+      std::this_thread::yield();
+      continue;
+    }
     ASSERT_NE(r.kind, ReadResult::Corrupt) << r.why;
     if (r.kind == ReadResult::Record) {
       const RecordHeader* h = r.header;
@@ -705,7 +725,6 @@ TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
     pos = r.next;
     gate.store(pos, std::memory_order_release);
   }
-  for (auto& th : threads) th.join();
   for (int p = 0; p < kProducers; ++p) EXPECT_EQ(expect[p], kPerProducer);
 }
 

@@ -93,7 +93,7 @@ CLI::App* add_bridge_command(CLI::App& app) {
   in_cmd->add_option("--batch", in_args.batch, "Messages per fetch (1..4096)")->check(CLI::Range(1u, 4096u))->capture_default_str();
   in_cmd->add_option("--ack-wait-ms", in_ack_wait_ms, "AckWait of a consumer created now")->check(CLI::Range(100u, 3600000u))->capture_default_str();
   in_cmd->add_option("--max-ack-pending", in_args.max_ack_pending, "MaxAckPending of a consumer created now (keep it within the channel's dedup_window)")->check(CLI::Range(1u, 65536u))->capture_default_str();
-  in_cmd->add_option("--idle-exit-ms", in_idle_ms, "Exit after this long with nothing fetched (default: run until Ctrl-C/SIGTERM)");
+  in_cmd->add_option("--idle-exit-ms", in_idle_ms, "Exit after this long with nothing fetched, once the consumer reports nothing pending and nothing unacked (a server that does not answer is not idle; default: run until Ctrl-C/SIGTERM)");
   in_cmd->add_option("--count", in_args.max_messages, "Exit after forwarding N messages");
   in_cmd->add_flag("--quiet", in_args.quiet, "No error lines on stderr (they stay in the status)");
 

@@ -480,6 +480,8 @@ std::optional<Channel> open_for_pub(const PubArgs& a) {
   o.durability = a.durability.empty() ? ChannelOptions{}.durability : parse_durability(a.durability);  // the library's default
   o.journal_dir = a.journal_dir;
   if (a.ring_bytes) o.ring_bytes = *a.ring_bytes;
+  o.prefault = !a.no_prefault;
+  o.huge_pages = a.huge_pages;
   // The library's default (1 MiB) is too large for a ring under 4 MiB: take a quarter of the ring.
   o.max_message_bytes = a.max_message_bytes ? *a.max_message_bytes : std::min<std::size_t>(o.max_message_bytes, o.ring_bytes / 4);
   Channel ch = Channel::open(a.channel, o);

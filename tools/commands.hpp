@@ -63,6 +63,8 @@ struct PubArgs {
   std::optional<std::uint64_t> max_message_bytes;
   std::string durability;                    // with create: "memory" (default), "async", "sync"
   std::string journal_dir;                   // with create and a durable channel
+  bool no_prefault = false;                  // with create: ChannelOptions::prefault = false
+  bool huge_pages = false;                   // with create: ChannelOptions::huge_pages
   bool sync = false;                         // PublishOptions::durability = Sync
   std::uint64_t full_timeout_ms = 10'000;    // how long a full ring (or a Sync publish) is waited on
   std::optional<std::uint64_t> seq;          // message i gets sequence seq + i (a retry is a Duplicate)

@@ -107,6 +107,15 @@ int main(int argc, char** argv) {
                       "library: journal, group commit every few ms), sync (every publish waits for the journal)")
           ->check(CLI::IsMember({"memory", "async", "sync"}))
           ->needs(create);
+  pub->add_flag("--no-prefault", pub_args.no_prefault,
+                "A channel created now is not pre-faulted: its pages are allocated when first written (the first lap "
+                "of the ring then takes a page fault every 4 KiB, and a full /dev/shm is a SIGBUS instead of an error)")
+      ->needs(create);
+  pub->add_flag("--huge-pages", pub_args.huge_pages,
+                "A channel created now lives on huge pages: shmq.NAME in a hugetlbfs mount (/dev/hugepages), linked "
+                "from /dev/shm/shmq.NAME; needs free huge pages (vm.nr_hugepages) and a ring that is a multiple of "
+                "the huge page size")
+      ->needs(create);
   pub->add_option("--journal-dir", pub_args.journal_dir,
                       "Where a durable channel created now keeps its journal: DIR/NAME (default $SHMQ_DIR, else ./shmq-data)")
           ->needs(create);

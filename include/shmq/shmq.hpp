@@ -98,6 +98,28 @@ struct ChannelOptions {
   // removed segment mapped gives the lock up within milliseconds once it notices; if some process
   // keeps it longer than this, open throws an Error naming it.
   std::chrono::milliseconds journal_lock_timeout{10000};
+  // Pre-faulting. true (the default): the process that creates the segment allocates every page
+  // of it at open (fallocate, then MADV_POPULATE_WRITE), and every process that opens it maps all
+  // of its pages into its own page tables (MADV_POPULATE_READ), so that no publish or poll takes a
+  // page fault, the first lap of the ring included (without it, the first lap faults once per
+  // 4 KiB page written). The cost is paid at open: the whole segment is memory from the start (it
+  // is after one lap anyway), and a /dev/shm (or memory cgroup) too small for it is an Error from
+  // open naming the size and the cause, instead of a SIGBUS in the middle of a publish. false:
+  // pages are allocated when first touched (a sparse segment; faults on the first lap).
+  // Channel::attach() (the tools) does not pre-fault its own mapping.
+  bool prefault = true;
+  // Huge pages. true: a segment this call creates lives in a hugetlbfs mount (/dev/hugepages,
+  // else the first hugetlbfs mount in /proc/self/mountinfo) as shmq.NAME, and /dev/shm/shmq.NAME
+  // is a symbolic link to it, so the name still resolves to one place (open, attach, `shmq ls` and
+  // `shmq rm` follow it; a link is followed only when this uid owns it and it names shmq.NAME in a
+  // hugetlbfs mount). The huge pages are reserved when the segment is mapped, so a pool that runs
+  // short is an Error at open, never a SIGBUS later. Needs a hugetlbfs mount, and free huge pages
+  // for the whole segment (vm.nr_hugepages); ring_bytes must be a multiple of the huge page size
+  // (2 MiB on x86-64). Where any of these is missing, open throws an Error saying what (with the
+  // HugePages_* figures of /proc/meminfo) and how to get it. false (the default): 4 KiB pages in
+  // /dev/shm. Only the creator's choice counts: an opener of an existing channel uses it wherever
+  // it lives.
+  bool huge_pages = false;
 };
 
 // What Channel::open found in the journal when it had to rebuild a lost segment from it.
