@@ -1,7 +1,11 @@
 // The record ring's slow paths: layout, validation, dead-claim recovery and reclaiming space.
 #include "ringbuffer/record_ring.hpp"
 
+#include <linux/membarrier.h>
+#include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -18,6 +22,47 @@ inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 
 }  // namespace
 
+namespace {
+long membarrier(int cmd) noexcept { return ::syscall(__NR_membarrier, cmd, 0u, 0); }
+}  // namespace
+
+namespace {
+bool register_now() noexcept {
+  // The query first: a kernel without the commands, or a seccomp filter that refuses membarrier,
+  // leaves this process on seq_cst intents.
+  const long mask = membarrier(MEMBARRIER_CMD_QUERY);
+  if (mask < 0 || (mask & MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 || (mask & MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0)
+    return false;
+  return membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
+}
+// In the child of fork(), before it returns: the child is a new address space. A clone() that
+// bypasses the handlers (a raw syscall) is not covered.
+void register_in_child() noexcept { g_cheap_intents.store(register_now(), std::memory_order_relaxed); }
+}  // namespace
+
+void register_cheap_intents() noexcept {
+  static const bool once = [] {
+    g_cheap_intents.store(register_now(), std::memory_order_relaxed);
+    ::pthread_atfork(nullptr, nullptr, &register_in_child);
+    return true;
+  }();
+  (void)once;
+}
+
+bool heavy_fence() noexcept {
+  // Every process of the channel that stores its intents plainly registered for the expedited
+  // command; MEMBARRIER_CMD_GLOBAL (no registration, slower: every CPU) is the fallback of a
+  // process that cannot use it.
+  if (membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0) return true;
+  return membarrier(MEMBARRIER_CMD_GLOBAL) == 0;
+}
+
+void RecordRing::note_plain_intents() noexcept {
+  // seq_cst: before any plain intent store of this process (its first claim comes later).
+  if (hdr_ != nullptr && g_cheap_intents.load(std::memory_order_relaxed) && hdr_->plain_intents.load(std::memory_order_relaxed) == 0)
+    hdr_->plain_intents.store(1, std::memory_order_seq_cst);
+}
+
 std::size_t RecordRing::region_bytes(std::size_t capacity, std::uint32_t claimers) {
   return data_offset_for(claimers) + capacity;
 }
@@ -30,6 +75,8 @@ void RecordRing::initialize(void* region, std::size_t capacity, std::uint32_t cl
   h->capacity = capacity;
   h->data_offset = data_offset_for(claimers);
   h->max_frame = max_frame;
+  register_cheap_intents();  // the creator may construct its RecordRing before or after this
+  h->plain_intents.store(g_cheap_intents.load(std::memory_order_relaxed) ? 1 : 0, std::memory_order_relaxed);
   auto* table = reinterpret_cast<ClaimerSlot*>(h + 1);
   for (std::uint32_t i = 0; i < claimers; ++i) {
     auto* c = new (&table[i]) ClaimerSlot{};
@@ -60,7 +107,10 @@ RecordRing::RecordRing(void* region)
       mask_(hdr_->capacity - 1),
       lap_shift_(static_cast<unsigned>(std::countr_zero(hdr_->capacity))),
       max_frame_(hdr_->max_frame),
-      claimer_count_(hdr_->claimers) {}
+      claimer_count_(hdr_->claimers) {
+  register_cheap_intents();
+  note_plain_intents();
+}
 
 RecordRing::RecordRing(void* region, std::uint64_t capacity, std::uint32_t claimers, std::uint64_t max_frame)
     : hdr_(static_cast<RingHeader*>(region)),
@@ -70,7 +120,10 @@ RecordRing::RecordRing(void* region, std::uint64_t capacity, std::uint32_t claim
       mask_(capacity - 1),
       lap_shift_(static_cast<unsigned>(std::countr_zero(capacity))),
       max_frame_(max_frame),
-      claimer_count_(claimers) {}
+      claimer_count_(claimers) {
+  register_cheap_intents();
+  note_plain_intents();
+}
 
 bool RecordRing::tail_usable(std::uint64_t t, std::uint64_t& cleaned_hint) const noexcept {
   // acquire: pairs with the release store of `cleaned` in reclaim().
@@ -83,8 +136,8 @@ std::uint64_t RecordRing::claim_in_progress(std::uint64_t t, std::uint64_t w) co
   if ((f.type != RecordType::Claimed && f.type != RecordType::Padding) || f.lap != lap_of(t) || f.claimer >= claimer_count_)
     return 0;
   const ClaimerSlot& c = claimers_[f.claimer];
-  // intent first, then claim_frame: the claimer stores claim_frame, then intent (seq_cst, so
-  // release), so an intent of T read here (acquire) comes with the claim_frame of that claim or a
+  // intent first, then claim_frame: the claimer stores claim_frame, then intent (release, or seq_cst:
+  // a release too), so an intent of T read here (acquire) comes with the claim_frame of that claim or a
   // later one (made only once the tail is past T, or at T again: a pair of one claim). Read the
   // other way round, an older claim's frame could pair with a newer claim's position: a stale word
   // at T equal in value to that older marker would pass for a claim in progress (the SPIN model's
@@ -250,8 +303,8 @@ void RecordRing::lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept {
 bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept {
   lock_cleaning(owner, alive);
   const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
-  // seq_cst: pairs with the seq_cst intent store in try_claim() (through its seq_cst tail re-check
-  // and the tail CAS): if this tail is past a claimer's T, the intent loads below see its intent T.
+  // seq_cst, then the heavy fence: pairs with the intent store in try_claim() and its tail re-check
+  // (see register_cheap_intents()): if this tail is past a claimer's T, the intent loads below see its intent T.
   const std::uint64_t t = hdr_->tail.load(std::memory_order_seq_cst);
   // `cleaned` and the tail come from shared memory: a ring where they are not record boundaries
   // a lap apart at most is corrupt; no space is made in it (the caller's wait times out).
@@ -269,6 +322,20 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
   // written; with no group the gate is the tail and this is what keeps the claim). A dead
   // claimer's marked claim is padded here; a dead claimer with no marker makes no more stores.
   std::uint64_t g = std::min(gate(ctx), t);
+  if (g + capacity_ < need_end) {
+    // Not enough for this claim even before the intents lower it: free nothing yet (the caller
+    // waits and asks again), so that the fence below is paid once per claim it lets through, not
+    // once per record a slow reader frees while producers wait on a full ring.
+    unlock_cleaning();
+    return false;
+  }
+  if (!heavy_fence() && hdr_->plain_intents.load(std::memory_order_seq_cst) != 0) {
+    // No membarrier in this process (a seccomp filter) while claimers of others rely on it: nothing
+    // is freed (the caller's wait times out, as on a ring that cannot be reclaimed). Where no
+    // process stores intents plainly, the seq_cst stores and loads are the fence.
+    unlock_cleaning();
+    return false;
+  }
   for (std::uint32_t i = 0; i < claimer_count_; ++i) {
     // seq_cst: see the tail load above.
     const std::uint64_t p = claimers_[i].intent.load(std::memory_order_seq_cst);

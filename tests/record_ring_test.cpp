@@ -5,7 +5,13 @@
 #include "support.hpp"
 
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/membarrier.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -654,6 +660,93 @@ TEST(RecordRing, ReclaimKeepsALiveClaimersIntentAndIgnoresADeadOnesWithNoMarker)
 }
 
 // Several producer threads, one reader: every record arrives once, each producer's in order.
+// ---- the asymmetric fence of the claim intent (register_cheap_intents, heavy_fence) ----------
+
+using shmq::test::fork_child;
+using shmq::test::kChildOk;
+using shmq::test::wait_child;
+
+bool kernel_offers_global_expedited() {
+  const long mask = ::syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0u, 0);
+  return mask >= 0 && (mask & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0 && (mask & MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0;
+}
+
+std::uint32_t plain_intents_of(const TestRing& t) { return reinterpret_cast<const RingHeader*>(t.mem.get())->plain_intents.load(); }
+
+// Publishes until the ring is full, then reads everything: what is left to reclaim is the whole ring.
+void fill_and_drain(TestRing& t) {
+  std::uint64_t seq = 0;
+  for (std::uint64_t pos; (pos = t.ring.try_claim(0, kHeaderBytes + 64, t.hint)) != kNoIntent;) {
+    auto* h = reinterpret_cast<RecordHeader*>(t.ring.at(pos));
+    h->producer = 0;
+    h->seq = seq++;
+    h->key_len = 0;
+    t.ring.commit(pos, kHeaderBytes + 64, RecordType::Data, 0);
+  }
+  while (t.next() != nullptr) {
+  }
+}
+
+// Where the kernel has MEMBARRIER_CMD_GLOBAL_EXPEDITED, a process registers at its first ring and
+// stores its intents plainly, and says so in the ring's header (a reclaimer elsewhere must fence).
+// A child of fork() is a new address space: it registers again (pthread_atfork) before it returns.
+TEST(RecordRing, AProcessRegistersForMembarrierAtItsFirstRingAndAgainInAForkedChild) {
+  const bool offered = kernel_offers_global_expedited();
+  TestRing t(1 << 16, 2);
+  EXPECT_EQ(g_cheap_intents.load(), offered);
+  EXPECT_EQ(plain_intents_of(t), offered ? 1u : 0u);
+  fill_and_drain(t);
+  EXPECT_TRUE(t.ring.reclaim(t.ring.cleaned() + (1 << 16) + 8, 1, &TestRing::gate, &t, test_alive));
+  EXPECT_EQ(t.ring.cleaned(), t.reader) << "a registered reclaimer frees up to the gate";
+  const pid_t child = fork_child([&] {
+    CHILD_CHECK(g_cheap_intents.load() == offered);
+    CHILD_CHECK(heavy_fence());
+    fill_and_drain(t);
+    CHILD_CHECK(t.ring.reclaim(t.ring.cleaned() + (1 << 16) + 8, 1, &TestRing::gate, &t, test_alive));
+    CHILD_CHECK(t.ring.cleaned() == t.reader);
+    return kChildOk;
+  });
+  ASSERT_TRUE(wait_child(child, std::chrono::seconds(20)).ok());
+}
+
+// A process whose membarrier calls fail (a seccomp filter; the grandchild below registers after the
+// filter is on) stores its intents seq_cst and still publishes; it reclaims a ring on which no
+// process stores intents plainly (the seq_cst stores and loads are the fence), and refuses to
+// reclaim one on which another process does: it cannot make that process's plain store visible.
+TEST(RecordRing, AProcessWithoutMembarrierPublishesAndReclaimsOnlyWhereNoIntentIsPlain) {
+  if (!kernel_offers_global_expedited()) GTEST_SKIP() << "the kernel has no MEMBARRIER_CMD_GLOBAL_EXPEDITED: nothing to refuse";
+  TestRing plain(1 << 16, 2);  // made by this (registered) process: plain_intents is 1
+  ASSERT_EQ(plain_intents_of(plain), 1u);
+  const pid_t child = fork_child([&] {
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_membarrier, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+    CHILD_CHECK(::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+    CHILD_CHECK(::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0);
+    const pid_t grandchild = fork_child([&] {
+      CHILD_CHECK(!g_cheap_intents.load());  // its registration failed: seq_cst intents
+      CHILD_CHECK(!heavy_fence());
+      TestRing own(1 << 16, 2);               // made here: nobody stores intents plainly
+      CHILD_CHECK(plain_intents_of(own) == 0);
+      fill_and_drain(own);
+      CHILD_CHECK(own.ring.reclaim(own.ring.cleaned() + (1 << 16) + 8, 1, &TestRing::gate, &own, test_alive));
+      CHILD_CHECK(own.ring.cleaned() == own.reader);
+      fill_and_drain(plain);  // publishes go through; the reclaim is refused
+      const std::uint64_t before = plain.ring.cleaned();
+      CHILD_CHECK(!plain.ring.reclaim(plain.ring.cleaned() + (1 << 16) + 8, 1, &TestRing::gate, &plain, test_alive));
+      CHILD_CHECK(plain.ring.cleaned() == before);
+      return kChildOk;
+    });
+    CHILD_CHECK(wait_child(grandchild, std::chrono::seconds(20)).ok());
+    return kChildOk;
+  });
+  ASSERT_TRUE(wait_child(child, std::chrono::seconds(30)).ok());
+}
+
 TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
   constexpr int kProducers = 4;
 #ifdef SHMQ_SANITIZED
