@@ -458,6 +458,21 @@ std::vector<std::string> in_args(const std::string& channel, const std::string& 
   return a;
 }
 
+// Records that producer PRODUCER (the in bridge's "bridge-in.STREAM.CONSUMER") appended to CH.
+std::uint64_t published_by(const Channel& ch, const std::string& producer) {
+  for (const ProducerStats& ps : ch.stats().producers)
+    if (ps.name == producer) return ps.published;
+  return 0;
+}
+
+// Waits (60 s at most) until PRODUCER appended AT_LEAST records to CH: a local read, unlike a
+// consumer-info request to the server, which can take longer than the whole run. Returns the count.
+std::uint64_t wait_published(const Channel& ch, const std::string& producer, std::uint64_t at_least) {
+  const auto deadline = Clock::now() + 60s;
+  while (published_by(ch, producer) < at_least && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  return published_by(ch, producer);
+}
+
 // Drains group GROUP of CH: the inner ids (producer id -> seqs in delivery order) and keys by seq.
 struct Drained {
   std::map<std::uint64_t, std::vector<std::uint64_t>> seqs;
@@ -716,16 +731,10 @@ TEST_F(BridgeTest, InDoesNotTakeAServerThatDoesNotAnswerForAnIdleStream) {
   ch.ensure_group("app");
   Tool bridge(in_args(name, server.url(), "INP", {"--ack-wait-ms", "2000", "--batch", "8", "--idle-exit-ms", "1000"}),
               log("inp"));
-  auto in_channel = [&] {
-    for (const ProducerStats& ps : ch.stats().producers)
-      if (ps.name == "bridge-in.INP.to-shmq") return ps.published;
-    return std::uint64_t{0};
-  };
-  const auto deadline = Clock::now() + 60s;
-  while (in_channel() < count / 4 && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  wait_published(ch, "bridge-in.INP.to-shmq", count / 4);
   server.pause();
   std::this_thread::sleep_for(3s);  // three idle limits without an answer
-  const std::uint64_t at_pause = in_channel();
+  const std::uint64_t at_pause = published_by(ch, "bridge-in.INP.to-shmq");
   server.resume();
   EXPECT_LT(at_pause, count) << "everything was through before the server stopped: nothing tested";
   const Drained d = drain(ch, "app", count, 150s);
@@ -1023,18 +1032,11 @@ TEST_F(BridgeTest, InRidesThroughTheStreamLeadersDeathInAThreeNodeCluster) {
   ASSERT_FALSE(leader.empty());
   Tool bridge(in_args(name, urls, "R3IN", {"--ack-wait-ms", "2000", "--batch", "8", "--idle-exit-ms", "8000"}),
               log("r3in"));
-  // Kill the leader once a quarter is in the channel (watched there: a local read, unlike a
-  // consumer-info request to the cluster, which can take longer than the whole run).
-  auto in_channel = [&] {
-    for (const ProducerStats& ps : ch.stats().producers)
-      if (ps.name == "bridge-in.R3IN.to-shmq") return ps.published;
-    return std::uint64_t{0};
-  };
-  const auto deadline = Clock::now() + 60s;
-  while (in_channel() < count / 4 && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  // Kill the leader once a quarter is in the channel.
+  wait_published(ch, "bridge-in.R3IN.to-shmq", count / 4);
   for (auto& n : nodes)
     if (n->name() == leader) n->kill9();
-  const std::uint64_t at_kill = in_channel();
+  const std::uint64_t at_kill = published_by(ch, "bridge-in.R3IN.to-shmq");
   EXPECT_LT(at_kill, count) << "the leader died after everything was through: nothing tested";
   const Drained d = drain(ch, "app", count, 150s);
   const ChildResult r = bridge.wait(60s);
