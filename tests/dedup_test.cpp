@@ -333,7 +333,9 @@ TEST_F(DurableDedup, TheWindowIsRebuiltFromTheCheckpointAndTheJournalAfterAReboo
     Producer p(c2, "outbox");
     Consumer c(c2, "g");
     for (std::size_t i = 0; i < order.size(); ++i) {
-      CHILD_CHECK(p.publish(payload_of(order[i]), with_seq(order[i])).status == Status::Ok);
+      const Published r = p.publish(payload_of(order[i]), with_seq(order[i]));
+      if (r.status != Status::Ok) std::fprintf(stderr, "publish %zu: status %d\n", i, static_cast<int>(r.status));
+      CHILD_CHECK(r.status == Status::Ok);
       if (i + 1 == order.size() / 2) {
         for (std::size_t k = 0; k <= i; ++k) {
           auto m = c.poll(1s);
