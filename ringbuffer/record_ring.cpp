@@ -2,7 +2,6 @@
 #include "ringbuffer/record_ring.hpp"
 
 #include <linux/membarrier.h>
-#include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -35,15 +34,17 @@ bool register_now() noexcept {
     return false;
   return membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
 }
-// In the child of fork(), before it returns: the child is a new address space. A clone() that
-// bypasses the handlers (a raw syscall) is not covered.
-void register_in_child() noexcept { g_cheap_intents.store(register_now(), std::memory_order_relaxed); }
 }  // namespace
 
+// Once per process. A child of fork() (or clone, vfork, posix_spawn before its exec) keeps the
+// kernel's registration (it is per address space and copied with it: MEMBARRIER_CMD_GET_REGISTRATIONS
+// says so in the child) and this flag with it; exec clears the registration, and the new image
+// registers at its first ring. Opt-out: SHMQ_NO_MEMBARRIER=1 in the environment (a process under a
+// seccomp filter that kills on membarrier must not even query it).
 void register_cheap_intents() noexcept {
   static const bool once = [] {
-    g_cheap_intents.store(register_now(), std::memory_order_relaxed);
-    ::pthread_atfork(nullptr, nullptr, &register_in_child);
+    const char* off = std::getenv("SHMQ_NO_MEMBARRIER");
+    g_cheap_intents.store(!(off != nullptr && off[0] == '1') && register_now(), std::memory_order_relaxed);
     return true;
   }();
   (void)once;
@@ -51,16 +52,16 @@ void register_cheap_intents() noexcept {
 
 bool heavy_fence() noexcept {
   // Every process of the channel that stores its intents plainly registered for the expedited
-  // command; MEMBARRIER_CMD_GLOBAL (no registration, slower: every CPU) is the fallback of a
-  // process that cannot use it.
+  // command; MEMBARRIER_CMD_GLOBAL (no registration needed, slower: it waits for every CPU) is the
+  // fallback of a process that cannot use it.
   if (membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0) return true;
   return membarrier(MEMBARRIER_CMD_GLOBAL) == 0;
 }
 
 void RecordRing::note_plain_intents() noexcept {
-  // seq_cst: before any plain intent store of this process (its first claim comes later).
-  if (hdr_ != nullptr && g_cheap_intents.load(std::memory_order_relaxed) && hdr_->plain_intents.load(std::memory_order_relaxed) == 0)
-    hdr_->plain_intents.store(1, std::memory_order_seq_cst);
+  // A seq_cst RMW whatever the word holds: before any plain intent store of this process (its first
+  // claim comes later), and ordered against a reclaimer's seq_cst loads of the tail and this word.
+  if (hdr_ != nullptr && g_cheap_intents.load(std::memory_order_relaxed)) hdr_->plain_intents.fetch_or(1, std::memory_order_seq_cst);
 }
 
 std::size_t RecordRing::region_bytes(std::size_t capacity, std::uint32_t claimers) {
@@ -329,10 +330,13 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
     unlock_cleaning();
     return false;
   }
-  if (!heavy_fence() && hdr_->plain_intents.load(std::memory_order_seq_cst) != 0) {
-    // No membarrier in this process (a seccomp filter) while claimers of others rely on it: nothing
-    // is freed (the caller's wait times out, as on a ring that cannot be reclaimed). Where no
-    // process stores intents plainly, the seq_cst stores and loads are the fence.
+  // Where no process stores intents plainly (the word is 0, read after the tail: a process that
+  // sets it later makes its tail re-checks after this tail load), the seq_cst stores and loads are
+  // the fence and no syscall is made.
+  if (hdr_->plain_intents.load(std::memory_order_seq_cst) != 0 && !heavy_fence()) {
+    // No membarrier in this process (a seccomp filter, SHMQ_NO_MEMBARRIER) while claimers of others
+    // rely on it: nothing is freed (the caller's wait times out, as on a ring that cannot be
+    // reclaimed). Every process of a channel whose producers fill the ring needs membarrier, or none.
     unlock_cleaning();
     return false;
   }

@@ -82,9 +82,10 @@ inline void (*g_claim_hook)(ClaimStep step, std::uint32_t i, std::uint64_t t) = 
 // registered thread that is running pass a full barrier, so either a claimer's intent store is
 // visible to the intent loads, or that claimer's tail re-check comes after the barrier and sees the
 // tail reclaim saw (past T: it makes no CAS at T). A process that could not register keeps the
-// seq_cst store. register_cheap_intents(): asks once per process, at the first ring made, and again
-// in every child of fork() (a pthread_atfork handler: the kernel keeps the registration per address
-// space); g_cheap_intents says whether this process registered. heavy_fence(): what reclaim calls;
+// seq_cst store. register_cheap_intents(): asks once per process, at the first ring made (a child of
+// fork() keeps the registration, exec drops it; SHMQ_NO_MEMBARRIER=1 opts out); g_cheap_intents says
+// whether this process registered. Every process of a channel needs membarrier, or none: a producer
+// whose own membarrier fails cannot reclaim space on a ring where others store intents plainly. heavy_fence(): what reclaim calls;
 // false when no membarrier command worked (then reclaim frees nothing this time: a claimer of
 // another process may have stored its intent plainly).
 inline std::atomic<bool> g_cheap_intents{false};
@@ -92,7 +93,7 @@ void register_cheap_intents() noexcept;
 bool heavy_fence() noexcept;
 
 inline constexpr std::uint64_t kRingMagic = 0x474e4952514d4853ull;  // "SHMQRING"
-inline constexpr std::uint32_t kRingVersion = 3;
+inline constexpr std::uint32_t kRingVersion = 4;  // 4: plain intents under membarrier (plain_intents); 3: lap-tagged frames, claim markers
 inline constexpr std::size_t kAlign = 8;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kMaxClaimers = 4096;  // 12 bits in the frame word
