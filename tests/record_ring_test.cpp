@@ -778,11 +778,17 @@ TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
           if (stop.load(std::memory_order_relaxed)) return;
           if (!t.ring.reclaim(t.ring.claim_end(t.ring.tail(), len), p + 1, gate_fn, &ctx, test_alive)) std::this_thread::yield();
         }
+        // As the producer does (shm/producer.cpp): the record's bytes are written with relaxed
+        // atomics (store_shared, copy_in; plain stores outside TSan). Freed space is not zeroed, and
+        // a claimer that loaded an old tail may load, or CAS and fail on, a word of a later lap
+        // there (its re-check of the tail then stops it): atomic accesses, which TSan reports as a
+        // race against plain ones (it counts a failed CAS as a write).
         auto* h = reinterpret_cast<RecordHeader*>(t.ring.at(pos));
-        h->producer = p;
-        h->seq = seq;
-        h->key_len = 0;
-        std::memset(reinterpret_cast<std::byte*>(h) + kHeaderBytes, static_cast<int>(seq & 0xff), payload);
+        store_shared(h->producer, static_cast<std::uint64_t>(p));
+        store_shared(h->seq, seq);
+        store_shared(h->key_len, 0u);
+        std::vector<std::uint8_t> fill(payload, static_cast<std::uint8_t>(seq & 0xff));
+        copy_in(reinterpret_cast<std::byte*>(h) + kHeaderBytes, fill.data(), payload);
         t.ring.commit(pos, len, RecordType::Data, p);
       }
     });
@@ -809,12 +815,14 @@ TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
     ASSERT_NE(r.kind, ReadResult::Corrupt) << r.why;
     if (r.kind == ReadResult::Record) {
       const RecordHeader* h = r.header;
-      ASSERT_LT(h->producer, static_cast<std::uint64_t>(kProducers));
-      ASSERT_EQ(h->seq, expect[h->producer]) << "producer " << h->producer;
-      const auto* body = reinterpret_cast<const std::uint8_t*>(h) + kHeaderBytes;
+      const std::uint64_t producer = load_shared(h->producer), seq = load_shared(h->seq);
+      ASSERT_LT(producer, static_cast<std::uint64_t>(kProducers));
+      ASSERT_EQ(seq, expect[producer]) << "producer " << producer;
       const std::uint32_t n = r.length - static_cast<std::uint32_t>(kHeaderBytes);
-      for (std::uint32_t i = 0; i < n; ++i) ASSERT_EQ(body[i], h->seq & 0xff);
-      ++expect[h->producer];
+      std::vector<std::uint8_t> body(n);
+      copy_out(body.data(), reinterpret_cast<const std::byte*>(h) + kHeaderBytes, n);
+      for (std::uint32_t i = 0; i < n; ++i) ASSERT_EQ(body[i], seq & 0xff);
+      ++expect[producer];
       ++total;
     }
     pos = r.next;
