@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -115,29 +116,39 @@ class InBridge {
   bool inside_window(std::uint64_t seq) {
     const std::uint64_t window = ch_->options().dedup_window;
     if (seq < ack_floor_ + window) return true;
-    jsConsumerInfo* ci = nullptr;
-    if (js_GetConsumerInfo(&ci, link_->js(), o_.stream.c_str(), o_.consumer.c_str(), nullptr, nullptr) == NATS_OK &&
-        ci != nullptr) {
-      ack_floor_ = std::max(ack_floor_, ci->AckFloor.Stream);
-      jsConsumerInfo_Destroy(ci);
-    }
+    (void)ask_consumer();  // no answer: the cached floor stands
     return seq < ack_floor_ + window;
   }
 
   // Whether the consumer's leader answers that nothing is left: no message pending delivery and
   // none delivered and waiting for an ack (a redelivery to come). No answer is not "drained".
   bool consumer_is_drained() {
+    std::string error;
+    const std::optional<ConsumerCounts> c = ask_consumer(&error);
+    if (!c) {
+      note_error("idle check: consumer info: " + error);
+      return false;
+    }
+    return c->pending == 0 && c->ack_pending == 0;
+  }
+
+  // The consumer's state as its leader reports it; the ack floor it reports raises ack_floor_.
+  // No answer: nullopt, and why in ERROR when given.
+  struct ConsumerCounts {
+    std::uint64_t pending, ack_pending;
+  };
+  std::optional<ConsumerCounts> ask_consumer(std::string* error = nullptr) {
     jsConsumerInfo* ci = nullptr;
     jsErrCode code = static_cast<jsErrCode>(0);
     const natsStatus s = js_GetConsumerInfo(&ci, link_->js(), o_.stream.c_str(), o_.consumer.c_str(), nullptr, &code);
     if (s != NATS_OK || ci == nullptr) {
-      note_error("idle check: consumer info: " + detail::js_error_text(s, code));
-      return false;
+      if (error != nullptr) *error = detail::js_error_text(s, code);
+      return std::nullopt;
     }
-    const bool drained = ci->NumPending == 0 && ci->NumAckPending == 0;
     ack_floor_ = std::max(ack_floor_, ci->AckFloor.Stream);
+    const ConsumerCounts c{ci->NumPending, static_cast<std::uint64_t>(ci->NumAckPending)};
     jsConsumerInfo_Destroy(ci);
-    return drained;
+    return c;
   }
 
   // Messages done with: forwarded, or terminated in JetStream.
