@@ -668,7 +668,9 @@ void prepare(Segment& seg, RecoveryContext& rc) {
   // could not have moved on past it). When no group is known, as much of the journal as the ring
   // holds goes back, for groups that start at the earliest message.
   const std::uint64_t need = state && !state->groups.empty() ? std::min(state->low_water_mark(end), end) : std::min(first_record, end);
-  const std::uint64_t from = std::max(need, end > cap - ring::kAlign ? end - cap + ring::kAlign : 0);
+  // A ring holds a whole capacity below its tail (a claim may end at cleaned + capacity: the
+  // frame words at and past the tail are not read, so no gap is kept), and so does this one.
+  const std::uint64_t from = std::max(need, end > cap ? end - cap : 0);
   ring.start(from);
   {
     journal::Reader r = journal::Reader::open(rc.dir, from);
