@@ -301,7 +301,7 @@ void RecordRing::lock_cleaning(std::uint64_t owner, AliveFn alive) noexcept {
   lock_owner_word(hdr_->clean_lock, owner, alive);
 }
 
-bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept {
+bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive, bool alone) noexcept {
   lock_cleaning(owner, alive);
   const std::uint64_t c = hdr_->cleaned.load(std::memory_order_relaxed);  // only the lock holder writes it
   // seq_cst, then the heavy fence: pairs with the intent store in try_claim() and its tail re-check
@@ -332,8 +332,9 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
   }
   // Where no process stores intents plainly (the word is 0, read after the tail: a process that
   // sets it later makes its tail re-checks after this tail load), the seq_cst stores and loads are
-  // the fence and no syscall is made.
-  if (hdr_->plain_intents.load(std::memory_order_seq_cst) != 0 && !heavy_fence()) {
+  // the fence and no syscall is made; nor where the caller is the only live claimer (dead ones
+  // store nothing more).
+  if (!alone && hdr_->plain_intents.load(std::memory_order_seq_cst) != 0 && !heavy_fence()) {
     // No membarrier in this process (a seccomp filter, SHMQ_NO_MEMBARRIER) while claimers of others
     // rely on it: nothing is freed (the caller's wait times out, as on a ring that cannot be
     // reclaimed). Every process of a channel whose producers fill the ring needs membarrier, or none.

@@ -283,6 +283,16 @@ class RecordRing {
   // two steps blocks nobody); any other word at the tail is stale and is replaced. At the end of the
   // ring the claim is first a padding frame up to the end (committed as it is stored), then the
   // record's claim at the start of the next lap.
+  //
+  // ALONE: the caller is the ring's only live claimer and stays so while it claims (an exclusive
+  // producer: ProducerOptions::exclusive; the channel refuses every other producer while it
+  // lives). Nobody else moves the tail or marks at it, so the claim is made with plain stores, no
+  // locked instruction: intent, then the marker at T (release: after the slot, for a successor's
+  // claim_in_progress()), then the tail (release: a reader that sees it past T sees the marker, a
+  // reclaim that sees it sees the intent, so reclaim needs no fence against this claim either).
+  // A claim marker of this lap already at T (a claimer that died between its marker and its tail
+  // CAS before this one joined, or a stale word that looks like one) is left to the shared path.
+  template <bool Alone = false>
   [[gnu::always_inline]] std::uint64_t try_claim(std::uint32_t i, std::uint32_t frame_len, std::uint64_t& cleaned_hint) noexcept {
     const std::uint64_t need = align_up(frame_len);
     ClaimerSlot& me = claimers_[i];
@@ -313,6 +323,22 @@ class RecordRing {
       const std::uint32_t toggle = Frame::toggle_over(w);
       const std::uint64_t mine = wrap ? Frame::pack(static_cast<std::uint32_t>(to_end), RecordType::Padding, i, epoch, lap_of(t), toggle)
                                       : Frame::pack(frame_len, RecordType::Claimed, i, epoch, lap_of(t), toggle);
+      // (Only a frame of this lap naming a claimer can be one in progress: the usual stale word
+      // is told apart here, without the call.)
+      const Frame seen = Frame::unpack(w);
+      const bool maybe = seen.lap == lap_of(t) && (seen.type == RecordType::Claimed || seen.type == RecordType::Padding);
+      if (Alone && !maybe) [[likely]] {
+        me.claim_frame.store(mine, std::memory_order_relaxed);
+        me.intent.store(t, std::memory_order_relaxed);
+        SHMQ_CLAIM_HOOK(ClaimStep::BeforeFrameCas, i, t);
+        word.store(mine, std::memory_order_release);
+        SHMQ_CRASH_POINT("claim.alone.after_marker");
+        SHMQ_CLAIM_HOOK(ClaimStep::AfterFrameCas, i, t);
+        hdr_->tail.store(end, std::memory_order_release);
+        if (!wrap) return t;
+        t = end;
+        continue;
+      }
       // relaxed: published by the seq_cst intent store below and the frame CAS (a full barrier).
       me.claim_frame.store(mine, std::memory_order_relaxed);
       // Store-load ordering with the tail re-check below (the pair of reclaim()'s tail load, then
@@ -326,10 +352,6 @@ class RecordRing {
       } else {
         me.intent.store(t, std::memory_order_seq_cst);
       }
-      // (Only a frame of this lap naming a claimer can be one in progress: the usual stale word
-      // is told apart here, without the call.)
-      const Frame seen = Frame::unpack(w);
-      const bool maybe = seen.lap == lap_of(t) && (seen.type == RecordType::Claimed || seen.type == RecordType::Padding);
       if (const std::uint64_t span = maybe ? claim_in_progress(t, w) : 0) [[unlikely]] {
         // A peer's claim marker at the tail: move the tail past its claim for it.
         hdr_->tail.compare_exchange_strong(t, t + span, std::memory_order_seq_cst, std::memory_order_acquire);
@@ -470,8 +492,10 @@ class RecordRing {
   // Makes room so that a claim may reach NEED_END: advances `cleaned` to the lowest position a
   // reader still needs (GATE) or a live claim still writes (nothing is zeroed: a store of a record
   // boundary). Serialised by clean_lock (OWNER is the caller's token; a dead holder is
-  // replaced). Returns true if cleaned + capacity >= need_end afterwards.
-  bool reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive) noexcept;
+  // replaced). Returns true if cleaned + capacity >= need_end afterwards. ALONE: the caller is the
+  // ring's only live claimer (see try_claim<true>): no other live claimer's plain intent store can
+  // be in flight, so no heavy fence is made whatever plain_intents says.
+  bool reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gate, void* ctx, AliveFn alive, bool alone = false) noexcept;
 
   // Recovery into a fresh (zeroed, unshared) ring: start() makes POS the first position (nothing
   // below it is held); place() pads from the tail up to POS and returns where the record of

@@ -69,8 +69,8 @@ struct ChannelState {
   static bool alive(std::uint64_t token) noexcept { return token_alive(token); }
 
   // Makes room for a claim that reaches NEED_END; false when the slowest group holds it up.
-  bool reclaim(std::uint64_t need_end) noexcept {
-    return ring->reclaim(need_end, self_token(), &ChannelState::gate_of, this, &ChannelState::alive);
+  bool reclaim(std::uint64_t need_end, bool alone = false) noexcept {
+    return ring->reclaim(need_end, self_token(), &ChannelState::gate_of, this, &ChannelState::alive, alone);
   }
 
   // Serialises changes to the producer, group and consumer tables (a dead holder is replaced).

@@ -44,6 +44,7 @@ inline constexpr std::string_view kCrashPoints[] = {
     "unblock.holding_clean_lock",  // a reader holds clean_lock to pad a dead claim, padding not stored
     "segment.after_create",        // segment file made (O_EXCL) and given its mode, not yet sized
     "claim.after_frame_cas",       // claim marker stored at the tail by CAS, the tail not yet moved past it
+    "claim.alone.after_marker",    // an exclusive producer's claim marker stored at the tail, the tail not yet moved
     "commit.after_frame",          // record's frame committed, the claimer slot's intent not yet cleared
     "segment.after_name_link",     // huge pages: /dev/shm/shmq.NAME links to the hugetlbfs file, which is not made yet
     "segment.after_prefault",      // segment sized, allocated and populated (prefault), header not yet written

@@ -36,6 +36,7 @@ struct ProducerState {
   std::uint64_t next_seq = 1;      // default sequence of the next publish (>= the window's top + 1)
   std::uint64_t published = 0;
   std::uint64_t cleaned_hint = 0;  // cached ring `cleaned`
+  bool exclusive = false;          // ProducerOptions::exclusive: the ring's only live claimer
   std::atomic<std::uint64_t> last_seq{0};  // of the last publish (last_id() may be asked from any thread)
   DedupWindow window;
   // The publish lock: the dedup check, the claim, the commit and the window update of one publish
@@ -104,7 +105,10 @@ struct ProducerState {
 };
 
 std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishOptions& opts) noexcept {
-  std::uint64_t pos = ring->try_claim(index, frame_len, cleaned_hint);
+  const auto try_claim = [&] {
+    return exclusive ? ring->try_claim<true>(index, frame_len, cleaned_hint) : ring->try_claim<false>(index, frame_len, cleaned_hint);
+  };
+  std::uint64_t pos = try_claim();
   if (pos != ring::kNoIntent) return pos;
   const std::uint64_t deadline = now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0));
   ring::RingHeader& h = ring->header();
@@ -112,8 +116,8 @@ std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishO
   // times: a hostile tail or claim word can make every claim fail however much room there is, and
   // the deadline must still end the wait.
   for (std::uint32_t quick = 0;;) {
-    if (ch->reclaim(ring->claim_end(ring->tail(), frame_len))) {
-      pos = ring->try_claim(index, frame_len, cleaned_hint);
+    if (ch->reclaim(ring->claim_end(ring->tail(), frame_len), exclusive)) {
+      pos = try_claim();
       if (pos != ring::kNoIntent) return pos;
       if (++quick % 64 != 0) continue;
     }
@@ -132,7 +136,7 @@ std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishO
         // cost of a wake-up lost to the race between their ack and our count.
         const std::uint32_t v = h.space_seq.load(std::memory_order_acquire);
         h.space_waiters.fetch_add(1, std::memory_order_seq_cst);
-        if (!ch->reclaim(ring->claim_end(ring->tail(), frame_len)))
+        if (!ch->reclaim(ring->claim_end(ring->tail(), frame_len), exclusive))
           futex_wait(h.space_seq, v, std::chrono::nanoseconds(std::min<std::uint64_t>(deadline - now, 1000000)));
         h.space_waiters.fetch_sub(1, std::memory_order_relaxed);
         break;
@@ -211,7 +215,8 @@ void ProducerState::committed(std::uint64_t seq) noexcept {
 
 }  // namespace detail
 
-Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_unique<detail::ProducerState>()) {
+Producer::Producer(Channel& channel, std::string_view name, const ProducerOptions& options)
+    : state_(std::make_unique<detail::ProducerState>()) {
   detail::ChannelState& s = channel.state();
   detail::check_slot_name(s.name, "producer", name);
   detail::ProducerState& p = *state_;
@@ -230,6 +235,24 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
       break;
     }
     if (st == detail::kFree && free < 0) free = static_cast<int>(i);
+  }
+  // An exclusive producer is the only live one, both ways. Dead owners (or none) do not count:
+  // a dead claimer makes no more stores, and its claim left at the tail is moved past by the
+  // shared path of the next claim, or padded by a reader, as for any claimer.
+  for (std::uint32_t i = 0; i < s.options.max_producers; ++i) {
+    detail::ProducerSlot& other = s.producers[i];
+    if (static_cast<int>(i) == found || other.state.load(std::memory_order_acquire) != detail::kActive) continue;
+    const std::uint64_t owner = other.owner.load(std::memory_order_acquire);
+    if (owner == 0 || !detail::token_alive(owner)) continue;
+    const bool other_exclusive = other.exclusive.load(std::memory_order_relaxed) != 0;
+    const std::string who = std::string(other_exclusive ? "exclusive " : "") + "producer '" +
+                            std::string(detail::slot_name(other.name)) + "' of live process " + std::to_string(detail::token_pid(owner));
+    if (other_exclusive)
+      s.fail(std::errc::device_or_resource_busy, "cannot add " + std::string(options.exclusive ? "exclusive " : "") + "producer '" +
+                                                     std::string(name) + "': " + who + " is the channel's only producer while it lives");
+    if (options.exclusive)
+      s.fail(std::errc::device_or_resource_busy, "cannot add exclusive producer '" + std::string(name) + "': " + who +
+                                                     " is on the channel (an exclusive producer must be its only one)");
   }
   if (found >= 0) {
     const std::uint64_t owner = s.producers[found].owner.load(std::memory_order_acquire);
@@ -251,6 +274,8 @@ Producer::Producer(Channel& channel, std::string_view name) : state_(std::make_u
   }
   p.index = static_cast<std::uint32_t>(found);
   p.slot = &s.producers[found];
+  p.exclusive = options.exclusive;
+  p.slot->exclusive.store(options.exclusive ? 1 : 0, std::memory_order_relaxed);  // under the registry lock
   p.id = p.slot->id;
   p.window = s.segment->dedup_window(p.index);
   detail::settle_dead_publish(s, p.index);  // before adopt_claimer(): the dead owner's claim must still read as its own

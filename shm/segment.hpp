@@ -127,7 +127,9 @@ struct alignas(64) SegmentHeader {
 
 struct alignas(64) ProducerSlot {
   std::atomic<std::uint32_t> state;       // SlotState; kActive once registered (kept across owners)
-  std::uint32_t reserved;
+  // 1: the owner is an exclusive producer (ProducerOptions::exclusive), set under the registry
+  // lock by each owner; counts only while the owner lives.
+  std::atomic<std::uint32_t> exclusive;
   char name[kMaxSlotName + 1];
   std::uint64_t id;                       // stable producer id
   std::atomic<std::uint64_t> owner;       // owner token of the process using it; 0 when none

@@ -178,15 +178,23 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
   });
   ASSERT_TRUE(wait_child(a, 60s).ok());
 
-  // B, armed: reaps A's messages, publishes the rest, consumes with nacks and a poison message,
-  // closes (the journaler's last checkpoint). It must die at the point.
+  // B, armed: reaps A's messages, publishes the rest (15 as a shared producer, 15 as an exclusive
+  // one), consumes with nacks and a poison message, closes (the journaler's last checkpoint). It
+  // must die at the point.
   const pid_t b = fork_child([&] {
     detail::arm_crash_point(point, hit);
     const EventLog events(log("b"));
     Channel ch = Channel::open(name, o);
     Consumer c(ch, "g");
-    Producer p(ch, "p");
-    publish_range(p, events, 11, kMessages);
+    {
+      Producer p(ch, "p");
+      publish_range(p, events, 11, 25);
+    }
+    {
+      // The rest as the exclusive producer (A is dead): its claims take the plain-store path.
+      Producer p(ch, "p", ProducerOptions{.exclusive = true});
+      publish_range(p, events, 26, kMessages);
+    }
     consume(c, events, 300ms);
     return kChildOk;
   });

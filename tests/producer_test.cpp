@@ -1,5 +1,6 @@
 // Producer: inner ids (unique, increasing per producer, reported by last_id), one live owner per
 // name, and a sequence that goes on when a new process takes over the name of a dead one.
+#include "shm/crash_point.hpp"
 #include "support.hpp"
 
 #include <set>
@@ -227,6 +228,125 @@ TEST_F(ProducerTest, ARetryOfAnAcceptedSeqIsDroppedAsDuplicate) {
   EXPECT_EQ(m->id(), first.id);
   EXPECT_EQ(c.ack(*m), Status::Ok);
   EXPECT_FALSE(c.poll(20ms)) << "the retry was appended";
+}
+
+// ---- exclusive producers (ProducerOptions::exclusive) ------------------------------------------
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), std::errc::device_or_resource_busy) << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+// Exclusive means the only live producer, both ways, across processes; one that left or died
+// does not count.
+TEST_F(ProducerTest, AnExclusiveProducerIsTheChannelsOnlyLiveProducer) {
+  const auto name = channel_name();
+  Channel ch = Channel::open(name, memory_options());
+  Consumer c(ch, "g");
+  const ProducerOptions exclusive{.exclusive = true};
+  {
+    Producer shared(ch, "shared");
+    const std::string why = error_of([&] { Producer e(ch, "solo", exclusive); });
+    EXPECT_NE(why.find("cannot add exclusive producer 'solo'"), std::string::npos) << why;
+    EXPECT_NE(why.find("producer 'shared' of live process " + std::to_string(::getpid())), std::string::npos) << why;
+  }
+  // Another process's exclusive producer keeps every other one out while it lives, this
+  // process's and a third process's.
+  Pipe ready;
+  const pid_t solo = fork_child(
+      [&]() -> int {
+        Channel c2 = Channel::attach(name);
+        Producer e(c2, "solo", exclusive);
+        for (int i = 0; i < 3; ++i) CHILD_CHECK(e.publish("solo").status == Status::Ok);
+        const Owned o{e.last_id().producer, e.last_id().seq};
+        CHILD_CHECK(ready.send(o));
+        for (;;) ::pause();
+      },
+      60);
+  Owned by_solo{};
+  ASSERT_TRUE(ready.receive(by_solo, 30s));
+  for (const bool excl : {false, true}) {
+    const std::string why = error_of([&] { Producer p(ch, "shared", ProducerOptions{.exclusive = excl}); });
+    EXPECT_NE(why.find("exclusive producer 'solo' of live process " + std::to_string(solo)), std::string::npos) << why;
+  }
+  const pid_t third = fork_child(
+      [&] {
+        Channel c2 = Channel::attach(name);
+        try {
+          Producer p(c2, "third");
+        } catch (const Error&) {
+          return kChildOk;
+        }
+        return kChildFailed;
+      },
+      30);
+  EXPECT_TRUE(wait_child(third, 30s).ok()) << "a third process added a producer beside a live exclusive one";
+  // Dead, it counts no more: a shared producer joins, and everything arrives once.
+  ASSERT_TRUE(kill_child(solo).killed_by(SIGKILL));
+  Producer shared(ch, "shared");
+  ASSERT_EQ(shared.publish("shared").status, Status::Ok);
+  std::vector<std::string> texts;
+  while (auto m = poll_for(c, 1s)) {
+    texts.emplace_back(m->text());
+    ASSERT_EQ(c.ack(*m), Status::Ok);
+    if (texts.size() == 4) break;
+  }
+  EXPECT_EQ(texts, (std::vector<std::string>{"solo", "solo", "solo", "shared"}));
+  EXPECT_FALSE(c.poll(20ms));
+}
+
+// An exclusive producer claims with plain stores: SIGKILLed after it marked its claim at the tail
+// and before it moved the tail, or with the tail moved and the record not yet written, its claim
+// must block nobody. Its successor (exclusive or not) moves the tail past a dead claim at the tail
+// (the shared path's help), a reader pads a dead claim below it, and every publish that returned
+// Ok is delivered once, in order.
+TEST_F(ProducerTest, AnExclusiveProducerKilledInsideItsClaimBlocksNobody) {
+  ASSERT_TRUE(detail::crash_points_enabled()) << "configure with -DSHMQ_CRASH_POINTS=ON";
+  for (const char* point : {"claim.alone.after_marker", "publish.after_announce"})
+  for (const bool successor_exclusive : {true, false}) {
+    SCOPED_TRACE(std::string(point) + (successor_exclusive ? ", exclusive successor" : ", shared successor"));
+    const auto name = channel_name(successor_exclusive ? "excl" : "shared");
+    Channel ch = Channel::open(name, memory_options(64 << 10, 1024));
+    Consumer c(ch, "g", ConsumerOptions{.wait = Wait::Spin});
+    const pid_t solo = fork_child(
+        [&]() -> int {
+          Channel c2 = Channel::attach(name);
+          Producer e(c2, "p", ProducerOptions{.exclusive = true});
+          // Past a lap of the ring first (the frames at the tail are an earlier lap's), then dies
+          // at its 2000th pass of the point.
+          detail::arm_crash_point(point, 2000);
+          for (int i = 1;; ++i) {
+            PublishOptions o;
+            o.timeout = 10s;
+            CHILD_CHECK(e.publish("m" + std::to_string(i), o).status == Status::Ok);
+          }
+        },
+        60);
+    // Read along (the ring laps) until nothing more comes: the producer died.
+    int expect = 1;
+    while (auto m = c.poll(1s)) {
+      ASSERT_EQ(m->text(), "m" + std::to_string(expect));
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+      ++expect;
+    }
+    ASSERT_TRUE(wait_child(solo, 30s).killed_by(SIGKILL)) << "the producer did not die at the point";
+    ASSERT_GT(expect, 1500) << "fewer messages than a lap of the ring before the kill";
+    Producer next(ch, "p", ProducerOptions{.exclusive = successor_exclusive});
+    for (int i = 0; i < 300; ++i) ASSERT_EQ(next.publish("after" + std::to_string(i)).status, Status::Ok) << i;
+    for (int i = 0; i < 300; ++i) {
+      auto m = poll_for(c, 5s);
+      ASSERT_TRUE(m) << "after " << i << ": " << to_string(c.status());
+      ASSERT_EQ(m->text(), "after" + std::to_string(i));
+      ASSERT_EQ(m->deliveries(), 1u);
+      ASSERT_EQ(c.ack(*m), Status::Ok);
+    }
+    EXPECT_FALSE(c.poll(20ms));
+  }
 }
 
 }  // namespace

@@ -313,11 +313,21 @@ namespace detail {
 Published publish_copy(Producer& p, const Message& m, std::uint32_t reason, std::uint64_t dedup_seq = 0);
 }  // namespace detail
 
+struct ProducerOptions {
+  // The channel's only producer while it lives (Aeron's ExclusivePublication): its claims are
+  // made with plain stores instead of two locked compare-and-swaps per publish (on the shared
+  // tail and frame lines). Error (device_or_resource_busy, naming the other producer and its
+  // process) if another producer of the channel is live; while this one lives, adding any other
+  // producer is that Error too. A dead one (SIGKILL) counts as gone: the next producer takes over
+  // as usual. Threads of this process may still share this Producer.
+  bool exclusive = false;
+};
+
 class Producer {
  public:
   // Registers the producer NAME in the channel (id and sequence kept across restarts). Error if a
   // live process already has a Producer of that name, or the producer table is full.
-  Producer(Channel&, std::string_view name);
+  Producer(Channel&, std::string_view name, const ProducerOptions& = {});
   Producer(Producer&&) noexcept;
   Producer& operator=(Producer&&) noexcept;
   Producer(const Producer&) = delete;
