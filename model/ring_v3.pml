@@ -57,7 +57,14 @@
  * the gate), or none (-DNOREADER: the gate is the tail, as with no consumer group).
  *
  * Switches. Default: the C++ as it is, against the full adversary (stale words may equal any value
- * the protocol writes, either toggle). NOCOINCIDE: stale frames carry an epoch no claimer has (a
+ * the protocol writes, either toggle). EXCL: claimer 0 is an exclusive producer
+ * (ProducerOptions::exclusive, try_claim<true>): it starts once claimer 1 (shared) has finished or
+ * died for good (the Producer constructor refuses it beside a live one, and any producer beside
+ * it), and claims with plain steps: claim_frame, intent, the marker at T (claim.alone.after_marker),
+ * the tail -- unless the word at T is a claim marker of this lap (claimer 1 died between its
+ * marker and its tail CAS, or a stale word looks like one), which goes to the shared path; its
+ * successor after a death (K=2) is exclusive too. Mutants: MUT_EXCL_TAIL_FIRST (the tail before
+ * the marker), MUT_EXCL_WITH_LIVE_PEER (the join rule left out). NOCOINCIDE: stale frames carry an epoch no claimer has (a
  * weaker adversary, kept for comparison). NOREADER: no reader (gate = tail). K, K1: claims of
  * claimer 0 and 1 (K1 <= K); with K=2 a dead claimer's adopted successor claims again.
  *
@@ -291,6 +298,12 @@ proctype claimer(byte i) {
   short mine, w, uw;
   bit wrap, ok;
 
+#ifdef EXCL
+#ifndef MUT_EXCL_WITH_LIVE_PEER
+  /* the Producer constructor: an exclusive producer joins only once no other lives */
+  if :: i == 0 -> (finished == 1) :: else fi;
+#endif
+#endif
 next_claim:
   if :: k == (i == 0 -> K : K1) -> goto finish :: else fi;
   if :: sz = 1 :: sz = 2 fi;
@@ -319,6 +332,29 @@ round:
   DP;
 #ifndef MUT_NOTOGGLE
   mine = mine + (1 - TG(w)) * 4096;
+#endif
+#ifdef EXCL
+  /* try_claim<true>: the only live claimer, plain stores; a claim marker of this lap at T goes to
+   * the shared path below */
+  if
+  :: i == 0 && !((TY(w) == CLM || TY(w) == PAD) && LP(w) == LAP(t)) ->
+     cframe[i] = mine;
+     DP;
+     intent[i] = t;
+     DP;
+#ifndef MUT_EXCL_TAIL_FIRST
+     atomic { RESOLVE(IX(t), t); word[IX(t)] = mine; real[IX(t)] = 1 };
+     DP;                                       /* claim.alone.after_marker */
+     atomic { assert(tail == t); TAIL_MOVE(t, e) };
+#else
+     atomic { assert(tail == t); tail = e };   /* the tail before the marker */
+     DP;
+     atomic { RESOLVE(IX(t), t); word[IX(t)] = mine; real[IX(t)] = 1 };
+#endif
+     w = 0;
+     goto claimed
+  :: else
+  fi;
 #endif
   cframe[i] = mine;                            /* (1) the slot: claim_frame, then intent (seq_cst) */
   DP;
@@ -372,6 +408,9 @@ round:
   if :: !ok -> DP; t = tail; goto round :: else fi;
   DP;
   atomic { word[IX(t)] = mine; real[IX(t)] = 1 }
+#endif
+#ifdef EXCL
+claimed:
 #endif
   /* the claim [t, e) is ours: nobody else's live claim, nothing the reader still needs */
   atomic {
@@ -484,6 +523,9 @@ die:
     t = 0; e = 0; mine = 0; sz = 0; wrap = 0; ok = 0; w = 0; span = 0; x = 0; g = 0; c = 0; j = 0; p = 0;
     tt = 0; res = 0; ch = 0
   }
+#ifdef EXCL
+  if :: i == 1 -> goto finish :: else fi;      /* no producer joins beside the exclusive one */
+#endif
   if
   :: true -> skip                              /* a new owner adopts the slot */
   :: true -> goto finish                       /* nobody ever does */

@@ -63,6 +63,11 @@ run mut_b_word_before_tail error -DMUT_B
 run mut_c_no_slot_check    error -DMUT_C
 run mut_d_adopt_no_move    error -DMUT_D -DNOREADER -DK=2 -DK1=1
 run mut_e_reclaim_live     error -DMUT_E -DNOREADER
+run exclusive              ok    -DEXCL                                # ProducerOptions::exclusive
+run exclusive_noreader_k2  ok    -DEXCL -DNOREADER -DK=2 -DK1=1
+run mut_excl_tail_first    error -DEXCL -DMUT_EXCL_TAIL_FIRST
+run mut_excl_live_peer     error -DEXCL -DMUT_EXCL_WITH_LIVE_PEER
+MEMLIM=${MEMLIM_BIG:-13000} HASHW=27 run exclusive_k2 ok -DEXCL -DK=2 -DK1=1
 MEMLIM=${MEMLIM_BIG:-13000} HASHW=27 run as_is_noreader_k2 ok -DNOREADER -DK=2 -DK1=1
 MEMLIM=${MEMLIM_BIG:-13000} HASHW=27 run as_is ok
 echo "ring_v3.sh: $(( $(date +%s) - start )) s in $work; trails: trail.NAME (spin -t -p $base FLAGS ring_v3.pml, after cp trail.NAME ring_v3.pml.trail)"
