@@ -9,6 +9,7 @@
 # Instructions are deterministic: one run is enough, and other load on the machine does not move them.
 #
 # usage: bench/callgrind.sh [--driver PATH] [--messages N] [--summary FILE]
+# (counted twice: the default ends, and an exclusive producer and consumer: --exclusive)
 #   --driver   default: build-bench/bench/shmq_callgrind_driver (built if missing, with cmake)
 #   --summary  also write the figures as a summary row for run.sh (tab-separated)
 # Needs valgrind (Debian package valgrind: installed if missing, as `make deps` installs packages).
@@ -45,27 +46,35 @@ fi
 work="$(mktemp -d /tmp/shmq-callgrind-out-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
-# Ir inside FUNCTION (a callgrind --toggle-collect pattern) over the whole run.
+# Ir inside FUNCTION (a callgrind --toggle-collect pattern) over the whole run; further arguments
+# go to the driver.
 instructions_in() {
-  local function=$1 out="$work/$2.out"
+  local function=$1 name=$2 out="$work/$2.out"
+  shift 2
   valgrind --tool=callgrind --collect-atstart=no --toggle-collect="$function" --callgrind-out-file="$out" \
-    "$driver" --messages "$messages" >"$work/$2.log" 2>&1 || {
+    "$driver" --messages "$messages" "$@" >"$work/$name.log" 2>&1 || {
     echo "*** FAIL callgrind.sh: the driver under callgrind failed; see its output:" >&2
-    cat "$work/$2.log" >&2
+    cat "$work/$name.log" >&2
     exit 1
   }
   # The totals line ("totals:" or, in older formats, "summary:") holds the events; Ir is the first.
   awk '/^(totals|summary):/ { print $2; exit }' "$out"
 }
 
+per_message() { awk -v t="$1" -v n="$messages" 'BEGIN { printf "%.0f", t / n }'; }
 pp=$(instructions_in 'cg::publish_poll*' publish_poll)
 ack=$(instructions_in 'cg::ack*' ack)
-per_pp=$(awk -v t="$pp" -v n="$messages" 'BEGIN { printf "%.0f", t / n }')
-per_ack=$(awk -v t="$ack" -v n="$messages" 'BEGIN { printf "%.0f", t / n }')
+xpp=$(instructions_in 'cg::publish_poll*' publish_poll_exclusive --exclusive)
+xack=$(instructions_in 'cg::ack*' ack_exclusive --exclusive)
+per_pp=$(per_message "$pp"); per_ack=$(per_message "$ack")
+per_xpp=$(per_message "$xpp"); per_xack=$(per_message "$xack")
 echo "instructions per 64 B publish + poll: $per_pp ($pp Ir over $messages messages); per ack: $per_ack;" \
+  "exclusive producer and consumer: $per_xpp and $per_xack;" \
   "$(valgrind --version), Durability::Memory, Wait::Spin, one thread"
 if [ -n "$summary" ]; then
   printf 'section\tcase\tsystem\tp50_ns\tp99_ns\tp999_ns\tmax_ns\tmsgs_per_s\tmb_per_s\tvs\tgoal\n' >"$summary"
   printf 'instructions (valgrind --tool=callgrind, one thread, Memory)\t64 B publish + poll\tshmq\t\t\t\t\t\t\t%s instructions per message; ack: %s more\t\n' \
     "$per_pp" "$per_ack" >>"$summary"
+  printf 'instructions (valgrind --tool=callgrind, one thread, Memory)\t64 B publish + poll\tshmq, exclusive ends\t\t\t\t\t\t\t%s instructions per message; ack: %s more\t\n' \
+    "$per_xpp" "$per_xack" >>"$summary"
 fi

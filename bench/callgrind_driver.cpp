@@ -9,7 +9,10 @@
 // instructions inside publish + poll only; divided by --messages, that is the cost of one message.
 // Every message polled is checked (its size and an 8-byte sequence tag); a wrong one exits 1.
 //
-// Usage: shmq_callgrind_driver [--messages N] [--warmup N]
+// --exclusive: the producer and the consumer are exclusive (ProducerOptions / ConsumerOptions::
+// exclusive: claims and takes with plain stores).
+//
+// Usage: shmq_callgrind_driver [--messages N] [--warmup N] [--exclusive]
 
 #include <shmq/shmq.hpp>
 
@@ -78,14 +81,17 @@ std::uint64_t count_arg(const char* text) {
 
 int main(int argc, char** argv) {
   std::uint64_t messages = 100'000, warmup = 30'000;
+  bool exclusive = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
-    if (a == "--messages" && i + 1 < argc) {
+    if (a == "--exclusive") {
+      exclusive = true;
+    } else if (a == "--messages" && i + 1 < argc) {
       messages = count_arg(argv[++i]);
     } else if (a == "--warmup" && i + 1 < argc) {
       warmup = count_arg(argv[++i]);
     } else {
-      std::fprintf(a == "--help" ? stdout : stderr, "usage: %s [--messages N] [--warmup N]\n", argv[0]);
+      std::fprintf(a == "--help" ? stdout : stderr, "usage: %s [--messages N] [--warmup N] [--exclusive]\n", argv[0]);
       return a == "--help" ? 0 : 2;
     }
   }
@@ -103,8 +109,9 @@ int main(int argc, char** argv) {
     o.durability = shmq::Durability::Memory;
     o.journal_dir = dir;
     shmq::Channel ch = shmq::Channel::open(name, o);
-    shmq::Consumer consumer(ch, "callgrind", {.start = shmq::Start::Earliest, .wait = shmq::Wait::Spin, .max_in_flight = 64});
-    shmq::Producer producer(ch, "callgrind");
+    shmq::Consumer consumer(ch, "callgrind",
+                            {.start = shmq::Start::Earliest, .wait = shmq::Wait::Spin, .max_in_flight = 64, .exclusive = exclusive});
+    shmq::Producer producer(ch, "callgrind", {.exclusive = exclusive});
     for (std::uint64_t s = 0; s < warmup; ++s) one_message(producer, consumer, s, false);
     for (std::uint64_t s = warmup; s < warmup + messages; ++s) one_message(producer, consumer, s, true);
     std::printf("shmq_callgrind_driver: %" PRIu64 " messages of 64 B through cg::publish_poll and cg::ack after %" PRIu64

@@ -23,11 +23,19 @@
  *   - the gate: no record that a consumer holds or that the give-back list names is below what
  *     the reclaimer freed.
  *
+ * -DEXCL: consumer 0 is the group's exclusive consumer (ConsumerOptions::exclusive): it takes with
+ * plain steps (tentative entry, cursor store, held), never writes the taker word, and a reaper
+ * decides its tentative entry by the cursor alone (taken iff next > P). Consumer 1 (shared) joins
+ * only once consumer 0 is dead, and first releases it as ChannelState::admit_consumer() does,
+ * under the registry lock (which reapers take too).
+ *
  * Mutants (each must give a counterexample):
  *   -DTAKER_NOT_IN_CAS  the cursor CAS moves `next` only; the taker word is stored after it
  *   -DNO_TENTATIVE      the in-flight entry is stored as held (no tentative bit) before the CAS
  *   -DNO_SETTLE         the give-back lock's next holder does not settle a dead holder's step
  *   -DGATE_LISTS_ONCE   the gate reads the give-back list once, before the in-flight tables
+ *   -DEXCL_NO_ADMIT     (with EXCL) consumer 1 joins without releasing the dead exclusive consumer
+ *   -DEXCL_TAKER_RULE   (with EXCL) the exclusive consumer's tentative entry is decided by the taker word
  */
 
 #ifndef NC
@@ -74,6 +82,7 @@ byte step_kind, step_c, step_i; /* GroupSlot::give_back_step: kind (0 none, 1 Ta
 byte step_pos;                  /* GroupSlot::give_back_step_position */
 bool alive[NC + REAPERS + 3];   /* token_alive(): consumers 1..NC, reapers after */
 byte cleaned;                   /* what the reclaimer freed: positions below it may be reused */
+byte reg_lock;                  /* SegmentHeader::registry_lock (EXCL only): owner token, 0 free */
 
 /* ghosts */
 byte holder[NPOS];              /* consumer + 1 that holds the record, 0 none */
@@ -215,7 +224,11 @@ inline resolve_tentative(tok, c, v, nx, tk) {
        if
        :: in_flight[c] == v ->
           if
+#if defined(EXCL) && !defined(EXCL_TAKER_RULE)
+          :: nx > POS1(v) - 1 && (c == 0 || tk == TAKER(c)) -> in_flight[c] = v & ~TBIT
+#else
           :: nx > POS1(v) - 1 && tk == TAKER(c) -> in_flight[c] = v & ~TBIT
+#endif
           :: else ->
              assert(holder[POS1(v) - 1] != c + 1);   /* it did not take it: dropping loses nothing */
              in_flight[c] = 0
@@ -244,10 +257,36 @@ inline confirm_taker(tok, nx, tk, v) {
   v = 0
 }
 
+#ifdef EXCL
+#define REG_LOCK(tok) atomic { (reg_lock == 0 || !alive[reg_lock]) -> reg_lock = tok }
+#define REG_UNLOCK reg_lock = 0
+#else
+#define REG_LOCK(tok) skip
+#define REG_UNLOCK skip
+#endif
+
 proctype consumer(byte c) {
   byte tok = c + 1;
   byte pos, nx, tk, v, best, bi, st, i, j, mine;
   bool ok;
+#ifdef EXCL
+  if
+  :: c == 1 ->                            /* the Consumer constructor: refused while consumer 0 lives */
+     (!alive[1] || acks == NREC);
+     REG_LOCK(tok);
+#ifndef EXCL_NO_ADMIT
+     if                                   /* admit_consumer(): the dead exclusive one is released */
+     :: slot_active[0] && !alive[1] ->
+        resolve_tentative(tok, 0, v, nx, tk);
+        if :: in_flight[0] != 0 -> move_held(tok, 0, 0, st, v, ok, i, j) :: else fi;
+        if :: in_flight[0] == 0 -> slot_active[0] = false :: else fi
+     :: else
+     fi;
+#endif
+     REG_UNLOCK
+  :: else
+  fi;
+#endif
   do
   :: acks == NREC -> break
   :: given_back != 0 ->                   /* take_given_back(k): redeliveries first */
@@ -290,6 +329,16 @@ proctype consumer(byte c) {
         atomic { if :: gnext == pos -> gnext = pos + 1 :: else fi; DIE_IN(tok) }
      :: pos >= NPOS -> skip
      :: else ->
+#ifdef EXCL
+        if
+        :: c == 0 ->                       /* the exclusive consumer: plain stores */
+           atomic { in_flight[c] = (pos + 1) | TBIT; DIE_IN(tok) };   /* "poll.exclusive.after_in_flight_store" */
+           atomic { assert(gnext == pos); gnext = pos + 1; become_holder(c, pos); DIE_IN(tok) };  /* "...after_cursor_store" */
+           atomic { in_flight[c] = pos + 1; DIE_IN(tok) };
+           goto holding
+        :: else
+        fi;
+#endif
         tk = gtaker;                       /* after the cursor */
         if :: tk != TAKER(c) -> confirm_taker(tok, pos, tk, v) :: else fi;
 #ifdef NO_TENTATIVE
@@ -352,12 +401,18 @@ end_reap:
      :: c < NC ->
         if
         :: slot_active[c] && !alive[c + 1] ->
-           resolve_tentative(tok, c, v, nx, tk);     /* its take, settled first */
+           REG_LOCK(tok);                            /* reap_dead_consumers: under the registry lock */
            if
-           :: in_flight[c] != 0 -> move_held(tok, c, 0, st, v, ok, i, j)
+           :: slot_active[c] ->
+              resolve_tentative(tok, c, v, nx, tk);  /* its take, settled first */
+              if
+              :: in_flight[c] != 0 -> move_held(tok, c, 0, st, v, ok, i, j)
+              :: else
+              fi;
+              if :: in_flight[c] == 0 -> slot_active[c] = false :: else fi
            :: else
            fi;
-           if :: in_flight[c] == 0 -> slot_active[c] = false :: else fi
+           REG_UNLOCK
         :: else
         fi;
         c++

@@ -181,11 +181,48 @@ void ChannelState::resolve_tentative(std::uint32_t c, std::uint32_t k) noexcept 
     GroupSlot& g = groups[gi];
     const std::uint64_t next = g.next.load(std::memory_order_seq_cst);          // first
     const std::uint64_t taker = g.next_taker.load(std::memory_order_seq_cst);   // then
-    taken = next > pos && taker == cursor_taker(slot.group_generation.load(std::memory_order_relaxed), c, k);
+    // An exclusive consumer was the group's only one and never wrote next_taker; nobody else
+    // moved the cursor since (admit_consumer() settles its entries before anyone joins).
+    taken = next > pos && (slot.exclusive.load(std::memory_order_relaxed) != 0 ||
+                           taker == cursor_taker(slot.group_generation.load(std::memory_order_relaxed), c, k));
   }
   // A CAS: a consumer about to take the next record may confirm the entry meanwhile (then it was
   // taken, and the CAS fails and leaves it confirmed).
   slot.in_flight[k].compare_exchange_strong(v, taken ? (v & ~kTentativeBit) : 0, std::memory_order_seq_cst);
+}
+
+void ChannelState::admit_consumer(std::uint32_t g, std::string_view group, bool exclusive) {
+  GroupSlot& gs = groups[g];
+  const std::uint32_t generation = gs.generation.load(std::memory_order_relaxed);
+  const auto in_group = [&](const ConsumerSlot& slot) {
+    return slot.state.load(std::memory_order_acquire) == kActive && slot.group.load(std::memory_order_relaxed) == g &&
+           slot.group_generation.load(std::memory_order_relaxed) == generation;
+  };
+  for (std::uint32_t c = 0; c < options.max_consumers; ++c) {
+    ConsumerSlot& slot = consumers[c];
+    if (!in_group(slot)) continue;
+    const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
+    if (owner == 0 || !token_alive(owner)) {
+      // Dead. An exclusive joiner settles every dead consumer's tentative take now (by its
+      // taker word: the joiner never writes one), and any joiner a dead exclusive consumer's (by
+      // "next > P": a later take by anyone would make it look taken). Kept (a full give-back
+      // list) or not, the slot holds nothing tentative after. Others are the reapers' as before.
+      if (exclusive || slot.exclusive.load(std::memory_order_relaxed) != 0) {
+        SHMQ_CRASH_POINT("reap.before_release");  // the same step as a reaper's: the registry lock held
+        (void)release_consumer(c);
+      }
+      continue;
+    }
+    const std::string who = " of live process " + std::to_string(token_pid(owner));
+    if (slot.exclusive.load(std::memory_order_relaxed) != 0)
+      fail(std::errc::device_or_resource_busy, "cannot add " + std::string(exclusive ? "an exclusive" : "a") +
+                                                   " consumer to group '" + std::string(group) + "': the exclusive consumer" + who +
+                                                   " is the group's only consumer while it lives");
+    if (exclusive)
+      fail(std::errc::device_or_resource_busy, "cannot add an exclusive consumer to group '" + std::string(group) +
+                                                   "': a consumer" + who + " is in the group (an exclusive consumer must be its only one)");
+  }
+  if (exclusive) gs.next_taker.store(std::uint64_t(generation) << 32, std::memory_order_seq_cst);  // nobody of this generation
 }
 
 void ChannelState::confirm_taker(std::uint64_t next, std::uint64_t taker) noexcept {

@@ -95,6 +95,12 @@ struct ChannelState {
   // Under G's give-back lock: completes or undoes the step recorded in g.give_back_step by a
   // holder that died, and counts the list again (its count may be one off).
   void settle_give_back(GroupSlot& g) noexcept;
+  // Under the registry lock, before a consumer joins group G: the dead consumers whose tentative
+  // takes the join would make undecidable are released (an exclusive joiner: all of them; any
+  // joiner: dead exclusive ones), then an exclusive joiner beside a live consumer, or any joiner
+  // beside a live exclusive one, is refused (Error naming the other's process). An exclusive
+  // joiner leaves next_taker naming nobody: it never writes it.
+  void admit_consumer(std::uint32_t g, std::string_view group, bool exclusive);
   // Consumer slot C's entry K is tentative (kTentativeBit) and its owner is dead or gone: keeps it
   // as held (bit cleared) if the owner's cursor CAS took the record, drops it otherwise.
   void resolve_tentative(std::uint32_t c, std::uint32_t k) noexcept;

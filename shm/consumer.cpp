@@ -290,6 +290,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
     if (attempt == 1) s.reap_dead_consumers(true);  // takes the registry lock itself
     detail::SetupRegistryLock lock(s, "add a consumer to group '" + std::string(group) + "'");
     g = s.ensure_group(group, options.start);
+    s.admit_consumer(static_cast<std::uint32_t>(g), group, options.exclusive);
     for (std::uint32_t i = 0; i < s.options.max_consumers && free < 0; ++i)
       if (s.consumers[i].state.load(std::memory_order_acquire) == detail::kFree) free = static_cast<int>(i);
     if (free < 0) {
@@ -303,6 +304,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
     slot.group = static_cast<std::uint32_t>(g);
     slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
     slot.max_in_flight = options.max_in_flight;
+    slot.exclusive.store(options.exclusive ? 1 : 0, std::memory_order_relaxed);
     slot.visibility_timeout_ns = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
     for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
@@ -399,6 +401,25 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
     // acquire: pairs with the cursor CAS of another consumer of the group (cas_cursor()).
     std::uint64_t pos = c.group->next.load(std::memory_order_acquire);
     const ring::ReadResult r = c.ring->read(pos);
+    if (c.options.exclusive && (r.kind == ring::ReadResult::Record || r.kind == ring::ReadResult::Padding)) {
+      // The group's only consumer (admit_consumer() keeps it so): nobody else moves the cursor,
+      // so plain stores take the record. Tentative, then the cursor (release: a gate or checkpoint
+      // that sees the cursor past POS sees the entry), then held. A reaper of ours decides the
+      // tentative entry by the cursor alone (resolve_tentative()).
+      if (r.kind == ring::ReadResult::Padding) {
+        c.group->next.store(r.next, std::memory_order_release);
+        continue;
+      }
+      const std::uint32_t k = c.free_stack[c.free_top - 1];
+      c.slot->deliveries[k].store(1, std::memory_order_relaxed);
+      c.stamp(k);
+      c.slot->in_flight[k].store((pos + 1) | detail::kTentativeBit, std::memory_order_relaxed);
+      SHMQ_CRASH_POINT("poll.exclusive.after_in_flight_store");
+      c.group->next.store(r.next, std::memory_order_release);
+      SHMQ_CRASH_POINT("poll.exclusive.after_cursor_store");
+      c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
+      return c.hold(pos, r, k, 1);
+    }
     switch (r.kind) {
       case ring::ReadResult::Record: {
         // After the cursor (ChannelState::resolve_tentative() says why the order matters).

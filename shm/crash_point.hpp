@@ -26,13 +26,15 @@ inline constexpr std::string_view kCrashPoints[] = {
     // Consumer::poll (shm/consumer.cpp)
     "poll.after_in_flight_store",  // entry holds the position, group cursor CAS not done
     "poll.after_cursor_cas",       // cursor advanced past the record, deliveries not stored
+    "poll.exclusive.after_in_flight_store",  // an exclusive consumer's entry is tentative, the cursor not yet stored
+    "poll.exclusive.after_cursor_store",     // an exclusive consumer's cursor stored past the record, entry still tentative
     "poll.take_given_back.after_hold",    // entry holds a given-back message, list entry not cleared
     "poll.take_given_back.after_clear",   // list entry cleared, count not lowered
     // Consumer::ack / nack, reaping (shm/consumer.cpp, shm/channel.cpp)
     "ack.before_clear",
     "move_held.after_moving_bit",  // entry marked moving, not yet on the give-back list
     "move_held.after_push",        // on the give-back list, entry not yet cleared
-    "reap.before_release",         // a reaper holds the registry lock, about to give back
+    "reap.before_release",         // a reaper (or a joiner, admit_consumer) holds the registry lock, about to give back
     "dead_letter.after_commit",    // a poison message's copy committed in NAME.dlq, its dedup window not updated
     "dead_letter.after_copy",      // the copy is in NAME.dlq, the message not yet acked here
     // Journaler (shm/journaler.cpp)

@@ -198,6 +198,9 @@ struct alignas(64) ConsumerSlot {
   std::atomic<std::uint64_t> heartbeat_ns;
   std::atomic<std::uint32_t> max_in_flight;
   std::atomic<std::uint32_t> group_generation;  // the group slot's generation when the consumer joined
+  // 1: the group's only consumer (ConsumerOptions::exclusive): it moves the cursor with plain
+  // stores and never writes next_taker, so its tentative entry at P was taken iff next > P.
+  std::atomic<std::uint32_t> exclusive;
   std::atomic<std::uint64_t> visibility_timeout_ns;  // 0: a live consumer keeps what it holds
   alignas(64) std::atomic<std::uint64_t> delivered;  // deliveries to this consumer (the owner's line)
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.

@@ -12,6 +12,7 @@
 // the victim is dead the parent, as the survivor, reaps (forced) and polls everything without
 // acking, so that a message handed out twice shows up twice while the first copy is still held.
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -35,10 +36,13 @@ struct Report {
 struct Case {
   const char* point;
   unsigned hit;
+  bool exclusive = false;           // the victim is the group's exclusive consumer
+  bool survivor_exclusive = false;  // and so is the survivor
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  std::string n = std::string(info.param.point) + "_" + std::to_string(info.param.hit);
+  std::string n = std::string(info.param.point) + "_" + std::to_string(info.param.hit) +
+                  (info.param.exclusive ? "_exclusive" : "") + (info.param.survivor_exclusive ? "_then_exclusive" : "");
   for (char& ch : n)
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
@@ -48,11 +52,12 @@ class ConsumerCrash : public ChannelTest, public ::testing::WithParamInterface<C
 
 // The victim's script: poll with a deadline; ack, except that every other first delivery is nacked
 // (and so comes back through the give-back list). Reports every step through OUT.
-int run_victim(const std::string& name, const Pipe& out, bool reap_first) {
+int run_victim(const std::string& name, const Pipe& out, bool reap_first, bool exclusive) {
   Channel ch = Channel::open(name, memory_options());
   if (reap_first) ch.state().reap_dead_consumers(true);
   ConsumerOptions o;
   o.max_in_flight = 4;
+  o.exclusive = exclusive;
   Consumer c(ch, "g", o);
   unsigned firsts = 0;
   for (int i = 0; i < 64; ++i) {
@@ -102,7 +107,7 @@ TEST_P(ConsumerCrash, SurvivorsSeeEveryMessageAckedOnceAndNeverHeldTwice) {
   const pid_t victim = fork_child([&] {
     pipe.close_read();
     detail::arm_crash_point(point, tc.hit);
-    return run_victim(name, pipe, reaper);
+    return run_victim(name, pipe, reaper, tc.exclusive);
   });
   const ChildResult r = wait_child(victim, 30s);
   pipe.close_write();
@@ -129,7 +134,7 @@ TEST_P(ConsumerCrash, SurvivorsSeeEveryMessageAckedOnceAndNeverHeldTwice) {
   // poll.after_cursor_cas the next message of the cursor, inside take_given_back the message it
   // was taking again (the only nacked one not polled again: the script nacks one at a time).
   std::uint64_t taken_unreported = 0;
-  if (point == "poll.after_cursor_cas") {
+  if (point == "poll.after_cursor_cas" || point == "poll.exclusive.after_cursor_store") {
     for (std::uint64_t s = 1; s <= kMessages && taken_unreported == 0; ++s)
       if (!gots.count(s)) taken_unreported = s;
   } else if (point.rfind("poll.take_given_back.", 0) == 0) {
@@ -143,6 +148,7 @@ TEST_P(ConsumerCrash, SurvivorsSeeEveryMessageAckedOnceAndNeverHeldTwice) {
   ch.state().reap_dead_consumers(true);
   ConsumerOptions o;
   o.max_in_flight = 256;
+  o.exclusive = tc.survivor_exclusive;
   Consumer s(ch, "g", o);
   std::map<std::uint64_t, Message> held;
   auto drain = [&] {
@@ -184,6 +190,17 @@ INSTANTIATE_TEST_SUITE_P(EachPoint, ConsumerCrash,
                                            Case{"move_held.after_push", 2}, Case{"reap.before_release", 1}),
                          case_name);
 
+// The same with the victim as the group's exclusive consumer (plain-store takes), and the
+// survivor shared or exclusive.
+INSTANTIATE_TEST_SUITE_P(
+    Exclusive, ConsumerCrash,
+    ::testing::Values(Case{"poll.exclusive.after_in_flight_store", 1, true}, Case{"poll.exclusive.after_in_flight_store", 3, true, true},
+                      Case{"poll.exclusive.after_cursor_store", 1, true}, Case{"poll.exclusive.after_cursor_store", 3, true, true},
+                      Case{"poll.take_given_back.after_hold", 1, true}, Case{"poll.take_given_back.after_clear", 2, true, true},
+                      Case{"ack.before_clear", 3, true}, Case{"move_held.after_moving_bit", 1, true, true},
+                      Case{"move_held.after_push", 2, true}),
+    case_name);
+
 }  // namespace
 }  // namespace shmq::test
 
@@ -223,11 +240,100 @@ TEST_F(ConsumerCrashRace, ADeadConsumersUnfinishedTakeIsNotGivenBackAfterAnother
   EXPECT_EQ(ch.stats().groups[0].given_back, 0u);
 }
 
+// The same with an exclusive victim, whose tentative entry is decided by the cursor alone: the
+// shared consumer that joins after it must not let its own take of the message make the dead
+// entry look taken (admit_consumer() releases the dead exclusive consumer first).
+TEST_F(ConsumerCrashRace, ADeadExclusiveConsumersUnfinishedTakeIsNotGivenBackAfterAnotherConsumerAckedIt) {
+  const std::string name = channel_name();
+  {
+    Channel ch = Channel::open(name, memory_options());
+    ch.ensure_group("g", Start::Earliest);
+    Producer p(ch, "p");
+    ASSERT_EQ(p.publish("only").status, Status::Ok);
+  }
+  const pid_t victim = fork_child([&] {
+    Channel ch = Channel::open(name, memory_options());
+    Consumer c(ch, "g", ConsumerOptions{.exclusive = true});
+    detail::arm_crash_point("poll.exclusive.after_in_flight_store", 1);
+    (void)c.poll(1s);
+    return kChildFailed;  // not reached
+  });
+  ASSERT_TRUE(wait_child(victim, 30s).killed_by(SIGKILL));
+  Channel ch = Channel::open(name, memory_options());
+  Consumer s(ch, "g");
+  auto m = s.poll(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "only");
+  EXPECT_EQ(m->deliveries(), 1u);
+  ASSERT_EQ(s.ack(*m), Status::Ok);
+  ch.state().reap_dead_consumers(true);
+  auto again = s.poll(100ms);
+  EXPECT_FALSE(again) << "delivered again after it was acked (deliveries " << (again ? again->deliveries() : 0) << ")";
+  EXPECT_EQ(ch.stats().groups[0].given_back, 0u);
+}
+
 }  // namespace
 }  // namespace shmq::test
 
 namespace shmq::test {
 namespace {
+
+using ExclusiveConsumer = ChannelTest;
+
+std::string join_error(const std::function<void()>& join) {
+  try {
+    join();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), std::errc::device_or_resource_busy) << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+// Exclusive means the group's only live consumer, both ways, across processes; other groups are
+// not concerned; a dead one is reaped as the next joins, and what it held comes back.
+TEST_F(ExclusiveConsumer, AnExclusiveConsumerIsItsGroupsOnlyLiveConsumer) {
+  const std::string name = channel_name();
+  Channel ch = Channel::open(name, memory_options());
+  ch.ensure_group("g", Start::Earliest);
+  Producer p(ch, "p");
+  for (int i = 1; i <= 4; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+  const ConsumerOptions exclusive{.exclusive = true};
+  const std::string me = " of live process " + std::to_string(::getpid());
+  {
+    Consumer shared(ch, "g");
+    const std::string why = join_error([&] { Consumer e(ch, "g", exclusive); });
+    EXPECT_NE(why.find("cannot add an exclusive consumer to group 'g': a consumer" + me), std::string::npos) << why;
+    Consumer other_group(ch, "h", exclusive);  // another group: no conflict
+  }
+  Pipe ready;
+  const pid_t solo = fork_child(
+      [&]() -> int {
+        Channel c2 = Channel::attach(name);
+        Consumer e(c2, "g", exclusive);
+        for (int i = 0; i < 2; ++i) CHILD_CHECK(e.poll(1s).has_value());  // held at its death
+        CHILD_CHECK(ready.send(Report{Report::Got, 1, 2}));
+        for (;;) ::pause();
+      },
+      60);
+  Report r{};
+  ASSERT_TRUE(ready.receive(r, 30s));
+  const std::string them = " of live process " + std::to_string(solo);
+  for (const bool excl : {false, true}) {
+    const std::string why = join_error([&] { Consumer c(ch, "g", ConsumerOptions{.exclusive = excl}); });
+    EXPECT_NE(why.find("consumer to group 'g': the exclusive consumer" + them + " is the group's only consumer"), std::string::npos)
+        << why;
+  }
+  ASSERT_TRUE(kill_child(solo).killed_by(SIGKILL));
+  // Dead, it counts no more: a shared consumer joins and gets all four, the two it held again.
+  Consumer shared(ch, "g", ConsumerOptions{.max_in_flight = 8});
+  std::map<std::string, unsigned> deliveries;
+  while (auto m = shared.poll(200ms)) {
+    deliveries[std::string(m->text())] = m->deliveries();
+    ASSERT_EQ(shared.ack(*m), Status::Ok);
+  }
+  EXPECT_EQ(deliveries, (std::map<std::string, unsigned>{{"m1", 2}, {"m2", 2}, {"m3", 1}, {"m4", 1}}));
+}
 
 class DeadLetterCrash : public ChannelTest, public ::testing::WithParamInterface<const char*> {};
 

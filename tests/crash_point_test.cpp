@@ -7,6 +7,7 @@
 
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -135,8 +136,8 @@ void publish_range(Producer& p, const EventLog& log, int from, int to) {
 
 // Consumes until nothing arrives for IDLE: acks each message (poison: nacks it; a multiple of 7:
 // nacks its first delivery), logging around every ack.
-void consume(Consumer& c, const EventLog& log, std::chrono::milliseconds idle) {
-  for (int guard = 0; guard < 10 * kMessages; ++guard) {
+void consume(Consumer& c, const EventLog& log, std::chrono::milliseconds idle, int polls = 10 * kMessages) {
+  for (int guard = 0; guard < polls; ++guard) {
     std::optional<Message> m = c.poll(idle);
     if (!m) return;
     const int seq = seq_of(m->text());
@@ -179,13 +180,13 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
   ASSERT_TRUE(wait_child(a, 60s).ok());
 
   // B, armed: reaps A's messages, publishes the rest (15 as a shared producer, 15 as an exclusive
-  // one), consumes with nacks and a poison message, closes (the journaler's last checkpoint). It
-  // must die at the point.
+  // one), consumes with nacks and a poison message (12 polls as a shared consumer, the rest as the
+  // group's exclusive one), closes (the journaler's last checkpoint). It must die at the point.
   const pid_t b = fork_child([&] {
     detail::arm_crash_point(point, hit);
     const EventLog events(log("b"));
     Channel ch = Channel::open(name, o);
-    Consumer c(ch, "g");
+    std::optional<Consumer> c(std::in_place, ch, "g");
     {
       Producer p(ch, "p");
       publish_range(p, events, 11, 25);
@@ -195,7 +196,11 @@ TEST_P(CrashPointWalk, KilledAtThePointNothingIsLostOrDuplicated) {
       Producer p(ch, "p", ProducerOptions{.exclusive = true});
       publish_range(p, events, 26, kMessages);
     }
-    consume(c, events, 300ms);
+    consume(*c, events, 300ms, 12);
+    c.reset();  // what it holds goes back to the group
+    // The rest as the group's exclusive consumer: its takes are plain stores.
+    Consumer ex(ch, "g", ConsumerOptions{.exclusive = true});
+    consume(ex, events, 300ms);
     return kChildOk;
   });
   const ChildResult rb = wait_child(b, 120s);

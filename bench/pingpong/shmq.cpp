@@ -1,5 +1,6 @@
-// shmq.cpp: shmq itself, twice: Wait::Spin (consumers poll spinning) and Wait::Block (they sleep on
-// the futex). Every channel is Durability::Memory, created by the parent (so that the children only
+// shmq.cpp: shmq itself, three times: Wait::Spin (consumers poll spinning), Wait::Spin with an
+// exclusive producer and consumer (ProducerOptions::exclusive, ConsumerOptions::exclusive: claims
+// and takes with plain stores) and Wait::Block (they sleep on the futex). Every channel is Durability::Memory, created by the parent (so that the children only
 // attach) and removed at the end; its journal directory is the session's.
 // The ends: the sender publishes the frame (publish options: the same wait, the stall limit as the
 // timeout); the receiver polls one message, checks its inner id (the same producer, each one the
@@ -28,8 +29,8 @@ shmq::ChannelOptions channel_options(std::size_t ring_bytes, const std::filesyst
   return o;
 }
 
-shmq::ConsumerOptions consumer_options(shmq::Wait wait) {
-  return {.start = shmq::Start::Earliest, .wait = wait, .max_in_flight = 64};
+shmq::ConsumerOptions consumer_options(shmq::Wait wait, bool exclusive) {
+  return {.start = shmq::Start::Earliest, .wait = wait, .max_in_flight = 64, .exclusive = exclusive};
 }
 
 // Polls until a message comes, checking for stalls between polls.
@@ -80,9 +81,9 @@ struct Tx {
   shmq::Channel ch;
   shmq::Producer out;
   shmq::PublishOptions popts;
-  Tx(const std::string& name, std::size_t ring_bytes, const Session& s, shmq::Wait wait)
+  Tx(const std::string& name, std::size_t ring_bytes, const Session& s, shmq::Wait wait, bool exclusive)
       : ch(shmq::Channel::open(name, channel_options(ring_bytes, s.dir))),
-        out(ch, "sender"),
+        out(ch, "sender", shmq::ProducerOptions{.exclusive = exclusive}),
         popts(publish_options(s.cfg, wait)) {}
   void send(std::span<const std::byte> m, std::uint64_t seq) { publish_or_die(out, m, popts, seq); }
 };
@@ -93,8 +94,9 @@ struct Rx {
   IdCheck ids;
   std::optional<shmq::Message> held;  // from recv() to release()
   std::uint64_t held_seq = 0;
-  Rx(const std::string& name, std::size_t ring_bytes, const Session& s, shmq::Wait wait)
-      : ch(shmq::Channel::open(name, channel_options(ring_bytes, s.dir))), in(ch, "receiver", consumer_options(wait)) {}
+  Rx(const std::string& name, std::size_t ring_bytes, const Session& s, shmq::Wait wait, bool exclusive)
+      : ch(shmq::Channel::open(name, channel_options(ring_bytes, s.dir))),
+        in(ch, "receiver", consumer_options(wait, exclusive)) {}
   std::span<const std::byte> recv(std::uint64_t seq, Waiter& w) {
     held.emplace(poll_one(in, w, seq));
     held_seq = seq;
@@ -135,13 +137,14 @@ struct Chan {
   std::size_t ring_bytes;
 };
 
-Row run_shmq(Session& s, const Plan& p, shmq::Wait wait) {
+Row run_shmq(Session& s, const Plan& p, shmq::Wait wait, bool exclusive = false) {
   const Config& cfg = s.cfg;
   const bool spin = wait == shmq::Wait::Spin;
-  Row r = make_row(spin ? "shmq" : "shmq-block", spin ? "shmq (Wait::Spin)" : "shmq (Wait::Block)",
-                   spin ? "spin (poll)" : "futex (poll)", Kind::Shmq, p);
-  const std::string base =
-      "shmqpp_" + std::to_string(::getpid()) + "_" + std::to_string(p.size) + (spin ? "_spin" : "_block");
+  Row r = exclusive ? make_row("shmq-excl", "shmq (Wait::Spin, exclusive ends)", "spin (poll)", Kind::Shmq, p)
+                    : make_row(spin ? "shmq" : "shmq-block", spin ? "shmq (Wait::Spin)" : "shmq (Wait::Block)",
+                               spin ? "spin (poll)" : "futex (poll)", Kind::Shmq, p);
+  const std::string base = "shmqpp_" + std::to_string(::getpid()) + "_" + std::to_string(p.size) +
+                           (exclusive ? "_excl" : spin ? "_spin" : "_block");
   Chan ping{base + "_ping", cfg.lat_ring_bytes}, pong{base + "_pong", cfg.lat_ring_bytes},
       stream{base + "_stream", cfg.ring_bytes};
   bool created = true;
@@ -149,8 +152,8 @@ Row run_shmq(Session& s, const Plan& p, shmq::Wait wait) {
   if (created)
     run_both(
         r, cfg, p, p.ring_warmup, ping, pong, stream,
-        [&](const Chan& c) { return Tx(c.name, c.ring_bytes, s, wait); },
-        [&](const Chan& c) { return Rx(c.name, c.ring_bytes, s, wait); });
+        [&](const Chan& c) { return Tx(c.name, c.ring_bytes, s, wait, exclusive); },
+        [&](const Chan& c) { return Rx(c.name, c.ring_bytes, s, wait, exclusive); });
   for (const Chan* c : {&ping, &pong, &stream})
     if (shmq::Channel::exists(c->name)) s.cleanup_ok = remove_channel(c->name, s.dir) && s.cleanup_ok;
   return r;
@@ -158,9 +161,11 @@ Row run_shmq(Session& s, const Plan& p, shmq::Wait wait) {
 
 Row run_spin(Session& s, const Plan& p) { return run_shmq(s, p, shmq::Wait::Spin); }
 Row run_block(Session& s, const Plan& p) { return run_shmq(s, p, shmq::Wait::Block); }
+Row run_exclusive(Session& s, const Plan& p) { return run_shmq(s, p, shmq::Wait::Spin, true); }
 
 const Register spin_reg{{.key = "shmq", .order = 10, .kind = Kind::Shmq, .run = run_spin}};
 const Register block_reg{{.key = "shmq-block", .order = 11, .kind = Kind::Shmq, .run = run_block}};
+const Register exclusive_reg{{.key = "shmq-excl", .order = 12, .kind = Kind::Shmq, .run = run_exclusive}};
 
 }  // namespace
 }  // namespace pingpong

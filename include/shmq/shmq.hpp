@@ -384,6 +384,12 @@ struct ConsumerOptions {
   // longer than this is given back to the group (noticed within the channel's liveness_interval)
   // and this consumer's ack or nack of it returns NotHeld.
   std::chrono::milliseconds visibility_timeout{0};
+  // The group's only consumer while it lives: it takes each message with plain stores instead of
+  // a locked 16-byte compare-and-swap of the group's cursor. Error (device_or_resource_busy,
+  // naming the other consumer's process) if the group has another live consumer; while this one
+  // lives, adding any other consumer to the group is that Error too. A dead one (SIGKILL) counts
+  // as gone: it is reaped (what it held given back to the group) as the next consumer joins.
+  bool exclusive = false;
 };
 
 class Consumer {
