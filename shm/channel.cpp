@@ -379,9 +379,28 @@ int ChannelState::find_group(std::string_view group) const noexcept {
 
 int ChannelState::ensure_group(std::string_view group, Start start) {
   if (int i = find_group(group); i >= 0) return i;
+  // A live exclusive consumer of a removed group may still make one plain store of the slot's
+  // cursor (it sees the removal at its next look, not before that store): the slot is not given
+  // to a new group until it has left. (A shared consumer's cursor CAS fails on a new generation.)
+  const auto kept_by_exclusive = [&](std::uint32_t i) {
+    for (std::uint32_t c = 0; c < options.max_consumers; ++c) {
+      const ConsumerSlot& slot = consumers[c];
+      if (slot.state.load(std::memory_order_acquire) != kActive || slot.group.load(std::memory_order_relaxed) != i ||
+          slot.exclusive.load(std::memory_order_relaxed) == 0)
+        continue;
+      const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
+      if (owner != 0 && token_alive(owner)) return true;
+    }
+    return false;
+  };
+  std::uint32_t kept = 0;
   for (std::uint32_t i = 0; i < options.max_groups; ++i) {
     GroupSlot& g = groups[i];
     if (g.state.load(std::memory_order_relaxed) != kFree) continue;
+    if (kept_by_exclusive(i)) {
+      ++kept;
+      continue;
+    }
     set_slot_name(g.name, group);
     g.start = static_cast<std::uint32_t>(start);
     g.delivered.store(0, std::memory_order_relaxed);
@@ -412,8 +431,9 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     return static_cast<int>(i);
   }
   fail(std::errc::no_space_on_device,
-       "the group table is full (" + std::to_string(options.max_groups) + " groups); cannot add group '" +
-           std::string(group) + "'");
+       "the group table is full (" + std::to_string(options.max_groups) + " groups" +
+           (kept ? ", " + std::to_string(kept) + " of them removed but kept until their live exclusive consumer leaves" : "") +
+           "); cannot add group '" + std::string(group) + "'");
 }
 
 namespace {

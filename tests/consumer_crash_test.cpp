@@ -14,6 +14,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -333,6 +334,34 @@ TEST_F(ExclusiveConsumer, AnExclusiveConsumerIsItsGroupsOnlyLiveConsumer) {
     ASSERT_EQ(shared.ack(*m), Status::Ok);
   }
   EXPECT_EQ(deliveries, (std::map<std::string, unsigned>{{"m1", 2}, {"m2", 2}, {"m3", 1}, {"m4", 1}}));
+}
+
+// A removed group's slot is not given to a new group while its exclusive consumer lives (its
+// cursor store is plain: it would land in the new group's cursor); once it has left, it is.
+TEST_F(ExclusiveConsumer, ARemovedGroupsSlotWaitsForItsExclusiveConsumerToLeave) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.max_groups = 1;
+  Channel ch = Channel::open(name, o);
+  std::optional<Consumer> e(std::in_place, ch, "old", ConsumerOptions{.exclusive = true});
+  ASSERT_TRUE(ch.remove_group("old"));
+  try {
+    ch.ensure_group("new");
+    ADD_FAILURE() << "the slot of a removed group went to a new group under its live exclusive consumer";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("1 of them removed but kept until their live exclusive consumer leaves"), std::string::npos)
+        << err.what();
+  }
+  EXPECT_FALSE(e->poll(10ms));
+  EXPECT_EQ(e->status(), Status::Closed);
+  e.reset();
+  ch.ensure_group("new");
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish("x").status, Status::Ok);
+  Consumer c(ch, "new");
+  auto m = c.poll(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "x");
 }
 
 class DeadLetterCrash : public ChannelTest, public ::testing::WithParamInterface<const char*> {};
