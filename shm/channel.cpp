@@ -206,7 +206,8 @@ void ChannelState::admit_consumer(std::uint32_t g, std::string_view group, bool 
       // Dead. An exclusive joiner settles every dead consumer's tentative take now (by its
       // taker word: the joiner never writes one), and any joiner a dead exclusive consumer's (by
       // "next > P": a later take by anyone would make it look taken). Kept (a full give-back
-      // list) or not, the slot holds nothing tentative after. Others are the reapers' as before.
+      // list) or not, the slot holds nothing tentative after: release_consumer() settles every
+      // entry before it gives any back. Others are the reapers' as before.
       if (exclusive || slot.exclusive.load(std::memory_order_relaxed) != 0) {
         SHMQ_CRASH_POINT("reap.before_release");  // the same step as a reaper's: the registry lock held
         (void)release_consumer(c);
@@ -284,8 +285,12 @@ bool ChannelState::release_consumer(std::uint32_t c) noexcept {
   const bool group_alive = gi < options.max_groups && groups[gi].state.load(std::memory_order_acquire) == kActive &&
                            groups[gi].generation.load(std::memory_order_relaxed) ==
                                slot.group_generation.load(std::memory_order_relaxed);
+  // Its owner is dead or leaving: every take it never finished is settled first, before the
+  // early returns below (a full give-back list), while the cursor and the taker word that decide
+  // them are as it left them (a joiner's take, or an exclusive joiner's reset of the taker word,
+  // would decide them wrong).
+  for (std::uint32_t k = 0; k < kMaxInFlight; ++k) resolve_tentative(c, k);
   for (std::uint32_t k = 0; k < kMaxInFlight; ++k) {
-    resolve_tentative(c, k);  // its owner is dead or leaving: a take it never finished is settled first
     if (!slot.in_flight[k].load(std::memory_order_seq_cst)) continue;
     if (!group_alive) {
       slot.in_flight[k].store(0, std::memory_order_seq_cst);  // a removed group's messages go with it

@@ -225,6 +225,11 @@ Producer::Producer(Channel& channel, std::string_view name, const ProducerOption
   p.name = std::string(name);
   const std::uint64_t me = detail::self_token();
   detail::calibrate_wall_clock();  // once per process, here rather than in a publish
+  // NAME.dlq takes the dead-letter copies of NAME's groups through producers of their own: an
+  // exclusive one there would make every dead letter fail (and the poison messages circulate).
+  if (options.exclusive && s.name.size() > 4 && s.name.ends_with(".dlq"))
+    s.fail(std::errc::invalid_argument, "an exclusive producer on a dead-letter channel is refused: the groups of '" +
+                                            s.name.substr(0, s.name.size() - 4) + "' copy their dead letters here through producers of their own");
   detail::SetupRegistryLock lock(s, "add producer '" + std::string(name) + "'");
   int found = -1, free = -1;
   for (std::uint32_t i = 0; i < s.options.max_producers; ++i) {

@@ -230,8 +230,11 @@ State capture_state(ChannelState& ch, std::uint64_t durable) {
     for (std::uint32_t c = 0; c < ch.options.max_consumers; ++c) {
       ConsumerSlot& slot = ch.consumers[c];
       if (slot.state.load(std::memory_order_acquire) != kActive || slot.group != i) continue;
+      // Only what is below the cursor read above: an entry at or past it is a take not made yet
+      // (tentative, its cursor store or CAS to come, or never: its consumer died), which the
+      // cursor delivers again anyway, and which recovery would refuse as "held at or past next".
       for (std::uint32_t k = 0; k < kMaxInFlight; ++k)
-        if (const std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst))
+        if (const std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst); v != 0 && held_position(v) < gs.next)
           gs.held.push_back({held_position(v), slot.deliveries[k].load(std::memory_order_relaxed)});
     }
     ring::unlock_owner_word(g.give_back_lock);

@@ -54,7 +54,7 @@
 namespace shmq::detail {
 
 inline constexpr char kMagicBytes[8] = {'S', 'H', 'M', 'Q', 'S', 'E', 'G', '1'};
-inline constexpr std::uint32_t kLayoutVersion = 4;  // 4: ring v3 (lap-tagged frames, claims marked by CAS before the tail moves, no zeroing); 3: group cursor taker, give-back step, consumer group generation
+inline constexpr std::uint32_t kLayoutVersion = 5;  // 5: exclusive producers and consumers (ProducerSlot::exclusive, ConsumerSlot::exclusive); 4: ring v3 (lap-tagged frames, claims marked by CAS before the tail moves, no zeroing); 3: group cursor taker, give-back step, consumer group generation
 inline constexpr std::uint32_t kInitializing = 0x494e4954;  // "INIT"
 inline constexpr std::uint32_t kReady = 0x52454459;         // "REDY"
 inline constexpr std::size_t kMaxChannelName = 200;

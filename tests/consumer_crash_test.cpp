@@ -17,6 +17,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "shm/channel_state.hpp"
 #include "shm/crash_point.hpp"
@@ -278,6 +279,66 @@ TEST_F(ConsumerCrashRace, ADeadExclusiveConsumersUnfinishedTakeIsNotGivenBackAft
 
 namespace shmq::test {
 namespace {
+
+// A dead consumer whose release stops at a full give-back list must still have every take it
+// never finished settled (release_consumer() settles all of them first), while the cursor and the
+// taker word that decide them are as it left them. Found by a hostile review: a dead exclusive
+// consumer's take then decided after a shared joiner took the same message (delivered twice), and
+// a dead shared consumer's take decided after an exclusive joiner reset the taker word (lost).
+// The victim fills the list with delayed nacks, holds one message in entry 0, and dies taking the
+// next into entry 1.
+constexpr int kFill = static_cast<int>(detail::kGiveBackEntries);
+void a_full_list_at_a_death(const std::string& name, bool victim_exclusive, const char* point, bool joiner_exclusive) {
+  const auto text_of = [](int i) { return "m" + std::to_string(i); };
+  {
+    Channel ch = Channel::open(name, memory_options());
+    ch.ensure_group("g", Start::Earliest);
+    Producer p(ch, "p");
+    for (int i = 1; i <= kFill + 2; ++i) ASSERT_EQ(p.publish(text_of(i)).status, Status::Ok);
+  }
+  const pid_t v = fork_child([&]() -> int {
+    Channel ch = Channel::open(name, memory_options());
+    Consumer c(ch, "g", ConsumerOptions{.max_in_flight = 2, .exclusive = victim_exclusive});
+    for (int i = 1; i <= kFill; ++i) {
+      auto m = c.poll(1s);
+      CHILD_CHECK(m && m->text() == text_of(i));
+      CHILD_CHECK(c.nack(*m, 3s) == Status::Ok);
+    }
+    auto held = c.poll(1s);
+    CHILD_CHECK(held && held->text() == text_of(kFill + 1));
+    detail::arm_crash_point(point, 1);
+    (void)c.poll(1s);
+    return kChildFailed;  // not reached
+  });
+  ASSERT_TRUE(wait_child(v, 60s).killed_by(SIGKILL));
+  Channel ch = Channel::open(name, memory_options());
+  std::map<std::string, int> got;
+  {
+    Consumer s(ch, "g", ConsumerOptions{.exclusive = joiner_exclusive});  // the victim's release stops at the full list
+    for (std::uint32_t c = 0; c < ch.state().options.max_consumers; ++c)
+      for (std::uint32_t k = 0; k < detail::kMaxInFlight; ++k)
+        EXPECT_EQ(ch.state().consumers[c].in_flight[k].load() & detail::kTentativeBit, 0u) << "a tentative entry left after the join";
+    const auto drain = [&] {
+      while (auto m = s.poll(200ms)) {
+        ++got[std::string(m->text())];
+        EXPECT_EQ(s.ack(*m), Status::Ok);
+      }
+    };
+    drain();                              // the cursor's records (the list's are delayed)
+    std::this_thread::sleep_for(3500ms);  // the delayed nacks come due
+    drain();
+    ch.state().reap_dead_consumers(true);  // the list has room now: the victim is released
+    drain();
+  }
+  for (int i = 1; i <= kFill + 2; ++i) EXPECT_EQ(got[text_of(i)], 1) << text_of(i) << " delivered " << got[text_of(i)] << " times";
+}
+
+TEST_F(ConsumerCrashRace, ADeadExclusiveConsumersTakeIsSettledWhenItsReleaseStopsAtAFullList) {
+  a_full_list_at_a_death(channel_name(), true, "poll.exclusive.after_in_flight_store", false);
+}
+TEST_F(ConsumerCrashRace, ADeadSharedConsumersTakeIsSettledBeforeAnExclusiveJoinerResetsTheTaker) {
+  a_full_list_at_a_death(channel_name(), false, "poll.after_cursor_cas", true);
+}
 
 using ExclusiveConsumer = ChannelTest;
 

@@ -300,6 +300,22 @@ TEST_F(ProducerTest, AnExclusiveProducerIsTheChannelsOnlyLiveProducer) {
   EXPECT_FALSE(c.poll(20ms));
 }
 
+// NAME.dlq takes the dead letters of NAME's groups through producers of their own: an exclusive
+// producer there is refused, naming why.
+TEST_F(ProducerTest, AnExclusiveProducerOnADeadLetterChannelIsRefused) {
+  const auto name = channel_name();
+  Channel dlq = Channel::open(name + ".dlq", memory_options());
+  try {
+    Producer p(dlq, "p", ProducerOptions{.exclusive = true});
+    ADD_FAILURE() << "an exclusive producer on a dead-letter channel was allowed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), std::errc::invalid_argument);
+    EXPECT_NE(std::string(e.what()).find("the groups of '" + name + "' copy their dead letters here"), std::string::npos) << e.what();
+  }
+  Producer shared(dlq, "p");  // a shared one is fine
+  EXPECT_EQ(shared.publish("x").status, Status::Ok);
+}
+
 // An exclusive producer claims with plain stores: SIGKILLed after it marked its claim at the tail
 // and before it moved the tail, or with the tail moved and the record not yet written, its claim
 // must block nobody. Its successor (exclusive or not) moves the tail past a dead claim at the tail

@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <thread>
+#include <map>
 
 #include "journal/journal.hpp"
 #include "shm/checkpoint_state.hpp"
@@ -397,6 +399,63 @@ TEST_F(Recovery, AWholeLapOfUnconsumedRecordsComesBackWhole) {
   const auto seqs = drain(ch, "g");
   EXPECT_EQ(seqs.size(), published.size());
   for (std::uint64_t s : published) EXPECT_TRUE(seqs.count(s)) << "seq " << s << " lost";
+}
+
+// A consumer that died taking a message (its in-flight entry tentative at the group's cursor, its
+// cursor store or CAS never made) must not make the checkpoints insane: they used to record the
+// entry as held at P == next, which recovery refuses ("held position ... not below next"), so a
+// reboot fell back to the journal alone and delivered acked messages again. Found by a hostile
+// review; shared and exclusive victims.
+TEST_F(Recovery, ADeadConsumersUnfinishedTakeLeavesTheCheckpointsSane) {
+  for (const bool exclusive : {false, true}) {
+    SCOPED_TRACE(exclusive ? "exclusive victim" : "shared victim");
+    const auto name = channel_name(exclusive ? "excl" : "shared");
+    const ChannelOptions o = durable(D::Async);
+    {
+      Channel ch = Channel::open(name, o);
+      ch.ensure_group("g", Start::Earliest);
+      ch.ensure_group("h", Start::Earliest);
+      Producer p(ch, "p");
+      for (const char* t : {"a", "b", "c"}) ASSERT_EQ(p.publish(t).status, Status::Ok);
+      ASSERT_TRUE(p.flush(5s));
+      Consumer s(ch, "g");
+      auto m = s.poll(1s);
+      ASSERT_TRUE(m && m->text() == "a");
+      ASSERT_EQ(s.ack(*m), Status::Ok);
+    }
+    const pid_t v = fork_child([&] {
+      Channel ch = Channel::open(name, o);
+      Consumer c(ch, "g", ConsumerOptions{.exclusive = exclusive});
+      detail::arm_crash_point(exclusive ? "poll.exclusive.after_in_flight_store" : "poll.after_in_flight_store", 1);
+      (void)c.poll(1s);
+      return kChildFailed;
+    });
+    ASSERT_TRUE(wait_child(v, 30s).killed_by(SIGKILL));
+    {
+      // Another group moves on, 400 ms apart: two checkpoints (state and state.prev), both taken
+      // with the dead entry in the table.
+      Channel ch = Channel::open(name, o);
+      Consumer h(ch, "h");
+      for (int i = 0; i < 2; ++i) {
+        auto m = h.poll(1s);
+        ASSERT_TRUE(m);
+        ASSERT_EQ(h.ack(*m), Status::Ok);
+        std::this_thread::sleep_for(400ms);
+      }
+    }
+    reboot(name);
+    Channel ch = Channel::open(name, o);
+    EXPECT_EQ(ch.recovery().checkpoint, "state") << ch.recovery().checkpoint_problems;
+    Consumer c(ch, "g");
+    std::map<std::string, int> got;
+    while (auto m = c.poll(300ms)) {
+      ++got[std::string(m->text())];
+      EXPECT_EQ(c.ack(*m), Status::Ok);
+    }
+    EXPECT_EQ(got["a"], 0) << "acked before the reboot, delivered again";
+    EXPECT_EQ(got["b"], 1);
+    EXPECT_EQ(got["c"], 1);
+  }
 }
 
 // ---- crash points of the checkpoint write --------------------------------------------------------
