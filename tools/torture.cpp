@@ -98,6 +98,10 @@ struct Config {
   int producers = 3;
   int consumers = 4;
   int groups = 2;
+  // The producer and each group's consumer are exclusive (ProducerOptions / ConsumerOptions::
+  // exclusive: plain-store claims and takes): needs --producers 1 and --consumers equal to
+  // --groups. A restarted process waits (up to 10 s) for the one it replaces to be gone.
+  bool exclusive = false;
   int kill_min_ms = 20;
   int kill_max_ms = 200;
   double host_crash_every_s = 10;  // mean interval; 0: none (never on Memory)
@@ -292,6 +296,21 @@ fs::path consumer_file(const Config& c, int g, int j) {
 // Producer i: the outbox pattern. PN.state holds the last seq it started to publish; a restart
 // retries that seq first (Ok or Duplicate both confirm it; a Duplicate is flushed before it counts,
 // since it says nothing about durability), then goes on with the next.
+// Makes a Producer or Consumer with MAKE; an exclusive one whose predecessor (killed by us a
+// moment ago) still counts as live is tried again, for up to 10 s.
+template <class Make>
+auto join_exclusive(Make make) -> decltype(make()) {
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    try {
+      return make();
+    } catch (const shmq::Error& e) {
+      if (e.code() != std::errc::device_or_resource_busy || Clock::now() >= deadline) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+}
+
 int run_producer(const Config& c) {
   const int i = c.index;
   const int state_fd = ::open(producer_file(c, i, ".state").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -300,7 +319,7 @@ int run_producer(const Config& c) {
   if (::pread(state_fd, &last, sizeof last, 0) != static_cast<ssize_t>(sizeof last)) last = 0;
   const int ok_fd = open_append(producer_file(c, i, ".ok"));
   shmq::Channel ch = shmq::Channel::open(c.name, channel_options(c));
-  shmq::Producer p(ch, "tp" + std::to_string(i));
+  shmq::Producer p = join_exclusive([&] { return shmq::Producer(ch, "tp" + std::to_string(i), {.exclusive = c.exclusive}); });
   std::vector<std::byte> buf(sizeof(PayloadHead) + 600);
   const auto period = std::chrono::nanoseconds(1000000000ll / std::max(1, c.rate));
   auto next_at = Clock::now();
@@ -410,8 +429,9 @@ int run_consumer(const Config& c, bool dlq_reader) {
   shmq::ConsumerOptions co;
   co.wait = shmq::Wait::Block;
   co.max_in_flight = 16;
+  co.exclusive = c.exclusive && !dlq_reader;
   std::optional<shmq::Consumer> cons;
-  cons.emplace(*ch, dlq_reader ? "dead-letters" : group_name(g), co);
+  cons.emplace(join_exclusive([&] { return shmq::Consumer(*ch, dlq_reader ? "dead-letters" : group_name(g), co); }));
   std::mt19937_64 rng(c.seed * 31 + static_cast<std::uint64_t>(c.incarnation));
   std::vector<shmq::Message> batch;
   while (!g_stop) {
@@ -582,6 +602,10 @@ struct Supervisor {
                                      "--duration", std::to_string(cfg.duration_s)};
     args.push_back("--lag-ms");
     args.push_back(std::to_string(cfg.lag_ms));
+    if (cfg.exclusive) {
+      args.push_back("--exclusive");
+      args.push_back("on");
+    }
     args.push_back("--dlq-lag-ms");
     args.push_back(std::to_string(cfg.dlq_lag_ms));
     if (!cfg.inject.empty()) {
@@ -1281,9 +1305,9 @@ int Supervisor::audit(bool drain_ok, const std::string& drain_why, double second
                 static_cast<unsigned long long>(power_cut_bytes), static_cast<unsigned long long>(power_cuts_torn));
   if (torn) std::printf("note: %llu log records torn by kills were skipped\n", static_cast<unsigned long long>(torn));
   if (!cfg.inject.empty()) std::printf("self-check: --inject %s was on\n", cfg.inject.c_str());
-  std::printf("reproduce: %s --durability %s --seed %llu --duration %g --producers %d --consumers %d --groups %d\n",
+  std::printf("reproduce: %s --durability %s --seed %llu --duration %g --producers %d --consumers %d --groups %d%s\n",
               self.c_str(), cfg.durability.c_str(), static_cast<unsigned long long>(cfg.seed), cfg.duration_s,
-              cfg.producers, cfg.consumers, cfg.groups);
+              cfg.producers, cfg.consumers, cfg.groups, cfg.exclusive ? " --exclusive on" : "");
   char line[1024];
   std::snprintf(line, sizeof line,
                 "torture seed=%llu durability=%s dur=%.0fs kills=%llu journaler_kills=%llu crash_points=%llu host_crashes=%zu "
@@ -1335,7 +1359,8 @@ void usage() {
                "                    [--crash-points NAME,NAME (only these points; default: all of kCrashPoints)]\n"
                "                    [--power-cut on|off (host crashes drop the journal past the durable position)]\n"
                "                    [--lag-ms N (the last group sleeps 0-2N ms after each batch: it lags)]\n"
-               "                    [--dlq-lag-ms N (the dead-letter reader sleeps 0-2N ms after each record)]\n");
+               "                    [--dlq-lag-ms N (the dead-letter reader sleeps 0-2N ms after each record)]\n"
+               "                    [--exclusive on|off (exclusive producer and consumers: --producers 1, --consumers = --groups)]\n");
 }
 
 bool parse(int argc, char** argv, Config& c) {
@@ -1375,6 +1400,7 @@ bool parse(int argc, char** argv, Config& c) {
       }
       else if (k == "--power-cut") c.power_cut = v != "0" && v != "off";
       else if (k == "--lag-ms") c.lag_ms = std::stoi(v);
+      else if (k == "--exclusive") c.exclusive = v != "0" && v != "off";
       else if (k == "--dlq-lag-ms") c.dlq_lag_ms = std::stoi(v);
       else if (k == "--role") c.role = v;
       else if (k == "--name") c.name = v;
@@ -1387,6 +1413,10 @@ bool parse(int argc, char** argv, Config& c) {
   }
   if (c.durability != "memory" && c.durability != "async" && c.durability != "sync") return false;
   if (c.producers < 1 || c.consumers < 1 || c.groups < 1 || c.groups > c.consumers) return false;
+  if (c.role.empty() && c.exclusive && (c.producers != 1 || c.consumers != c.groups)) {  // (children do not get the counts)
+    std::fprintf(stderr, "shmq-torture: --exclusive on needs --producers 1 and --consumers equal to --groups\n");
+    return false;
+  }
   if (c.kill_min_ms < 1 || c.kill_max_ms < c.kill_min_ms) return false;
   for (const std::string& n : c.crash_point_names)
     if (std::find(std::begin(shmq::detail::kCrashPoints), std::end(shmq::detail::kCrashPoints), n) ==
