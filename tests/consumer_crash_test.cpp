@@ -213,72 +213,43 @@ class ConsumerCrashRace : public ChannelTest {};
 
 // 10.6: a consumer killed after storing its in-flight entry, before its cursor CAS, never took the
 // message: another consumer takes and acks it; a reaper that comes after must not give it back.
+// With an exclusive victim, whose tentative entry is decided by the cursor alone, the shared
+// consumer that joins after it must not let its own take of the message make the dead entry look
+// taken (admit_consumer() releases the dead exclusive consumer first).
+void an_unfinished_take_then_another_consumers_ack(const std::string& name, bool exclusive) {
+  {
+    Channel ch = Channel::open(name, memory_options());
+    ch.ensure_group("g", Start::Earliest);
+    Producer p(ch, "p");
+    ASSERT_EQ(p.publish("only").status, Status::Ok);
+  }
+  const pid_t victim = fork_child([&] {
+    Channel ch = Channel::open(name, memory_options());
+    Consumer c(ch, "g", ConsumerOptions{.exclusive = exclusive});
+    detail::arm_crash_point(exclusive ? "poll.exclusive.after_in_flight_store" : "poll.after_in_flight_store", 1);
+    (void)c.poll(1s);
+    return kChildFailed;  // not reached
+  });
+  ASSERT_TRUE(wait_child(victim, 30s).killed_by(SIGKILL));
+  Channel ch = Channel::open(name, memory_options());
+  Consumer s(ch, "g");
+  auto m = s.poll(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "only");
+  EXPECT_EQ(m->deliveries(), 1u);
+  ASSERT_EQ(s.ack(*m), Status::Ok);
+  ch.state().reap_dead_consumers(true);
+  auto again = s.poll(100ms);
+  EXPECT_FALSE(again) << "delivered again after it was acked (deliveries " << (again ? again->deliveries() : 0) << ")";
+  EXPECT_EQ(ch.stats().groups[0].given_back, 0u);
+}
+
 TEST_F(ConsumerCrashRace, ADeadConsumersUnfinishedTakeIsNotGivenBackAfterAnotherConsumerAckedIt) {
-  const std::string name = channel_name();
-  {
-    Channel ch = Channel::open(name, memory_options());
-    ch.ensure_group("g", Start::Earliest);
-    Producer p(ch, "p");
-    ASSERT_EQ(p.publish("only").status, Status::Ok);
-  }
-  const pid_t victim = fork_child([&] {
-    Channel ch = Channel::open(name, memory_options());
-    Consumer c(ch, "g");
-    detail::arm_crash_point("poll.after_in_flight_store", 1);
-    (void)c.poll(1s);
-    return kChildFailed;  // not reached
-  });
-  ASSERT_TRUE(wait_child(victim, 30s).killed_by(SIGKILL));
-  Channel ch = Channel::open(name, memory_options());
-  Consumer s(ch, "g");
-  auto m = s.poll(1s);
-  ASSERT_TRUE(m);
-  EXPECT_EQ(m->text(), "only");
-  EXPECT_EQ(m->deliveries(), 1u);
-  ASSERT_EQ(s.ack(*m), Status::Ok);
-  ch.state().reap_dead_consumers(true);
-  auto again = s.poll(100ms);
-  EXPECT_FALSE(again) << "delivered again after it was acked (deliveries " << (again ? again->deliveries() : 0) << ")";
-  EXPECT_EQ(ch.stats().groups[0].given_back, 0u);
+  an_unfinished_take_then_another_consumers_ack(channel_name(), false);
 }
-
-// The same with an exclusive victim, whose tentative entry is decided by the cursor alone: the
-// shared consumer that joins after it must not let its own take of the message make the dead
-// entry look taken (admit_consumer() releases the dead exclusive consumer first).
 TEST_F(ConsumerCrashRace, ADeadExclusiveConsumersUnfinishedTakeIsNotGivenBackAfterAnotherConsumerAckedIt) {
-  const std::string name = channel_name();
-  {
-    Channel ch = Channel::open(name, memory_options());
-    ch.ensure_group("g", Start::Earliest);
-    Producer p(ch, "p");
-    ASSERT_EQ(p.publish("only").status, Status::Ok);
-  }
-  const pid_t victim = fork_child([&] {
-    Channel ch = Channel::open(name, memory_options());
-    Consumer c(ch, "g", ConsumerOptions{.exclusive = true});
-    detail::arm_crash_point("poll.exclusive.after_in_flight_store", 1);
-    (void)c.poll(1s);
-    return kChildFailed;  // not reached
-  });
-  ASSERT_TRUE(wait_child(victim, 30s).killed_by(SIGKILL));
-  Channel ch = Channel::open(name, memory_options());
-  Consumer s(ch, "g");
-  auto m = s.poll(1s);
-  ASSERT_TRUE(m);
-  EXPECT_EQ(m->text(), "only");
-  EXPECT_EQ(m->deliveries(), 1u);
-  ASSERT_EQ(s.ack(*m), Status::Ok);
-  ch.state().reap_dead_consumers(true);
-  auto again = s.poll(100ms);
-  EXPECT_FALSE(again) << "delivered again after it was acked (deliveries " << (again ? again->deliveries() : 0) << ")";
-  EXPECT_EQ(ch.stats().groups[0].given_back, 0u);
+  an_unfinished_take_then_another_consumers_ack(channel_name(), true);
 }
-
-}  // namespace
-}  // namespace shmq::test
-
-namespace shmq::test {
-namespace {
 
 // A dead consumer whose release stops at a full give-back list must still have every take it
 // never finished settled (release_consumer() settles all of them first), while the cursor and the
@@ -342,16 +313,6 @@ TEST_F(ConsumerCrashRace, ADeadSharedConsumersTakeIsSettledBeforeAnExclusiveJoin
 
 using ExclusiveConsumer = ChannelTest;
 
-std::string join_error(const std::function<void()>& join) {
-  try {
-    join();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), std::errc::device_or_resource_busy) << e.what();
-    return e.what();
-  }
-  return "";
-}
-
 // Exclusive means the group's only live consumer, both ways, across processes; other groups are
 // not concerned; a dead one is reaped as the next joins, and what it held comes back.
 TEST_F(ExclusiveConsumer, AnExclusiveConsumerIsItsGroupsOnlyLiveConsumer) {
@@ -364,7 +325,7 @@ TEST_F(ExclusiveConsumer, AnExclusiveConsumerIsItsGroupsOnlyLiveConsumer) {
   const std::string me = " of live process " + std::to_string(::getpid());
   {
     Consumer shared(ch, "g");
-    const std::string why = join_error([&] { Consumer e(ch, "g", exclusive); });
+    const std::string why = busy_error_of([&] { Consumer e(ch, "g", exclusive); });
     EXPECT_NE(why.find("cannot add an exclusive consumer to group 'g': a consumer" + me), std::string::npos) << why;
     Consumer other_group(ch, "h", exclusive);  // another group: no conflict
   }
@@ -382,7 +343,7 @@ TEST_F(ExclusiveConsumer, AnExclusiveConsumerIsItsGroupsOnlyLiveConsumer) {
   ASSERT_TRUE(ready.receive(r, 30s));
   const std::string them = " of live process " + std::to_string(solo);
   for (const bool excl : {false, true}) {
-    const std::string why = join_error([&] { Consumer c(ch, "g", ConsumerOptions{.exclusive = excl}); });
+    const std::string why = busy_error_of([&] { Consumer c(ch, "g", ConsumerOptions{.exclusive = excl}); });
     EXPECT_NE(why.find("consumer to group 'g': the exclusive consumer" + them + " is the group's only consumer"), std::string::npos)
         << why;
   }

@@ -232,16 +232,6 @@ TEST_F(ProducerTest, ARetryOfAnAcceptedSeqIsDroppedAsDuplicate) {
 
 // ---- exclusive producers (ProducerOptions::exclusive) ------------------------------------------
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), std::errc::device_or_resource_busy) << e.what();
-    return e.what();
-  }
-  return "";
-}
-
 // Exclusive means the only live producer, both ways, across processes; one that left or died
 // does not count.
 TEST_F(ProducerTest, AnExclusiveProducerIsTheChannelsOnlyLiveProducer) {
@@ -251,7 +241,7 @@ TEST_F(ProducerTest, AnExclusiveProducerIsTheChannelsOnlyLiveProducer) {
   const ProducerOptions exclusive{.exclusive = true};
   {
     Producer shared(ch, "shared");
-    const std::string why = error_of([&] { Producer e(ch, "solo", exclusive); });
+    const std::string why = busy_error_of([&] { Producer e(ch, "solo", exclusive); });
     EXPECT_NE(why.find("cannot add exclusive producer 'solo'"), std::string::npos) << why;
     EXPECT_NE(why.find("producer 'shared' of live process " + std::to_string(::getpid())), std::string::npos) << why;
   }
@@ -271,7 +261,7 @@ TEST_F(ProducerTest, AnExclusiveProducerIsTheChannelsOnlyLiveProducer) {
   Owned by_solo{};
   ASSERT_TRUE(ready.receive(by_solo, 30s));
   for (const bool excl : {false, true}) {
-    const std::string why = error_of([&] { Producer p(ch, "shared", ProducerOptions{.exclusive = excl}); });
+    const std::string why = busy_error_of([&] { Producer p(ch, "shared", ProducerOptions{.exclusive = excl}); });
     EXPECT_NE(why.find("exclusive producer 'solo' of live process " + std::to_string(solo)), std::string::npos) << why;
   }
   const pid_t third = fork_child(

@@ -389,6 +389,18 @@ inline std::optional<Message> poll_for(Consumer& c, std::chrono::milliseconds ti
   }
 }
 
+// The text of the Error that F throws, which must be device_or_resource_busy (an exclusive
+// producer or consumer refused); "" when F throws nothing.
+inline std::string busy_error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), std::errc::device_or_resource_busy) << e.what();
+    return e.what();
+  }
+  return "";
+}
+
 // FNV-1a, for payload checksums.
 inline std::uint32_t checksum(std::span<const std::byte> bytes) {
   std::uint32_t h = 2166136261u;
