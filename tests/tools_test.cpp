@@ -513,6 +513,22 @@ TEST_F(ToolTest, PubThenSubRoundTrip) {
   EXPECT_EQ(empty.out, "");
 }
 
+// --exclusive on pub and sub: the round trip works, and beside a live producer (this test's
+// own, in this process) an exclusive pub exits 1 naming it.
+TEST_F(ToolTest, ExclusivePubAndSubRoundTripAndAreRefusedBesideALiveOne) {
+  const std::string n = name();
+  const Result pub = run({"pub", n, "--create", "--exclusive"}, "alpha\nbeta\n");
+  ASSERT_EQ(pub.code, 0) << pub;
+  const Result sub = run({"sub", n, "--group", "g", "--exclusive", "--count", "2", "--timeout-ms", "5000"});
+  ASSERT_EQ(sub.code, 0) << sub;
+  EXPECT_EQ(sub.out, "alpha\nbeta\n");
+  Channel ch = Channel::attach(n);
+  Producer live(ch, "mine");
+  const Result refused = run({"pub", n, "--exclusive"}, "gamma\n");
+  EXPECT_EQ(refused.code, 1) << refused;
+  EXPECT_TRUE(contains(refused.err, "producer 'mine' of live process " + std::to_string(::getpid()))) << refused;
+}
+
 TEST_F(ToolTest, StatAndLsJsonParse) {
   const std::string n = name();
   ASSERT_EQ(run({"pub", n, "--create", "--durability", "async", "--count", "4", "--size", "32"}).code, 0);

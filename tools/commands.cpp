@@ -319,7 +319,7 @@ namespace {
 
 class Publisher {
  public:
-  Publisher(Channel& ch, const PubArgs& a) : ch_(ch), args_(a), producer_(ch, a.producer) {
+  Publisher(Channel& ch, const PubArgs& a) : ch_(ch), args_(a), producer_(ch, a.producer, {.exclusive = a.exclusive}) {
     options_.key = args_.key;
     options_.wait = Wait::Block;
     options_.timeout = milliseconds(200);  // a slice: stop_requested() is looked at between slices
@@ -633,6 +633,7 @@ int cmd_sub(const SubArgs& a) {
   o.wait = Wait::Block;
   // Without acks every printed message stays held: allow the most the library does.
   o.max_in_flight = a.no_ack ? 256 : 64;
+  o.exclusive = a.exclusive;
   Consumer consumer(ch, a.group, o);
   Printer printer(consumer, a);
   install_stop_handlers();

@@ -68,6 +68,7 @@ struct PubArgs {
   bool sync = false;                         // PublishOptions::durability = Sync
   std::uint64_t full_timeout_ms = 10'000;    // how long a full ring (or a Sync publish) is waited on
   std::optional<std::uint64_t> seq;          // message i gets sequence seq + i (a retry is a Duplicate)
+  bool exclusive = false;                    // ProducerOptions::exclusive
 };
 
 struct SubArgs {
@@ -78,6 +79,7 @@ struct SubArgs {
   std::string from = "earliest";
   std::optional<std::uint64_t> timeout_ms;   // stop after this long without a message
   bool json = false;
+  bool exclusive = false;                    // ConsumerOptions::exclusive
 };
 
 struct RmArgs {

@@ -83,6 +83,8 @@ int main(int argc, char** argv) {
   pub->add_option("NAME", pub_args.channel, "Channel name")->required();
   pub->add_option("--producer", pub_args.producer, "Producer name (one live process per name)")->capture_default_str();
   pub->add_option("--key", pub_args.key, "Key (biz id) carried by every message");
+  pub->add_flag("--exclusive", pub_args.exclusive,
+                "Be the channel's only producer (plain-store claims); refused beside a live producer");
   pub->add_option("--seq", pub_args.seq,
                   "Publish message i (from 0) with sequence SEQ+i; run again, the ones already accepted are dropped "
                   "as duplicates (within the channel's dedup window)")
@@ -143,6 +145,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   sub_timeout.add(sub, "--timeout-ms", "Stop after T ms without a message (default: wait forever)")->check(at_least(0));
   sub->add_flag("--json", sub_args.json, "One JSON object a line: id, key, position, deliveries, timestamp_ns, payload");
+  sub->add_flag("--exclusive", sub_args.exclusive,
+                "Be the group's only consumer (plain-store takes); refused beside a live consumer of the group");
 
   // rm
   shmq::tool::RmArgs rm_args;
