@@ -120,14 +120,15 @@ class ChannelTest : public ::testing::Test {
     return names_.back();
   }
   void TearDown() override {
-    for (const auto& n : names_) {
-      try {
-        if (Channel::exists(n)) Channel::remove(n);
-      } catch (const std::exception& e) {
-        ADD_FAILURE() << "Channel::remove(" << n << ") threw: " << e.what();
+    for (const auto& name : names_)
+      for (const std::string& n : {name, name + ".dlq"}) {  // and the dead letters it made
+        try {
+          if (Channel::exists(n)) Channel::remove(n);
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << "Channel::remove(" << n << ") threw: " << e.what();
+        }
+        ::unlink(segment_path(n).c_str());  // whatever the test left there on purpose
       }
-      ::unlink(segment_path(n).c_str());  // whatever the test left there on purpose
-    }
   }
 
  private:

@@ -104,12 +104,32 @@ inline void write_file(const fs::path& p, std::string_view s) {
   out.write(s.data(), static_cast<std::streamsize>(s.size()));
 }
 
-// /dev/shm/shmq-fuzz-TAG-PID, emptied.
+// Removes P (a file or a directory tree) when this process exits (libFuzzer ends a
+// -max_total_time run with exit(), which runs atexit handlers; a forked child that exits does not
+// remove its parent's), so that a fuzz run leaves nothing in /dev/shm.
+inline std::vector<fs::path>& exit_removals() {
+  static auto* paths = new std::vector<fs::path>;  // never destroyed: used by the atexit handler
+  return *paths;
+}
+inline void remove_at_exit(const fs::path& p) {
+  static const pid_t registered_by = [] {
+    std::atexit([] {
+      if (::getpid() != registered_by) return;
+      std::error_code ec;
+      for (const fs::path& q : exit_removals()) fs::remove_all(q, ec);
+    });
+    return ::getpid();
+  }();
+  exit_removals().push_back(p);
+}
+
+// /dev/shm/shmq-fuzz-TAG-PID, emptied; removed at exit.
 inline fs::path scratch_dir(std::string_view tag) {
   const fs::path d = fs::path("/dev/shm") / ("shmq-fuzz-" + std::string(tag) + "-" + std::to_string(::getpid()));
   std::error_code ec;
   fs::remove_all(d, ec);
   fs::create_directories(d);
+  remove_at_exit(d);
   return d;
 }
 

@@ -48,6 +48,8 @@ using Files = std::vector<std::pair<std::string, std::string>>;
 
 const Files& template_files() {
   static const Files files = [] {
+    remove_at_exit("/dev/shm/shmq." + name());
+    remove_at_exit("/dev/shm/shmq." + name() + ".dlq");  // the dead letters of its messages
     const fs::path dir = scratch_dir("recovery-template");
     {
       Channel ch = Channel::open(name(), options(dir));

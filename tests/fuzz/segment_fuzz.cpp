@@ -37,7 +37,12 @@ ChannelOptions options() {
   return o;
 }
 
-std::string name() { return "fzseg-" + std::to_string(::getpid()); }
+// Fixed at the first call, in the fuzzing process: the child that template_bytes() forks must
+// open the same channel (with its own pid it made another one, and left it behind).
+const std::string& name() {
+  static const std::string n = "fzseg-" + std::to_string(::getpid());
+  return n;
+}
 std::string path() { return "/dev/shm/shmq." + name(); }
 
 // The template: made by this process, then its consumer's slot is given a dead owner by making it
@@ -45,6 +50,8 @@ std::string path() { return "/dev/shm/shmq." + name(); }
 const std::string& template_bytes() {
   static const std::string bytes = [] {
     ::unlink(path().c_str());
+    remove_at_exit(path());
+    remove_at_exit(path() + ".dlq");  // the dead letters of its messages
     {
       Channel ch = Channel::open(name(), options());
       ch.ensure_group("g", Start::Earliest);
