@@ -19,13 +19,8 @@ std::uint64_t data_offset_for(std::uint32_t claimers) {
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 
-}  // namespace
-
-namespace {
 long membarrier(int cmd) noexcept { return ::syscall(__NR_membarrier, cmd, 0u, 0); }
-}  // namespace
 
-namespace {
 bool register_now() noexcept {
   // The query first: a kernel without the commands, or a seccomp filter that refuses membarrier,
   // leaves this process on seq_cst intents.

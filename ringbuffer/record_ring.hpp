@@ -77,7 +77,8 @@ inline void (*g_claim_hook)(ClaimStep step, std::uint32_t i, std::uint64_t t) = 
 // seq_cst store there (xchg, which drains the store buffer) cost 3-4x of the 64 B throughput
 // (3.7 M msgs/s against 12.8-15.4 with a plain store, bench/pingpong, same run). So a process that
 // could register for membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) stores its intent plainly
-// and the rare side, reclaim (about once per eighth of the ring), pays instead:
+// and the rare side, reclaim (when a claim finds no room: about once a lap while the readers keep
+// up), pays instead:
 // membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) between its tail load and its intent loads makes every
 // registered thread that is running pass a full barrier, so either a claimer's intent store is
 // visible to the intent loads, or that claimer's tail re-check comes after the barrier and sees the
@@ -85,9 +86,9 @@ inline void (*g_claim_hook)(ClaimStep step, std::uint32_t i, std::uint64_t t) = 
 // seq_cst store. register_cheap_intents(): asks once per process, at the first ring made (a child of
 // fork() keeps the registration, exec drops it; SHMQ_NO_MEMBARRIER=1 opts out); g_cheap_intents says
 // whether this process registered. Every process of a channel needs membarrier, or none: a producer
-// whose own membarrier fails cannot reclaim space on a ring where others store intents plainly. heavy_fence(): what reclaim calls;
-// false when no membarrier command worked (then reclaim frees nothing this time: a claimer of
-// another process may have stored its intent plainly).
+// whose own membarrier fails cannot reclaim space on a ring where others store intents plainly.
+// heavy_fence(): what reclaim calls; false when no membarrier command worked (then reclaim frees
+// nothing this time: a claimer of another process may have stored its intent plainly).
 inline std::atomic<bool> g_cheap_intents{false};
 void register_cheap_intents() noexcept;
 bool heavy_fence() noexcept;
@@ -339,7 +340,8 @@ class RecordRing {
         t = end;
         continue;
       }
-      // relaxed: published by the seq_cst intent store below and the frame CAS (a full barrier).
+      // relaxed: published by the intent store below (release, or seq_cst) and the frame CAS (a
+      // full barrier).
       me.claim_frame.store(mine, std::memory_order_relaxed);
       // Store-load ordering with the tail re-check below (the pair of reclaim()'s tail load, then
       // its intent loads): a reclaim that saw the tail past T sees this intent, or the re-check sees
