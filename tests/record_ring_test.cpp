@@ -673,15 +673,10 @@ bool kernel_offers_global_expedited() {
 
 std::uint32_t plain_intents_of(const TestRing& t) { return reinterpret_cast<const RingHeader*>(t.mem.get())->plain_intents.load(); }
 
-// Publishes until the ring is full, then reads everything: what is left to reclaim is the whole ring.
+// Publishes until the ring is full (publish()'s own reclaim frees nothing: nothing is read yet),
+// then reads everything: what is left to reclaim is the whole ring.
 void fill_and_drain(TestRing& t) {
-  std::uint64_t seq = 0;
-  for (std::uint64_t pos; (pos = t.ring.try_claim(0, kHeaderBytes + 64, t.hint)) != kNoIntent;) {
-    auto* h = reinterpret_cast<RecordHeader*>(t.ring.at(pos));
-    h->producer = 0;
-    h->seq = seq++;
-    h->key_len = 0;
-    t.ring.commit(pos, kHeaderBytes + 64, RecordType::Data, 0);
+  for (std::uint64_t seq = 0; t.publish(0, 64, static_cast<std::uint8_t>(seq), seq) != kNoIntent; ++seq) {
   }
   while (t.next() != nullptr) {
   }
