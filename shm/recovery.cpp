@@ -567,6 +567,12 @@ void prepare(Segment& seg, RecoveryContext& rc) {
     journal::Reader r = journal::Reader::open(rc.dir, from_position);
     RecordView v;
     while (r.next(v)) {
+      // A ring record starts at a multiple of 8; a journal record (CRC and all) that says otherwise
+      // names no ring position, and the ring would be rebuilt from a misaligned tail.
+      if (v.position % ring::kAlign != 0)
+        fail(rc.name, std::errc::illegal_byte_sequence,
+             "the journal record at position " + std::to_string(v.position) + " in " + rc.dir.string() +
+                 " is not at a ring record boundary (a multiple of " + std::to_string(ring::kAlign) + ")");
       const std::uint64_t record_end = v.position + ring::align_up(ring::kHeaderBytes + v.key.size() + v.payload.size());
       while (k < named.size() && named[k] < v.position) ++k;
       if (k < named.size() && named[k] == v.position) named_start[k++] = true;
