@@ -154,40 +154,61 @@ void ChannelState::settle_give_back(GroupSlot& g) noexcept {
   g.give_back_step.store(0, std::memory_order_seq_cst);
 }
 
-// Why the cursor decides a dead consumer's tentative entry. The consumer stored (P + 1) |
-// kTentativeBit in entry K, then tried the 16-byte CAS of (next, next_taker) from (P, T) to
-// (N, taker(C, K)), where N is the end of the record at P. The entry gates P (the record stays),
-// so a CAS from P is always a take of that record, by exactly one consumer. Read `next` first,
+// Why the cursor decides a dead shared consumer's take. The consumer stored take_entry = K and
+// take_from = (P + 1) | kTentativeBit, then (P_i + 1) | kTentativeBit in the entries of the run of
+// records P = P_1 < ... < P_n it takes, then tried the 16-byte CAS of (next, next_taker) from (P,
+// T) to (N, taker(C, K)), where N is the end of the run. The entries gate the records, so a CAS
+// from P is always a take of the run starting at P, by exactly one consumer. Read `next` first,
 // then `next_taker`:
-//  - if it took P: the pair was (N, taker(C, K)) from its CAS on, until a later take's CAS; every
-//    take first confirms the previous taker's tentative entry (confirm_taker()), so the entry is
-//    either confirmed already (our CAS below fails and leaves it) or we read next > P and
-//    next_taker == taker(C, K);
+//  - if it took the run: the pair was (N, taker(C, K)) from its CAS on, until a later take's CAS;
+//    every take first confirms the previous taker's run (confirm_taker()), so take_from is either
+//    confirmed already (our CAS below fails and leaves it) or we read next > P and next_taker ==
+//    taker(C, K);
 //  - if it did not (it died before its CAS, or its CAS failed): next > P means another consumer
 //    took P and wrote its own taker before we read next, and taker(C, K) never comes back (only C,
 //    which is dead, writes it). And next == P means nobody took it yet.
-// So: taken iff next > P and next_taker == taker(C, K). A taken entry is kept as held (bit
-// cleared; given back by the caller); one that was not is dropped: the record was never
-// delivered by it, so giving it back would deliver it twice (or, reclaimed since, a later lap).
+// So: taken iff next > P and next_taker == taker(C, K). The decision is stored in take_from
+// (confirmed, or 0) before any entry is decided by it, so a reaper that dies half-way leaves the
+// next one the same decision. A taken entry is kept as held (bit cleared; given back by the
+// caller); one that was not is dropped: the record was never delivered by it, so giving it back
+// would deliver it twice (or, reclaimed since, a later lap).
+void ChannelState::resolve_run(std::uint32_t c) noexcept {
+  if (c >= options.max_consumers) return;
+  ConsumerSlot& slot = consumers[c];
+  std::uint64_t v = slot.take_from.load(std::memory_order_seq_cst);
+  if (!(v & kTentativeBit)) return;
+  const std::uint32_t gi = slot.group.load(std::memory_order_relaxed);
+  const std::uint32_t k = slot.take_entry.load(std::memory_order_relaxed);
+  bool taken = false;
+  if (gi < options.max_groups && k < kMaxInFlight) {
+    GroupSlot& g = groups[gi];
+    const std::uint64_t next = g.next.load(std::memory_order_seq_cst);          // first
+    const std::uint64_t taker = g.next_taker.load(std::memory_order_seq_cst);   // then
+    taken = next > held_position(v) &&
+            taker == cursor_taker(slot.group_generation.load(std::memory_order_relaxed), c, k);
+  }
+  // A CAS: a consumer about to take the next record may confirm the run meanwhile (then it was
+  // taken, and the CAS fails and leaves it confirmed).
+  slot.take_from.compare_exchange_strong(v, taken ? (v & ~kTentativeBit) : 0, std::memory_order_seq_cst);
+}
+
 void ChannelState::resolve_tentative(std::uint32_t c, std::uint32_t k) noexcept {
   if (c >= options.max_consumers || k >= kMaxInFlight) return;
   ConsumerSlot& slot = consumers[c];
   std::uint64_t v = slot.in_flight[k].load(std::memory_order_seq_cst);
   if (!(v & kTentativeBit) || (v & kMovingBit)) return;
   const std::uint64_t pos = held_position(v);
-  const std::uint32_t gi = slot.group.load(std::memory_order_relaxed);
   bool taken = false;
-  if (gi < options.max_groups) {
-    GroupSlot& g = groups[gi];
-    const std::uint64_t next = g.next.load(std::memory_order_seq_cst);          // first
-    const std::uint64_t taker = g.next_taker.load(std::memory_order_seq_cst);   // then
+  if (slot.exclusive.load(std::memory_order_relaxed) != 0) {
     // An exclusive consumer was the group's only one and never wrote next_taker; nobody else
     // moved the cursor since (admit_consumer() settles its entries before anyone joins).
-    taken = next > pos && (slot.exclusive.load(std::memory_order_relaxed) != 0 ||
-                           taker == cursor_taker(slot.group_generation.load(std::memory_order_relaxed), c, k));
+    const std::uint32_t gi = slot.group.load(std::memory_order_relaxed);
+    taken = gi < options.max_groups && groups[gi].next.load(std::memory_order_seq_cst) > pos;
+  } else {
+    // Decided by its run (resolve_run() first): a tentative entry belongs to the take in progress.
+    const std::uint64_t run = slot.take_from.load(std::memory_order_seq_cst);
+    taken = run != 0 && !(run & kTentativeBit) && pos >= held_position(run);
   }
-  // A CAS: a consumer about to take the next record may confirm the entry meanwhile (then it was
-  // taken, and the CAS fails and leaves it confirmed).
   slot.in_flight[k].compare_exchange_strong(v, taken ? (v & ~kTentativeBit) : 0, std::memory_order_seq_cst);
 }
 
@@ -229,12 +250,13 @@ void ChannelState::admit_consumer(std::uint32_t g, std::string_view group, bool 
 void ChannelState::confirm_taker(std::uint64_t next, std::uint64_t taker) noexcept {
   const std::uint64_t who = (taker >> 8) & 0xffffff;
   if (who == 0 || who > options.max_consumers) return;  // nobody known, or not an index of ours
-  std::atomic<std::uint64_t>& entry = consumers[who - 1].in_flight[taker & 0xff];
-  std::uint64_t v = entry.load(std::memory_order_seq_cst);
-  // Tentative at a position the cursor (read before TAKER) is past: the take that TAKER records
-  // (its owner keeps at most one tentative entry, and writes its taker only by a successful CAS).
-  if ((v & kTentativeBit) && !(v & kMovingBit) && held_position(v) < next)
-    entry.compare_exchange_strong(v, v & ~kTentativeBit, std::memory_order_seq_cst);
+  ConsumerSlot& slot = consumers[who - 1];
+  std::uint64_t v = slot.take_from.load(std::memory_order_seq_cst);
+  // A run in progress from a position the cursor (read before TAKER) is past, at the entry TAKER
+  // names: the take that TAKER records (its owner keeps at most one take in progress, starts the
+  // next one at or past that cursor, and writes its taker only by a successful CAS).
+  if ((v & kTentativeBit) && held_position(v) < next && slot.take_entry.load(std::memory_order_relaxed) == (taker & 0xff))
+    slot.take_from.compare_exchange_strong(v, v & ~kTentativeBit, std::memory_order_seq_cst);
 }
 
 Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t expected, std::uint64_t not_before_ns) noexcept {
@@ -289,7 +311,9 @@ bool ChannelState::release_consumer(std::uint32_t c) noexcept {
   // early returns below (a full give-back list), while the cursor and the taker word that decide
   // them are as it left them (a joiner's take, or an exclusive joiner's reset of the taker word,
   // would decide them wrong).
+  resolve_run(c);
   for (std::uint32_t k = 0; k < kMaxInFlight; ++k) resolve_tentative(c, k);
+  slot.take_from.store(0, std::memory_order_seq_cst);  // every entry it decided is decided
   for (std::uint32_t k = 0; k < kMaxInFlight; ++k) {
     if (!slot.in_flight[k].load(std::memory_order_seq_cst)) continue;
     if (!group_alive) {

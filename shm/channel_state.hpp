@@ -101,11 +101,15 @@ struct ChannelState {
   // beside a live exclusive one, is refused (Error naming the other's process). An exclusive
   // joiner leaves next_taker naming nobody: it never writes it.
   void admit_consumer(std::uint32_t g, std::string_view group, bool exclusive);
+  // The owner of consumer slot C is dead or gone: decides its take in progress (take_from),
+  // confirmed if its cursor CAS took the run, 0 if not. Before resolve_tentative().
+  void resolve_run(std::uint32_t c) noexcept;
   // Consumer slot C's entry K is tentative (kTentativeBit) and its owner is dead or gone: keeps it
-  // as held (bit cleared) if the owner's cursor CAS took the record, drops it otherwise.
+  // as held (bit cleared) if the owner's take got the record (its run, or for an exclusive
+  // consumer the cursor alone, says so), drops it otherwise.
   void resolve_tentative(std::uint32_t c, std::uint32_t k) noexcept;
   // A consumer about to take a record from G's cursor, which it read as NEXT (first) and
-  // TAKER (then): the previous taker's entry, if still tentative, is confirmed (its take moved the
+  // TAKER (then): the previous taker's run, if still undecided, is confirmed (its take moved the
   // cursor to NEXT), since the CAS that follows overwrites the only record of that take.
   void confirm_taker(std::uint64_t next, std::uint64_t taker) noexcept;
 

@@ -41,12 +41,51 @@ struct ConsumerState {
   std::uint64_t pending_since = 0;
   std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
   std::uint64_t bad_given_back = ~0ull;       // a give-back entry take_given_back() dropped as no message
+  // The order in which this consumer got each held message (its `delivered` count then), for
+  // ack_up_to().
+  std::uint64_t taken_as[kMaxInFlight] = {};
+  // A run of committed records read from the cursor, to be taken with one cursor move: each
+  // record's header fields are loaded (and checked) once, before the take, and used after it.
+  struct RunRecord {
+    std::uint64_t pos;
+    ring::ReadResult r;
+    ring::RecordFields f;
+  };
+  static constexpr std::uint32_t kMaxRun = 64;  // records one take moves the cursor past at most
+  RunRecord run[kMaxRun];
 
   std::unique_ptr<Channel> dlq;               // NAME.dlq, opened at the first dead letter
 
   std::uint64_t holder_id() const noexcept { return reinterpret_cast<std::uintptr_t>(this); }
-  // The message at POS, now held in entry K with DELIVERIES deliveries; R is what read() found.
+  // M becomes the message at POS, now held in entry K (the top of the free stack) with DELIVERIES
+  // deliveries; R is what read() found, F its fields (load_record()). The caller stores
+  // slot->delivered.
+  void make(Message& m, std::uint64_t pos, const ring::ReadResult& r, const ring::RecordFields& f, std::uint32_t k,
+            std::uint32_t deliveries) noexcept;
+  // make() with the fields loaded now; a record that breaks the layout is let go and thrown.
   Message hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries);
+  // Reads the committed records from the cursor POS on, whose first R is a Record: up to MAX of
+  // them (stopping before one whose fields do not load, and at anything not committed), into
+  // run[]; returns how many (at least one), and the position after the last in END (past any
+  // padding after it). A first record whose fields do not load is a run of one, first_bad.
+  std::uint32_t read_run(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t max, std::uint64_t& end) noexcept;
+  bool first_bad = false;
+  // Takes the run of N records read_run() found, moving the cursor from run[0].pos to END in the
+  // entries at the top of the free stack; false when another consumer of the group took it first.
+  bool take_run(std::uint32_t n, std::uint64_t end, std::uint64_t taker) noexcept;
+  // The same for the group's exclusive consumer: plain stores, nobody else takes.
+  void take_run_exclusive(std::uint32_t n, std::uint64_t end) noexcept;
+  // The messages of the run of N just taken, into OUT (hold() throws for a first_bad record).
+  void deliver_run(std::uint32_t n, Message* out);
+  // Entry K's ack: NotHeld if this consumer does not hold POS there (any more).
+  Status ack_entry(std::uint32_t k, std::uint64_t pos) noexcept;
+  void wake_producers() noexcept {
+    ring::RingHeader& h = ring->header();
+    if (h.space_waiters.load(std::memory_order_relaxed) != 0) {
+      h.space_seq.fetch_add(1, std::memory_order_release);
+      futex_wake_all(h.space_seq);
+    }
+  }
   // Takes the lowest eligible message of the group's give-back list into entry K; ~0 if none.
   std::uint64_t take_given_back(std::uint32_t k) noexcept;
   // Copies a message delivered max_deliveries times to NAME.dlq (the caller then acks it here).
@@ -138,22 +177,12 @@ bool ConsumerState::wait(std::uint64_t pos, ring::ReadResult::Kind kind, std::ui
   return false;
 }
 
-Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries) {
+[[gnu::always_inline]] inline void ConsumerState::make(Message& m, std::uint64_t pos, const ring::ReadResult& r,
+                                                      const ring::RecordFields& f, std::uint32_t k, std::uint32_t deliveries) noexcept {
   --free_top;
   held[k] = pos + 1;
-  slot->delivered.store(++delivered, std::memory_order_relaxed);  // our own line: no locked op
-  ring::RecordFields f;
-  if (const char* why = ring::RecordRing::load_record(r, f)) {
-    // The caller never gets this message: let go of the entry before reporting the record.
-    slot->in_flight[k].store(0, std::memory_order_release);
-    let_go(k);
-    last = Status::Corrupt;
-    throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
-                "shmq channel '" + ch->name + "', group '" + group_name + "': corrupt record at position " +
-                    std::to_string(pos) + ": " + why);
-  }
+  taken_as[k] = ++delivered;
   const auto* body = reinterpret_cast<const std::byte*>(r.header) + ring::kHeaderBytes;
-  Message m;
   m.id_ = InnerId{f.producer, f.seq};
   m.key_ = std::string_view(reinterpret_cast<const char*>(body), f.key_len);
   m.payload_ = std::span<const std::byte>(body + f.key_len, f.payload_len);
@@ -162,8 +191,117 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
   m.deliveries_ = deliveries;
   m.slot_ = k;
   m.holder_ = holder_id();
+}
+
+Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t k, std::uint32_t deliveries) {
+  ring::RecordFields f;
+  if (const char* why = ring::RecordRing::load_record(r, f)) {
+    // The caller never gets this message: let go of the entry before reporting the record.
+    slot->in_flight[k].store(0, std::memory_order_release);
+    slot->delivered_at[k].store(0, std::memory_order_relaxed);
+    last = Status::Corrupt;
+    throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
+                "shmq channel '" + ch->name + "', group '" + group_name + "': corrupt record at position " +
+                    std::to_string(pos) + ": " + why);
+  }
+  Message m;
+  make(m, pos, r, f, k, deliveries);
+  slot->delivered.store(delivered, std::memory_order_relaxed);  // our own line: no locked op
   last = Status::Ok;
   return m;
+}
+
+[[gnu::always_inline]] inline std::uint32_t ConsumerState::read_run(std::uint64_t pos, const ring::ReadResult& r, std::uint32_t max,
+                                      std::uint64_t& end) noexcept {
+  max = std::min({max, kMaxRun, free_top});
+  std::uint32_t n = 0;
+  first_bad = false;
+  run[0].r = r;
+  // Each step moves past one record or padding: bounded by MAX records and as many paddings.
+  for (std::uint32_t steps = 0; n < max && steps < 2 * kMaxRun; ++steps) {
+    RunRecord& e = run[n];  // e.r: what is at POS
+    if (e.r.kind == ring::ReadResult::Padding) {
+      pos = e.r.next;
+    } else if (e.r.kind == ring::ReadResult::Record) {
+      const bool loads = ring::RecordRing::load_record(e.r, e.f) == nullptr;
+      if (!loads && n > 0) break;
+      e.pos = pos;
+      ++n;
+      pos = e.r.next;
+      if (!loads) {
+        first_bad = true;  // taken alone, so that hold() reports it and the group moves on
+        end = pos;
+        break;
+      }
+    } else {
+      break;  // not committed yet, or not a record to hand out in a run (the next poll says what)
+    }
+    end = pos;
+    if (n < max) run[n].r = ring->read(pos);
+  }
+  return n;
+}
+
+[[gnu::always_inline]] inline bool ConsumerState::take_run(std::uint32_t n, std::uint64_t end, std::uint64_t taker) noexcept {
+  const std::uint64_t from = run[0].pos;
+  const std::uint32_t k0 = free_stack[free_top - 1];
+  // The run first (what decides its entries if we die), then its entries, tentative, then taken
+  // with one CAS: a reclaim that sees the new cursor sees the entries (which gate) too; a reaper
+  // that finds them tentative asks the run, and the run the cursor, whether we took them
+  // (ChannelState::resolve_run()).
+  slot->take_entry.store(k0, std::memory_order_relaxed);
+  slot->take_from.store((from + 1) | kTentativeBit, std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint32_t k = free_stack[free_top - 1 - i];
+    // The delivery count and time before the entry: whoever copies the entry copies them.
+    slot->deliveries[k].store(1, std::memory_order_relaxed);
+    stamp(k);
+    slot->in_flight[k].store((run[i].pos + 1) | kTentativeBit, i == 0 ? std::memory_order_seq_cst : std::memory_order_relaxed);
+  }
+  SHMQ_CRASH_POINT("poll.after_in_flight_store");
+  // Full barrier: publishes the run and the entries above to a reclaim or reaper that reads the cursor.
+  if (!cas_cursor(*group, from, taker, end, cursor_taker(generation, index, k0))) {
+    for (std::uint32_t i = 0; i < n; ++i) slot->in_flight[free_stack[free_top - 1 - i]].store(0, std::memory_order_release);
+    slot->take_from.store(0, std::memory_order_release);
+    return false;  // another consumer of the group took it
+  }
+  SHMQ_CRASH_POINT("poll.after_cursor_cas");
+  for (std::uint32_t i = 0; i < n; ++i) {
+    // release: ours now; pairs with the acquire loads of gate() and of reapers.
+    slot->in_flight[free_stack[free_top - 1 - i]].store(run[i].pos + 1, std::memory_order_release);
+    if (i == 0 && n > 1) SHMQ_CRASH_POINT("poll.run.after_first_held");
+  }
+  slot->take_from.store(0, std::memory_order_release);  // decided: every entry says it
+  return true;
+}
+
+[[gnu::always_inline]] inline void ConsumerState::take_run_exclusive(std::uint32_t n, std::uint64_t end) noexcept {
+  // The group's only consumer (admit_consumer() keeps it so): nobody else moves the cursor, so
+  // plain stores take the run. Tentative, then the cursor (release: a gate or checkpoint that
+  // sees the cursor past a record sees its entry), then held. A reaper of ours decides each
+  // tentative entry by the cursor alone (resolve_tentative()).
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint32_t k = free_stack[free_top - 1 - i];
+    slot->deliveries[k].store(1, std::memory_order_relaxed);
+    stamp(k);
+    slot->in_flight[k].store((run[i].pos + 1) | kTentativeBit, std::memory_order_relaxed);
+  }
+  SHMQ_CRASH_POINT("poll.exclusive.after_in_flight_store");
+  group->next.store(end, std::memory_order_release);
+  SHMQ_CRASH_POINT("poll.exclusive.after_cursor_store");
+  for (std::uint32_t i = 0; i < n; ++i) {
+    slot->in_flight[free_stack[free_top - 1 - i]].store(run[i].pos + 1, std::memory_order_release);
+    if (i == 0 && n > 1) SHMQ_CRASH_POINT("poll.run.after_first_held");
+  }
+}
+
+[[gnu::always_inline]] inline void ConsumerState::deliver_run(std::uint32_t n, Message* out) {
+  if (first_bad) {
+    out[0] = hold(run[0].pos, run[0].r, free_stack[free_top - 1], 1);  // throws, unless it loads now
+    return;
+  }
+  for (std::uint32_t i = 0; i < n; ++i) make(out[i], run[i].pos, run[i].r, run[i].f, free_stack[free_top - 1], 1);
+  slot->delivered.store(delivered, std::memory_order_relaxed);  // our own line: no locked op
 }
 
 std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
@@ -305,6 +443,8 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
     slot.group_generation.store(s.groups[g].generation.load(std::memory_order_relaxed), std::memory_order_relaxed);
     slot.max_in_flight = options.max_in_flight;
     slot.exclusive.store(options.exclusive ? 1 : 0, std::memory_order_relaxed);
+    slot.take_from.store(0, std::memory_order_relaxed);
+    slot.take_entry.store(0, std::memory_order_relaxed);
     slot.visibility_timeout_ns = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
     for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);
@@ -342,23 +482,29 @@ Consumer::~Consumer() {
   c.ch->wake_consumers();
 }
 
-std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
-  if (!state_) return std::nullopt;
-  detail::ConsumerState& c = *state_;
+namespace {
+
+// poll() (ONE: OUT holds one message) and poll_batch(): one body, which the compiler specialises
+// for the single message (its runs of one record cost no loops).
+template <bool kOne>
+std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> out, std::chrono::nanoseconds timeout) {
   if ((++c.polls & 1023) == 0) c.ch->reap_dead_consumers();  // busy consumers look too (rate-limited)
   if (c.free_top == 0) c.reclaim_away();
   if (c.free_top == 0) {
     c.last = Status::WouldBlock;
-    return std::nullopt;
+    return 0;
   }
+  std::size_t n = 0;             // messages in OUT so far
   std::uint64_t deadline = 0;  // read the clock only once there is something to wait for
   unsigned spins = 0;
   for (;;) {
     if (c.group->state.load(std::memory_order_relaxed) != detail::kActive ||
         c.group->generation.load(std::memory_order_relaxed) != c.generation) {  // removed (and maybe reused)
+      if (n) break;
       c.last = Status::Closed;
-      return std::nullopt;
+      return 0;
     }
+    if (n == out.size() || c.free_top == 0) break;
     if (c.group->given_back.load(std::memory_order_relaxed) != 0) {  // redeliveries go before newer messages
       const std::uint32_t k = c.free_stack[c.free_top - 1];
       const std::uint64_t pos = c.take_given_back(k);
@@ -369,6 +515,7 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
           (void)c.ch->move_held(c.index, k, pos + 1, 0);
           c.slot->in_flight[k].store(0, std::memory_order_release);
         }
+        if (n) break;  // what OUT holds is delivered; the next poll reports the entry (it is gone by then)
         c.last = Status::Corrupt;
         throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
                     "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a give-back entry names position " +
@@ -379,21 +526,33 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
         if (r.kind != ring::ReadResult::Record) {
           // Not handed out, and it must not gate the ring: let go of the entry first.
           c.slot->in_flight[k].store(0, std::memory_order_release);
+          if (n) break;
           c.last = Status::Corrupt;
           throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
                       "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a message given back at position " +
                           std::to_string(pos) + " is no longer a record");
         }
+        ring::RecordFields f;
+        if (n && ring::RecordRing::load_record(r, f)) {
+          // Corrupt: back to the list untouched, for the next poll to report (OUT is delivered).
+          c.slot->deliveries[k].store(c.slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+          (void)c.ch->move_held(c.index, k, pos + 1, 0);
+          c.slot->in_flight[k].store(0, std::memory_order_release);
+          break;
+        }
         Message m = c.hold(pos, r, k, c.slot->deliveries[k].load(std::memory_order_relaxed));
-        if (m.deliveries() <= c.ch->options.max_deliveries) return m;
+        if (m.deliveries() <= c.ch->options.max_deliveries) {
+          out[n++] = m;
+          continue;
+        }
         // Delivered max_deliveries times already: out of the line. If NAME.dlq is full (nobody
         // reads it), it waits here a second and is tried again; the line keeps moving meanwhile.
         if (c.dead_letter(m)) {
-          ack(m);
+          self.ack(m);
         } else {
           // If even the give-back list is full, it stays held here (gating, never lost) and goes
           // back to the group when this consumer leaves.
-          (void)nack(m, std::chrono::seconds(1));
+          (void)self.nack(m, std::chrono::seconds(1));
         }
         continue;
       }
@@ -401,107 +560,125 @@ std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
     // acquire: pairs with the cursor CAS of another consumer of the group (cas_cursor()).
     std::uint64_t pos = c.group->next.load(std::memory_order_acquire);
     const ring::ReadResult r = c.ring->read(pos);
-    if (c.options.exclusive && (r.kind == ring::ReadResult::Record || r.kind == ring::ReadResult::Padding)) {
-      // The group's only consumer (admit_consumer() keeps it so): nobody else moves the cursor,
-      // so plain stores take the record. Tentative, then the cursor (release: a gate or checkpoint
-      // that sees the cursor past POS sees the entry), then held. A reaper of ours decides the
-      // tentative entry by the cursor alone (resolve_tentative()).
-      if (r.kind == ring::ReadResult::Padding) {
-        c.group->next.store(r.next, std::memory_order_release);
-        continue;
-      }
-      const std::uint32_t k = c.free_stack[c.free_top - 1];
-      c.slot->deliveries[k].store(1, std::memory_order_relaxed);
-      c.stamp(k);
-      c.slot->in_flight[k].store((pos + 1) | detail::kTentativeBit, std::memory_order_relaxed);
-      SHMQ_CRASH_POINT("poll.exclusive.after_in_flight_store");
-      c.group->next.store(r.next, std::memory_order_release);
-      SHMQ_CRASH_POINT("poll.exclusive.after_cursor_store");
-      c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
-      return c.hold(pos, r, k, 1);
-    }
     switch (r.kind) {
       case ring::ReadResult::Record: {
-        // After the cursor (ChannelState::resolve_tentative() says why the order matters).
-        const std::uint64_t taker = c.group->next_taker.load(std::memory_order_acquire);
-        if (detail::taker_generation(taker) != c.generation) {
-          // The slot went to another group (the top of the loop sees it), or the word is scribbled.
-          if (c.group->generation.load(std::memory_order_relaxed) != c.generation) continue;
-          c.last = Status::Corrupt;
-          return std::nullopt;
+        std::uint64_t end = 0;
+        const std::uint32_t room = kOne ? 1 : static_cast<std::uint32_t>(std::min<std::size_t>(out.size() - n, ~0u));
+        const std::uint32_t got = kOne ? (c.read_run(pos, r, 1, end), 1u) : c.read_run(pos, r, room, end);
+        if (c.first_bad && n) break;  // OUT is delivered; the next poll reports the record
+        if (c.options.exclusive) {
+          c.take_run_exclusive(got, end);
+        } else {
+          // After the cursor (ChannelState::resolve_run() says why the order matters).
+          const std::uint64_t taker = c.group->next_taker.load(std::memory_order_acquire);
+          if (detail::taker_generation(taker) != c.generation) {
+            // The slot went to another group (the top of the loop sees it), or the word is scribbled.
+            if (c.group->generation.load(std::memory_order_relaxed) != c.generation) continue;
+            if (n) break;
+            c.last = Status::Corrupt;
+            return 0;
+          }
+          if (((taker >> 8) & 0xffffff) != c.index + 1) c.ch->confirm_taker(pos, taker);  // our own takes we confirm ourselves
+          if (!c.take_run(got, end, taker)) continue;  // another consumer of the group took it
         }
-        const std::uint32_t k = c.free_stack[c.free_top - 1];
-        const std::uint64_t me = detail::cursor_taker(c.generation, c.index, k);
-        if (((taker >> 8) & 0xffffff) != c.index + 1) c.ch->confirm_taker(pos, taker);  // our own takes we confirm ourselves
-        // The delivery count and time before the entry: whoever copies the entry copies them.
-        c.slot->deliveries[k].store(1, std::memory_order_relaxed);
-        c.stamp(k);
-        // Tentative first, then taken: a reclaim that sees the new cursor sees the entry (which
-        // gates) too; a reaper that finds the entry tentative asks the cursor whether we took it.
-        c.slot->in_flight[k].store((pos + 1) | detail::kTentativeBit, std::memory_order_seq_cst);
-        SHMQ_CRASH_POINT("poll.after_in_flight_store");
-        // Full barrier: publishes the entry above to a reclaim or reaper that reads the cursor.
-        if (!detail::cas_cursor(*c.group, pos, taker, r.next, me)) {
-          c.slot->in_flight[k].store(0, std::memory_order_release);
-          continue;  // another consumer of the group took it
-        }
-        SHMQ_CRASH_POINT("poll.after_cursor_cas");
-        // release: ours now; pairs with the acquire loads of gate() and of reapers (a confirm_taker()
-        // of another consumer may have stored the same value already).
-        c.slot->in_flight[k].store(pos + 1, std::memory_order_release);
-        return c.hold(pos, r, k, 1);
+        c.deliver_run(got, &out[n]);
+        n += got;
+        break;
       }
       case ring::ReadResult::Padding:
-        c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_relaxed);
+        if (c.options.exclusive) c.group->next.store(r.next, std::memory_order_release);
+        else c.group->next.compare_exchange_strong(pos, r.next, std::memory_order_acq_rel, std::memory_order_relaxed);
         continue;
       case ring::ReadResult::Corrupt:
         if (c.group->next.load(std::memory_order_acquire) != pos) continue;  // a cursor that moved on: read it again
+        if (n) break;
         c.last = Status::Corrupt;
         throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
                     "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': corrupt record at position " +
                         std::to_string(pos) + ": " + r.why);
       case ring::ReadResult::Empty:
       case ring::ReadResult::Pending:
+        if (n) break;
         // poll(0) in a loop: look for a dead claim now and then (it reads the producers' tail line).
         if (timeout.count() <= 0 && (r.kind == ring::ReadResult::Pending || ((c.polls & 63) == 0 && c.ring->claimed(pos))))
           c.pending(pos);
         if (timeout.count() > 0 && deadline == 0) deadline = detail::now_ns() + static_cast<std::uint64_t>(timeout.count());
         if (timeout.count() <= 0 || !c.wait(pos, r.kind, deadline, spins)) {
           c.last = Status::Timeout;
-          return std::nullopt;
+          return 0;
         }
         continue;
     }
+    break;  // a run taken (or a stop after messages in OUT): delivered
   }
+  c.last = Status::Ok;
+  return n;
+}
+
+}  // namespace
+
+std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
+  if (!state_) return std::nullopt;
+  std::optional<Message> m(std::in_place);
+  if (take<true>(*this, *state_, std::span<Message>(&*m, 1), timeout) == 0) m.reset();
+  return m;
+}
+
+std::size_t Consumer::poll_batch(std::span<Message> out, std::chrono::nanoseconds timeout) {
+  if (!state_ || out.empty()) return 0;
+  return take<false>(*this, *state_, out, timeout);
+}
+
+[[gnu::always_inline]] inline Status detail::ConsumerState::ack_entry(std::uint32_t k, std::uint64_t pos) noexcept {
+  if (k >= options.max_in_flight || held[k] != pos + 1) return Status::NotHeld;
+  std::uint64_t expected = pos + 1;
+  SHMQ_CRASH_POINT("ack.before_clear");
+  if (options.visibility_timeout.count() == 0) {
+    // Nobody else moves what a live consumer without a visibility timeout holds (reapers take
+    // only a dead one's, and its own nack runs on this thread): a plain store, no locked op.
+    // release: this consumer's reads of the message happen before a reclaim that sees the entry
+    // empty (acquire in gate()).
+    slot->in_flight[k].store(0, std::memory_order_release);
+  } else if (!slot->in_flight[k].compare_exchange_strong(expected, 0, std::memory_order_acq_rel, std::memory_order_relaxed)) {
+    // release, as above. A CAS, not a store: a message being moved away past its visibility
+    // timeout carries kMovingBit, and then the ack loses.
+    held[k] = kAway;
+    return Status::NotHeld;
+  }
+  let_go(k);
+  return Status::Ok;
 }
 
 Status Consumer::ack(const Message& m) {
   if (!state_) return Status::Closed;
   detail::ConsumerState& c = *state_;
-  if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight || c.held[m.slot_] != m.position_ + 1)
-    return Status::NotHeld;
-  std::uint64_t expected = m.position_ + 1;
-  SHMQ_CRASH_POINT("ack.before_clear");
-  if (c.options.visibility_timeout.count() == 0) {
-    // Nobody else moves what a live consumer without a visibility timeout holds (reapers take
-    // only a dead one's, and its own nack runs on this thread): a plain store, no locked op.
-    // release: this consumer's reads of the message happen before a reclaim that sees the entry
-    // empty (acquire in gate()).
-    c.slot->in_flight[m.slot_].store(0, std::memory_order_release);
-  } else if (!c.slot->in_flight[m.slot_].compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
-                                                                 std::memory_order_relaxed)) {
-    // release, as above. A CAS, not a store: a message being moved away past its visibility
-    // timeout carries kMovingBit, and then the ack loses.
-    c.held[m.slot_] = detail::ConsumerState::kAway;
-    return Status::NotHeld;
+  if (m.holder_ != c.holder_id()) return Status::NotHeld;
+  const Status st = c.ack_entry(m.slot_, m.position_);
+  if (st == Status::Ok) c.wake_producers();
+  return st;
+}
+
+std::size_t Consumer::ack(std::span<const Message> batch) {
+  if (!state_) return 0;
+  detail::ConsumerState& c = *state_;
+  std::size_t acked = 0;
+  for (const Message& m : batch) acked += m.holder_ == c.holder_id() && c.ack_entry(m.slot_, m.position_) == Status::Ok;
+  if (acked) c.wake_producers();
+  return acked;
+}
+
+std::size_t Consumer::ack_up_to(const Message& m) {
+  if (!state_) return 0;
+  detail::ConsumerState& c = *state_;
+  if (m.holder_ != c.holder_id() || m.slot_ >= c.options.max_in_flight || c.held[m.slot_] != m.position_ + 1) return 0;
+  const std::uint64_t upto = c.taken_as[m.slot_];
+  std::size_t acked = 0;
+  for (std::uint32_t k = 0; k < c.options.max_in_flight; ++k) {
+    const std::uint64_t h = c.held[k];
+    if (h != 0 && h != detail::ConsumerState::kAway && c.taken_as[k] <= upto) acked += c.ack_entry(k, h - 1) == Status::Ok;
   }
-  c.let_go(m.slot_);
-  ring::RingHeader& h = c.ring->header();
-  if (h.space_waiters.load(std::memory_order_relaxed) != 0) {
-    h.space_seq.fetch_add(1, std::memory_order_release);
-    detail::futex_wake_all(h.space_seq);
-  }
-  return Status::Ok;
+  if (acked) c.wake_producers();
+  return acked;
 }
 
 Status Consumer::nack(const Message& m, std::chrono::nanoseconds delay) {

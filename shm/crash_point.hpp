@@ -28,6 +28,7 @@ inline constexpr std::string_view kCrashPoints[] = {
     "poll.after_cursor_cas",       // cursor advanced past the record, deliveries not stored
     "poll.exclusive.after_in_flight_store",  // an exclusive consumer's entry is tentative, the cursor not yet stored
     "poll.exclusive.after_cursor_store",     // an exclusive consumer's cursor stored past the record, entry still tentative
+    "poll.run.after_first_held",       // a run of records taken (cursor moved), the first entry held, the others still tentative
     "poll.take_given_back.after_hold",    // entry holds a given-back message, list entry not cleared
     "poll.take_given_back.after_clear",   // list entry cleared, count not lowered
     // Consumer::ack / nack, reaping (shm/consumer.cpp, shm/channel.cpp)

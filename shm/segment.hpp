@@ -54,7 +54,7 @@
 namespace shmq::detail {
 
 inline constexpr char kMagicBytes[8] = {'S', 'H', 'M', 'Q', 'S', 'E', 'G', '1'};
-inline constexpr std::uint32_t kLayoutVersion = 5;  // 5: exclusive producers and consumers (ProducerSlot::exclusive, ConsumerSlot::exclusive); 4: ring v3 (lap-tagged frames, claims marked by CAS before the tail moves, no zeroing); 3: group cursor taker, give-back step, consumer group generation
+inline constexpr std::uint32_t kLayoutVersion = 6;  // 6: run takes (ConsumerSlot::take_from, take_entry); 5: exclusive producers and consumers (ProducerSlot::exclusive, ConsumerSlot::exclusive); 4: ring v3 (lap-tagged frames, claims marked by CAS before the tail moves, no zeroing); 3: group cursor taker, give-back step, consumer group generation
 inline constexpr std::uint32_t kInitializing = 0x494e4954;  // "INIT"
 inline constexpr std::uint32_t kReady = 0x52454459;         // "REDY"
 inline constexpr std::size_t kMaxChannelName = 200;
@@ -203,6 +203,14 @@ struct alignas(64) ConsumerSlot {
   std::atomic<std::uint32_t> exclusive;
   std::atomic<std::uint64_t> visibility_timeout_ns;  // 0: a live consumer keeps what it holds
   alignas(64) std::atomic<std::uint64_t> delivered;  // deliveries to this consumer (the owner's line)
+  // The shared consumer's take in progress: a run of records from P1 taken with one cursor CAS
+  // whose taker word names (this slot, take_entry), take_entry being the in-flight entry of P1.
+  // take_from is (P1 + 1) | kTentativeBit from before the run's tentative entries until the
+  // owner knows the outcome, (P1 + 1) once a confirmer (confirm_taker()) or a reaper
+  // (resolve_run()) found it taken, 0 when no take is in progress. Every tentative entry of the
+  // slot belongs to that run, and is decided by it (resolve_tentative() in channel.cpp).
+  std::atomic<std::uint64_t> take_from;
+  std::atomic<std::uint32_t> take_entry;
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
   alignas(64) std::atomic<std::uint64_t> in_flight[kMaxInFlight];
   std::atomic<std::uint32_t> deliveries[kMaxInFlight];  // of each held message, this one included

@@ -30,7 +30,8 @@ constexpr std::uint64_t kMessages = 8;
 
 // What a victim tells the parent, in the order it happened.
 struct Report {
-  enum Kind : std::uint32_t { Got = 1, Acked = 2, Nacked = 3 } kind;
+  // Acking: about to ack it in a batch ack (which may die half-way).
+  enum Kind : std::uint32_t { Got = 1, Acked = 2, Nacked = 3, Acking = 4 } kind;
   std::uint32_t deliveries;
   std::uint64_t seq;
 };
@@ -40,11 +41,20 @@ struct Case {
   unsigned hit;
   bool exclusive = false;           // the victim is the group's exclusive consumer
   bool survivor_exclusive = false;  // and so is the survivor
+  // The victim takes with poll_batch() of this many (0: poll()) and acks each batch with ack()
+  // of the batch or ack_up_to() of its last message, in turn (no nacks: each run's messages are
+  // then the next ones of the cursor, in order).
+  unsigned batch = 0;
+  // The survivor takes from the cursor before any reaper runs: its take confirms the dead
+  // victim's last take (confirm_taker()), which the reaper then finds decided.
+  bool survivor_takes_first = false;
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   std::string n = std::string(info.param.point) + "_" + std::to_string(info.param.hit) +
-                  (info.param.exclusive ? "_exclusive" : "") + (info.param.survivor_exclusive ? "_then_exclusive" : "");
+                  (info.param.exclusive ? "_exclusive" : "") + (info.param.survivor_exclusive ? "_then_exclusive" : "") +
+                  (info.param.batch ? "_batch" + std::to_string(info.param.batch) : "") +
+                  (info.param.survivor_takes_first ? "_survivor_takes_first" : "");
   for (char& ch : n)
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
@@ -54,13 +64,26 @@ class ConsumerCrash : public ChannelTest, public ::testing::WithParamInterface<C
 
 // The victim's script: poll with a deadline; ack, except that every other first delivery is nacked
 // (and so comes back through the give-back list). Reports every step through OUT.
-int run_victim(const std::string& name, const Pipe& out, bool reap_first, bool exclusive) {
+int run_victim(const std::string& name, const Pipe& out, bool reap_first, bool exclusive, unsigned batch) {
   Channel ch = Channel::open(name, memory_options());
   if (reap_first) ch.state().reap_dead_consumers(true);
   ConsumerOptions o;
   o.max_in_flight = 4;
   o.exclusive = exclusive;
   Consumer c(ch, "g", o);
+  if (batch) {
+    std::vector<Message> got(batch);
+    for (int i = 0; i < 64; ++i) {
+      const std::size_t n = c.poll_batch(got, 200ms);
+      if (n == 0) break;
+      for (std::size_t j = 0; j < n; ++j) CHILD_CHECK(out.send(Report{Report::Got, got[j].deliveries(), got[j].id().seq}));
+      for (std::size_t j = 0; j < n; ++j) CHILD_CHECK(out.send(Report{Report::Acking, got[j].deliveries(), got[j].id().seq}));
+      const std::size_t acked = i % 2 ? c.ack_up_to(got[n - 1]) : c.ack(std::span<const Message>(got.data(), n));
+      CHILD_CHECK(acked == n);
+      for (std::size_t j = 0; j < n; ++j) CHILD_CHECK(out.send(Report{Report::Acked, got[j].deliveries(), got[j].id().seq}));
+    }
+    return kChildOk;
+  }
   unsigned firsts = 0;
   for (int i = 0; i < 64; ++i) {
     auto m = c.poll(200ms);
@@ -109,7 +132,7 @@ TEST_P(ConsumerCrash, SurvivorsSeeEveryMessageAckedOnceAndNeverHeldTwice) {
   const pid_t victim = fork_child([&] {
     pipe.close_read();
     detail::arm_crash_point(point, tc.hit);
-    return run_victim(name, pipe, reaper, tc.exclusive);
+    return run_victim(name, pipe, reaper, tc.exclusive, tc.batch);
   });
   const ChildResult r = wait_child(victim, 30s);
   pipe.close_write();
@@ -117,17 +140,20 @@ TEST_P(ConsumerCrash, SurvivorsSeeEveryMessageAckedOnceAndNeverHeldTwice) {
 
   // What the dead processes did, as they reported it.
   std::map<std::uint64_t, unsigned> gots;  // deliveries made to the dead processes
-  std::set<std::uint64_t> acked, nacked_pending;
+  std::set<std::uint64_t> acked, nacked_pending, acking;
   std::uint64_t last_got = 0;
   Report rep{};
   while (pipe.receive(rep, 2s)) {
-    if (rep.kind == Report::Got) {
+    if (rep.kind == Report::Acking) {
+      acking.insert(rep.seq);
+    } else if (rep.kind == Report::Got) {
       ++gots[rep.seq];
       EXPECT_EQ(rep.deliveries, gots[rep.seq]) << "the dead consumer was told a wrong delivery count for m" << rep.seq;
       nacked_pending.erase(rep.seq);
       last_got = rep.seq;
     } else if (rep.kind == Report::Acked) {
       EXPECT_TRUE(acked.insert(rep.seq).second);
+      acking.erase(rep.seq);
     } else {
       nacked_pending.insert(rep.seq);
     }
@@ -135,37 +161,50 @@ TEST_P(ConsumerCrash, SurvivorsSeeEveryMessageAckedOnceAndNeverHeldTwice) {
   // A message the victim had taken at its death without telling anyone counts as delivered: at
   // poll.after_cursor_cas the next message of the cursor, inside take_given_back the message it
   // was taking again (the only nacked one not polled again: the script nacks one at a time).
-  std::uint64_t taken_unreported = 0;
-  if (point == "poll.after_cursor_cas" || point == "poll.exclusive.after_cursor_store") {
-    for (std::uint64_t s = 1; s <= kMessages && taken_unreported == 0; ++s)
-      if (!gots.count(s)) taken_unreported = s;
+  // A batch victim's run: the next ones of the cursor, as many as the batch (or what is left).
+  std::set<std::uint64_t> taken_unreported;
+  if (point == "poll.after_cursor_cas" || point == "poll.exclusive.after_cursor_store" || point == "poll.run.after_first_held") {
+    for (std::uint64_t s = 1; s <= kMessages && taken_unreported.size() < std::max(tc.batch, 1u); ++s)
+      if (!gots.count(s)) taken_unreported.insert(s);
   } else if (point.rfind("poll.take_given_back.", 0) == 0) {
     ASSERT_EQ(nacked_pending.size(), 1u);
-    taken_unreported = *nacked_pending.begin();
+    taken_unreported.insert(*nacked_pending.begin());
   }
   (void)last_got;
 
   // The survivor: reaps, then takes everything it can, holding it all.
   Channel ch = Channel::open(name, memory_options());
-  ch.state().reap_dead_consumers(true);
   ConsumerOptions o;
   o.max_in_flight = 256;
   o.exclusive = tc.survivor_exclusive;
   Consumer s(ch, "g", o);
   std::map<std::uint64_t, Message> held;
-  auto drain = [&] {
-    while (auto m = s.poll(100ms)) {
-      const std::uint64_t seq = m->id().seq;
-      EXPECT_FALSE(held.count(seq)) << point << ":" << tc.hit << ": m" << seq << " handed out twice while held";
-      EXPECT_FALSE(acked.count(seq)) << point << ":" << tc.hit << ": m" << seq << " delivered again after it was acked";
-      const unsigned expect = (gots.count(seq) ? gots[seq] : 0) + (seq == taken_unreported ? 1 : 0) + 1;
-      EXPECT_EQ(m->deliveries(), expect) << point << ":" << tc.hit << ": deliveries of m" << seq;
-      held.emplace(seq, *m);
-    }
+  auto take = [&](const Message& m) {
+    const std::uint64_t seq = m.id().seq;
+    EXPECT_FALSE(held.count(seq)) << point << ":" << tc.hit << ": m" << seq << " handed out twice while held";
+    EXPECT_FALSE(acked.count(seq)) << point << ":" << tc.hit << ": m" << seq << " delivered again after it was acked";
+    const unsigned expect = (gots.count(seq) ? gots[seq] : 0) + (taken_unreported.count(seq) ? 1 : 0) + 1;
+    EXPECT_EQ(m.deliveries(), expect) << point << ":" << tc.hit << ": deliveries of m" << seq;
+    held.emplace(seq, m);
   };
+  auto drain = [&] {
+    while (auto m = s.poll(100ms)) take(*m);
+  };
+  if (tc.survivor_takes_first) {
+    // No reaper yet (poll(0) never reaps before its 1024th call): the survivor's take of the
+    // cursor's next message, if any, is the one that confirms the dead victim's take.
+    Message first[2];
+    for (std::size_t n; (n = s.poll_batch(first, 0ns)) != 0;)
+      for (std::size_t j = 0; j < n; ++j) take(first[j]);
+  } else {
+    ch.state().reap_dead_consumers(true);
+  }
   drain();
   ch.state().reap_dead_consumers(true);  // a second look finds nothing more to give back
   drain();
+  // A batch ack that died half-way acked some of what it was acking (in entry order).
+  for (std::uint64_t seq : acking)
+    if (!held.count(seq)) acked.insert(seq);
   for (std::uint64_t seq = 1; seq <= kMessages; ++seq)
     EXPECT_TRUE(acked.count(seq) + held.count(seq) == 1)
         << point << ":" << tc.hit << ": m" << seq << " acked " << acked.count(seq) << " time(s) by the victim, held "
@@ -201,6 +240,24 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"poll.take_given_back.after_hold", 1, true}, Case{"poll.take_given_back.after_clear", 2, true, true},
                       Case{"ack.before_clear", 3, true}, Case{"move_held.after_moving_bit", 1, true, true},
                       Case{"move_held.after_push", 2, true}),
+    case_name);
+
+// Batches: the victim takes runs of up to 3 records with one cursor move (its 1st, 2nd or 3rd
+// run: messages 1-3, 4-6, 7-8) and acks them as a batch. With survivor_takes_first, the
+// survivor's take confirms the dead victim's run before any reaper sees it: the run's later
+// entries must follow its first (the run's take_from, not the first entry, carries it).
+INSTANTIATE_TEST_SUITE_P(
+    Batch, ConsumerCrash,
+    ::testing::Values(Case{"poll.after_in_flight_store", 1, false, false, 3}, Case{"poll.after_in_flight_store", 2, false, false, 3},
+                      Case{"poll.after_cursor_cas", 1, false, false, 3}, Case{"poll.after_cursor_cas", 3, false, false, 3},
+                      Case{"poll.after_cursor_cas", 1, false, false, 3, true}, Case{"poll.after_cursor_cas", 2, false, true, 3, true},
+                      Case{"poll.run.after_first_held", 1, false, false, 3}, Case{"poll.run.after_first_held", 2, false, false, 3, true},
+                      Case{"poll.run.after_first_held", 1, false, true, 3}, Case{"poll.after_in_flight_store", 2, false, false, 3, true},
+                      Case{"poll.exclusive.after_in_flight_store", 2, true, false, 3},
+                      Case{"poll.exclusive.after_cursor_store", 1, true, false, 3},
+                      Case{"poll.exclusive.after_cursor_store", 3, true, true, 3},
+                      Case{"poll.run.after_first_held", 2, true, false, 3}, Case{"poll.run.after_first_held", 1, true, true, 3},
+                      Case{"ack.before_clear", 2, false, false, 3}, Case{"ack.before_clear", 5, true, false, 3}),
     case_name);
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include "shm/crash_point.hpp"
 #include "support.hpp"
 
+#include <array>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -135,19 +136,30 @@ void publish_range(Producer& p, const EventLog& log, int from, int to) {
 }
 
 // Consumes until nothing arrives for IDLE: acks each message (poison: nacks it; a multiple of 7:
-// nacks its first delivery), logging around every ack.
+// nacks its first delivery), logging around every ack. Every other take is a poll_batch() of up
+// to 3 (a run of records taken with one cursor move).
 void consume(Consumer& c, const EventLog& log, std::chrono::milliseconds idle, int polls = 10 * kMessages) {
+  std::array<Message, 3> batch;
   for (int guard = 0; guard < polls; ++guard) {
-    std::optional<Message> m = c.poll(idle);
-    if (!m) return;
-    const int seq = seq_of(m->text());
-    log.add("got", seq);
-    if (seq == kPoison || (seq % 7 == 0 && m->deliveries() == 1)) {
-      (void)c.nack(*m);
-      continue;
+    std::size_t n = 0;
+    if (guard % 2) {
+      n = c.poll_batch(batch, idle);
+    } else if (std::optional<Message> m = c.poll(idle)) {
+      batch[0] = *m;
+      n = 1;
     }
-    log.add("acking", seq);
-    if (c.ack(*m) == Status::Ok) log.add("acked", seq);
+    if (n == 0) return;
+    for (std::size_t i = 0; i < n; ++i) {
+      const Message& m = batch[i];
+      const int seq = seq_of(m.text());
+      log.add("got", seq);
+      if (seq == kPoison || (seq % 7 == 0 && m.deliveries() == 1)) {
+        (void)c.nack(m);
+        continue;
+      }
+      log.add("acking", seq);
+      if (c.ack(m) == Status::Ok) log.add("acked", seq);
+    }
   }
 }
 

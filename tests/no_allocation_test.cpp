@@ -234,5 +234,30 @@ TEST_F(NoAllocation, ClaimCommitAndEmptyPollsDoNotAllocate) {
   EXPECT_EQ(armed.malloc_calls, 0u) << "malloc/free was called on the hot path";
 }
 
+TEST_F(NoAllocation, BatchPollsAndBatchAcksDoNotAllocate) {
+  const auto name = channel_name();
+  Channel ch = Channel::open(name, memory_options(1 << 20, 64 << 10));
+  Consumer c(ch, "g");
+  Producer p(ch, "p");
+  std::array<Message, 16> got;
+  auto round = [&](int i, int& bad) {
+    for (int j = 0; j < 16; ++j)
+      if (p.publish("batch-message").status != Status::Ok) ++bad;
+    std::size_t n = c.poll_batch(got);
+    if (n != 16) ++bad;
+    if (n && (i % 2 ? c.ack_up_to(got[n - 1]) : c.ack(std::span<const Message>(got.data(), n))) != n) ++bad;
+  };
+  int warm_bad = 0;
+  for (int i = 0; i < 100; ++i) round(i, warm_bad);
+  ASSERT_EQ(warm_bad, 0);
+  int bad = 0;
+  Armed armed;
+  for (int i = 0; i < 2000; ++i) round(i, bad);  // wraps the 1 MiB ring
+  armed.stop();
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(armed.new_calls, 0u) << "operator new was called on the hot path";
+  EXPECT_EQ(armed.malloc_calls, 0u) << "malloc/free was called on the hot path";
+}
+
 }  // namespace
 }  // namespace shmq::test

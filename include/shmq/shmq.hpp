@@ -407,7 +407,19 @@ class Consumer {
   // Returns nullopt on timeout, when max_in_flight messages are held, or when the group was
   // removed (status() says which). Throws Error if the ring holds a record that breaks the layout.
   std::optional<Message> poll(std::chrono::nanoseconds timeout = {});
+  // Up to OUT.size() messages of the group into OUT, in the order poll() would return them:
+  // redeliveries first, then a run of committed records taken with one move of the group's
+  // cursor (one CAS among competing consumers, plain stores for an exclusive one; at most 64 a
+  // move, and no more than max_in_flight less what is held). Waits up to timeout, as poll()
+  // does, for the first message only. Returns how many; 0 as poll() returns nullopt (status()
+  // says why). A record that breaks the layout ends the batch before it; the next call throws.
+  std::size_t poll_batch(std::span<Message> out, std::chrono::nanoseconds timeout = {});
   Status ack(const Message&);
+  // Acks each message of BATCH that this consumer holds; returns how many it acked.
+  std::size_t ack(std::span<const Message> batch);
+  // Acks M and every message this consumer got before M (in the order poll() and poll_batch()
+  // returned them) that it still holds; returns how many it acked, 0 if it does not hold M.
+  std::size_t ack_up_to(const Message& m);
   Status nack(const Message&, std::chrono::nanoseconds delay = {});  // counts toward max_deliveries
   Status status() const noexcept;   // why the last poll returned nullopt (Timeout, WouldBlock, Closed)
   std::uint32_t in_flight() const noexcept;
