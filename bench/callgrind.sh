@@ -66,10 +66,19 @@ pp=$(instructions_in 'cg::publish_poll*' publish_poll)
 ack=$(instructions_in 'cg::ack*' ack)
 xpp=$(instructions_in 'cg::publish_poll*' publish_poll_exclusive --exclusive)
 xack=$(instructions_in 'cg::ack*' ack_exclusive --exclusive)
+# Batches of 16 (poll_batch, ack of the batch); --messages is a multiple of 16 (the driver rounds up).
+bmessages=$(( (messages + 15) / 16 * 16 ))
+bpp=$(instructions_in 'cg::publish_poll_batch*' publish_poll_batch --batch 16)
+back=$(instructions_in 'cg::ack_batch*' ack_batch --batch 16)
+xbpp=$(instructions_in 'cg::publish_poll_batch*' publish_poll_batch_exclusive --batch 16 --exclusive)
+xback=$(instructions_in 'cg::ack_batch*' ack_batch_exclusive --batch 16 --exclusive)
 per_pp=$(per_message "$pp"); per_ack=$(per_message "$ack")
 per_xpp=$(per_message "$xpp"); per_xack=$(per_message "$xack")
+per_bpp=$(messages=$bmessages per_message "$bpp"); per_back=$(messages=$bmessages per_message "$back")
+per_xbpp=$(messages=$bmessages per_message "$xbpp"); per_xback=$(messages=$bmessages per_message "$xback")
 echo "instructions per 64 B publish + poll: $per_pp ($pp Ir over $messages messages); per ack: $per_ack;" \
   "exclusive producer and consumer: $per_xpp and $per_xack;" \
+  "batches of 16 (poll_batch, ack of the batch): $per_bpp and $per_back, exclusive ends $per_xbpp and $per_xback;" \
   "$(valgrind --version), Durability::Memory, Wait::Spin, one thread"
 if [ -n "$summary" ]; then
   printf 'section\tcase\tsystem\tp50_ns\tp99_ns\tp999_ns\tmax_ns\tmsgs_per_s\tmb_per_s\tvs\tgoal\n' >"$summary"
@@ -77,4 +86,8 @@ if [ -n "$summary" ]; then
     "$per_pp" "$per_ack" >>"$summary"
   printf 'instructions (valgrind --tool=callgrind, one thread, Memory)\t64 B publish + poll\tshmq, exclusive ends\t\t\t\t\t\t\t%s instructions per message; ack: %s more\t\n' \
     "$per_xpp" "$per_xack" >>"$summary"
+  printf 'instructions (valgrind --tool=callgrind, one thread, Memory)\t64 B publish + poll_batch of 16\tshmq\t\t\t\t\t\t\t%s instructions per message; ack of the batch: %s more\t\n' \
+    "$per_bpp" "$per_back" >>"$summary"
+  printf 'instructions (valgrind --tool=callgrind, one thread, Memory)\t64 B publish + poll_batch of 16\tshmq, exclusive ends\t\t\t\t\t\t\t%s instructions per message; ack of the batch: %s more\t\n' \
+    "$per_xbpp" "$per_xback" >>"$summary"
 fi

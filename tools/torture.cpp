@@ -433,7 +433,7 @@ int run_consumer(const Config& c, bool dlq_reader) {
   std::optional<shmq::Consumer> cons;
   cons.emplace(join_exclusive([&] { return shmq::Consumer(*ch, dlq_reader ? "dead-letters" : group_name(g), co); }));
   std::mt19937_64 rng(c.seed * 31 + static_cast<std::uint64_t>(c.incarnation));
-  std::vector<shmq::Message> batch;
+  std::vector<shmq::Message> batch, got;
   while (!g_stop) {
     if (dlq_reader && c.dlq_lag_ms > 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long long>(rng() % static_cast<std::uint64_t>(2 * c.dlq_lag_ms + 1))));
@@ -441,10 +441,25 @@ int run_consumer(const Config& c, bool dlq_reader) {
       std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long long>(rng() % static_cast<std::uint64_t>(2 * c.lag_ms + 1))));
     batch.clear();
     const std::size_t want = dlq_reader ? 1 : 1 + rng() % 8;
+    // Half the batches are taken with one poll_batch() (a run of records per cursor move) and
+    // acked with one ack() of the batch or ack_up_to() of its last message.
+    const bool batched = !dlq_reader && (rng() & 1);
+    std::size_t taken = 0;  // of got[], with a batched take
     while (batch.size() < want && !g_stop) {
       std::optional<shmq::Message> m;
       try {
-        m = cons->poll(batch.empty() ? std::chrono::nanoseconds(50ms) : std::chrono::nanoseconds(2ms));
+        if (batched) {
+          if (taken == 0) {
+            got.resize(want);
+            const std::size_t n = cons->poll_batch(got, 50ms);
+            if (n == 0) break;
+            got.resize(n);
+          }
+          if (taken == got.size()) break;
+          m = got[taken++];
+        } else {
+          m = cons->poll(batch.empty() ? std::chrono::nanoseconds(50ms) : std::chrono::nanoseconds(2ms));
+        }
       } catch (const std::exception& e) {
         ConsumerRecord r{};
         r.magic = kConsumerMagic;
@@ -468,6 +483,21 @@ int run_consumer(const Config& c, bool dlq_reader) {
         append(fd, r);
       }
       batch.push_back(*m);
+    }
+    if (batched && !batch.empty() &&
+        std::none_of(batch.begin(), batch.end(), [&](const shmq::Message& m) { return describe(m, kAck, g, c.incarnation).poison_group == g; })) {
+      const std::size_t acked = (rng() & 1) ? cons->ack(std::span<const shmq::Message>(batch)) : cons->ack_up_to(batch.back());
+      const std::uint64_t t = now_ns();  // after the acks returned
+      for (const shmq::Message& m : batch) {
+        ConsumerRecord r = describe(m, kAck, g, c.incarnation);
+        r.time_ns = t;
+        if (acked != batch.size()) {  // which one failed is not known: all are reported
+          r.kind = kAckFailed;
+          r.deliveries = static_cast<std::uint32_t>(shmq::Status::NotHeld);
+        }
+        append(fd, r);
+      }
+      continue;
     }
     for (const shmq::Message& m : batch) {
       ConsumerRecord r = describe(m, kAck, g, c.incarnation);

@@ -1,6 +1,7 @@
-// shmq.cpp: shmq itself, three times: Wait::Spin (consumers poll spinning), Wait::Spin with an
+// shmq.cpp: shmq itself, four times: Wait::Spin (consumers poll spinning), Wait::Spin with an
 // exclusive producer and consumer (ProducerOptions::exclusive, ConsumerOptions::exclusive: claims
-// and takes with plain stores) and Wait::Block (they sleep on the futex). Every channel is Durability::Memory, created by the parent (so that the children only
+// and takes with plain stores), the same with the receiver taking batches (poll_batch of 64,
+// ack_up_to), and Wait::Block (they sleep on the futex). Every channel is Durability::Memory, created by the parent (so that the children only
 // attach) and removed at the end; its journal directory is the session's.
 // The ends: the sender publishes the frame (publish options: the same wait, the stall limit as the
 // timeout); the receiver polls one message, checks its inner id (the same producer, each one the
@@ -12,6 +13,8 @@
 
 #include <chrono>
 #include <optional>
+#include <type_traits>
+#include <vector>
 
 #include "transport.hpp"
 
@@ -109,6 +112,39 @@ struct Rx {
   }
 };
 
+// The receiver of the batched row: takes up to 64 messages with one poll_batch() (one move of the
+// group's cursor), hands them out one by one, and acks them all with one ack_up_to() when the
+// last is released (acks stay outside the timed path, as above).
+struct BatchRx {
+  shmq::Channel ch;
+  shmq::Consumer in;
+  IdCheck ids;
+  std::vector<shmq::Message> batch = std::vector<shmq::Message>(64);
+  std::size_t have = 0, next = 0;  // batch[next .. have) not handed out yet
+  std::uint64_t held_seq = 0;
+  BatchRx(const std::string& name, std::size_t ring_bytes, const Session& s, shmq::Wait wait, bool exclusive)
+      : ch(shmq::Channel::open(name, channel_options(ring_bytes, s.dir))),
+        in(ch, "receiver", consumer_options(wait, exclusive)) {}
+  std::span<const std::byte> recv(std::uint64_t seq, Waiter& w) {
+    if (next == have) {
+      w.reset();
+      for (next = 0; (have = in.poll_batch(batch, 10ms)) == 0;) {
+        const shmq::Status st = in.status();
+        if (st != shmq::Status::Timeout && st != shmq::Status::WouldBlock)
+          die("poll_batch returned nothing with status %s while waiting for sequence %" PRIu64, shmq::to_string(st), seq);
+        w.check(seq);
+      }
+    }
+    held_seq = seq;
+    ids.next(batch[next], seq);
+    return batch[next++].payload();
+  }
+  void release() {
+    if (next == have && in.ack_up_to(batch[have - 1]) != have)
+      die("ack_up_to of the batch ending at sequence %" PRIu64 " acked fewer than its %zu messages", held_seq, have);
+  }
+};
+
 // Creates the channel in the parent (and closes it again) so that the children only attach.
 bool create_channel(std::size_t ring_bytes, const std::string& name, const std::filesystem::path& jdir) {
   try {
@@ -137,14 +173,17 @@ struct Chan {
   std::size_t ring_bytes;
 };
 
+template <class Receiver = Rx>
 Row run_shmq(Session& s, const Plan& p, shmq::Wait wait, bool exclusive = false) {
   const Config& cfg = s.cfg;
   const bool spin = wait == shmq::Wait::Spin;
-  Row r = exclusive ? make_row("shmq-excl", "shmq (Wait::Spin, exclusive ends)", "spin (poll)", Kind::Shmq, p)
-                    : make_row(spin ? "shmq" : "shmq-block", spin ? "shmq (Wait::Spin)" : "shmq (Wait::Block)",
-                               spin ? "spin (poll)" : "futex (poll)", Kind::Shmq, p);
+  constexpr bool batched = std::is_same_v<Receiver, BatchRx>;
+  Row r = batched     ? make_row("shmq-batch", "shmq (Wait::Spin, exclusive ends, poll_batch of 64)", "spin (poll_batch)", Kind::Shmq, p)
+          : exclusive ? make_row("shmq-excl", "shmq (Wait::Spin, exclusive ends)", "spin (poll)", Kind::Shmq, p)
+                      : make_row(spin ? "shmq" : "shmq-block", spin ? "shmq (Wait::Spin)" : "shmq (Wait::Block)",
+                                 spin ? "spin (poll)" : "futex (poll)", Kind::Shmq, p);
   const std::string base = "shmqpp_" + std::to_string(::getpid()) + "_" + std::to_string(p.size) +
-                           (exclusive ? "_excl" : spin ? "_spin" : "_block");
+                           (batched ? "_batch" : exclusive ? "_excl" : spin ? "_spin" : "_block");
   Chan ping{base + "_ping", cfg.lat_ring_bytes}, pong{base + "_pong", cfg.lat_ring_bytes},
       stream{base + "_stream", cfg.ring_bytes};
   bool created = true;
@@ -153,7 +192,7 @@ Row run_shmq(Session& s, const Plan& p, shmq::Wait wait, bool exclusive = false)
     run_both(
         r, cfg, p, p.ring_warmup, ping, pong, stream,
         [&](const Chan& c) { return Tx(c.name, c.ring_bytes, s, wait, exclusive); },
-        [&](const Chan& c) { return Rx(c.name, c.ring_bytes, s, wait, exclusive); });
+        [&](const Chan& c) { return Receiver(c.name, c.ring_bytes, s, wait, exclusive); });
   for (const Chan* c : {&ping, &pong, &stream})
     if (shmq::Channel::exists(c->name)) s.cleanup_ok = remove_channel(c->name, s.dir) && s.cleanup_ok;
   return r;
@@ -162,10 +201,12 @@ Row run_shmq(Session& s, const Plan& p, shmq::Wait wait, bool exclusive = false)
 Row run_spin(Session& s, const Plan& p) { return run_shmq(s, p, shmq::Wait::Spin); }
 Row run_block(Session& s, const Plan& p) { return run_shmq(s, p, shmq::Wait::Block); }
 Row run_exclusive(Session& s, const Plan& p) { return run_shmq(s, p, shmq::Wait::Spin, true); }
+Row run_batched(Session& s, const Plan& p) { return run_shmq<BatchRx>(s, p, shmq::Wait::Spin, true); }
 
 const Register spin_reg{{.key = "shmq", .order = 10, .kind = Kind::Shmq, .run = run_spin}};
 const Register block_reg{{.key = "shmq-block", .order = 11, .kind = Kind::Shmq, .run = run_block}};
 const Register exclusive_reg{{.key = "shmq-excl", .order = 12, .kind = Kind::Shmq, .run = run_exclusive}};
+const Register batched_reg{{.key = "shmq-batch", .order = 13, .kind = Kind::Shmq, .run = run_batched}};
 
 }  // namespace
 }  // namespace pingpong
