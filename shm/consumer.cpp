@@ -488,6 +488,7 @@ namespace {
 // for the single message (its runs of one record cost no loops).
 template <bool kOne>
 std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> out, std::chrono::nanoseconds timeout) {
+  const std::size_t cap = kOne ? 1 : out.size();  // known to the compiler for poll()
   if ((++c.polls & 1023) == 0) c.ch->reap_dead_consumers();  // busy consumers look too (rate-limited)
   if (c.free_top == 0) c.reclaim_away();
   if (c.free_top == 0) {
@@ -504,7 +505,7 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
       c.last = Status::Closed;
       return 0;
     }
-    if (n == out.size() || c.free_top == 0) break;
+    if (n == cap || c.free_top == 0) break;
     if (c.group->given_back.load(std::memory_order_relaxed) != 0) {  // redeliveries go before newer messages
       const std::uint32_t k = c.free_stack[c.free_top - 1];
       const std::uint64_t pos = c.take_given_back(k);
@@ -563,8 +564,15 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
     switch (r.kind) {
       case ring::ReadResult::Record: {
         std::uint64_t end = 0;
-        const std::uint32_t room = kOne ? 1 : static_cast<std::uint32_t>(std::min<std::size_t>(out.size() - n, ~0u));
-        const std::uint32_t got = kOne ? (c.read_run(pos, r, 1, end), 1u) : c.read_run(pos, r, room, end);
+        std::uint32_t got = 1;
+        if constexpr (kOne) {  // read_run() of one record, without its loop
+          c.run[0].pos = pos;
+          c.run[0].r = r;
+          c.first_bad = ring::RecordRing::load_record(r, c.run[0].f) != nullptr;
+          end = r.next;
+        } else {
+          got = c.read_run(pos, r, static_cast<std::uint32_t>(std::min<std::size_t>(cap - n, ~0u)), end);
+        }
         if (c.first_bad && n) break;  // OUT is delivered; the next poll reports the record
         if (c.options.exclusive) {
           c.take_run_exclusive(got, end);
@@ -618,9 +626,8 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
 }  // namespace
 
 std::optional<Message> Consumer::poll(std::chrono::nanoseconds timeout) {
-  if (!state_) return std::nullopt;
-  std::optional<Message> m(std::in_place);
-  if (take<true>(*this, *state_, std::span<Message>(&*m, 1), timeout) == 0) m.reset();
+  std::optional<Message> m;  // the one object returned (no copy)
+  if (state_ && take<true>(*this, *state_, std::span<Message>(&m.emplace(), 1), timeout) == 0) m.reset();
   return m;
 }
 
