@@ -247,16 +247,23 @@ void ChannelState::admit_consumer(std::uint32_t g, std::string_view group, bool 
   if (exclusive) gs.next_taker.store(std::uint64_t(generation) << 32, std::memory_order_seq_cst);  // nobody of this generation
 }
 
-void ChannelState::confirm_taker(std::uint64_t next, std::uint64_t taker) noexcept {
+void ChannelState::confirm_taker(std::uint32_t group, std::uint64_t next, std::uint64_t taker) noexcept {
   const std::uint64_t who = (taker >> 8) & 0xffffff;
   if (who == 0 || who > options.max_consumers) return;  // nobody known, or not an index of ours
   ConsumerSlot& slot = consumers[who - 1];
-  std::uint64_t v = slot.take_from.load(std::memory_order_seq_cst);
+  // acquire: pairs with the release store of take_from in the take; the slot's group and
+  // generation, stored before that (at its join), are the taker's.
+  std::uint64_t v = slot.take_from.load(std::memory_order_acquire);
   // A run in progress from a position the cursor (read before TAKER) is past, at the entry TAKER
-  // names: the take that TAKER records (its owner keeps at most one take in progress, starts the
-  // next one at or past that cursor, and writes its taker only by a successful CAS).
-  if ((v & kTentativeBit) && held_position(v) < next && slot.take_entry.load(std::memory_order_relaxed) == (taker & 0xff))
-    slot.take_from.compare_exchange_strong(v, v & ~kTentativeBit, std::memory_order_seq_cst);
+  // names, by a consumer of the group slot and generation TAKER names: the take that TAKER records
+  // (its owner keeps at most one take in progress, starts the next one at or past that cursor,
+  // and writes its taker only by a successful CAS). A slot given since to a consumer of another
+  // group or generation holds another cursor's take, which this cursor says nothing about.
+  if (!(v & kTentativeBit) || held_position(v) >= next || slot.take_entry.load(std::memory_order_relaxed) != (taker & 0xff) ||
+      slot.state.load(std::memory_order_acquire) != kActive || slot.group.load(std::memory_order_relaxed) != group ||
+      slot.group_generation.load(std::memory_order_relaxed) != taker_generation(taker))
+    return;
+  slot.take_from.compare_exchange_strong(v, v & ~kTentativeBit, std::memory_order_seq_cst);
 }
 
 Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t expected, std::uint64_t not_before_ns) noexcept {
@@ -620,7 +627,7 @@ bool Channel::remove_group(std::string_view group) {
   if (i < 0) return false;
   // release: a reclaim that sees kFree no longer counts the group's cursor (its consumers' held
   // messages still count until they are acked).
-  s.groups[i].state.store(detail::kFree, std::memory_order_release);
+  s.groups[i].state.store(detail::kFree, std::memory_order_seq_cst);  // seq_cst: a take that finds its group active after its CAS took records the cursor still gated
   s.header->registry_version.fetch_add(1, std::memory_order_release);
   return true;
 }

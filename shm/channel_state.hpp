@@ -108,10 +108,11 @@ struct ChannelState {
   // as held (bit cleared) if the owner's take got the record (its run, or for an exclusive
   // consumer the cursor alone, says so), drops it otherwise.
   void resolve_tentative(std::uint32_t c, std::uint32_t k) noexcept;
-  // A consumer about to take a record from G's cursor, which it read as NEXT (first) and
-  // TAKER (then): the previous taker's run, if still undecided, is confirmed (its take moved the
-  // cursor to NEXT), since the CAS that follows overwrites the only record of that take.
-  void confirm_taker(std::uint64_t next, std::uint64_t taker) noexcept;
+  // A consumer about to take a record from the cursor of group slot GROUP, which it read as NEXT
+  // (first) and TAKER (then): the previous taker's run, if still undecided, is confirmed (its
+  // take moved the cursor to NEXT), since the CAS that follows overwrites the only record of that
+  // take.
+  void confirm_taker(std::uint32_t group, std::uint64_t next, std::uint64_t taker) noexcept;
 
   // Moves what in-flight entry K of consumer slot C holds to its group's give-back list, to be
   // delivered again (before newer ones) from NOT_BEFORE_NS on. EXPECTED, if not 0, is the entry

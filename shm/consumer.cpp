@@ -41,6 +41,7 @@ struct ConsumerState {
   std::uint64_t pending_since = 0;
   std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
   std::uint64_t bad_given_back = ~0ull;       // a give-back entry take_given_back() dropped as no message
+  std::string deferred;                       // an Error found while a batch held messages: the next poll throws it
   // The order in which this consumer got each held message (its `delivered` count then), for
   // ack_up_to().
   std::uint64_t taken_as[kMaxInFlight] = {};
@@ -250,7 +251,8 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
   // that finds them tentative asks the run, and the run the cursor, whether we took them
   // (ChannelState::resolve_run()).
   slot->take_entry.store(k0, std::memory_order_relaxed);
-  slot->take_from.store((from + 1) | kTentativeBit, std::memory_order_relaxed);
+  // release: pairs with confirm_taker()'s acquire (this slot's group and generation, and the entry).
+  slot->take_from.store((from + 1) | kTentativeBit, std::memory_order_release);
   for (std::uint32_t i = 0; i < n; ++i) {
     const std::uint32_t k = free_stack[free_top - 1 - i];
     // The delivery count and time before the entry: whoever copies the entry copies them.
@@ -505,43 +507,64 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
       c.last = Status::Closed;
       return 0;
     }
-    if (n == cap || c.free_top == 0) break;
+    if (n == cap) break;
+    if (c.free_top == 0) {  // a dead letter that could not be moved anywhere holds the last entry
+      if (n) break;
+      c.last = Status::WouldBlock;
+      return 0;
+    }
+    if (n == 0 && !c.deferred.empty()) {  // found while OUT held messages: reported now
+      c.last = Status::Corrupt;
+      throw Error(std::make_error_code(std::errc::illegal_byte_sequence), std::exchange(c.deferred, std::string()));
+    }
     if (c.group->given_back.load(std::memory_order_relaxed) != 0) {  // redeliveries go before newer messages
+      // A give-back entry that is no message is dropped, and reported: by this call if OUT is
+      // empty, else by the next one (OUT is delivered first).
+      const auto report = [&](std::string what) {
+        if (n) {
+          c.deferred = std::move(what);
+          return;
+        }
+        c.last = Status::Corrupt;
+        throw Error(std::make_error_code(std::errc::illegal_byte_sequence), what);
+      };
+      const auto where = [&] { return "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': "; };
       const std::uint32_t k = c.free_stack[c.free_top - 1];
       const std::uint64_t pos = c.take_given_back(k);
+      // Not handed out: back on the list it goes, for a later poll, uncounted.
+      const auto put_back = [&] {
+        c.slot->deliveries[k].store(c.slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+        (void)c.ch->move_held(c.index, k, pos + 1, 0);
+        c.slot->in_flight[k].store(0, std::memory_order_release);
+      };
       if (c.bad_given_back != ~0ull) {
         const std::uint64_t bad = std::exchange(c.bad_given_back, ~0ull);
-        if (pos != ~0ull) {  // not handed out: back on the list it goes, for the next poll, uncounted
-          c.slot->deliveries[k].store(c.slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-          (void)c.ch->move_held(c.index, k, pos + 1, 0);
-          c.slot->in_flight[k].store(0, std::memory_order_release);
-        }
-        if (n) break;  // what OUT holds is delivered; the next poll reports the entry (it is gone by then)
-        c.last = Status::Corrupt;
-        throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
-                    "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a give-back entry names position " +
-                        std::to_string(bad) + ", which is not a record position of the ring (dropped)");
+        if (pos != ~0ull) put_back();
+        report(where() + "a give-back entry names position " + std::to_string(bad) +
+               ", which is not a record position of the ring (dropped)");
+        break;
       }
       if (pos != ~0ull) {
         const ring::ReadResult r = c.ring->read(pos);
         if (r.kind != ring::ReadResult::Record) {
           // Not handed out, and it must not gate the ring: let go of the entry first.
           c.slot->in_flight[k].store(0, std::memory_order_release);
-          if (n) break;
-          c.last = Status::Corrupt;
-          throw Error(std::make_error_code(std::errc::illegal_byte_sequence),
-                      "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': a message given back at position " +
-                          std::to_string(pos) + " is no longer a record");
+          report(where() + "a message given back at position " + std::to_string(pos) + " is no longer a record");
+          break;
         }
         ring::RecordFields f;
         if (n && ring::RecordRing::load_record(r, f)) {
-          // Corrupt: back to the list untouched, for the next poll to report (OUT is delivered).
-          c.slot->deliveries[k].store(c.slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-          (void)c.ch->move_held(c.index, k, pos + 1, 0);
-          c.slot->in_flight[k].store(0, std::memory_order_release);
+          put_back();  // corrupt: the next poll takes it alone and reports it (OUT is delivered)
           break;
         }
-        Message m = c.hold(pos, r, k, c.slot->deliveries[k].load(std::memory_order_relaxed));
+        const std::uint32_t deliveries = c.slot->deliveries[k].load(std::memory_order_relaxed);
+        Message m;
+        if (n) {
+          c.make(m, pos, r, f, k, deliveries);  // the fields checked above, not loaded again
+          c.slot->delivered.store(c.delivered, std::memory_order_relaxed);
+        } else {
+          m = c.hold(pos, r, k, deliveries);  // loads the fields; throws for a corrupt record
+        }
         if (m.deliveries() <= c.ch->options.max_deliveries) {
           out[n++] = m;
           continue;
@@ -586,8 +609,15 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
             c.last = Status::Corrupt;
             return 0;
           }
-          if (((taker >> 8) & 0xffffff) != c.index + 1) c.ch->confirm_taker(pos, taker);  // our own takes we confirm ourselves
+          if (((taker >> 8) & 0xffffff) != c.index + 1)  // our own takes we confirm ourselves
+            c.ch->confirm_taker(static_cast<std::uint32_t>(c.group - c.ch->groups), pos, taker);
           if (!c.take_run(got, end, taker)) continue;  // another consumer of the group took it
+        }
+        if (c.group->state.load(std::memory_order_seq_cst) != detail::kActive) {
+          // Removed before the take (its cursor stopped gating the ring, so what read_run() saw may
+          // have been reused before the entries gated it): nothing of it is handed out.
+          for (std::uint32_t i = 0; i < got; ++i) c.slot->in_flight[c.free_stack[c.free_top - 1 - i]].store(0, std::memory_order_release);
+          continue;  // the top of the loop says Closed
         }
         c.deliver_run(got, &out[n]);
         n += got;

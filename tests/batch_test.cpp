@@ -4,10 +4,12 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <map>
 #include <thread>
 
 #include "ringbuffer/record_ring.hpp"
 #include "shm/channel_state.hpp"
+#include "shm/crash_point.hpp"
 #include "support.hpp"
 
 namespace shmq::test {
@@ -164,6 +166,162 @@ TEST_F(Batch, ARecordThatBreaksTheLayoutEndsTheBatchAndTheNextCallReportsIt) {
     EXPECT_EQ(c.in_flight(), 4u) << "m1, m2, m4, m5; the corrupt one is not held";
     Channel::remove(name);
   }
+}
+
+// A give-back entry that names no record (a position inside another record), met while a batch
+// already holds messages: the batch ends with what it holds, and the next call reports the entry
+// (naming its position), which is dropped; the group goes on.
+TEST_F(Batch, ABadGiveBackEntryMetInsideABatchIsReportedByTheNextCall) {
+  Channel ch = Channel::open(channel_name(), memory_options());
+  Consumer c(ch, "g");
+  Producer p(ch, "p");
+  publish_n(p, 1, 5);
+  std::vector<Message> got(2);
+  ASSERT_EQ(c.poll_batch(got), 2u);
+  ASSERT_EQ(c.nack(got[0]), Status::Ok);  // m1 on the list
+  ASSERT_EQ(c.nack(got[1]), Status::Ok);  // m2 on the list
+  detail::GroupSlot& g = ch.state().groups[0];
+  int scribbled = -1;
+  for (int i = 0; i < 1024 && scribbled < 0; ++i)
+    if (g.give_back[i].position_plus1.load() == got[1].position() + 1) scribbled = i;
+  ASSERT_GE(scribbled, 0);
+  const std::uint64_t bad = got[1].position() + 8;  // inside m2's record: no record starts there
+  g.give_back[scribbled].position_plus1.store(bad + 1);
+  std::vector<Message> batch(4);
+  ASSERT_EQ(c.poll_batch(batch), 1u) << "m1, then the bad entry ends the batch";
+  EXPECT_EQ(batch[0].text(), "m1");
+  EXPECT_EQ(batch[0].deliveries(), 2u);
+  try {
+    (void)c.poll_batch(batch);
+    ADD_FAILURE() << "the bad give-back entry was not reported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("a message given back at position " + std::to_string(bad) + " is no longer a record"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(c.status(), Status::Corrupt);
+  ASSERT_EQ(c.poll_batch(batch), 3u);
+  EXPECT_EQ(texts(std::span(batch).first(3)), (std::vector<std::string>{"m3", "m4", "m5"})) << "m2's entry was the scribbled one";
+  EXPECT_EQ(g.given_back.load(), 0u);
+}
+
+// A consumer B of group g reads the cursor (N, taker(C, 0)) after C's take, and is descheduled
+// before its confirm_taker(N, taker). Meanwhile C leaves; its slot goes to D, a consumer of
+// another group h whose cursor is behind N, and D dies in its take of the record at P < N (entry
+// 0, the first entry of a fresh consumer, as C's was). B's confirm_taker() then confirms D's run:
+// it checks the position against g's cursor and the entry, never that the slot is still the
+// group's (and generation's) consumer. The reaper keeps D's tentative entry as taken and gives it
+// back to h, whose cursor delivers the same record again: twice.
+TEST_F(Batch, ADelayedConfirmDoesNotConfirmTheRunOfTheConsumerThatReusedTheSlotInAnotherGroup) {
+  ASSERT_TRUE(detail::crash_points_enabled());
+  const std::string name = channel_name();
+  Channel ch = Channel::open(name, memory_options());
+  ch.ensure_group("h", Start::Earliest);  // stays at the first record
+  ch.ensure_group("g", Start::Earliest);
+  {
+    Producer p(ch, "p");
+    for (int i = 1; i <= 3; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+  }
+  detail::ChannelState& s = ch.state();
+  const int gi = [&] {
+    detail::RegistryLock lock(s);
+    return s.find_group("g");
+  }();
+  ASSERT_GE(gi, 0);
+  std::uint64_t seen_next = 0, seen_taker = 0;
+  {
+    Consumer c(ch, "g");
+    auto m = c.poll();
+    ASSERT_TRUE(m);
+    ASSERT_EQ(m->text(), "m1");
+    // What B reads: next first, then the taker.
+    seen_next = s.groups[gi].next.load();
+    seen_taker = s.groups[gi].next_taker.load();
+    ASSERT_EQ((seen_taker >> 8) & 0xffffff, 1u) << "C is consumer slot 0";
+    ASSERT_EQ(seen_taker & 0xff, 0u) << "C took into entry 0";
+    ASSERT_EQ(c.ack(*m), Status::Ok);
+  }  // C leaves: slot 0 is free
+  const pid_t d = fork_child([&] {
+    Channel c2 = Channel::open(name, memory_options());
+    Consumer dc(c2, "h");
+    CHILD_CHECK(c2.state().consumers[0].state.load() == detail::kActive);  // D has slot 0
+    detail::arm_crash_point("poll.after_in_flight_store", 1);
+    (void)dc.poll(1s);
+    return kChildFailed;  // not reached
+  });
+  ASSERT_TRUE(wait_child(d, 30s).killed_by(SIGKILL));
+  ASSERT_NE(s.consumers[0].take_from.load() & detail::kTentativeBit, 0u) << "D died in its take";
+  ASSERT_LT(detail::held_position(s.consumers[0].take_from.load()), seen_next);
+  // B, scheduled again, makes the call it was about to make.
+  s.confirm_taker(static_cast<std::uint32_t>(gi), seen_next, seen_taker);
+  s.reap_dead_consumers(true);
+  Consumer e(ch, "h");
+  std::map<std::string, int> got;
+  while (auto m = e.poll(200ms)) ++got[std::string(m->text())];  // held, not acked: a copy shows twice
+  for (int i = 1; i <= 3; ++i) {
+    const std::string t = "m" + std::to_string(i);
+    EXPECT_EQ(got[t], 1) << t << " delivered " << got[t] << " times to group h";
+  }
+}
+
+// A poison message met inside a batch goes to NAME.dlq and is acked there; the batch goes on
+// with the run behind it, and nothing of the batch is left held or lost.
+TEST_F(Batch, APoisonMessageInsideABatchIsDeadLetteredAndTheBatchGoesOn) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options();
+  o.max_deliveries = 1;
+  Channel ch = Channel::open(name, o);
+  Consumer c(ch, "g", ConsumerOptions{.max_in_flight = 8});
+  Producer p(ch, "p");
+  for (int i = 1; i <= 6; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+  std::vector<Message> got(8);
+  ASSERT_EQ(c.poll_batch(std::span(got).first(2)), 2u);  // m1, m2
+  ASSERT_EQ(c.nack(got[0]), Status::Ok);                 // m1: its one delivery made
+  ASSERT_EQ(c.ack(got[1]), Status::Ok);
+  ASSERT_EQ(c.poll_batch(got), 4u) << "m1 dead-lettered, then the run m3..m6";
+  EXPECT_EQ(got[0].text(), "m3");
+  EXPECT_EQ(got[3].text(), "m6");
+  EXPECT_EQ(c.in_flight(), 4u) << "the dead letter is not held";
+  EXPECT_EQ(c.ack_up_to(got[3]), 4u);
+  EXPECT_EQ(c.in_flight(), 0u);
+  Channel dlq = Channel::attach(name + ".dlq");
+  Consumer d(dlq, "dead-letters");
+  auto dead = d.poll(1s);
+  ASSERT_TRUE(dead);
+  EXPECT_EQ(dead->text(), "m1");
+  const ChannelStats st = ch.stats();
+  EXPECT_EQ(st.groups[0].given_back, 0u);
+  EXPECT_EQ(st.groups[0].in_flight, 0u);
+}
+
+// Visibility timeout with batches: a batch held too long goes back whole; the slow consumer's
+// batch ack and ack_up_to ack nothing, its entries come back to it, and the other consumer gets
+// each message once more.
+TEST_F(Batch, ABatchHeldPastTheVisibilityTimeoutGoesBackAndItsAcksAckNothing) {
+  ChannelOptions o = memory_options();
+  o.liveness_interval = 50ms;
+  Channel ch = Channel::open(channel_name(), o);
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  for (int i = 1; i <= 6; ++i) ASSERT_EQ(p.publish("m" + std::to_string(i)).status, Status::Ok);
+  Consumer slow(ch, "g", ConsumerOptions{.max_in_flight = 6, .visibility_timeout = 100ms});
+  std::vector<Message> held(6);
+  ASSERT_EQ(slow.poll_batch(held), 6u);
+  std::this_thread::sleep_for(200ms);
+  ch.state().reap_dead_consumers(true);
+  EXPECT_EQ(slow.ack(std::span<const Message>(held).first(3)), 0u);
+  EXPECT_EQ(slow.ack_up_to(held[5]), 0u) << "m4..m6 were given back too";
+  Consumer other(ch, "g");
+  std::vector<Message> again(8);
+  ASSERT_EQ(other.poll_batch(again), 6u);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(again[i].text(), "m" + std::to_string(i + 1));
+    EXPECT_EQ(again[i].deliveries(), 2u);
+  }
+  EXPECT_EQ(other.ack_up_to(again[5]), 6u);
+  ASSERT_EQ(p.publish("m7").status, Status::Ok);
+  std::vector<Message> next(6);
+  ASSERT_EQ(slow.poll_batch(next), 1u) << "its entries are free again";
+  EXPECT_EQ(next[0].text(), "m7");
+  EXPECT_EQ(slow.ack(next[0]), Status::Ok);
 }
 
 // Competing consumers in three processes, two taking batches (one of them killed while it holds
