@@ -317,7 +317,7 @@ bool RecordRing::reclaim(std::uint64_t need_end, std::uint64_t owner, GateFn gat
   // its tail re-check to its commit: its frame CAS may still be to come, or its record still being
   // written; with no group the gate is the tail and this is what keeps the claim). A dead
   // claimer's marked claim is padded here; a dead claimer with no marker makes no more stores.
-  std::uint64_t g = std::min(gate(ctx), t);
+  std::uint64_t g = std::min(gate(ctx, need_end > capacity_ ? need_end - capacity_ : 0), t);
   if (g + capacity_ < need_end) {
     // Not enough for this claim even before the intents lower it: free nothing yet (the caller
     // waits and asks again), so that the fence below is paid once per claim it lets through, not

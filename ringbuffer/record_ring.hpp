@@ -197,8 +197,10 @@ struct alignas(kCacheLine) ClaimerSlot {
 };
 static_assert(sizeof(ClaimerSlot) == kCacheLine);
 
-// The lowest position still needed by a reader; ring space below it may be zeroed and reused.
-using GateFn = std::uint64_t (*)(void* ctx);
+// The lowest position still needed by a reader; ring space below it may be reused. ENOUGH: the
+// caller can use any answer at or above it (a cheaper, lower answer will do), and frees nothing
+// when the answer is below it.
+using GateFn = std::uint64_t (*)(void* ctx, std::uint64_t enough);
 // Is the process with this owner token alive?
 using AliveFn = bool (*)(std::uint64_t owner_token);
 

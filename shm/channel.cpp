@@ -67,8 +67,12 @@ std::uint64_t ChannelState::gate() noexcept {
     // position in their in-flight table, so the scan below sees what they hold.
     g = std::min(g, groups[i].next.load(std::memory_order_acquire));
   }
-  for (std::uint32_t i = 0; i < options.max_groups; ++i)
-    if (groups[i].state.load(std::memory_order_acquire) != kFree) g = std::min(g, lowest_given_back(groups[i]));
+  for (std::uint32_t i = 0; i < options.max_groups; ++i) {
+    if (groups[i].state.load(std::memory_order_acquire) == kFree) continue;
+    const std::uint64_t low = lowest_given_back(groups[i]);
+    groups[i].list_low.store(low, std::memory_order_seq_cst);  // exact now, for the cheap gates to come
+    g = std::min(g, low);
+  }
   // What consumers hold stays in the ring until acked, whatever the state of their group.
   for (std::uint32_t c = 0; c < options.max_consumers; ++c) {
     ConsumerSlot& slot = consumers[c];
@@ -80,8 +84,37 @@ std::uint64_t ChannelState::gate() noexcept {
       if (held) g = std::min(g, held_position(held));
     }
   }
-  for (std::uint32_t i = options.max_groups; i-- > 0;) ring::unlock_owner_word(groups[i].give_back_lock);
+  for (std::uint32_t i = options.max_groups; i-- > 0;) unlock_give_back(groups[i]);
   return g;
+}
+
+// Why the cheap gate is safe. Every position a consumer holds (tentative, held or moving) is at
+// or above its slot's low_held, and every position on a group's list at or above the group's
+// list_low, except while a message moves between the two, which happens only under the group's
+// give-back lock, and its holder keeps `moves` odd from before its first store to after its
+// last. So: the cursors first (a take from the cursor lowers low_held before its entries, and
+// its CAS or store publishes both), then each group's moves (odd: a move in progress, ask gate()),
+// its list_low, every consumer's low_held, and each group's moves again: the same sum means no
+// holder took a give-back lock in between (moves only grows), so the words read cover every
+// message. Stale-low words make it lower than gate(), never higher.
+std::uint64_t ChannelState::cheap_gate() noexcept {
+  std::uint64_t g = ring->tail();
+  if (durable()) g = std::min(g, header->durable_position.load(std::memory_order_acquire));
+  for (std::uint32_t i = 0; i < options.max_groups; ++i)
+    if (groups[i].state.load(std::memory_order_acquire) == kActive) g = std::min(g, groups[i].next.load(std::memory_order_acquire));
+  std::uint64_t before = 0, after = 0;
+  for (std::uint32_t i = 0; i < options.max_groups; ++i) {
+    if (groups[i].state.load(std::memory_order_acquire) == kFree) continue;
+    const std::uint64_t m = groups[i].moves.load(std::memory_order_seq_cst);
+    if (m & 1) return kNoCheapGate;
+    before += m;
+    g = std::min(g, groups[i].list_low.load(std::memory_order_seq_cst));
+  }
+  for (std::uint32_t c = 0; c < options.max_consumers; ++c)
+    if (consumers[c].state.load(std::memory_order_acquire) == kActive) g = std::min(g, consumers[c].low_held.load(std::memory_order_seq_cst));
+  for (std::uint32_t i = 0; i < options.max_groups; ++i)
+    if (groups[i].state.load(std::memory_order_acquire) != kFree) after += groups[i].moves.load(std::memory_order_seq_cst);
+  return after == before ? g : kNoCheapGate;
 }
 
 std::uint64_t lowest_given_back(const GroupSlot& g) noexcept {
@@ -98,9 +131,11 @@ namespace {
 bool push_given_back(GroupSlot& g, std::uint64_t pos, std::uint32_t deliveries, std::uint64_t not_before_ns) noexcept {
   for (GiveBackEntry& e : g.give_back) {
     if (e.position_plus1.load(std::memory_order_relaxed) != 0) continue;
+    if (pos < g.list_low.load(std::memory_order_relaxed)) g.list_low.store(pos, std::memory_order_seq_cst);  // see cheap_gate()
     e.deliveries.store(deliveries, std::memory_order_relaxed);
     e.not_before_ns.store(not_before_ns, std::memory_order_relaxed);
     e.position_plus1.store(pos + 1, std::memory_order_seq_cst);  // see gate(): set, count, then the holder clears
+    SHMQ_CRASH_POINT("push.after_entry");
     g.given_back.fetch_add(1, std::memory_order_seq_cst);
     return true;
   }
@@ -117,13 +152,34 @@ bool on_given_back(const GroupSlot& g, std::uint64_t pos) noexcept {
 
 void ChannelState::lock_give_back(GroupSlot& g) noexcept {
   ring::lock_owner_word(g.give_back_lock, self_token(), &ChannelState::alive);
+  // Odd before the first store of ours (left odd by a holder that died: it stays so); see cheap_gate().
+  if (const std::uint64_t m = g.moves.load(std::memory_order_relaxed); !(m & 1)) g.moves.store(m + 1, std::memory_order_seq_cst);
   settle_give_back(g);
+}
+
+void ChannelState::unlock_give_back(GroupSlot& g) noexcept {
+  g.moves.store(g.moves.load(std::memory_order_relaxed) + 1, std::memory_order_seq_cst);  // even: after our last store
+  ring::unlock_owner_word(g.give_back_lock);
 }
 
 void ChannelState::settle_give_back(GroupSlot& g) noexcept {
   // A living holder clears its step before it unlocks: a step found here is a dead holder's.
   const std::uint64_t step = g.give_back_step.load(std::memory_order_seq_cst);
   if (step == 0) return;
+  // The dead holder may have changed an entry without changing the count (or the reverse); the
+  // list's low word is made exact again too (a holder leaves it low, never high: a push lowers it
+  // before its entry).
+  const auto recount = [&] {
+    std::uint32_t n = 0;
+    std::uint64_t low = ~0ull;
+    for (const GiveBackEntry& e : g.give_back)
+      if (const std::uint64_t p = e.position_plus1.load(std::memory_order_seq_cst)) {
+        ++n;
+        low = std::min(low, p - 1);
+      }
+    g.given_back.store(n, std::memory_order_seq_cst);
+    g.list_low.store(low, std::memory_order_seq_cst);
+  };
   const std::uint64_t pos1 = g.give_back_step_position.load(std::memory_order_seq_cst);
   const auto kind = static_cast<GiveBackStep>(step >> 32);
   const auto c = static_cast<std::uint32_t>((step >> 18) & 0xfff);
@@ -141,16 +197,18 @@ void ChannelState::settle_give_back(GroupSlot& g) noexcept {
     } else if (kind == GiveBackStep::Give && (v & kMovingBit) && (v & ~kMovingBit) == pos1) {
       // move_held(): marked moving, then pushed, then cleared. Finish: on the list, then let go.
       const std::uint64_t pos = pos1 - 1;
-      if (on_given_back(g, pos) || push_given_back(g, pos, consumers[c].deliveries[k].load(std::memory_order_relaxed), 0))
+      if (on_given_back(g, pos) || push_given_back(g, pos, consumers[c].deliveries[k].load(std::memory_order_relaxed), 0)) {
+        // The count first: if we die after letting go, the list says it holds the message (the
+        // dead holder may have pushed it without counting it), and consumers come for it. The
+        // SPIN model found a redelivery that waited for ever the other way round (model/README.md).
+        recount();
         entry.store(0, std::memory_order_seq_cst);
-      else
+      } else {
         entry.store(v & ~kMovingBit, std::memory_order_seq_cst);  // list full: still held, ackable again
+      }
     }
   }
-  // The dead holder may have changed an entry without changing the count (or the reverse).
-  std::uint32_t n = 0;
-  for (const GiveBackEntry& e : g.give_back) n += e.position_plus1.load(std::memory_order_seq_cst) != 0;
-  g.given_back.store(n, std::memory_order_seq_cst);
+  recount();
   g.give_back_step.store(0, std::memory_order_seq_cst);
 }
 
@@ -302,7 +360,7 @@ Status ChannelState::move_held(std::uint32_t c, std::uint32_t k, std::uint64_t e
     }
     g.give_back_step.store(0, std::memory_order_seq_cst);
   }
-  ring::unlock_owner_word(g.give_back_lock);
+  unlock_give_back(g);
   return st;
 }
 
@@ -452,6 +510,7 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     lock_give_back(g);
     for (GiveBackEntry& e : g.give_back) e.position_plus1.store(0, std::memory_order_seq_cst);
     g.given_back.store(0, std::memory_order_seq_cst);
+    g.list_low.store(~0ull, std::memory_order_seq_cst);
     const std::uint32_t generation = g.generation.fetch_add(1, std::memory_order_seq_cst) + 1;
     const std::uint64_t pos = start == Start::Earliest ? ring->cleaned() : ring->tail();
     g.created_position = pos;
@@ -461,7 +520,7 @@ int ChannelState::ensure_group(std::string_view group, Start start) {
     g.next_taker.store(std::uint64_t(generation) << 32, std::memory_order_seq_cst);  // nobody of this generation yet
     g.next.store(pos, std::memory_order_seq_cst);
     g.state.store(kActive, std::memory_order_release);  // pairs with the acquire in gate()
-    ring::unlock_owner_word(g.give_back_lock);
+    unlock_give_back(g);
     ring->unlock_cleaning();
     header->registry_version.fetch_add(1, std::memory_order_release);  // the journaler checkpoints it
     return static_cast<int>(i);

@@ -60,12 +60,22 @@ struct ChannelState {
   std::atomic<bool> removed{false};
   bool durable() const noexcept { return options.durability != Durability::Memory; }
 
-  // The lowest position any group still needs: its delivery cursor or a message one of its
-  // consumers holds. Ring space below it may be reused. With no group at all, the tail.
   // The lowest ring position anybody still needs (cursors, held and given-back messages, the
-  // journal). Takes every group's give-back lock: call it holding clean_lock or no lock at all.
+  // journal); with no group at all, the tail. Takes every group's give-back lock and scans every
+  // consumer's in-flight table: call it holding clean_lock or no lock at all.
   std::uint64_t gate() noexcept;
-  static std::uint64_t gate_of(void* self) noexcept { return static_cast<ChannelState*>(self)->gate(); }
+  // The same from a few words, with no lock: each group's cursor and list_low, each consumer's
+  // low_held. At or below gate() (the words are stale-low); kNoCheapGate when a message moved
+  // between a give-back list and an in-flight table while it read (GroupSlot::moves), and then
+  // only gate() can say. Called by reclaim under clean_lock.
+  static constexpr std::uint64_t kNoCheapGate = ~0ull;
+  std::uint64_t cheap_gate() noexcept;
+  // The cheap gate when it is enough (at or above ENOUGH), else the exact one.
+  static std::uint64_t gate_of(void* self, std::uint64_t enough) noexcept {
+    auto& s = *static_cast<ChannelState*>(self);
+    const std::uint64_t g = s.cheap_gate();
+    return g != kNoCheapGate && g >= enough ? g : s.gate();
+  }
   static bool alive(std::uint64_t token) noexcept { return token_alive(token); }
 
   // Makes room for a claim that reaches NEED_END; false when the slowest group holds it up.
@@ -89,9 +99,11 @@ struct ChannelState {
 
   [[noreturn]] void fail(std::errc code, const std::string& what) const;
 
-  // Takes group G's give-back lock and first finishes or undoes the step of a holder that died
-  // (settle_give_back()); unlock with ring::unlock_owner_word(g.give_back_lock).
+  // Takes group G's give-back lock (moves odd from here on) and first finishes or undoes the step
+  // of a holder that died (settle_give_back()); unlock with unlock_give_back().
   void lock_give_back(GroupSlot& g) noexcept;
+  // Unlocks what lock_give_back() locked (moves even again).
+  static void unlock_give_back(GroupSlot& g) noexcept;
   // Under G's give-back lock: completes or undoes the step recorded in g.give_back_step by a
   // holder that died, and counts the list again (its count may be one off).
   void settle_give_back(GroupSlot& g) noexcept;

@@ -107,10 +107,28 @@ struct ConsumerState {
     if (slot->visibility_timeout_ns.load(std::memory_order_relaxed))
       slot->delivered_at[k].store(now_ns(), std::memory_order_relaxed);
   }
+  // Entry K was cleared (acked, or moved to the give-back list).
   void let_go(std::uint32_t k) noexcept {
     slot->delivered_at[k].store(0, std::memory_order_relaxed);
     held[k] = 0;
     free_stack[free_top++] = k;
+    // Holding nothing: our low word no longer holds the ring back (release: after the clear).
+    if (free_top == options.max_in_flight) slot->low_held.store(~0ull, std::memory_order_release);
+  }
+  std::uint32_t takes = 0;  // from the cursor
+  // Before the entries of a take from the cursor at FROM: our low word at or below it (see
+  // ChannelState::cheap_gate()). Holding nothing, FROM is our lowest; holding something, the word
+  // is at or below it already (what we took before is below the cursor, what we took from the
+  // list lowered it), and is raised to what the table holds every 64th take.
+  void lower_for_take(std::uint64_t from) noexcept {
+    if (free_top == options.max_in_flight) {
+      slot->low_held.store(from, std::memory_order_relaxed);
+    } else if ((++takes & 63) == 0) {
+      std::uint64_t low = from;
+      for (std::uint32_t k = 0; k < options.max_in_flight; ++k)
+        if (const std::uint64_t v = slot->in_flight[k].load(std::memory_order_relaxed)) low = std::min(low, held_position(v));
+      slot->low_held.store(low, std::memory_order_relaxed);
+    }
   }
   // A record stays Pending: after a while, ask the ring whether its claimer died.
   void pending(std::uint64_t pos) noexcept {
@@ -246,6 +264,7 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
 [[gnu::always_inline]] inline bool ConsumerState::take_run(std::uint32_t n, std::uint64_t end, std::uint64_t taker) noexcept {
   const std::uint64_t from = run[0].pos;
   const std::uint32_t k0 = free_stack[free_top - 1];
+  lower_for_take(from);
   // The run first (what decides its entries if we die), then its entries, tentative, then taken
   // with one CAS: a reclaim that sees the new cursor sees the entries (which gate) too; a reaper
   // that finds them tentative asks the run, and the run the cursor, whether we took them
@@ -265,6 +284,7 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
   if (!cas_cursor(*group, from, taker, end, cursor_taker(generation, index, k0))) {
     for (std::uint32_t i = 0; i < n; ++i) slot->in_flight[free_stack[free_top - 1 - i]].store(0, std::memory_order_release);
     slot->take_from.store(0, std::memory_order_release);
+    if (free_top == options.max_in_flight) slot->low_held.store(~0ull, std::memory_order_release);  // nothing held after all
     return false;  // another consumer of the group took it
   }
   SHMQ_CRASH_POINT("poll.after_cursor_cas");
@@ -282,6 +302,7 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
   // plain stores take the run. Tentative, then the cursor (release: a gate or checkpoint that
   // sees the cursor past a record sees its entry), then held. A reaper of ours decides each
   // tentative entry by the cursor alone (resolve_tentative()).
+  lower_for_take(run[0].pos);
   for (std::uint32_t i = 0; i < n; ++i) {
     const std::uint32_t k = free_stack[free_top - 1 - i];
     slot->deliveries[k].store(1, std::memory_order_relaxed);
@@ -309,7 +330,7 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
 std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
   ch->lock_give_back(*group);
   if (group->generation.load(std::memory_order_relaxed) != generation) {  // our group is gone: not its list
-    ring::unlock_owner_word(group->give_back_lock);
+    ChannelState::unlock_give_back(*group);
     return ~0ull;
   }
   const std::uint64_t now = now_ns();
@@ -318,6 +339,7 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
   const std::uint64_t cleaned = ring->cleaned(), tail = ring->tail();
   std::uint32_t best = kGiveBackEntries, present = 0;
   std::uint64_t best_pos = ~0ull;
+  std::uint64_t low1 = ~0ull, low2 = ~0ull;  // the two lowest positions on the list
   for (std::uint32_t i = 0; i < kGiveBackEntries; ++i) {
     GiveBackEntry& e = group->give_back[i];
     const std::uint64_t p = e.position_plus1.load(std::memory_order_relaxed);
@@ -328,6 +350,12 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
       continue;
     }
     ++present;
+    if (p - 1 < low1) {
+      low2 = low1;
+      low1 = p - 1;
+    } else if (p - 1 < low2) {
+      low2 = p - 1;
+    }
     if (p - 1 < best_pos && e.not_before_ns.load(std::memory_order_relaxed) <= now) {
       best = i;
       best_pos = p - 1;
@@ -343,7 +371,8 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
     group->give_back_step.store(give_back_step(GiveBackStep::Take, index, k, best), std::memory_order_seq_cst);
     slot->deliveries[k].store(e.deliveries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     stamp(k);
-    // Held first, then off the list (see ChannelState::gate()).
+    // Our low word first (see ChannelState::cheap_gate()), held, then off the list (see gate()).
+    if (best_pos < slot->low_held.load(std::memory_order_relaxed)) slot->low_held.store(best_pos, std::memory_order_seq_cst);
     slot->in_flight[k].store(best_pos + 1, std::memory_order_seq_cst);
     SHMQ_CRASH_POINT("poll.take_given_back.after_hold");
     e.position_plus1.store(0, std::memory_order_seq_cst);
@@ -351,7 +380,9 @@ std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
     group->given_back.fetch_sub(1, std::memory_order_seq_cst);
     group->give_back_step.store(0, std::memory_order_seq_cst);
   }
-  ring::unlock_owner_word(group->give_back_lock);
+  // The list's low word, exact again (it was lowered by every push).
+  group->list_low.store(best < kGiveBackEntries && best_pos == low1 ? low2 : low1, std::memory_order_seq_cst);
+  ChannelState::unlock_give_back(*group);
   return best_pos;
 }
 
@@ -447,6 +478,7 @@ Consumer::Consumer(Channel& channel, std::string_view group, const ConsumerOptio
     slot.exclusive.store(options.exclusive ? 1 : 0, std::memory_order_relaxed);
     slot.take_from.store(0, std::memory_order_relaxed);
     slot.take_entry.store(0, std::memory_order_relaxed);
+    slot.low_held.store(~0ull, std::memory_order_relaxed);  // holds nothing
     slot.visibility_timeout_ns = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(options.visibility_timeout).count());
     for (auto& e : slot.delivered_at) e.store(0, std::memory_order_relaxed);

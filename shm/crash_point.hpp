@@ -35,6 +35,7 @@ inline constexpr std::string_view kCrashPoints[] = {
     "ack.before_clear",
     "move_held.after_moving_bit",  // entry marked moving, not yet on the give-back list
     "move_held.after_push",        // on the give-back list, entry not yet cleared
+    "push.after_entry",            // a give-back list entry stored, the list's count not yet raised
     "reap.before_release",         // a reaper (or a joiner, admit_consumer) holds the registry lock, about to give back
     "dead_letter.after_commit",    // a poison message's copy committed in NAME.dlq, its dedup window not updated
     "dead_letter.after_copy",      // the copy is in NAME.dlq, the message not yet acked here

@@ -771,6 +771,9 @@ void prepare(Segment& seg, RecoveryContext& rc) {
         e.position_plus1.store(held.position + 1, std::memory_order_relaxed);
       }
       g.given_back.store(n, std::memory_order_relaxed);
+      std::uint64_t low = ~0ull;  // the list's low word (ChannelState::cheap_gate())
+      for (std::uint32_t e = 0; e < n; ++e) low = std::min(low, g.give_back[e].position_plus1.load(std::memory_order_relaxed) - 1);
+      g.list_low.store(low, std::memory_order_relaxed);
       g.next.store(next, std::memory_order_relaxed);
       g.state.store(kActive, std::memory_order_relaxed);
       rc.report.redelivered += n;

@@ -227,7 +227,8 @@ std::uint32_t layout_fingerprint() noexcept {
       sizeof(ring::RingHeader), offsetof(ring::RingHeader, tail), offsetof(ring::RingHeader, cleaned), offsetof(ring::RingHeader, clean_lock), offsetof(ring::ClaimerSlot, claim_frame),
       offsetof(ring::RingHeader, data_seq), offsetof(ring::RingHeader, space_seq), sizeof(ring::ClaimerSlot),
       sizeof(ring::RecordHeader), ring::kRingVersion, offsetof(ProducerSlot, exclusive), offsetof(ConsumerSlot, exclusive),
-      offsetof(ConsumerSlot, visibility_timeout_ns), offsetof(ConsumerSlot, take_from), offsetof(ConsumerSlot, take_entry)};
+      offsetof(ConsumerSlot, visibility_timeout_ns), offsetof(ConsumerSlot, take_from), offsetof(ConsumerSlot, take_entry),
+      offsetof(ConsumerSlot, low_held), offsetof(GroupSlot, list_low), offsetof(GroupSlot, moves)};
   std::uint32_t h = 2166136261u;  // FNV-1a over the facts
   for (std::uint64_t f : facts) {
     for (int i = 0; i < 8; ++i) {

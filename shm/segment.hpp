@@ -54,7 +54,7 @@
 namespace shmq::detail {
 
 inline constexpr char kMagicBytes[8] = {'S', 'H', 'M', 'Q', 'S', 'E', 'G', '1'};
-inline constexpr std::uint32_t kLayoutVersion = 6;  // 6: run takes (ConsumerSlot::take_from, take_entry); 5: exclusive producers and consumers (ProducerSlot::exclusive, ConsumerSlot::exclusive); 4: ring v3 (lap-tagged frames, claims marked by CAS before the tail moves, no zeroing); 3: group cursor taker, give-back step, consumer group generation
+inline constexpr std::uint32_t kLayoutVersion = 6;  // 6: run takes (ConsumerSlot::take_from, take_entry), the cheap gate (ConsumerSlot::low_held, GroupSlot::list_low, moves); 5: exclusive producers and consumers (ProducerSlot::exclusive, ConsumerSlot::exclusive); 4: ring v3 (lap-tagged frames, claims marked by CAS before the tail moves, no zeroing); 3: group cursor taker, give-back step, consumer group generation
 inline constexpr std::uint32_t kInitializing = 0x494e4954;  // "INIT"
 inline constexpr std::uint32_t kReady = 0x52454459;         // "REDY"
 inline constexpr std::size_t kMaxChannelName = 200;
@@ -178,6 +178,13 @@ struct alignas(64) GroupSlot {
   std::atomic<std::uint32_t> given_back;             // entries in use in give_back[]
   // The give-back list: rarely touched, under its own lock (owner token; a dead holder is replaced).
   alignas(64) std::atomic<std::uint64_t> give_back_lock;
+  // For the cheap gate (ChannelState::cheap_gate()), both written only by the give-back lock's
+  // holder: list_low is at or below every position on the list (~0: none known); moves is odd
+  // from the moment a holder takes the lock until it unlocks (left odd by a holder that died,
+  // until the next one settles), so that a reader who sees it even and unchanged around its
+  // reads saw no message move between the list and an in-flight table.
+  std::atomic<std::uint64_t> list_low;
+  std::atomic<std::uint64_t> moves;
   // The step the lock holder is making between the list and an in-flight entry (give_back_step()
   // in channel_state.hpp; 0: none) and the position + 1 it moves: written before the step's first
   // store, cleared after its last, so that the next holder finishes or undoes the step of a holder
@@ -211,6 +218,11 @@ struct alignas(64) ConsumerSlot {
   // slot belongs to that run, and is decided by it (resolve_tentative() in channel.cpp).
   std::atomic<std::uint64_t> take_from;
   std::atomic<std::uint32_t> take_entry;
+  // At or below the position of every entry of in_flight (~0: it holds nothing), for the cheap
+  // gate. Written by the owner only: lowered before an entry below it is stored (a take from the
+  // cursor by a consumer that holds nothing, a take from the give-back list), raised to what its
+  // table holds now and then, and to ~0 once it holds nothing.
+  std::atomic<std::uint64_t> low_held;
   // What the consumer holds: position + 1 of each message it polled and has not acked; 0 = empty.
   alignas(64) std::atomic<std::uint64_t> in_flight[kMaxInFlight];
   std::atomic<std::uint32_t> deliveries[kMaxInFlight];  // of each held message, this one included

@@ -228,7 +228,8 @@ INSTANTIATE_TEST_SUITE_P(EachPoint, ConsumerCrash,
                                            Case{"poll.take_given_back.after_clear", 2}, Case{"ack.before_clear", 1},
                                            Case{"ack.before_clear", 3}, Case{"move_held.after_moving_bit", 1},
                                            Case{"move_held.after_moving_bit", 2}, Case{"move_held.after_push", 1},
-                                           Case{"move_held.after_push", 2}, Case{"reap.before_release", 1}),
+                                           Case{"move_held.after_push", 2}, Case{"push.after_entry", 1},
+                                           Case{"push.after_entry", 2}, Case{"reap.before_release", 1}),
                          case_name);
 
 // The same with the victim as the group's exclusive consumer (plain-store takes), and the

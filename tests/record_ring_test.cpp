@@ -62,7 +62,7 @@ struct TestRing {
   std::uint64_t reader = 0;      // the one reader's position: the gate
   std::uint64_t hint = 0;
 
-  static std::uint64_t gate(void* self) { return static_cast<TestRing*>(self)->reader; }
+  static std::uint64_t gate(void* self, std::uint64_t) { return static_cast<TestRing*>(self)->reader; }
 
   // Claims and commits a record of PAYLOAD bytes filled with FILL; kNoIntent when full.
   std::uint64_t publish(std::uint32_t claimer, std::uint32_t payload, std::uint8_t fill, std::uint64_t seq = 0) {
@@ -755,7 +755,7 @@ TEST(RecordRing, ConcurrentProducersLoseNothingAndKeepTheirOrder) {
   std::atomic<std::uint64_t> gate{0};
   struct Ctx { std::atomic<std::uint64_t>* gate; };
   Ctx ctx{&gate};
-  auto gate_fn = [](void* c) { return static_cast<Ctx*>(c)->gate->load(std::memory_order_acquire); };
+  auto gate_fn = [](void* c, std::uint64_t) { return static_cast<Ctx*>(c)->gate->load(std::memory_order_acquire); };
   // A claim protocol that loses a record or wedges the ring must fail the test, not hang it: the
   // reader gives up at a deadline and tells the producers to stop.
   std::atomic<bool> stop{false};

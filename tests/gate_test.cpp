@@ -1,0 +1,185 @@
+// The cheap gate (ChannelState::cheap_gate()): the lowest ring position anybody needs, read from
+// each group's cursor and list_low and each consumer's low_held, with no lock; reclaim uses it
+// when it is enough and asks the exact (locked, scanning) gate otherwise. Claim: it is never above
+// the exact gate, so no held, given-back or undelivered record is ever reused under it.
+#include <sys/mman.h>
+
+#include <atomic>
+#include <deque>
+#include <random>
+#include <thread>
+
+#include "shm/channel_state.hpp"
+#include "support.hpp"
+
+namespace shmq::test {
+namespace {
+
+class CheapGate : public ChannelTest {};
+
+// The gate of a quiet channel, both ways; the exact one takes the locks, so nothing moves meanwhile.
+std::pair<std::uint64_t, std::uint64_t> both(Channel& ch) {
+  detail::ChannelState& s = ch.state();
+  return {s.cheap_gate(), s.gate()};
+}
+
+TEST_F(CheapGate, IsAtOrBelowTheExactGateAndEqualToItOnceNothingIsHeld) {
+  Channel ch = Channel::open(channel_name(), memory_options());
+  Consumer c(ch, "g", ConsumerOptions{.max_in_flight = 8});
+  Consumer x(ch, "h", ConsumerOptions{.exclusive = true});
+  Producer p(ch, "p");
+  std::vector<std::uint64_t> pos;
+  for (int i = 1; i <= 8; ++i) pos.push_back(p.publish("m" + std::to_string(i)).position);
+  auto [cheap, exact] = both(ch);
+  EXPECT_EQ(exact, pos[0]) << "both cursors at the first record";
+  EXPECT_EQ(cheap, exact);
+  std::vector<Message> got(4);
+  ASSERT_EQ(c.poll_batch(got), 4u);  // g holds m1..m4
+  std::vector<Message> xs(8);
+  ASSERT_EQ(x.poll_batch(xs), 8u);  // h holds m1..m8
+  ASSERT_EQ(x.ack_up_to(xs[7]), 8u);
+  std::tie(cheap, exact) = both(ch);
+  EXPECT_EQ(exact, pos[0]);
+  EXPECT_EQ(cheap, pos[0]);
+  ASSERT_EQ(c.ack(got[0]), Status::Ok);
+  ASSERT_EQ(c.nack(got[1]), Status::Ok);  // m2 to the list
+  std::tie(cheap, exact) = both(ch);
+  EXPECT_EQ(exact, pos[1]) << "m2 on the list";
+  EXPECT_NE(cheap, detail::ChannelState::kNoCheapGate);
+  EXPECT_LE(cheap, exact) << "stale-low at most";
+  EXPECT_EQ(c.ack(std::span<const Message>(got).subspan(2)), 2u);
+  auto again = c.poll();  // m2, from the list
+  ASSERT_TRUE(again);
+  ASSERT_EQ(again->position(), pos[1]);
+  std::tie(cheap, exact) = both(ch);
+  EXPECT_EQ(exact, pos[1]);
+  EXPECT_LE(cheap, exact);
+  ASSERT_EQ(c.ack(*again), Status::Ok);
+  std::tie(cheap, exact) = both(ch);
+  EXPECT_EQ(exact, pos[4]) << "g's cursor";
+  EXPECT_EQ(cheap, exact) << "holding nothing, the consumers' words no longer hold the ring back";
+}
+
+TEST_F(CheapGate, AGiveBackLockHolderThatDiedMakesItAskTheExactGateUntilTheNextHolder) {
+  const std::string name = channel_name();
+  Channel ch = Channel::open(name, memory_options());
+  ch.ensure_group("g");
+  Producer p(ch, "p");
+  ASSERT_EQ(p.publish("m").status, Status::Ok);
+  EXPECT_NE(ch.state().cheap_gate(), detail::ChannelState::kNoCheapGate);
+  const pid_t holder = fork_child([&] {
+    Channel c2 = Channel::open(name, memory_options());
+    c2.state().lock_give_back(c2.state().groups[0]);
+    ::kill(::getpid(), SIGKILL);
+    return kChildFailed;
+  });
+  ASSERT_TRUE(wait_child(holder, 30s).killed_by(SIGKILL));
+  EXPECT_EQ(ch.state().cheap_gate(), detail::ChannelState::kNoCheapGate) << "moves left odd by the dead holder";
+  const std::uint64_t exact = ch.state().gate();  // takes the dead holder's lock over, settles, unlocks
+  EXPECT_EQ(ch.state().cheap_gate(), exact) << "moves even again after the next holder";
+}
+
+// Under back-pressure on a small ring, consumers in three processes hold messages for a while
+// (up to 24 each, acked oldest first, some nacked back to the list, some taken in batches), and
+// check every payload they hold again just before they ack it: a record reused under a held
+// message (a gate too high) changes its bytes. Every message must arrive whole, exactly once acked.
+TEST_F(CheapGate, HeldAndGivenBackMessagesAreNeverReusedUnderBackPressure) {
+  const std::string name = channel_name();
+  ChannelOptions o = memory_options(64 << 10, 1024);
+  o.liveness_interval = 100ms;
+  o.max_deliveries = 1000;  // a message nacked again and again stays here (not dead-lettered, which this does not count)
+  const std::uint64_t n = scaled(60000);
+  Channel ch = Channel::open(name, o);
+  ch.ensure_group("g");
+  auto* acks = static_cast<std::atomic<std::uint32_t>*>(
+      ::mmap(nullptr, (n + 1) * 4, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(acks, MAP_FAILED);
+  auto* bad = static_cast<std::atomic<std::uint32_t>*>(
+      ::mmap(nullptr, 4, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  const auto payload_of = [](std::uint64_t seq) {
+    std::string s(40 + seq % 200, '\0');
+    for (std::size_t i = 0; i < s.size(); ++i) s[i] = static_cast<char>('a' + (seq * 31 + i) % 26);
+    return s;
+  };
+  auto consume = [&](unsigned seed) {
+    return [&, seed] {
+      Channel c2 = Channel::open(name, o);
+      Consumer c(c2, "g", ConsumerOptions{.wait = Wait::Block, .max_in_flight = 32});
+      std::mt19937 rng(seed);
+      std::deque<Message> held;
+      std::vector<Message> batch(6);
+      auto idle_since = Clock::now();
+      auto check = [&](const Message& m) {
+        const std::uint64_t seq = m.id().seq;
+        if (seq < 1 || seq > n || m.text() != payload_of(seq)) bad->fetch_add(1);
+      };
+      for (;;) {
+        const std::size_t want = held.size() >= 24 ? 0 : 1 + rng() % 6;
+        std::size_t k = 0;
+        if (want) k = c.poll_batch(std::span(batch).first(want), 20ms);
+        for (std::size_t j = 0; j < k; ++j) {
+          check(batch[j]);
+          held.push_back(batch[j]);
+        }
+        if (k) idle_since = Clock::now();
+        else if (held.empty() && Clock::now() - idle_since > 3s) return kChildOk;  // drained
+        // Let go of some: the oldest acked (checked again first), now and then one nacked; all
+        // of them when nothing new came (a producer waits for their space).
+        const std::size_t drop = k == 0 ? held.size() : rng() % (held.size() + 1) / 2 + (held.size() >= 24);
+        for (std::size_t j = 0; j < drop && !held.empty(); ++j) {
+          Message m = held.front();
+          held.pop_front();
+          check(m);
+          if (rng() % 16 == 0) {
+            CHILD_CHECK(c.nack(m) == Status::Ok);
+          } else {
+            CHILD_CHECK(c.ack(m) == Status::Ok);
+            acks[m.id().seq].fetch_add(1);
+          }
+        }
+      }
+    };
+  };
+  const pid_t a = fork_child(consume(1), 120);
+  const pid_t b = fork_child(consume(2), 120);
+  const pid_t d = fork_child(consume(3), 120);
+  {
+    Producer p(ch, "p");
+    PublishOptions po;
+    po.timeout = 30s;
+    for (std::uint64_t i = 1; i <= n; ++i) {
+      const Status st = p.publish(payload_of(i), po).status;
+      if (st != Status::Ok) {
+        detail::ChannelState& cs = ch.state();
+        std::string lows;
+        for (std::uint32_t c = 0; c < cs.options.max_consumers; ++c)
+          if (cs.consumers[c].state.load() == detail::kActive) {
+            lows += " c" + std::to_string(c) + " low_held " + std::to_string(cs.consumers[c].low_held.load()) + " entries:";
+            for (std::uint32_t k = 0; k < 32; ++k)
+              if (auto v = cs.consumers[c].in_flight[k].load()) lows += " " + std::to_string(detail::held_position(v));
+          }
+        ADD_FAILURE() << "publish " << i << ": " << to_string(st) << "; tail " << cs.ring->tail() << " cleaned " << cs.ring->cleaned()
+                      << " next " << cs.groups[0].next.load() << " given_back " << cs.groups[0].given_back.load() << " list_low "
+                      << cs.groups[0].list_low.load() << " moves " << cs.groups[0].moves.load() << " cheap " << cs.cheap_gate()
+                      << " exact " << cs.gate() << lows;
+        break;
+      }
+    }
+  }
+  EXPECT_TRUE(wait_child(a, 90s).ok());
+  EXPECT_TRUE(wait_child(b, 90s).ok());
+  EXPECT_TRUE(wait_child(d, 90s).ok());
+  std::uint64_t missing = 0, doubled = 0;
+  for (std::uint64_t s = 1; s <= n; ++s) {
+    missing += acks[s].load() == 0;
+    doubled += acks[s].load() > 1;
+  }
+  EXPECT_EQ(bad->load(), 0u) << "payloads changed under a consumer that held them";
+  EXPECT_EQ(missing, 0u);
+  EXPECT_EQ(doubled, 0u);
+  ::munmap(acks, (n + 1) * 4);
+  ::munmap(bad, 4);
+}
+
+}  // namespace
+}  // namespace shmq::test
