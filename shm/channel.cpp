@@ -103,17 +103,17 @@ std::uint64_t ChannelState::cheap_gate() noexcept {
   for (std::uint32_t i = 0; i < options.max_groups; ++i)
     if (groups[i].state.load(std::memory_order_acquire) == kActive) g = std::min(g, groups[i].next.load(std::memory_order_acquire));
   std::uint64_t before = 0, after = 0;
+  // The sums are over every group slot, whatever its state: a group removed between the two
+  // passes must not take its count out of the second sum (and hide another group's move).
   for (std::uint32_t i = 0; i < options.max_groups; ++i) {
-    if (groups[i].state.load(std::memory_order_acquire) == kFree) continue;
     const std::uint64_t m = groups[i].moves.load(std::memory_order_seq_cst);
     if (m & 1) return kNoCheapGate;
     before += m;
-    g = std::min(g, groups[i].list_low.load(std::memory_order_seq_cst));
+    if (groups[i].state.load(std::memory_order_acquire) != kFree) g = std::min(g, groups[i].list_low.load(std::memory_order_seq_cst));
   }
   for (std::uint32_t c = 0; c < options.max_consumers; ++c)
     if (consumers[c].state.load(std::memory_order_acquire) == kActive) g = std::min(g, consumers[c].low_held.load(std::memory_order_seq_cst));
-  for (std::uint32_t i = 0; i < options.max_groups; ++i)
-    if (groups[i].state.load(std::memory_order_acquire) != kFree) after += groups[i].moves.load(std::memory_order_seq_cst);
+  for (std::uint32_t i = 0; i < options.max_groups; ++i) after += groups[i].moves.load(std::memory_order_seq_cst);
   return after == before ? g : kNoCheapGate;
 }
 

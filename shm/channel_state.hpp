@@ -74,7 +74,8 @@ struct ChannelState {
   static std::uint64_t gate_of(void* self, std::uint64_t enough) noexcept {
     auto& s = *static_cast<ChannelState*>(self);
     const std::uint64_t g = s.cheap_gate();
-    return g != kNoCheapGate && g >= enough ? g : s.gate();
+    // A word scribbled to a position no record starts at is not trusted: the exact gate decides.
+    return g != kNoCheapGate && g >= enough && g % ring::kAlign == 0 ? g : s.gate();
   }
   static bool alive(std::uint64_t token) noexcept { return token_alive(token); }
 
