@@ -36,6 +36,7 @@ struct ProducerState {
   std::uint64_t next_seq = 1;      // default sequence of the next publish (>= the window's top + 1)
   std::uint64_t published = 0;
   std::uint64_t cleaned_hint = 0;  // cached ring `cleaned`
+  std::uint64_t claim_hint = 0;    // where this producer's last claim ended (prefetch_claim())
   bool exclusive = false;          // ProducerOptions::exclusive: the ring's only live claimer
   std::atomic<std::uint64_t> last_seq{0};  // of the last publish (last_id() may be asked from any thread)
   DedupWindow window;
@@ -109,7 +110,10 @@ std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishO
     return exclusive ? ring->try_claim<true>(index, frame_len, cleaned_hint) : ring->try_claim<false>(index, frame_len, cleaned_hint);
   };
   std::uint64_t pos = try_claim();
-  if (pos != ring::kNoIntent) return pos;
+  if (pos != ring::kNoIntent) [[likely]] {
+    claim_hint = pos + ring::align_up(frame_len);
+    return pos;
+  }
   const std::uint64_t deadline = now_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(opts.timeout.count(), 0));
   ring::RingHeader& h = ring->header();
   // Retries at once while reclaim says there is room (peers took it first); a bounded number of
@@ -118,7 +122,10 @@ std::uint64_t ProducerState::claim_space(std::uint32_t frame_len, const PublishO
   for (std::uint32_t quick = 0;;) {
     if (ch->reclaim(ring->claim_end(ring->tail(), frame_len), exclusive)) {
       pos = try_claim();
-      if (pos != ring::kNoIntent) return pos;
+      if (pos != ring::kNoIntent) {
+        claim_hint = pos + ring::align_up(frame_len);
+        return pos;
+      }
       if (++quick % 64 != 0) continue;
     }
     const std::uint64_t now = now_ns();
@@ -311,6 +318,9 @@ Producer::~Producer() {
 Published Producer::publish(std::span<const std::byte> payload, const PublishOptions& opts) {
   if (!state_) return {Status::Closed, {}, 0};
   detail::ProducerState& p = *state_;
+  // First: the two lines' transfers overlap each other and the checks below (a ping-pong's round
+  // trip, medians of 6 alternating runs on 2 vCPUs: 2980 -> 2650 ticks shared, 2310 -> 1900 exclusive).
+  p.ring->prefetch_claim(p.claim_hint);
   // acquire: pairs with the journaler's release store when it found the segment removed.
   if (p.ch->removed.load(std::memory_order_acquire)) return {Status::Closed, {}, 0};
   if (Status st = p.check(payload.size(), opts); st != Status::Ok) return {st, {}, 0};
@@ -394,6 +404,7 @@ Claim Producer::claim(std::size_t bytes, const PublishOptions& opts) {
   Claim c;
   if (!state_) return c;
   detail::ProducerState& p = *state_;
+  p.ring->prefetch_claim(p.claim_hint);  // as in publish()
   if (Status st = p.check(bytes, opts); st != Status::Ok) {
     c.status_ = st;
     return c;
