@@ -154,6 +154,21 @@ void settle_dead_publish(ChannelState& ch, std::uint32_t index) noexcept;
 enum class PublishStage { Claimed, Committed, Accepted };
 void set_publish_hook(void (*hook)(PublishStage));
 
+// Tests only (builds with -DSHMQ_CRASH_POINTS=ON; nothing at all elsewhere): called inside a poll
+// at the named step, so that a test can play a peer there (fill the give-back list, ...).
+enum class PollStep { AfterTakeGivenBack };  // a given-back message is in an entry, not yet handed out
+#ifdef SHMQ_CRASH_POINTS
+inline void (*g_poll_hook)(PollStep step) = nullptr;
+#define SHMQ_POLL_HOOK(step) \
+  do {                       \
+    if (::shmq::detail::g_poll_hook) ::shmq::detail::g_poll_hook(step); \
+  } while (0)
+#else
+#define SHMQ_POLL_HOOK(step) \
+  do {                       \
+  } while (0)
+#endif
+
 // Lowest position in G's give-back list (~0 when empty).
 std::uint64_t lowest_given_back(const GroupSlot& g) noexcept;
 

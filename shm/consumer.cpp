@@ -42,6 +42,11 @@ struct ConsumerState {
   std::uint32_t pending_sleeps = 0;           // futex sleeps behind it so far (Wait::Block)
   std::uint64_t bad_given_back = ~0ull;       // a give-back entry take_given_back() dropped as no message
   std::string deferred;                       // an Error found while a batch held messages: the next poll throws it
+  // A given-back message taken from the list but not handed out by that call (keep()): entry
+  // `kept` (kNoEntry: none) still holds it, off the free stack; the next call hands it out first.
+  static constexpr std::uint32_t kNoEntry = ~0u;
+  std::uint32_t kept = kNoEntry;
+  std::uint64_t kept_at = 0;                  // its position
   // The order in which this consumer got each held message (its `delivered` count then), for
   // ack_up_to().
   std::uint64_t taken_as[kMaxInFlight] = {};
@@ -93,10 +98,10 @@ struct ConsumerState {
   // False when that failed (NAME.dlq cannot be opened, has no room, ...): the caller gives the
   // message back. Never throws.
   bool dead_letter(const Message& m) noexcept;
-  // Entries taken from us are free again once the mover let go of them.
+  // Entries taken from us are free again once the mover let go of them (the kept one is unkeep()'s).
   void reclaim_away() noexcept {
     for (std::uint32_t k = 0; k < options.max_in_flight; ++k)
-      if (held[k] == kAway && slot->in_flight[k].load(std::memory_order_seq_cst) == 0) {
+      if (held[k] == kAway && k != kept && slot->in_flight[k].load(std::memory_order_seq_cst) == 0) {
         held[k] = 0;
         free_stack[free_top++] = k;
       }
@@ -129,6 +134,30 @@ struct ConsumerState {
         if (const std::uint64_t v = slot->in_flight[k].load(std::memory_order_relaxed)) low = std::min(low, held_position(v));
       slot->low_held.store(low, std::memory_order_relaxed);
     }
+  }
+  // The given-back message at POS, taken into entry K (the top of the free stack), is not handed
+  // out by this call (a bad entry is reported first, or OUT is delivered before a record that does
+  // not load is reported). It is not put back on the list: others may have filled the list since
+  // we took it (that failed, and the message was let go of: lost). It stays held, gating the ring
+  // and given back by a reaper if we die, and counts no delivery until unkeep() hands it out.
+  void keep(std::uint32_t k, std::uint64_t pos) noexcept {
+    --free_top;
+    held[k] = kAway;  // not ours to ack; reclaim_away() passes over it
+    kept = k;
+    kept_at = pos;
+    slot->deliveries[k].store(slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  }
+  // Where take() would take from the give-back list: the kept entry goes back on top of the free
+  // stack and its message's position is returned, to be handed out as a given-back one. ~0 if a
+  // reaper gave it back meanwhile (a visibility timeout): the entry is free once the mover let go
+  // of it (reclaim_away()).
+  std::uint64_t unkeep() noexcept {
+    const std::uint32_t k = std::exchange(kept, kNoEntry);
+    if (slot->in_flight[k].load(std::memory_order_seq_cst) != kept_at + 1) return ~0ull;
+    held[k] = 0;
+    free_stack[free_top++] = k;
+    slot->deliveries[k].store(slot->deliveries[k].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return kept_at;
   }
   // A record stays Pending: after a while, ask the ring whether its claimer died.
   void pending(std::uint64_t pos) noexcept {
@@ -329,7 +358,8 @@ Message ConsumerState::hold(std::uint64_t pos, const ring::ReadResult& r, std::u
 
 std::uint64_t ConsumerState::take_given_back(std::uint32_t k) noexcept {
   ch->lock_give_back(*group);
-  if (group->generation.load(std::memory_order_relaxed) != generation) {  // our group is gone: not its list
+  if (group->state.load(std::memory_order_acquire) != kActive ||
+      group->generation.load(std::memory_order_relaxed) != generation) {  // our group is gone: not its list
     ChannelState::unlock_give_back(*group);
     return ~0ull;
   }
@@ -524,8 +554,9 @@ template <bool kOne>
 std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> out, std::chrono::nanoseconds timeout) {
   const std::size_t cap = kOne ? 1 : out.size();  // known to the compiler for poll()
   if ((++c.polls & 1023) == 0) c.ch->reap_dead_consumers();  // busy consumers look too (rate-limited)
+  constexpr std::uint32_t kNoEntry = detail::ConsumerState::kNoEntry;
   if (c.free_top == 0) c.reclaim_away();
-  if (c.free_top == 0) {
+  if (c.free_top == 0 && c.kept == kNoEntry) {
     c.last = Status::WouldBlock;
     return 0;
   }
@@ -540,7 +571,7 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
       return 0;
     }
     if (n == cap) break;
-    if (c.free_top == 0) {  // a dead letter that could not be moved anywhere holds the last entry
+    if (c.free_top == 0 && c.kept == kNoEntry) {  // a dead letter that could not be moved anywhere holds the last entry
       if (n) break;
       c.last = Status::WouldBlock;
       return 0;
@@ -549,7 +580,8 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
       c.last = Status::Corrupt;
       throw Error(std::make_error_code(std::errc::illegal_byte_sequence), std::exchange(c.deferred, std::string()));
     }
-    if (c.group->given_back.load(std::memory_order_relaxed) != 0) {  // redeliveries go before newer messages
+    // Redeliveries go before newer messages; the one a previous call kept first of all.
+    if (c.kept != kNoEntry || c.group->given_back.load(std::memory_order_relaxed) != 0) {
       // A give-back entry that is no message is dropped, and reported: by this call if OUT is
       // empty, else by the next one (OUT is delivered first).
       const auto report = [&](std::string what) {
@@ -561,17 +593,17 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
         throw Error(std::make_error_code(std::errc::illegal_byte_sequence), what);
       };
       const auto where = [&] { return "shmq channel '" + c.ch->name + "', group '" + c.group_name + "': "; };
+      std::uint64_t pos = ~0ull;
+      if (c.kept == kNoEntry) {
+        pos = c.take_given_back(c.free_stack[c.free_top - 1]);
+      } else if ((pos = c.unkeep()) == ~0ull) {
+        continue;  // it went back to the list meanwhile: look again (its entry may be all we had)
+      }
       const std::uint32_t k = c.free_stack[c.free_top - 1];
-      const std::uint64_t pos = c.take_given_back(k);
-      // Not handed out: back on the list it goes, for a later poll, uncounted.
-      const auto put_back = [&] {
-        c.slot->deliveries[k].store(c.slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-        (void)c.ch->move_held(c.index, k, pos + 1, 0);
-        c.slot->in_flight[k].store(0, std::memory_order_release);
-      };
+      SHMQ_POLL_HOOK(detail::PollStep::AfterTakeGivenBack);
       if (c.bad_given_back != ~0ull) {
         const std::uint64_t bad = std::exchange(c.bad_given_back, ~0ull);
-        if (pos != ~0ull) put_back();
+        if (pos != ~0ull) c.keep(k, pos);
         report(where() + "a give-back entry names position " + std::to_string(bad) +
                ", which is not a record position of the ring (dropped)");
         break;
@@ -586,7 +618,7 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
         }
         ring::RecordFields f;
         if (n && ring::RecordRing::load_record(r, f)) {
-          put_back();  // corrupt: the next poll takes it alone and reports it (OUT is delivered)
+          c.keep(k, pos);  // corrupt: the next poll takes it alone and reports it (OUT is delivered)
           break;
         }
         const std::uint32_t deliveries = c.slot->deliveries[k].load(std::memory_order_relaxed);
