@@ -148,16 +148,32 @@ struct ConsumerState {
     slot->deliveries[k].store(slot->deliveries[k].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   }
   // Where take() would take from the give-back list: the kept entry goes back on top of the free
-  // stack and its message's position is returned, to be handed out as a given-back one. ~0 if a
-  // reaper gave it back meanwhile (a visibility timeout): the entry is free once the mover let go
-  // of it (reclaim_away()).
+  // stack and its message's position is returned, to be handed out as a given-back one, its
+  // visibility timeout counted from now. ~0 if a reaper gave it back meanwhile (a visibility
+  // timeout): the entry is free once the mover let go of it (reclaim_away()).
   std::uint64_t unkeep() noexcept {
     const std::uint32_t k = std::exchange(kept, kNoEntry);
-    if (slot->in_flight[k].load(std::memory_order_seq_cst) != kept_at + 1) return ~0ull;
+    if (slot->in_flight[k].load(std::memory_order_seq_cst) != kept_at + 1) {
+      reclaim_away();
+      return ~0ull;
+    }
     held[k] = 0;
     free_stack[free_top++] = k;
     slot->deliveries[k].store(slot->deliveries[k].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    stamp(k);  // a reaper that read the old time may still move it: then the user's ack says NotHeld
     return kept_at;
+  }
+  // Our group was removed: what it held goes with it (as in ChannelState::move_held()), the kept
+  // message too, which no longer holds the ring back.
+  void drop_kept() noexcept {
+    if (kept == kNoEntry) return;
+    const std::uint32_t k = std::exchange(kept, kNoEntry);
+    std::uint64_t v = kept_at + 1;
+    if (slot->in_flight[k].compare_exchange_strong(v, 0, std::memory_order_seq_cst)) {
+      slot->delivered_at[k].store(0, std::memory_order_relaxed);
+      held[k] = 0;
+      free_stack[free_top++] = k;
+    }  // else a mover has it: kAway, free once it lets go (reclaim_away())
   }
   // A record stays Pending: after a while, ask the ring whether its claimer died.
   void pending(std::uint64_t pos) noexcept {
@@ -567,6 +583,7 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
     if (c.group->state.load(std::memory_order_relaxed) != detail::kActive ||
         c.group->generation.load(std::memory_order_relaxed) != c.generation) {  // removed (and maybe reused)
       if (n) break;
+      c.drop_kept();
       c.last = Status::Closed;
       return 0;
     }
@@ -597,7 +614,7 @@ std::size_t take(Consumer& self, detail::ConsumerState& c, std::span<Message> ou
       if (c.kept == kNoEntry) {
         pos = c.take_given_back(c.free_stack[c.free_top - 1]);
       } else if ((pos = c.unkeep()) == ~0ull) {
-        continue;  // it went back to the list meanwhile: look again (its entry may be all we had)
+        continue;  // it went back to the list meanwhile: look again
       }
       const std::uint32_t k = c.free_stack[c.free_top - 1];
       SHMQ_POLL_HOOK(detail::PollStep::AfterTakeGivenBack);
@@ -800,7 +817,8 @@ Status Consumer::nack(const Message& m, std::chrono::nanoseconds delay) {
 
 Status Consumer::status() const noexcept { return state_ ? state_->last : Status::Closed; }
 std::uint32_t Consumer::in_flight() const noexcept {
-  return state_ ? state_->options.max_in_flight - state_->free_top : 0;
+  // The kept message (see ConsumerState::keep()) was not handed out: not counted.
+  return state_ ? state_->options.max_in_flight - state_->free_top - (state_->kept != detail::ConsumerState::kNoEntry) : 0;
 }
 std::string_view Consumer::group() const noexcept { return state_ ? std::string_view(state_->group_name) : std::string_view(); }
 

@@ -1,6 +1,5 @@
 // Give-back: nack (with and without delay), redelivery of what a consumer held when it died or
 // left, and the move of a poison message to NAME.dlq after max_deliveries.
-#include <sys/mman.h>
 
 #include <atomic>
 #include <map>
@@ -139,11 +138,7 @@ TEST_F(Redelivery, CompetingConsumersAckEveryMessageExactlyOnceWhenOneIsKilled) 
   const std::uint64_t n = scaled(500000);
   auto ch = Channel::open(name, o);
   ch.ensure_group("g");
-  // acks[seq] counts successful acks; redelivered[seq] marks acks of a message delivered > 1 time.
-  auto* acks = static_cast<std::atomic<std::uint32_t>*>(
-      ::mmap(nullptr, (n + 1) * 8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  ASSERT_NE(acks, MAP_FAILED);
-  auto* redelivered = acks + (n + 1);
+  const AckTally tally(n);
   std::mt19937 rng(static_cast<unsigned>(::getpid()));
   // Well below the victim's share (a third of n, less when it is scheduled badly): it must get
   // there, or it is never killed and the test waits for its watchdog.
@@ -171,8 +166,7 @@ TEST_F(Redelivery, CompetingConsumersAckEveryMessageExactlyOnceWhenOneIsKilled) 
           ::pause();
         }
         CHILD_CHECK(c.ack(*m) == Status::Ok);
-        acks[seq].fetch_add(1);
-        if (m->deliveries() > 1) redelivered[seq].fetch_add(1);
+        tally.acked(*m);
       }
     };
   };
@@ -181,39 +175,17 @@ TEST_F(Redelivery, CompetingConsumersAckEveryMessageExactlyOnceWhenOneIsKilled) 
   const pid_t b = fork_child(consume(false), 120);
   // The victim is killed the moment it holds its messages, while the producer runs: a live victim
   // would keep them (and hold the ring) for as long as it lives.
-  bool victim_killed = false;
-  std::thread killer([&] {
-    int one = 0;
-    if (victim_ready.receive(one, 60s)) victim_killed = kill_child(v).killed_by(SIGKILL);
-  });
-  {
-    Producer p(ch, "p");
-    PublishOptions po;
-    po.timeout = 30s;
-    for (std::uint64_t i = 1; i <= n; ++i) {
-      const Status st = p.publish(payload_of(i), po).status;
-      if (st != Status::Ok) {
-        ADD_FAILURE() << "publish " << i << ": " << to_string(st);
-        break;
-      }
-    }
-  }
+  VictimKiller killer(v, victim_ready);
+  publish_sequences(ch, n, payload_of);
   killer.join();
-  EXPECT_TRUE(victim_killed);
+  EXPECT_TRUE(killer.killed());
   EXPECT_TRUE(wait_child(a, 90s).ok());
   EXPECT_TRUE(wait_child(b, 90s).ok());
-  std::uint64_t missing = 0, doubled = 0, again = 0;
-  for (std::uint64_t s = 1; s <= n; ++s) {
-    const std::uint32_t k = acks[s].load();
-    missing += k == 0;
-    doubled += k > 1;
-    again += redelivered[s].load();
-  }
-  EXPECT_EQ(missing, 0u);
-  EXPECT_EQ(doubled, 0u);
-  EXPECT_GE(again, 1u) << "the victim held at least the message it stopped at";
-  EXPECT_LE(again, 16u) << "only what the victim held comes back";
-  ::munmap(acks, (n + 1) * 8);
+  const AckTally::Totals t = tally.totals();
+  EXPECT_EQ(t.missing, 0u);
+  EXPECT_EQ(t.doubled, 0u);
+  EXPECT_GE(t.again, 1u) << "the victim held at least the message it stopped at";
+  EXPECT_LE(t.again, 16u) << "only what the victim held comes back";
 }
 
 TEST_F(Redelivery, LiveSlowConsumerKeepsWhatItHoldsWithoutAVisibilityTimeout) {

@@ -15,12 +15,15 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <system_error>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -378,6 +381,85 @@ class StartBarrier {
 
  private:
   Pipe pipe_;
+};
+
+// The competing-consumer tests: consumers in forked children count here (MAP_SHARED) how often
+// each of the sequences 1..N was acked, and how many of those acks were of a redelivery.
+class AckTally {
+ public:
+  explicit AckTally(std::uint64_t n) : n_(n) {
+    void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap of the ack tally");
+    acks_ = static_cast<std::atomic<std::uint32_t>*>(p);
+  }
+  ~AckTally() { ::munmap(acks_, bytes()); }
+  AckTally(const AckTally&) = delete;
+  AckTally& operator=(const AckTally&) = delete;
+  // In a child, after M's ack returned Ok (M's sequence is in 1..N: the caller checked).
+  void acked(const Message& m) const noexcept {
+    acks_[m.id().seq].fetch_add(1);
+    if (m.deliveries() > 1) acks_[n_ + 1 + m.id().seq].fetch_add(1);
+  }
+  struct Totals {
+    std::uint64_t missing = 0;  // sequences never acked
+    std::uint64_t doubled = 0;  // sequences acked more than once
+    std::uint64_t again = 0;    // acks of a message delivered more than once
+  };
+  Totals totals() const noexcept {
+    Totals t;
+    for (std::uint64_t s = 1; s <= n_; ++s) {
+      t.missing += acks_[s].load() == 0;
+      t.doubled += acks_[s].load() > 1;
+      t.again += acks_[n_ + 1 + s].load();
+    }
+    return t;
+  }
+
+ private:
+  std::size_t bytes() const noexcept { return 2 * (n_ + 1) * sizeof(std::uint32_t); }
+  std::uint64_t n_;
+  std::atomic<std::uint32_t>* acks_ = nullptr;
+};
+
+// Publishes sequences 1..N of PAYLOAD_OF(seq) from a producer "p" of CH, waiting up to 30 s for
+// room each; at the first that is not Ok, a test failure naming it (and WHAT(), if given: the
+// state that explains it) and false.
+inline bool publish_sequences(Channel& ch, std::uint64_t n, const std::function<std::string(std::uint64_t)>& payload_of,
+                              const std::function<std::string()>& what = {}) {
+  Producer p(ch, "p");
+  PublishOptions po;
+  po.timeout = std::chrono::seconds(30);
+  for (std::uint64_t i = 1; i <= n; ++i) {
+    const Status st = p.publish(payload_of(i), po).status;
+    if (st != Status::Ok) {
+      ADD_FAILURE() << "publish " << i << ": " << to_string(st) << (what ? "; " + what() : std::string());
+      return false;
+    }
+  }
+  return true;
+}
+
+// A thread that kills the child VICTIM (SIGKILL) as soon as it writes to READY (a Pipe made
+// before the fork; within 60 s): the victim dies while it holds what it polled. killed(), after
+// join(), says whether it did.
+class VictimKiller {
+ public:
+  VictimKiller(pid_t victim, const Pipe& ready)
+      : thread_([this, victim, &ready] {
+          int one = 0;
+          if (ready.receive(one, std::chrono::seconds(60))) killed_ = kill_child(victim).killed_by(SIGKILL);
+        }) {}
+  ~VictimKiller() { join(); }
+  VictimKiller(const VictimKiller&) = delete;
+  VictimKiller& operator=(const VictimKiller&) = delete;
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  bool killed() const { return killed_; }
+
+ private:
+  bool killed_ = false;
+  std::thread thread_;
 };
 
 // Polls one message, waiting up to `timeout` in slices (so that a Block consumer is not needed).
