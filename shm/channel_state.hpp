@@ -154,11 +154,12 @@ void settle_dead_publish(ChannelState& ch, std::uint32_t index) noexcept;
 enum class PublishStage { Claimed, Committed, Accepted };
 void set_publish_hook(void (*hook)(PublishStage));
 
-// Tests only (builds with -DSHMQ_CRASH_POINTS=ON; nothing at all elsewhere): called inside a poll
-// at the named step, so that a test can play a peer there (fill the give-back list, ...).
+// Tests only: in builds with -DSHMQ_CRASH_POINTS=ON, called inside a poll at the named step, so
+// that a test can play a peer there (fill the give-back list, ...); elsewhere the call is nothing.
+// The pointer exists in every build, so that the tests compile in any (`make build`, `make demo`).
 enum class PollStep { AfterTakeGivenBack };  // a given-back message is in an entry, not yet handed out
-#ifdef SHMQ_CRASH_POINTS
 inline void (*g_poll_hook)(PollStep step) = nullptr;
+#ifdef SHMQ_CRASH_POINTS
 #define SHMQ_POLL_HOOK(step) \
   do {                       \
     if (::shmq::detail::g_poll_hook) ::shmq::detail::g_poll_hook(step); \
