@@ -169,11 +169,8 @@ struct ConsumerState {
     if (kept == kNoEntry) return;
     const std::uint32_t k = std::exchange(kept, kNoEntry);
     std::uint64_t v = kept_at + 1;
-    if (slot->in_flight[k].compare_exchange_strong(v, 0, std::memory_order_seq_cst)) {
-      slot->delivered_at[k].store(0, std::memory_order_relaxed);
-      held[k] = 0;
-      free_stack[free_top++] = k;
-    }  // else a mover has it: kAway, free once it lets go (reclaim_away())
+    if (slot->in_flight[k].compare_exchange_strong(v, 0, std::memory_order_seq_cst)) let_go(k);
+    // else a mover has it: kAway, free once it lets go (reclaim_away())
   }
   // A record stays Pending: after a while, ask the ring whether its claimer died.
   void pending(std::uint64_t pos) noexcept {
